@@ -1,0 +1,1 @@
+"""Beam jobs: raw logs -> validated tf.Example TFRecords, vocabularies and statistics."""

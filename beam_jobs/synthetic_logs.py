@@ -1,0 +1,224 @@
+"""The embedded default dataset: raw click logs with a planted hierarchy of distributions.
+
+Every impression belongs to a leaf `scenario -> user_group -> subgroup`. Each leaf has its
+own logistic click model over the same features, built as root + scenario + group +
+subgroup deviations, so the distributions really nest. `scenario` and `user_group` are
+columns; the subgroup is not: it shows only through correlations (device and hour of
+day), as real populations do. Each row carries its true click probability (`true_ctr`,
+role `oracle` in the spec), so the oracle AUC - the ceiling no model can pass - is known.
+
+Rows are generated in chunks and streamed to CSV files, so memory stays flat from 1k to
+5M rows; the output depends only on (rows, seed).
+"""
+import dataclasses
+import json
+import os
+from typing import Dict, List
+
+import numpy as np
+
+from features import spec as spec_lib
+
+SPEC_PATH = os.path.join(spec_lib.SPECS_DIR, "synthetic.yaml")
+
+NUM_SCENARIOS = 3
+NUM_GROUPS = 4
+NUM_SUBGROUPS = 2
+NUM_CATEGORIES = 20
+NUM_TAGS = 30
+LATENT_DIM = 4
+DEVICES = ("ios", "android", "pc")
+# Per subgroup: device probabilities and the centre of its hour-of-day distribution.
+DEVICE_PROBS = ((0.75, 0.20, 0.05), (0.15, 0.60, 0.25))
+HOUR_CENTRE = (9.0, 20.0)
+SCENARIO_PROBS = (0.5, 0.3, 0.2)
+GROUP_PROBS = (0.35, 0.30, 0.20, 0.15)
+CHUNK_ROWS = 50_000
+
+
+@dataclasses.dataclass
+class GeneratorConfig:
+  rows: int = 200_000
+  seed: int = 0
+  rows_per_file: int = 1_000_000
+
+
+class _World:
+  """Users, items and the hierarchical click-model parameters drawn from the seed."""
+
+  def __init__(self, rows: int, seed: int):
+    rng = np.random.default_rng([seed, 0])
+    self.num_users = int(np.clip(rows // 40, 200, 50_000))
+    self.num_items = int(np.clip(rows // 100, 300, 20_000))
+    self.user_group = rng.choice(NUM_GROUPS, self.num_users, p=GROUP_PROBS)
+    self.user_subgroup = rng.integers(0, NUM_SUBGROUPS, self.num_users)
+    self.user_taste = rng.normal(0, 1, (self.num_users, LATENT_DIM))
+    self.user_weight = rng.zipf(1.6, self.num_users).clip(max=200).astype(float)
+    self.user_weight /= self.user_weight.sum()
+    self.item_category = rng.integers(0, NUM_CATEGORIES, self.num_items)
+    category_centre = rng.normal(0, 1, (NUM_CATEGORIES, LATENT_DIM))
+    self.item_vector = (category_centre[self.item_category] +
+                        0.5 * rng.normal(0, 1, (self.num_items, LATENT_DIM)))
+    self.item_price = np.exp(rng.normal(3.0, 0.6, NUM_CATEGORIES)[self.item_category] +
+                             0.3 * rng.normal(0, 1, self.num_items))
+    self.item_weight = rng.zipf(1.4, self.num_items).clip(max=500).astype(float)
+    self.item_weight /= self.item_weight.sum()
+    tag_of_category = rng.integers(0, NUM_TAGS, (NUM_CATEGORIES, 3))
+    self.item_tags = []
+    for i in range(self.num_items):
+      n = rng.integers(1, 4)
+      own = tag_of_category[self.item_category[i], :n]
+      self.item_tags.append("|".join(f"t{t}" for t in sorted(set(own.tolist()))))
+    self.item_tags = np.array(self.item_tags)
+    # Click-model coefficients per leaf: [bias, affinity, price, hour, category x20],
+    # a root plus deviations that shrink down the hierarchy but stay decisive.
+    n_coef = 4 + NUM_CATEGORIES
+    root = np.concatenate([[-1.9, 0.4, 0.0, 0.0], 0.3 * rng.normal(0, 1, NUM_CATEGORIES)])
+    scen = rng.normal(0, 1, (NUM_SCENARIOS, n_coef)) * np.r_[0.6, 0.3, 0.5, 0.3,
+                                                            [0.4] * NUM_CATEGORIES]
+    group = rng.normal(0, 1, (NUM_SCENARIOS, NUM_GROUPS, n_coef)) * np.r_[
+        0.5, 0.3, 0.5, 0.4, [0.4] * NUM_CATEGORIES]
+    sub = rng.normal(0, 1, (NUM_SCENARIOS, NUM_GROUPS, NUM_SUBGROUPS, n_coef)) * np.r_[
+        0.5, 0.4, 0.6, 0.6, [0.4] * NUM_CATEGORIES]
+    self.coef = (root[None, None, None] + scen[:, None, None] + group[:, :, None] + sub)
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def _chunk(world: _World, rng: np.random.Generator, n: int) -> Dict[str, np.ndarray]:
+  """Draws n impressions: the raw columns plus the leaf of each row."""
+  scenario = rng.choice(NUM_SCENARIOS, n, p=SCENARIO_PROBS)
+  user = rng.choice(world.num_users, n, p=world.user_weight)
+  item = rng.choice(world.num_items, n, p=world.item_weight)
+  group = world.user_group[user]
+  subgroup = world.user_subgroup[user]
+  device = np.empty(n, dtype=object)
+  hour = np.empty(n)
+  for h in range(NUM_SUBGROUPS):
+    mask = subgroup == h
+    device[mask] = rng.choice(DEVICES, mask.sum(), p=DEVICE_PROBS[h])
+    hour[mask] = np.mod(rng.normal(HOUR_CENTRE[h], 3.0, mask.sum()), 24.0)
+  price = world.item_price[item]
+  affinity = np.einsum("ij,ij->i", world.user_taste[user], world.item_vector[item]) / 2.0
+  coef = world.coef[scenario, group, subgroup]  # [n, n_coef]
+  category = world.item_category[item]
+  logit = (coef[:, 0] + coef[:, 1] * affinity +
+           coef[:, 2] * (np.log(price) - 3.0) / 0.6 +
+           coef[:, 3] * np.cos(2 * np.pi * (hour - 14.0) / 24.0) +
+           coef[np.arange(n), 4 + category])
+  true_ctr = _sigmoid(logit)
+  click = (rng.random(n) < true_ctr).astype(int)
+  return {
+      "click": click,
+      "true_ctr": true_ctr,
+      "subgroup": np.char.add(np.char.add(np.char.add("s", scenario.astype(str)),
+                                          np.char.add("_g", group.astype(str))),
+                              np.char.add("_h", subgroup.astype(str))),
+      "scenario": np.char.add("s", scenario.astype(str)),
+      "user_group": np.char.add("g", group.astype(str)),
+      "user_id": np.char.add("u", user.astype(str)),
+      "item_id": np.char.add("i", item.astype(str)),
+      "item_category": np.char.add("c", category.astype(str)),
+      "device": device,
+      "item_tags": world.item_tags[item],
+      "price": price,
+      "hour": hour,
+  }
+
+
+def _format(column: np.ndarray) -> List[str]:
+  if column.dtype.kind == "f":
+    return [f"{v:.6g}" for v in column]
+  return [str(v) for v in column]
+
+
+class _BinnedAuc:
+  """Streaming AUC over probabilities in [0, 1]: counts per fine bin, memory flat."""
+
+  def __init__(self, bins: int = 200_000):
+    self.pos = np.zeros(bins)
+    self.neg = np.zeros(bins)
+
+  def update(self, labels: np.ndarray, probs: np.ndarray):
+    idx = np.minimum((probs * len(self.pos)).astype(int), len(self.pos) - 1)
+    self.pos += np.bincount(idx, weights=labels, minlength=len(self.pos))
+    self.neg += np.bincount(idx, weights=1 - labels, minlength=len(self.pos))
+
+  def result(self) -> float:
+    neg_below = np.cumsum(self.neg) - self.neg
+    total = self.pos.sum() * self.neg.sum()
+    if total == 0:
+      return float("nan")
+    return float((self.pos * (neg_below + 0.5 * self.neg)).sum() / total)
+
+
+def generate(output_dir: str, config: GeneratorConfig) -> Dict:
+  """Writes `raw/part-*.csv`, `spec.yaml` and `generator.json` under output_dir.
+
+  Returns the summary also written to generator.json (rows, clicks, oracle AUC, leaf
+  CTRs). Files are written under temporary names and renamed when complete.
+  """
+  if config.rows < 1:
+    raise ValueError(f"rows must be >= 1, got {config.rows}")
+  spec = spec_lib.load_spec(SPEC_PATH)
+  raw_dir = os.path.join(output_dir, "raw")
+  os.makedirs(raw_dir, exist_ok=True)
+  world = _World(config.rows, config.seed)
+  auc = _BinnedAuc()
+  leaf_rows: Dict[str, int] = {}
+  leaf_clicks: Dict[str, float] = {}
+  leaf_prob: Dict[str, float] = {}
+  clicks = 0
+  written = 0
+  file_index = 0
+  out = None
+  tmp_paths = []
+  chunk_index = 0
+  while written < config.rows:
+    n = min(CHUNK_ROWS, config.rows - written,
+            config.rows_per_file - written % config.rows_per_file)
+    rng = np.random.default_rng([config.seed, 1, chunk_index])
+    chunk_index += 1
+    columns = _chunk(world, rng, n)
+    if out is None:
+      path = os.path.join(raw_dir, f"part-{file_index:05d}.csv")
+      tmp_paths.append(path)
+      out = open(path + ".tmp", "w")
+      out.write(",".join(spec.names) + "\n")
+    formatted = [_format(columns[name]) for name in spec.names]
+    out.write("\n".join(",".join(row) for row in zip(*formatted)) + "\n")
+    auc.update(columns["click"], columns["true_ctr"])
+    clicks += int(columns["click"].sum())
+    leaves, inverse = np.unique(columns["subgroup"], return_inverse=True)
+    for j, leaf in enumerate(leaves):
+      mask = inverse == j
+      leaf_rows[leaf] = leaf_rows.get(leaf, 0) + int(mask.sum())
+      leaf_clicks[leaf] = leaf_clicks.get(leaf, 0) + float(columns["click"][mask].sum())
+      leaf_prob[leaf] = leaf_prob.get(leaf, 0) + float(columns["true_ctr"][mask].sum())
+    written += n
+    if written % config.rows_per_file == 0 or written == config.rows:
+      out.close()
+      out = None
+      file_index += 1
+  for path in tmp_paths:
+    os.replace(path + ".tmp", path)
+  spec.save(os.path.join(output_dir, "spec.yaml"))
+  summary = {
+      "rows": written,
+      "clicks": clicks,
+      "ctr": clicks / written,
+      "seed": config.seed,
+      "files": len(tmp_paths),
+      "oracle_auc": auc.result(),
+      "num_users": world.num_users,
+      "num_items": world.num_items,
+      "leaves": {leaf: {"rows": leaf_rows[leaf],
+                        "true_ctr": leaf_prob[leaf] / leaf_rows[leaf],
+                        "observed_ctr": leaf_clicks[leaf] / leaf_rows[leaf]}
+                 for leaf in sorted(leaf_rows)},
+  }
+  with open(os.path.join(output_dir, "generator.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  return summary

@@ -1,0 +1,239 @@
+"""Composable Beam transforms of the preprocessing job, each one step of the data flow.
+
+Parsing returns tagged outputs, so a bad row is data (the dead letter), not an exception.
+Every transform takes the `FeatureSpec` explicitly; DoFns hold no global state.
+"""
+import csv
+import hashlib
+import json
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from features import spec as spec_lib
+
+NAMESPACE = "hmdn.preprocess"
+RECORDS = "records"
+DEAD_LETTER = "dead_letter"
+TRAIN = "train"
+EVAL = "eval"
+
+Record = Dict[str, Any]
+
+
+def split_of(key: str, eval_fraction: float) -> str:
+  """Deterministic train/eval assignment from a key (stable across runs and runners)."""
+  bucket = int(hashlib.md5(key.encode("utf-8")).hexdigest()[:8], 16) % 10_000
+  return EVAL if bucket < eval_fraction * 10_000 else TRAIN
+
+
+class ParseRowFn(beam.DoFn):
+  """(file, line) -> (split, record) on `records`, or a dead-letter dict with a reason."""
+
+  def __init__(self, spec: spec_lib.FeatureSpec, input_format: str,
+               headers: Mapping[str, List[str]], delimiter: str, split_key: str,
+               eval_fraction: float):
+    self._spec = spec
+    self._format = input_format
+    self._headers = dict(headers)
+    self._delimiter = delimiter
+    self._split_key = split_key
+    self._eval_fraction = eval_fraction
+    self._read = beam.metrics.Metrics.counter(NAMESPACE, "rows_read")
+    self._rejected = beam.metrics.Metrics.counter(NAMESPACE, "rows_rejected")
+    self._missing = {f.name: beam.metrics.Metrics.counter(NAMESPACE, f"missing_{f.name}")
+                     for f in spec.features}
+
+  def _cells(self, source: str, line: str) -> Dict[str, Any]:
+    if self._format == "jsonl":
+      try:
+        obj = json.loads(line)
+      except ValueError as e:
+        raise spec_lib.SpecError(f"not valid JSON ({e})")
+      if not isinstance(obj, dict):
+        raise spec_lib.SpecError(f"expected a JSON object, got {type(obj).__name__}")
+      return obj
+    header = self._headers.get(source) or self._headers.get("*")
+    if header is None:
+      raise spec_lib.SpecError(f"no header known for file {source!r}")
+    cells = next(csv.reader([line], delimiter=self._delimiter))
+    if len(cells) != len(header):
+      raise spec_lib.SpecError(
+          f"expected {len(header)} columns separated by {self._delimiter!r}, got "
+          f"{len(cells)}")
+    return dict(zip(header, cells))
+
+  def process(self, element: Tuple[str, str]):
+    source, line = element
+    self._read.inc()
+    try:
+      cells = self._cells(source, line)
+      record = {}
+      for f in self._spec.features:
+        raw = cells.get(f.name)
+        if raw is None or raw == "":
+          self._missing[f.name].inc()
+        record[f.name] = self._spec.parse_value(f, raw)
+    except spec_lib.SpecError as e:
+      self._rejected.inc()
+      yield beam.pvalue.TaggedOutput(
+          DEAD_LETTER, {"source": source, "row": line, "reason": str(e)})
+      return
+    key = str(record[self._split_key]) if self._split_key else line
+    yield (split_of(key, self._eval_fraction), record)
+
+
+@beam.ptransform_fn
+def ParseRows(lines, spec, input_format, headers, delimiter=",", split_key="",
+              eval_fraction=0.2):
+  """Lines tagged with their file -> `records` (split, record) and `dead_letter`."""
+  return lines | "Parse" >> beam.ParDo(
+      ParseRowFn(spec, input_format, headers, delimiter, split_key,
+                 eval_fraction)).with_outputs(DEAD_LETTER, main=RECORDS)
+
+
+def _values(feature: spec_lib.Feature, value: Any) -> List[str]:
+  return list(value) if feature.kind == spec_lib.MULTI_CATEGORICAL else [value]
+
+
+class WriteVocabularyFn(beam.DoFn):
+  """(field, [(value, count)]) -> the vocabulary file, most frequent first."""
+
+  def __init__(self, vocab_dir: str):
+    self._vocab_dir = vocab_dir
+
+  def process(self, element):
+    field, counts = element
+    ordered = sorted(counts, key=lambda vc: (-vc[1], vc[0]))
+    with FileSystems.create(f"{self._vocab_dir}/{field}.txt") as f:
+      f.write("".join(f"{v}\n" for v, _ in ordered).encode("utf-8"))
+    yield field, len(ordered)
+
+
+@beam.ptransform_fn
+def ComputeVocabularies(train_records, spec, vocab_dir):
+  """Counts categorical values in the training split; keeps those >= vocab_min_count.
+
+  Writes one `<field>.txt` per vocabulary field and returns (field, vocab size) pairs
+  and (field, distinct values) pairs, the latter counted before the threshold.
+  """
+  fields = spec.vocabulary_fields
+  min_count = {f.name: f.vocab_min_count for f in fields}
+  counts = (train_records
+            | "FieldValues" >> beam.FlatMap(
+                lambda r: [(f.name, v) for f in fields for v in _values(f, r[f.name])])
+            | "CountValues" >> beam.combiners.Count.PerElement())
+  sizes = (counts
+           | "KeepFrequent" >> beam.Filter(lambda kv: kv[1] >= min_count[kv[0][0]])
+           | "ByField" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+           | "GroupByField" >> beam.GroupByKey()
+           | "WriteVocab" >> beam.ParDo(WriteVocabularyFn(vocab_dir)))
+  distinct = (counts
+              | "OnePerValue" >> beam.Map(lambda kv: (kv[0][0], 1))
+              | "CountDistinct" >> beam.CombinePerKey(sum))
+  return sizes, distinct
+
+
+class _MomentsFn(beam.CombineFn):
+  """count, mean and variance of a numeric column, mergeable across workers."""
+
+  def create_accumulator(self):
+    return (0, 0.0, 0.0)
+
+  def add_input(self, acc, x):
+    return (acc[0] + 1, acc[1] + x, acc[2] + x * x)
+
+  def merge_accumulators(self, accs):
+    accs = list(accs)
+    return tuple(sum(a[i] for a in accs) for i in range(3))
+
+  def extract_output(self, acc):
+    n, s, ss = acc
+    if n == 0:
+      return {"count": 0, "mean": 0.0, "std": 1.0}
+    mean = s / n
+    var = max(ss / n - mean * mean, 0.0)
+    return {"count": n, "mean": mean, "std": var ** 0.5}
+
+
+@beam.ptransform_fn
+def NumericMoments(train_records, spec):
+  """(field, {count, mean, std}) of every numeric model input, on the training split."""
+  numeric = [f.name for f in spec.model_inputs if f.kind == spec_lib.NUMERIC]
+  return (train_records
+          | "NumericValues" >> beam.FlatMap(lambda r: [(n, r[n]) for n in numeric])
+          | "Moments" >> beam.CombinePerKey(_MomentsFn()))
+
+
+@beam.ptransform_fn
+def DistributionStatistics(split_records, spec):
+  """((split, field, value), (rows, clicks)) for every distribution field value."""
+  fields = [f.name for f in spec.distribution_fields]
+  label = spec.label.name
+
+  def emit(split_record):
+    split, r = split_record
+    for name in fields:
+      yield (split, name, r[name]), (1, r[label])
+    yield (split, "__all__", "__all__"), (1, r[label])
+
+  return (split_records
+          | "DistributionKeys" >> beam.FlatMap(emit)
+          | "SumRowsClicks" >> beam.CombinePerKey(
+              lambda pairs: tuple(map(sum, zip(*pairs))) if pairs else (0, 0)))
+
+
+class ToExampleFn(beam.DoFn):
+  """record -> serialized tf.Example, every field of the spec typed as it declares."""
+
+  def __init__(self, spec: spec_lib.FeatureSpec, counter_name: str):
+    self._spec = spec
+    self._counter_name = counter_name
+
+  def setup(self):
+    import tensorflow as tf  # heavy: once per worker, not per element.
+    self._tf = tf
+    self._written = beam.metrics.Metrics.counter(NAMESPACE, self._counter_name)
+
+  def process(self, record: Record):
+    tf = self._tf
+    feature = {}
+    for f in self._spec.features:
+      value = record[f.name]
+      if f.kind == spec_lib.NUMERIC:
+        feature[f.name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+      else:
+        values = value if isinstance(value, list) else [value]
+        feature[f.name] = tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[v.encode("utf-8") for v in values]))
+    self._written.inc()
+    yield tf.train.Example(
+        features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+@beam.ptransform_fn
+def WriteExamples(records, spec, prefix, split):
+  """Records -> sharded gzip TFRecords `<prefix>-SSSSS-of-NNNNN.tfrecord.gz`."""
+  return (records
+          | "ToExample" >> beam.ParDo(ToExampleFn(spec, f"rows_written_{split}"))
+          | "WriteTFRecord" >> beam.io.WriteToTFRecord(
+              prefix, file_name_suffix=".tfrecord.gz",
+              compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+
+
+@beam.ptransform_fn
+def WriteDeadLetter(dead, prefix):
+  """Rejected rows as JSON lines {source, row, reason}."""
+  return (dead
+          | "ToJson" >> beam.Map(json.dumps)
+          | "WriteDeadLetter" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl"))
+
+
+@beam.ptransform_fn
+def WriteJsonLines(pcoll, prefix):
+  """Small side results (statistics) as one JSON file, assembled by the driver."""
+  return (pcoll
+          | "ToJson" >> beam.Map(lambda x: json.dumps(x, default=list))
+          | "Write" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl",
+                                           num_shards=1))

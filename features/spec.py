@@ -1,0 +1,336 @@
+"""The feature spec: the single declaration of every field of a dataset.
+
+The Beam job, the tf.Example parsing spec, the Keras inputs and the serving signature are
+all derived from a `FeatureSpec`; nothing else in the project declares a feature. A spec
+is written as YAML (see `features/specs/`) and loaded with `load_spec`, which validates it
+and raises `SpecError` naming the file, the field and the offending value.
+"""
+import dataclasses
+import math
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import yaml
+
+CATEGORICAL = "categorical"
+MULTI_CATEGORICAL = "multi_categorical"
+NUMERIC = "numeric"
+KINDS = (CATEGORICAL, MULTI_CATEGORICAL, NUMERIC)
+
+FEATURE = "feature"  # an input of the model
+LABEL = "label"  # the click label, 0 or 1
+PASSTHROUGH = "passthrough"  # kept in the TFRecords (e.g. a CVR label), not a model input
+ORACLE = "oracle"  # the true click probability of a synthetic row: for the oracle AUC only
+ROLES = (FEATURE, LABEL, PASSTHROUGH, ORACLE)
+
+SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
+
+
+class SpecError(ValueError):
+  """A feature spec (or a value checked against it) is wrong; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+  """One field of the raw log and of the tf.Example.
+
+  Attributes:
+    name: column name in the raw log and key in the tf.Example.
+    kind: `categorical`, `multi_categorical` (values joined by `separator`) or `numeric`.
+    role: `feature`, `label`, `passthrough` or `oracle` (see module constants).
+    embedding_dim: width of the field's embedding (model inputs only).
+    vocab_min_count: values seen fewer times in the training split go to the OOV bucket.
+    hash_buckets: if > 0, hash values into this many buckets instead of a vocabulary.
+    boundaries: numeric only: bucketize at these boundaries and embed the bucket;
+      empty means standardize with the training mean/std and project.
+    distribution_level: this field names a distribution (0 = coarsest, e.g. scenario).
+    user_id: the field that groups examples per user for GAUC.
+    default: value used when the raw cell is empty; None means the field is required.
+    separator: joins the values of a multi_categorical cell.
+  """
+  name: str
+  kind: str
+  role: str = FEATURE
+  embedding_dim: int = 8
+  vocab_min_count: int = 1
+  hash_buckets: int = 0
+  boundaries: Tuple[float, ...] = ()
+  distribution_level: Optional[int] = None
+  user_id: bool = False
+  default: Optional[Union[str, float]] = None
+  separator: str = "|"
+
+  @property
+  def is_model_input(self) -> bool:
+    return self.role == FEATURE
+
+  @property
+  def uses_vocabulary(self) -> bool:
+    return self.kind != NUMERIC and self.hash_buckets == 0
+
+  @property
+  def required(self) -> bool:
+    return self.default is None
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+  """A validated, ordered set of features; the column order is the raw CSV's."""
+  name: str
+  features: Tuple[Feature, ...]
+  source: str = "<memory>"
+
+  def __post_init__(self):
+    _validate(self)
+
+  # --- Look-ups -------------------------------------------------------------------
+  def __getitem__(self, name: str) -> Feature:
+    for f in self.features:
+      if f.name == name:
+        return f
+    raise KeyError(f"{self.source}: no feature named {name!r}; the spec has "
+                   f"{[f.name for f in self.features]}")
+
+  @property
+  def names(self) -> List[str]:
+    return [f.name for f in self.features]
+
+  @property
+  def label(self) -> Feature:
+    return next(f for f in self.features if f.role == LABEL)
+
+  @property
+  def oracle(self) -> Optional[Feature]:
+    return next((f for f in self.features if f.role == ORACLE), None)
+
+  @property
+  def user_id(self) -> Optional[Feature]:
+    return next((f for f in self.features if f.user_id), None)
+
+  @property
+  def model_inputs(self) -> List[Feature]:
+    return [f for f in self.features if f.is_model_input]
+
+  @property
+  def distribution_fields(self) -> List[Feature]:
+    """Distribution fields ordered coarse to fine."""
+    fields = [f for f in self.features if f.distribution_level is not None]
+    return sorted(fields, key=lambda f: f.distribution_level)
+
+  @property
+  def vocabulary_fields(self) -> List[Feature]:
+    return [f for f in self.model_inputs if f.uses_vocabulary]
+
+  # --- Derived TensorFlow specs ---------------------------------------------------
+  def parsing_spec(self, for_serving: bool = False) -> Dict[str, Any]:
+    """The `tf.io.parse_example` spec; for serving, model inputs only."""
+    import tensorflow as tf  # imported lazily so the Beam workers need not load TF.
+    spec = {}
+    for f in self.features:
+      if for_serving and not f.is_model_input:
+        continue
+      if f.kind == MULTI_CATEGORICAL:
+        spec[f.name] = tf.io.RaggedFeature(tf.string)
+      elif f.kind == CATEGORICAL:
+        default = None if f.required else str(f.default)
+        spec[f.name] = tf.io.FixedLenFeature([], tf.string, default_value=default)
+      else:
+        default = None if f.required else float(f.default)
+        spec[f.name] = tf.io.FixedLenFeature([], tf.float32, default_value=default)
+    return spec
+
+  def tensor_specs(self, batch_size: Optional[int] = None) -> Dict[str, Any]:
+    """`tf.TensorSpec` of each model input: the raw-tensor serving signature.
+
+    Multi-valued fields are dense `[batch, max_values]` strings padded with "".
+    """
+    import tensorflow as tf
+    specs = {}
+    for f in self.model_inputs:
+      if f.kind == MULTI_CATEGORICAL:
+        specs[f.name] = tf.TensorSpec([batch_size, None], tf.string, name=f.name)
+      elif f.kind == CATEGORICAL:
+        specs[f.name] = tf.TensorSpec([batch_size], tf.string, name=f.name)
+      else:
+        specs[f.name] = tf.TensorSpec([batch_size], tf.float32, name=f.name)
+    return specs
+
+  # --- Raw values -----------------------------------------------------------------
+  def parse_value(self, feature: Feature, raw: Any) -> Union[str, float, List[str]]:
+    """Types one raw cell; raises SpecError naming the field and the value."""
+    if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+      if feature.required:
+        raise SpecError(f"field {feature.name!r}: empty value, and the field has no "
+                        "default")
+      raw = feature.default
+    if feature.role == LABEL:
+      try:
+        value = float(raw)
+      except (TypeError, ValueError):
+        raise SpecError(f"field {feature.name!r}: label {raw!r} is not a number")
+      if value not in (0.0, 1.0):
+        raise SpecError(f"field {feature.name!r}: label {raw!r} is not 0 or 1")
+      return value
+    if feature.kind == NUMERIC:
+      try:
+        value = float(raw)
+      except (TypeError, ValueError):
+        raise SpecError(f"field {feature.name!r}: {raw!r} is not a number")
+      if not math.isfinite(value):
+        raise SpecError(f"field {feature.name!r}: {raw!r} is not a finite number")
+      return value
+    if feature.kind == MULTI_CATEGORICAL:
+      if isinstance(raw, (list, tuple)):
+        return [str(v) for v in raw if str(v) != ""]
+      return [v for v in str(raw).split(feature.separator) if v != ""]
+    if isinstance(raw, float) and raw.is_integer():
+      raw = int(raw)  # JSON numbers used as ids: 3.0 and 3 are the same category.
+    return str(raw)
+
+  def to_dict(self) -> Dict[str, Any]:
+    out = []
+    for f in self.features:
+      d = dataclasses.asdict(f)
+      defaults = {x.name: x.default for x in dataclasses.fields(Feature)
+                  if x.default is not dataclasses.MISSING}
+      d = {k: v for k, v in d.items() if k in ("name", "kind") or v != defaults.get(k)}
+      if "boundaries" in d:
+        d["boundaries"] = list(d["boundaries"])
+      out.append(d)
+    return {"name": self.name, "features": out}
+
+  def save(self, path: str) -> None:
+    write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def read_text(path: str) -> str:
+  """Reads a whole file through Beam's filesystems (local, gs://, hdfs://)."""
+  from apache_beam.io.filesystems import FileSystems
+  with FileSystems.open(path) as f:
+    return f.read().decode("utf-8")
+
+
+def write_text(path: str, text: str) -> None:
+  from apache_beam.io.filesystems import FileSystems
+  with FileSystems.create(path) as f:
+    f.write(text.encode("utf-8"))
+
+
+_FIELD_KEYS = {f.name for f in dataclasses.fields(Feature)}
+
+
+def _validate(spec: FeatureSpec) -> None:
+  src = spec.source
+  if not spec.features:
+    raise SpecError(f"{src}: the spec declares no features")
+  seen = set()
+  for f in spec.features:
+    where = f"{src}: field {f.name!r}"
+    if not f.name or not isinstance(f.name, str):
+      raise SpecError(f"{src}: a field has no name ({f!r})")
+    if f.name in seen:
+      raise SpecError(f"{where}: declared twice")
+    seen.add(f.name)
+    if f.kind not in KINDS:
+      raise SpecError(f"{where}: unknown kind {f.kind!r}; expected one of {KINDS}")
+    if f.role not in ROLES:
+      raise SpecError(f"{where}: unknown role {f.role!r}; expected one of {ROLES}")
+    if f.embedding_dim < 1:
+      raise SpecError(f"{where}: embedding_dim must be >= 1, got {f.embedding_dim}")
+    if f.vocab_min_count < 1:
+      raise SpecError(f"{where}: vocab_min_count must be >= 1, got {f.vocab_min_count}")
+    if f.hash_buckets < 0:
+      raise SpecError(f"{where}: hash_buckets must be >= 0, got {f.hash_buckets}")
+    if f.boundaries and f.kind != NUMERIC:
+      raise SpecError(f"{where}: boundaries are for numeric fields, kind is {f.kind!r}")
+    if list(f.boundaries) != sorted(set(f.boundaries)):
+      raise SpecError(f"{where}: boundaries must be strictly increasing, got "
+                      f"{list(f.boundaries)}")
+    if f.hash_buckets and f.kind == NUMERIC:
+      raise SpecError(f"{where}: hash_buckets is for categorical fields")
+    if f.distribution_level is not None:
+      if f.kind != CATEGORICAL:
+        raise SpecError(f"{where}: a distribution field must be categorical, kind is "
+                        f"{f.kind!r}")
+      if f.role != FEATURE:
+        raise SpecError(f"{where}: a distribution field must have role 'feature', "
+                        f"got {f.role!r}")
+      if not isinstance(f.distribution_level, int) or f.distribution_level < 0:
+        raise SpecError(f"{where}: distribution_level must be an integer >= 0, got "
+                        f"{f.distribution_level!r}")
+    if f.user_id and f.kind != CATEGORICAL:
+      raise SpecError(f"{where}: the user_id field must be categorical, kind is "
+                      f"{f.kind!r}")
+    if f.role in (LABEL, ORACLE) and f.kind != NUMERIC:
+      raise SpecError(f"{where}: a {f.role} field must be numeric, kind is {f.kind!r}")
+    if f.default is not None and f.kind == NUMERIC:
+      try:
+        float(f.default)
+      except (TypeError, ValueError):
+        raise SpecError(f"{where}: default {f.default!r} is not a number")
+  labels = [f.name for f in spec.features if f.role == LABEL]
+  if len(labels) != 1:
+    raise SpecError(f"{src}: the spec needs exactly one field with role 'label', "
+                    f"found {labels}")
+  for role_name, found in (("oracle", [f for f in spec.features if f.role == ORACLE]),
+                           ("user_id", [f for f in spec.features if f.user_id])):
+    if len(found) > 1:
+      raise SpecError(f"{src}: at most one {role_name} field, found "
+                      f"{[f.name for f in found]}")
+  levels = [f.distribution_level for f in spec.features
+            if f.distribution_level is not None]
+  if len(levels) != len(set(levels)):
+    raise SpecError(f"{src}: two distribution fields share a level: {sorted(levels)}")
+  if not any(f.is_model_input for f in spec.features):
+    raise SpecError(f"{src}: the spec has no model input (role 'feature')")
+
+
+def spec_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> FeatureSpec:
+  """Builds a spec from parsed YAML/JSON, with errors naming the source."""
+  if not isinstance(data, Mapping) or "features" not in data:
+    raise SpecError(f"{source}: expected a mapping with a 'features' list")
+  raw_features = data["features"]
+  if not isinstance(raw_features, Sequence) or isinstance(raw_features, str):
+    raise SpecError(f"{source}: 'features' must be a list")
+  features = []
+  for i, item in enumerate(raw_features):
+    if not isinstance(item, Mapping) or "name" not in item or "kind" not in item:
+      raise SpecError(f"{source}: features[{i}] needs at least 'name' and 'kind', got "
+                      f"{item!r}")
+    unknown = set(item) - _FIELD_KEYS
+    if unknown:
+      raise SpecError(f"{source}: field {item['name']!r}: unknown key(s) "
+                      f"{sorted(unknown)}; allowed: {sorted(_FIELD_KEYS)}")
+    kwargs = dict(item)
+    if "boundaries" in kwargs:
+      try:
+        kwargs["boundaries"] = tuple(float(b) for b in kwargs["boundaries"])
+      except (TypeError, ValueError):
+        raise SpecError(f"{source}: field {item['name']!r}: boundaries must be numbers, "
+                        f"got {item['boundaries']!r}")
+    for int_key in ("embedding_dim", "vocab_min_count", "hash_buckets"):
+      if int_key in kwargs and not isinstance(kwargs[int_key], int):
+        raise SpecError(f"{source}: field {item['name']!r}: {int_key} must be an "
+                        f"integer, got {kwargs[int_key]!r}")
+    features.append(Feature(**kwargs))
+  return FeatureSpec(name=str(data.get("name", "unnamed")), features=tuple(features),
+                     source=source)
+
+
+def load_spec(path: str) -> FeatureSpec:
+  """Loads and validates a YAML spec; a bare name means a spec shipped in features/specs."""
+  if os.path.sep not in path and not path.endswith((".yaml", ".yml")) and \
+      os.path.exists(os.path.join(SPECS_DIR, path + ".yaml")):
+    path = os.path.join(SPECS_DIR, path + ".yaml")
+  try:
+    text = read_text(path)
+  except (IOError, OSError) as e:
+    raise SpecError(f"{path}: cannot read the spec ({e})")
+  try:
+    data = yaml.safe_load(text)
+  except yaml.YAMLError as e:
+    raise SpecError(f"{path}: not valid YAML ({e})")
+  try:
+    return spec_from_dict(data, source=path)
+  except TypeError as e:  # e.g. a wrong value type the dataclass could not take
+    raise SpecError(f"{path}: {e}")

@@ -1,0 +1,107 @@
+"""Field embeddings derived from the feature spec: raw values in, one vector per field out.
+
+Lookups (vocabularies as files, hashing, bucketization, standardization) live inside the
+model, so the exported SavedModel takes raw values and training and serving can never
+disagree on an id.
+"""
+import json
+import os
+from typing import Any, Dict, Mapping, Optional
+
+import tensorflow as tf
+
+from features import spec as spec_lib
+
+
+def _vocab_size(path: str) -> int:
+  with tf.io.gfile.GFile(path) as f:
+    return sum(1 for line in f if line.rstrip("\n"))
+
+
+class FeatureEmbeddings(tf.keras.layers.Layer):
+  """Embeds every model input of a `FeatureSpec`.
+
+  categorical: vocabulary file (index 0 = OOV) or hashing -> Embedding.
+  multi_categorical: dense `[batch, max_values]` strings padded with "" -> masked mean.
+  numeric: bucketized at the spec's boundaries -> Embedding, or standardized with the
+  training moments -> a learned per-field projection.
+  """
+
+  def __init__(self, spec: Dict[str, Any], vocab_dir: str,
+               numeric_moments: Optional[Mapping[str, Mapping[str, float]]] = None,
+               **kwargs):
+    super().__init__(**kwargs)
+    self._spec = spec_lib.spec_from_dict(spec)
+    # Stored as JSON: Keras would wrap (and track) nested dicts set as attributes.
+    self._config_json = json.dumps({"spec": spec, "vocab_dir": vocab_dir,
+                                    "numeric_moments": dict(numeric_moments or {})})
+    self.vocab_dir = vocab_dir
+    moments = json.loads(self._config_json)["numeric_moments"]
+    self._moments = {k: (float(v["mean"]), float(v["std"])) for k, v in moments.items()}
+    self._lookup = {}
+    self._table = {}
+    self._projection = {}
+    self.num_ids = {}
+    for f in self._spec.model_inputs:
+      if f.kind == spec_lib.NUMERIC and not f.boundaries:
+        self._projection[f.name] = tf.keras.layers.Dense(
+            f.embedding_dim, name=f"{f.name}_projection")
+        continue
+      if f.kind == spec_lib.NUMERIC:
+        self._lookup[f.name] = tf.keras.layers.Discretization(
+            bin_boundaries=list(f.boundaries), name=f"{f.name}_buckets")
+        self.num_ids[f.name] = len(f.boundaries) + 1
+      elif f.hash_buckets:
+        self._lookup[f.name] = tf.keras.layers.Hashing(
+            num_bins=f.hash_buckets, name=f"{f.name}_hash")
+        self.num_ids[f.name] = f.hash_buckets
+      else:
+        path = os.path.join(vocab_dir, f"{f.name}.txt")
+        if not tf.io.gfile.exists(path):
+          raise ValueError(f"field {f.name!r}: vocabulary file {path} is missing; was "
+                           "the data written by `hmdn preprocess` with this spec?")
+        size = _vocab_size(path)
+        if size == 0:  # every value was rarer than vocab_min_count: all OOV.
+          self._lookup[f.name] = tf.keras.layers.Hashing(num_bins=1, name=f"{f.name}_oov")
+          self.num_ids[f.name] = 1
+        else:
+          self._lookup[f.name] = tf.keras.layers.StringLookup(
+              vocabulary=path, num_oov_indices=1, name=f"{f.name}_lookup")
+          self.num_ids[f.name] = size + 1
+      self._table[f.name] = tf.keras.layers.Embedding(
+          self.num_ids[f.name], f.embedding_dim, name=f"{f.name}_embedding",
+          embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
+
+  @property
+  def feature_spec(self) -> spec_lib.FeatureSpec:
+    return self._spec
+
+  def ids(self, name: str, values: tf.Tensor) -> tf.Tensor:
+    """Integer ids of a categorical or bucketized field (0 = OOV for vocabularies)."""
+    return tf.cast(self._lookup[name](values), tf.int32)
+
+  def call(self, inputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Raw inputs keyed by field name -> {field: [batch_size, embedding_dim]}."""
+    out = {}
+    for f in self._spec.model_inputs:
+      if f.name not in inputs:
+        raise ValueError(f"input feature {f.name!r} is missing; got "
+                         f"{sorted(inputs)}")
+      x = inputs[f.name]
+      if f.name in self._projection:
+        mean, std = self._moments.get(f.name, (0.0, 1.0))
+        z = (tf.cast(x, tf.float32) - mean) / max(std, 1e-6)
+        out[f.name] = self._projection[f.name](tf.clip_by_value(z, -5.0, 5.0)[:, None])
+      elif f.kind == spec_lib.MULTI_CATEGORICAL:
+        x = tf.convert_to_tensor(x)
+        mask = tf.cast(tf.not_equal(x, ""), tf.float32)[..., None]
+        vectors = self._table[f.name](self.ids(f.name, x)) * mask
+        out[f.name] = tf.reduce_sum(vectors, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
+      else:
+        out[f.name] = self._table[f.name](self.ids(f.name, x))
+    return out
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(json.loads(self._config_json))
+    return config

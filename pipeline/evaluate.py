@@ -1,0 +1,113 @@
+"""Evaluation: one pass over the eval split, exact metrics overall and per distribution.
+
+The predictor takes serialized tf.Example, so the same code scores an in-memory model
+and an exported SavedModel (through its serving signature).
+"""
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from features import spec as spec_lib
+from pipeline import data, metrics
+
+Predictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
+
+
+def model_predictor(model: tf.keras.Model, spec: spec_lib.FeatureSpec) -> Predictor:
+  @tf.function
+  def predict(serialized):
+    out = model(data.parse_batch(serialized, spec, for_serving=True), training=False)
+    result = {"probability": tf.reshape(out["probability"], [-1])}
+    if "codes" in out:
+      result["codes"] = out["codes"]
+    return result
+  return predict
+
+
+def saved_model_predictor(export_dir: str) -> Predictor:
+  loaded = tf.saved_model.load(export_dir)
+  signature = loaded.signatures["serving_default"]
+  return lambda serialized: signature(examples=serialized)
+
+
+def _categorical_columns(spec: spec_lib.FeatureSpec):
+  """Fields to break metrics down by: distribution fields and categorical passthroughs."""
+  fields = [f.name for f in spec.distribution_fields]
+  fields += [f.name for f in spec.features
+             if f.role == spec_lib.PASSTHROUGH and f.kind == spec_lib.CATEGORICAL]
+  return fields
+
+
+def collect(predict: Predictor, data_dir: str, spec: spec_lib.FeatureSpec,
+            batch_size: int = 4096, split: str = "eval") -> Dict[str, np.ndarray]:
+  """Runs the predictor over a split; returns columns: probability, label, codes, ..."""
+  files = data.files_of(data_dir, split)
+  ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
+  keep = [spec.label.name] + _categorical_columns(spec)
+  keep += [f.name for f in (spec.user_id, spec.oracle) if f is not None]
+  columns = {k: [] for k in keep + ["probability"]}
+  codes = []
+  parse_spec = {k: v for k, v in spec.parsing_spec().items() if k in keep}
+  for serialized in ds:
+    out = predict(serialized)
+    parsed = tf.io.parse_example(serialized, parse_spec)
+    for k in keep:
+      columns[k].append(parsed[k].numpy())
+    columns["probability"].append(out["probability"].numpy())
+    if "codes" in out:
+      codes.append(out["codes"].numpy())
+  result = {k: np.concatenate(v) if v else np.array([]) for k, v in columns.items()}
+  if codes:
+    result["codes"] = np.concatenate(codes)
+  return result
+
+
+def compute_metrics(columns: Dict[str, np.ndarray], spec: spec_lib.FeatureSpec,
+                    codebook_size: Optional[int] = None,
+                    code_views: Optional[list] = None) -> Dict:
+  labels = columns[spec.label.name]
+  probs = columns["probability"]
+  result = {
+      "auc": metrics.auc(labels, probs),
+      "logloss": metrics.logloss(labels, probs),
+      "rows_eval": int(len(labels)),
+      "ctr_eval": float(np.mean(labels)) if len(labels) else float("nan"),
+  }
+  if spec.user_id is not None:
+    result["gauc"] = metrics.gauc(labels, probs, columns[spec.user_id.name])
+  if spec.oracle is not None:
+    result["oracle_auc"] = metrics.auc(labels, columns[spec.oracle.name])
+  result["per_distribution"] = {
+      name: metrics.breakdown(labels, probs, columns[name])
+      for name in _categorical_columns(spec)}
+  if "codes" in columns and codebook_size:
+    result["codes"] = code_report(columns, spec, codebook_size, code_views or [])
+  return result
+
+
+def code_report(columns, spec, codebook_size, views) -> Dict:
+  """Per view and level: usage (perplexity, dead share) and NMI with each known field."""
+  codes = columns["codes"]
+  levels = codes.shape[1] // max(len(views), 1)
+  report = {}
+  for v, view in enumerate(views):
+    for level in range(levels):
+      c = codes[:, v * levels + level]
+      entry = metrics.code_usage(c, codebook_size)
+      entry["nmi"] = {name: metrics.normalized_mutual_information(c, columns[name])
+                      for name in _categorical_columns(spec)}
+      report[f"{view}/level_{level + 1}"] = entry
+  return report
+
+
+def format_table(result: Dict) -> str:
+  """The per-distribution table printed at the end of a run."""
+  lines = [f"{'field':<14} {'value':<14} {'rows':>8} {'ctr':>7} {'auc':>7} {'logloss':>8}"]
+  for field, values in result["per_distribution"].items():
+    for value, m in sorted(values.items()):
+      lines.append(f"{field:<14} {value:<14} {m['rows']:>8d} {m['ctr']:>7.4f} "
+                   f"{m['auc']:>7.4f} {m['logloss']:>8.4f}")
+  lines.append(f"{'overall':<14} {'':<14} {result['rows_eval']:>8d} "
+               f"{result['ctr_eval']:>7.4f} {result['auc']:>7.4f} {result['logloss']:>8.4f}")
+  return "\n".join(lines)

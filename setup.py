@@ -1,0 +1,25 @@
+"""HMDN: Hierarchical Multi-Distribution Network for CTR prediction, as a TF pipeline."""
+from setuptools import find_packages, setup
+
+setup(
+    name="hmdn",
+    version="0.1.0",
+    description="HMDN CTR models with Beam preprocessing, tf.distribute training and "
+                "TF Serving export",
+    python_requires=">=3.10",
+    packages=find_packages(include=["features", "features.*", "beam_jobs", "beam_jobs.*",
+                                    "models", "models.*", "pipeline", "pipeline.*"]),
+    package_data={"features": ["specs/*.yaml"]},
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "tf-keras>=2.16,<2.22",
+        "tensorflow-recommenders==0.7.7",
+        "tensorflow-datasets>=4.9",
+        "apache-beam[tfrecord]>=2.60",
+        "tensorboard>=2.16",  # TF >= 2.20 no longer pulls it in; Keras logs need it.
+        "absl-py>=2.0",
+        "PyYAML>=6.0",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["hmdn=pipeline.cli:run_main"]},
+)
