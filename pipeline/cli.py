@@ -194,6 +194,7 @@ def cmd_predict(saved_model: str, request_path: str) -> Dict:
 def cmd_run() -> Dict:
   """All stages; writes metrics.json into --output_dir."""
   _require("output_dir")
+  model_config_from_flags()  # a bad model option fails now, not after preprocessing
   out = FLAGS.output_dir
   raw, spec = FLAGS.raw, FLAGS.spec
   summary = None
