@@ -56,13 +56,24 @@ flags.DEFINE_enum("hmdn_condition", "concat", ["concat", "hierarchical_only"],
                   "Backbone condition of HMDN models.")
 # Training.
 flags.DEFINE_string("model_dir", None, "Checkpoints, TensorBoard logs, run config.")
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "tf.distribute.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker_mirrored",
+                                          "parameter_server", "tpu"],
+                  "tf.distribute strategy; multi-worker ones read TF_CONFIG.")
+flags.DEFINE_string("tpu", "", "tpu: the TPU name or grpc:// address.")
 flags.DEFINE_integer("num_devices", 0, "mirrored: number of devices (0 = all GPUs).")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices.")
 flags.DEFINE_integer("batch_size", 512, "GLOBAL batch size (over all replicas).")
 flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate for the global batch.")
 flags.DEFINE_integer("epochs", 3, "Training epochs.")
 flags.DEFINE_integer("steps_per_epoch", 0, "0 = one pass over the training split.")
+flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"], "Learning rate "
+                  "schedule (cosine decays to 0 over the run, after --warmup_steps).")
+flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps of the cosine schedule.")
+flags.DEFINE_integer("early_stopping_patience", 0, "Stop after N epochs without a "
+                     "better exact eval AUC (0 = off).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Epoch checkpoints kept.")
+flags.DEFINE_integer("backup_every_steps", 0, "Fault-tolerance backup frequency in "
+                     "steps (0 = each epoch).")
 # Export and serving.
 flags.DEFINE_string("export_dir", None, "Export root: versions go to <export_dir>/<v>/.")
 flags.DEFINE_string("saved_model", None, "An exported version dir (or export root: the "
@@ -94,9 +105,13 @@ def train_config_from_flags(data_dir: str, model_dir: str):
   from pipeline.train import TrainConfig
   return TrainConfig(
       data_dir=data_dir, model_dir=model_dir, model=model_config_from_flags(),
-      strategy=FLAGS.strategy, num_devices=FLAGS.num_devices,
+      strategy=FLAGS.strategy, tpu=FLAGS.tpu, num_devices=FLAGS.num_devices,
       batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-      epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, seed=FLAGS.seed)
+      lr_schedule=FLAGS.lr_schedule, warmup_steps=FLAGS.warmup_steps,
+      epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
+      early_stopping_patience=FLAGS.early_stopping_patience,
+      keep_checkpoints=FLAGS.keep_checkpoints,
+      backup_every_steps=FLAGS.backup_every_steps, seed=FLAGS.seed)
 
 
 def _require(*names: str) -> None:
@@ -267,9 +282,10 @@ def main(argv: List[str]) -> None:
   if len(argv) > 2:
     raise app.UsageError(f"unexpected arguments {argv[2:]}")
   try:
-    if FLAGS.cpu_devices > 1:
-      from pipeline.train import split_cpu
-      split_cpu(FLAGS.cpu_devices)
+    from pipeline import strategies
+    strategies.split_cpu(FLAGS.cpu_devices)
+    if command == "train":  # parameter-server training: workers and PS only serve.
+      strategies.serve_forever_if_server_task(FLAGS.strategy)
     if command == "generate":
       _require("output_dir")
       cmd_generate(FLAGS.output_dir)

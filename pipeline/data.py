@@ -49,13 +49,17 @@ def make_dataset(data_dir: str, split: str, spec: spec_lib.FeatureSpec,
   """
   files = files_of(data_dir, split)
   ds = tf.data.Dataset.from_tensor_slices(files)
-  if input_context is not None and input_context.num_input_pipelines > 1:
-    ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  pipelines = input_context.num_input_pipelines if input_context is not None else 1
+  shard_files = pipelines > 1 and len(files) >= pipelines
+  if shard_files:
+    ds = ds.shard(pipelines, input_context.input_pipeline_id)
   if training:
     ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
   ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
                      cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
                      deterministic=not training)
+  if pipelines > 1 and not shard_files:  # fewer files than workers: shard the records
+    ds = ds.shard(pipelines, input_context.input_pipeline_id)
   if training:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
   ds = ds.batch(batch_size, drop_remainder=training)

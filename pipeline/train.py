@@ -1,15 +1,21 @@
-"""Training under a tf.distribute strategy chosen by name.
+"""Training under a tf.distribute strategy chosen by name (see pipeline/strategies.py).
 
 Batch-size semantics: `batch_size` is the GLOBAL batch (split across replicas by
 tf.distribute); the learning rate applies to the mean loss over that global batch, so a
 run on 1 or N replicas with the same global batch takes the same steps.
+
+Run directory (`model_dir`): `run_config.json` (config and versions), `logs/`
+(TensorBoard), `backup/` (BackupAndRestore: a killed run restarted with the same command
+resumes there), `checkpoints/epoch/` (the newest `keep_checkpoints`),
+`checkpoints/best` (best exact eval AUC) and `checkpoints/final` (the weights returned).
 """
 import dataclasses
 import json
 import os
 import platform
 import sys
-from typing import Dict, Optional
+import tempfile
+from typing import Optional
 
 import tensorflow as tf
 
@@ -17,9 +23,10 @@ from beam_jobs import preprocess
 from features import spec as spec_lib
 from models.ctr_model import CTRModel
 from models.registry import ModelConfig
-from pipeline import data
+from pipeline import callbacks as callbacks_lib
+from pipeline import data, strategies
 
-STRATEGIES = ("default", "mirrored")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass
@@ -28,47 +35,29 @@ class TrainConfig:
   model_dir: str
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   strategy: str = "default"
+  tpu: str = ""  # --strategy=tpu: TPU name or grpc:// address
   num_devices: int = 0  # mirrored: 0 = all local GPUs (or the CPU); N > 1 = N devices
-  batch_size: int = 512  # global batch
-  learning_rate: float = 1e-3
-  epochs: int = 2
+  batch_size: int = 512  # GLOBAL batch
+  learning_rate: float = 2e-3
+  lr_schedule: str = "constant"  # constant | cosine (decay to 0 over the run)
+  warmup_steps: int = 0
+  epochs: int = 3
   steps_per_epoch: int = 0  # 0 = one pass over the training split
+  early_stopping_patience: int = 0  # epochs without a better eval AUC; 0 = off
+  keep_checkpoints: int = 3
+  backup_every_steps: int = 0  # BackupAndRestore frequency; 0 = every epoch
   seed: int = 0
 
 
-def make_strategy(name: str, num_devices: int = 0) -> tf.distribute.Strategy:
-  """Creates the strategy once; everything that creates variables runs in its scope."""
-  if name == "default":
-    return tf.distribute.get_strategy()
-  if name == "mirrored":
-    if num_devices > 1:
-      gpus = tf.config.list_logical_devices("GPU")
-      kind = "GPU" if len(gpus) >= num_devices else "CPU"
-      devices = [d.name for d in tf.config.list_logical_devices(kind)][:num_devices]
-      if len(devices) < num_devices:
-        raise ValueError(f"--num_devices={num_devices} but only {len(devices)} {kind} "
-                         "devices exist (set --cpu_devices to split the CPU)")
-      return tf.distribute.MirroredStrategy(devices)
-    return tf.distribute.MirroredStrategy()
-  raise ValueError(f"--strategy: unknown strategy {name!r}; expected one of {STRATEGIES}")
-
-
-def split_cpu(num_devices: int) -> None:
-  """Splits the host CPU into logical devices (for MirroredStrategy without GPUs).
-
-  Must run before TensorFlow initialises its devices.
-  """
-  if num_devices > 1:
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
-
-
 def build_model(data_dir: str, model_config: ModelConfig) -> CTRModel:
-  """The model for a preprocessing output: its spec, vocabularies and moments."""
+  """The model for a preprocessing output (its spec, vocabularies and moments), with
+  its variables created by one call on two eval rows (inference: no codebook update)."""
   spec = spec_lib.load_spec(os.path.join(data_dir, "spec.yaml"))
   stats = preprocess.load_stats(data_dir)
-  return CTRModel(spec, os.path.join(data_dir, "vocab"), stats["numeric"], model_config)
+  model = CTRModel(spec, os.path.join(data_dir, "vocab"), stats["numeric"], model_config)
+  features, _ = next(iter(data.make_dataset(data_dir, "eval", spec, 2, training=False)))
+  model(features)
+  return model
 
 
 def record_run(model_dir: str, config: TrainConfig) -> None:
@@ -85,40 +74,109 @@ def record_run(model_dir: str, config: TrainConfig) -> None:
     f.write(json.dumps(record, indent=1, default=str))
 
 
+def _learning_rate(config: TrainConfig, total_steps: int):
+  if config.lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f"--lr_schedule: expected one of {LR_SCHEDULES}, got "
+                     f"{config.lr_schedule!r}")
+  if config.lr_schedule == "cosine":
+    warmup = min(config.warmup_steps, total_steps - 1)
+    return tf.keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else config.learning_rate, max(total_steps - warmup, 1),
+        warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup)
+  return config.learning_rate
+
+
+def _writable_dir(model_dir: str, sub: str) -> str:
+  """Only the chief writes into model_dir; other workers write to a scratch dir."""
+  if strategies.is_chief():
+    return os.path.join(model_dir, sub)
+  task = strategies.cluster_task()
+  return os.path.join(tempfile.gettempdir(),
+                      f"hmdn-{task['type']}-{task['index']}-{os.getpid()}", sub)
+
+
+def _code_views(model_config: ModelConfig):
+  if not model_config.is_hmdn:
+    return []
+  return (["explicit", "implicit"] if model_config.extraction == "dual"
+          else [model_config.extraction])
+
+
 def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
           ) -> CTRModel:
-  """Trains and saves weights to `<model_dir>/checkpoints/`; returns the model."""
+  """Trains; returns the model holding the best-eval-AUC weights (also saved as final)."""
   tf.keras.utils.set_random_seed(config.seed)
-  strategy = strategy or make_strategy(config.strategy, config.num_devices)
+  strategy = strategy or strategies.make_strategy(config.strategy, config.num_devices,
+                                                     config.tpu)
   metadata = preprocess.load_metadata(config.data_dir)
   spec = spec_lib.load_spec(os.path.join(config.data_dir, "spec.yaml"))
-  record_run(config.model_dir, config)
+  if strategies.is_chief():
+    record_run(config.model_dir, config)
   train_rows = metadata["rows_written"]["train"]
+  if config.batch_size < strategy.num_replicas_in_sync:
+    raise ValueError(f"--batch_size={config.batch_size} is smaller than the "
+                     f"{strategy.num_replicas_in_sync} replicas")
   if train_rows < config.batch_size:
     raise ValueError(f"--batch_size={config.batch_size} is larger than the training "
                      f"split ({train_rows} rows)")
   steps = config.steps_per_epoch or max(1, train_rows // config.batch_size)
-  train_ds = data.make_dataset(config.data_dir, "train", spec, config.batch_size,
-                               training=True, seed=config.seed)
-  eval_ds = data.make_dataset(config.data_dir, "eval", spec, config.batch_size,
-                              training=False)
+  is_ps = isinstance(strategy, tf.distribute.ParameterServerStrategy)
+
+  def dataset_fn(input_context: Optional[tf.distribute.InputContext] = None):
+    batch = (input_context.get_per_replica_batch_size(config.batch_size)
+             if input_context is not None else config.batch_size)
+    return data.make_dataset(config.data_dir, "train", spec, batch, training=True,
+                             seed=config.seed, input_context=input_context)
+
+  if is_ps:
+    train_input = tf.keras.utils.experimental.DatasetCreator(dataset_fn)
+  else:
+    train_input = dataset_fn()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    train_input = train_input.with_options(options)
+
   with strategy.scope():
     model = build_model(config.data_dir, config.model)
-    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-  callbacks = [tf.keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs"),
-                                              update_freq=max(1, steps // 10))]
-  model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
-            validation_data=eval_ds, callbacks=callbacks, verbose=2)
-  model.save_weights(os.path.join(config.model_dir, "checkpoints", "final"))
+    model.compile(optimizer=tf.keras.optimizers.Adam(
+        _learning_rate(config, steps * config.epochs)),
+        steps_per_execution=1)
+
+  best_path = os.path.join(_writable_dir(config.model_dir, "checkpoints"), "best")
+  evaluation = callbacks_lib.DistributionEvaluation(
+      config.data_dir, spec, os.path.join(config.model_dir, "logs"),
+      config.model.codebook_size if config.model.is_hmdn else None,
+      _code_views(config.model), write_summaries=strategies.is_chief())
+  callbacks = [
+      tf.keras.callbacks.BackupAndRestore(
+          _writable_dir(config.model_dir, "backup"),
+          save_freq=config.backup_every_steps or "epoch"),
+      evaluation,
+      tf.keras.callbacks.ModelCheckpoint(best_path, monitor="val_exact_auc", mode="max",
+                                         save_best_only=True, save_weights_only=True),
+      callbacks_lib.KeepCheckpoints(
+          os.path.join(_writable_dir(config.model_dir, "checkpoints"), "epoch"),
+          config.keep_checkpoints),
+  ]
+  if not is_ps:
+    callbacks.append(tf.keras.callbacks.TensorBoard(
+        _writable_dir(config.model_dir, "logs"), update_freq=max(1, steps // 10)))
+  if config.early_stopping_patience:
+    callbacks.append(tf.keras.callbacks.EarlyStopping(
+        monitor="val_exact_auc", mode="max", patience=config.early_stopping_patience))
+  model.fit(train_input, epochs=config.epochs, steps_per_epoch=steps,
+            callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+  if tf.io.gfile.exists(best_path + ".index"):
+    model.load_weights(best_path)
+  model.save_weights(os.path.join(_writable_dir(config.model_dir, "checkpoints"),
+                                  "final"))
   return model
 
 
 def load_trained(data_dir: str, model_dir: str, model_config: ModelConfig) -> CTRModel:
   """Rebuilds the model and restores the weights `train` saved."""
-  spec = spec_lib.load_spec(os.path.join(data_dir, "spec.yaml"))
   model = build_model(data_dir, model_config)
-  features, _ = next(iter(data.make_dataset(data_dir, "eval", spec, 2, training=False)))
-  model(features)  # creates the variables the checkpoint restores into
   path = os.path.join(model_dir, "checkpoints", "final")
   if not tf.io.gfile.exists(path + ".index"):
     raise FileNotFoundError(f"no trained weights at {path}; run `hmdn train` first")
