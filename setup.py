@@ -17,6 +17,8 @@ setup(
         "tensorflow-datasets>=4.9",
         "apache-beam[tfrecord]>=2.60",
         "tensorboard>=2.16",  # TF >= 2.20 no longer pulls it in; Keras logs need it.
+        # TF Serving's own protos for the warm-up file (assets.extra/...warmup_requests).
+        "tensorflow-serving-api>=2.16,<2.22",
         "absl-py>=2.0",
         "PyYAML>=6.0",
     ],

@@ -192,13 +192,17 @@ def cmd_predict(saved_model: str, request_path: str) -> Dict:
     raise serving_request.RequestError(
         f"signature_name {name!r} is not in {version}; it has {list(loaded.signatures)}")
   signature = loaded.signatures[name]
-  if name == "serving_default":
-    examples = serving_request.examples_from_instances(request["instances"])
-    out = signature(examples=tf.constant(examples))
-  else:
-    spec = spec_lib.load_spec(os.path.join(version, "assets.extra", "spec.yaml"))
-    tensors = serving_request.tensors_from_instances(spec, request["instances"])
-    out = signature(**{k: tf.constant(v) for k, v in tensors.items()})
+  try:
+    if name in ("serving_default", "classify"):
+      examples = tf.constant(serving_request.examples_from_instances(request["instances"]))
+      out = (signature(examples=examples) if name == "serving_default"
+             else signature(inputs=examples))
+    else:
+      spec = spec_lib.load_spec(os.path.join(version, "assets.extra", "spec.yaml"))
+      tensors = serving_request.tensors_from_instances(spec, request["instances"])
+      out = signature(**{k: tf.constant(v) for k, v in tensors.items()})
+  except tf.errors.InvalidArgumentError as e:  # e.g. a required feature not in an Example
+    raise serving_request.RequestError(f"{request_path}: {e.message.splitlines()[0]}")
   predictions = [{k: np.asarray(v[i]).tolist() for k, v in out.items()}
                  for i in range(len(request["instances"]))]
   response = {"predictions": predictions}
@@ -235,7 +239,8 @@ def train_evaluate_export(data_dir: str, out: str, summary=None) -> Dict:
                              config.model))
   if summary is not None:
     result["generator"] = {k: summary[k] for k in ("rows", "ctr", "oracle_auc")}
-  export_dir = export.export(model, spec, os.path.join(out, "export"))
+  export_dir = export.export(model, spec, os.path.join(out, "export"),
+                             warmup_examples=_eval_rows(data_dir, 8))
   result["export_dir"] = export_dir
   _write_json(os.path.join(out, "metrics.json"), result)
   print(f"metrics: {os.path.join(out, 'metrics.json')}")
@@ -245,13 +250,20 @@ def train_evaluate_export(data_dir: str, out: str, summary=None) -> Dict:
   return result
 
 
+def _eval_rows(data_dir: str, n: int) -> List[bytes]:
+  """The first n serialized eval examples (warm-up requests, demo requests)."""
+  import tensorflow as tf
+  from pipeline import data
+  return [r.numpy() for r in tf.data.TFRecordDataset(
+      data.files_of(data_dir, "eval"), compression_type="GZIP").take(n)]
+
+
 def verify_in_fresh_process(model, spec, data_dir, export_dir, out) -> None:
   """Writes a REST request from eval rows; a new process answers it from the export."""
   import numpy as np
   import tensorflow as tf
-  from pipeline import data, evaluate, serving_request
-  rows = [r.numpy() for r in tf.data.TFRecordDataset(
-      data.files_of(data_dir, "eval"), compression_type="GZIP").take(3)]
+  from pipeline import evaluate, serving_request
+  rows = _eval_rows(data_dir, 3)
   request = {"signature_name": "predict",
              "instances": serving_request.instances_from_examples(spec, rows, raw=True)}
   request_path = os.path.join(out, "request.json")
@@ -306,7 +318,7 @@ def main(argv: List[str]) -> None:
       model = train.load_trained(FLAGS.data_dir, FLAGS.model_dir,
                                  model_config_from_flags())
       spec = spec_lib.load_spec(os.path.join(FLAGS.data_dir, "spec.yaml"))
-      print(f"exported: {export.export(model, spec, FLAGS.export_dir)}")
+      print(f"exported: {export.export(model, spec, FLAGS.export_dir, _eval_rows(FLAGS.data_dir, 8))}")
     elif command == "predict":
       _require("saved_model", "input")
       cmd_predict(FLAGS.saved_model, FLAGS.input)

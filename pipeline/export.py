@@ -1,18 +1,25 @@
 """SavedModel export for TF Serving: `<export_root>/<version>/`, written atomically.
 
-Signatures:
-  serving_default: {"examples": serialized tf.Example [batch]} -> {"probability": [batch]}
-  predict: the model inputs as named raw tensors -> the same outputs.
-HMDN models also return "codes" [batch, views * levels]: distribution ids to log.
+Signatures (all batch-first; HMDN models add "codes" [batch, views * levels], the
+distribution ids to log and monitor):
+  serving_default  {"examples": serialized tf.Example [batch]} -> {"probability": [batch]}
+  predict          the model inputs as named raw tensors      -> the same outputs
+  classify         {"inputs": serialized tf.Example [batch]}
+                   -> {"scores": [batch, 2], "classes": [batch, 2]}, method
+                   tensorflow/serving/classify, for TF Serving's Classify API.
+`assets.extra/tf_serving_warmup_requests` holds PredictionLogs TF Serving replays at
+load time; `assets.extra/spec.yaml` is the feature spec the model was trained with.
 """
 import os
 import time
-from typing import Dict
+from typing import Dict, Sequence
 
 import tensorflow as tf
 
 from features import spec as spec_lib
 from pipeline import data
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
 
 
 class ServingModule(tf.Module):
@@ -27,6 +34,8 @@ class ServingModule(tf.Module):
         input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     self.serve_tensors = tf.function(
         self._serve_tensors, input_signature=[spec.tensor_specs()])
+    self.classify = tf.function(
+        self._classify, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
 
   def _outputs(self, features) -> Dict[str, tf.Tensor]:
     out = self.model(features, training=False)
@@ -41,16 +50,53 @@ class ServingModule(tf.Module):
   def _serve_tensors(self, features):
     return self._outputs(features)
 
+  def _classify(self, inputs):
+    p = self._serve_examples(inputs)["probability"]
+    scores = tf.stack([1.0 - p, p], axis=1)
+    classes = tf.tile(tf.constant([["0", "1"]]), [tf.shape(p)[0], 1])
+    return {"scores": scores, "classes": classes}
+
 
 def next_version(export_root: str) -> int:
   """A version number larger than any existing one (seconds since the epoch)."""
-  existing = [int(n) for n in (tf.io.gfile.listdir(export_root)
-                               if tf.io.gfile.exists(export_root) else [])
+  existing = [int(n.strip("/")) for n in (tf.io.gfile.listdir(export_root)
+                                          if tf.io.gfile.exists(export_root) else [])
               if n.strip("/").isdigit()]
   return max([int(time.time())] + [v + 1 for v in existing])
 
 
-def export(model: tf.keras.Model, spec: spec_lib.FeatureSpec, export_root: str) -> str:
+def _mark_classify_signature(export_dir: str) -> None:
+  """tf.saved_model.save writes every signature as predict; TF Serving's Classify API
+  needs the classify method name, so it is set in the saved proto."""
+  from tensorflow.core.protobuf import saved_model_pb2
+  path = os.path.join(export_dir, "saved_model.pb")
+  saved_model = saved_model_pb2.SavedModel()
+  with tf.io.gfile.GFile(path, "rb") as f:
+    saved_model.ParseFromString(f.read())
+  for meta_graph in saved_model.meta_graphs:
+    if "classify" in meta_graph.signature_def:
+      meta_graph.signature_def["classify"].method_name = CLASSIFY_METHOD
+  with tf.io.gfile.GFile(path, "wb") as f:
+    f.write(saved_model.SerializeToString())
+
+
+def _write_warmup(export_dir: str, examples: Sequence[bytes]) -> None:
+  """assets.extra/tf_serving_warmup_requests: PredictionLogs for serving_default."""
+  from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+  path = os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests")
+  with tf.io.TFRecordWriter(path) as writer:
+    for batch in (examples[:1], examples):
+      request = predict_pb2.PredictRequest(
+          model_spec=model_pb2.ModelSpec(signature_name="serving_default"))
+      request.inputs["examples"].CopyFrom(tf.make_tensor_proto(list(batch),
+                                                               dtype=tf.string))
+      log = prediction_log_pb2.PredictionLog(
+          predict_log=prediction_log_pb2.PredictLog(request=request))
+      writer.write(log.SerializeToString())
+
+
+def export(model: tf.keras.Model, spec: spec_lib.FeatureSpec, export_root: str,
+           warmup_examples: Sequence[bytes] = ()) -> str:
   """Saves to a temporary directory, then renames it to `<export_root>/<version>`.
 
   A watcher (TF Serving polls the root) never sees a half-written version.
@@ -65,9 +111,13 @@ def export(model: tf.keras.Model, spec: spec_lib.FeatureSpec, export_root: str) 
   tf.saved_model.save(module, tmp, signatures={
       "serving_default": module.serve_examples,
       "predict": module.serve_tensors,
+      "classify": module.classify,
   })
+  _mark_classify_signature(tmp)
   # The spec travels with the model: `hmdn predict` builds raw-tensor requests from it.
   tf.io.gfile.makedirs(os.path.join(tmp, "assets.extra"))
   spec.save(os.path.join(tmp, "assets.extra", "spec.yaml"))
+  if warmup_examples:
+    _write_warmup(tmp, list(warmup_examples))
   tf.io.gfile.rename(tmp, final)
   return final
