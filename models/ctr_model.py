@@ -28,6 +28,9 @@ class CTRModel(tfrs.Model):
                numeric_moments: Optional[Mapping[str, Mapping[str, float]]],
                config: ModelConfig):
     super().__init__()
+    # Step outputs below are already global (metric results, all-reduced losses), so
+    # Keras reports the first replica's copy instead of summing them ("auto" may sum).
+    self.distribute_reduction_method = "first"
     config.validate()
     self.config = config
     self.feature_spec = spec
@@ -111,12 +114,17 @@ class CTRModel(tfrs.Model):
     gradients = tape.gradient(total, self.trainable_variables)
     self.optimizer.apply_gradients(
         (g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None)
-    metrics = {m.name: m.result() for m in self.metrics}
-    metrics.update(loss=bce, regularization_loss=regularization, total_loss=total)
-    return metrics
+    return self._report(bce, regularization)
 
   def test_step(self, inputs):
     bce, regularization = self._loss_terms(inputs, training=False)
+    return self._report(bce, regularization)
+
+  def _report(self, bce, regularization):
+    """Metric results and the losses summed over replicas (each holds its share)."""
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+      bce, regularization = context.all_reduce("sum", [bce, regularization])
     metrics = {m.name: m.result() for m in self.metrics}
     metrics.update(loss=bce, regularization_loss=regularization,
                    total_loss=bce + regularization)

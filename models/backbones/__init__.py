@@ -3,3 +3,42 @@ import os
 
 # TFRS 0.7.7 only imports with legacy (tf-keras 2.x) Keras; must be set before TF loads.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from models.backbones.apg import APG  # noqa: E402
+from models.backbones.base import Backbone  # noqa: E402
+from models.backbones.dnn import DNN  # noqa: E402
+from models.backbones.epnet import EPNet  # noqa: E402
+from models.backbones.hinet import HiNet  # noqa: E402
+from models.backbones.mmoe import MMoE  # noqa: E402
+from models.backbones.moe import MoE  # noqa: E402
+from models.backbones.ple import PLE  # noqa: E402
+from models.backbones.star import STAR  # noqa: E402
+
+BACKBONES = {
+    "dnn": DNN,
+    "moe": MoE,
+    "mmoe": MMoE,
+    "ple": PLE,
+    "hinet": HiNet,
+    "star": STAR,
+    "apg": APG,
+    "epnet": EPNet,
+}
+
+
+def get_backbone(name: str):
+  """Returns the backbone class registered under `name`."""
+  if name not in BACKBONES:
+    raise ValueError(
+        f"Unknown backbone {name!r}; expected one of {sorted(BACKBONES)}.")
+  return BACKBONES[name]
+
+
+def uses_condition(name: str) -> bool:
+  """Whether backbone `name` reads inputs["condition"] (DNN does not)."""
+  return get_backbone(name).reads_condition
+
+
+def uses_domain(name: str) -> bool:
+  """Whether backbone `name` keeps per-domain parameters (reads "domain")."""
+  return get_backbone(name).reads_domain

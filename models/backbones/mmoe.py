@@ -1,0 +1,69 @@
+"""Multi-gate Mixture-of-Experts with one gate and tower per domain."""
+from typing import Sequence
+
+import tensorflow as tf
+
+from models.backbones import base
+from models.backbones import experts
+from models.mlp import MLP
+
+
+class MMoE(base.Backbone):
+  """Multi-gate Mixture-of-Experts (Ma et al., KDD 2018, Sec. "Multi-gate
+  Mixture-of-Experts"; no arXiv version), one gate per domain.
+
+  The tasks of MMoE become domains: shared MLP experts read the features, and
+  each domain has its own softmax gate (reading the condition z) and tower.
+  All domains are computed and each example keeps its own domain's branch.
+  """
+
+  reads_condition = True
+  reads_domain = True
+
+  def __init__(self,
+               num_domains: int,
+               output_dim: int = 32,
+               num_experts: int = 4,
+               expert_units: Sequence[int] = (64, 32),
+               gate_units: Sequence[int] = (),
+               tower_units: Sequence[int] = (),
+               dropout: float = 0.0,
+               **kwargs):
+    super().__init__(num_domains, output_dim, **kwargs)
+    self.num_experts = base.check_positive("num_experts", num_experts)
+    self.expert_units = base.check_units("expert_units", expert_units,
+                                         allow_empty=False)
+    self.gate_units = base.check_units("gate_units", gate_units)
+    self.tower_units = base.check_units("tower_units", tower_units)
+    self.dropout = base.check_dropout(dropout)
+    self._experts = experts.ExpertBank(self.num_experts, self.expert_units,
+                                       self.dropout, name="experts")
+    self._gates = [
+        experts.SoftmaxGate(self.num_experts, self.gate_units, self.dropout,
+                            name=f"gate_{d}") for d in range(self.num_domains)
+    ]
+    self._towers = [
+        MLP(self.tower_units + [self.output_dim], dropout=self.dropout,
+            name=f"tower_{d}") for d in range(self.num_domains)
+    ]
+
+  def call(self, inputs, training: bool = False) -> tf.Tensor:
+    """Maps {"features": [B, F], "condition": [B, C], "domain": [B]}.
+
+    Returns [B, output_dim].
+    """
+    features, condition, domain = self.unpack(inputs)
+    bank = self._experts(features, training=training)  # [B, E, H]
+    outputs = [
+        tower(experts.mix(bank, gate(condition, training=training)),
+              training=training)
+        for gate, tower in zip(self._gates, self._towers)
+    ]
+    return base.select_by_domain(tf.stack(outputs, axis=1), domain)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_experts=self.num_experts, expert_units=self.expert_units,
+                  gate_units=self.gate_units, tower_units=self.tower_units,
+                  dropout=self.dropout)
+    return config

@@ -1,0 +1,106 @@
+"""Progressive Layered Extraction with per-domain experts, gates and towers."""
+from typing import Sequence
+
+import tensorflow as tf
+
+from models.backbones import base
+from models.backbones import experts
+from models.mlp import MLP
+
+
+class PLE(base.Backbone):
+  """Progressive Layered Extraction (Tang et al., RecSys 2020, Sec. "Customized
+  Gate Control" and "Progressive Layered Extraction"; no arXiv version).
+
+  A stack of `num_levels` Customized Gate Control (CGC) levels: each level has
+  shared experts and `num_specific_experts` experts per domain. Domain d's gate
+  reads [its level input, z] and mixes its own plus the shared experts; between
+  levels a shared gate reading [shared input, z] mixes all experts. Per-domain
+  towers finish, and each example keeps its own domain's output.
+  """
+
+  reads_condition = True
+  reads_domain = True
+
+  def __init__(self,
+               num_domains: int,
+               output_dim: int = 32,
+               num_levels: int = 2,
+               num_shared_experts: int = 2,
+               num_specific_experts: int = 1,
+               expert_units: Sequence[int] = (64, 32),
+               gate_units: Sequence[int] = (),
+               tower_units: Sequence[int] = (),
+               dropout: float = 0.0,
+               **kwargs):
+    super().__init__(num_domains, output_dim, **kwargs)
+    self.num_levels = base.check_positive("num_levels", num_levels)
+    self.num_shared_experts = base.check_positive("num_shared_experts",
+                                                  num_shared_experts)
+    self.num_specific_experts = base.check_positive("num_specific_experts",
+                                                    num_specific_experts)
+    self.expert_units = base.check_units("expert_units", expert_units,
+                                         allow_empty=False)
+    self.gate_units = base.check_units("gate_units", gate_units)
+    self.tower_units = base.check_units("tower_units", tower_units)
+    self.dropout = base.check_dropout(dropout)
+
+    d, s = self.num_domains, self.num_shared_experts
+    p = self.num_specific_experts
+    self._shared_experts, self._specific_experts = [], []
+    self._domain_gates, self._shared_gates = [], []
+    for level in range(self.num_levels):
+      self._shared_experts.append(experts.ExpertBank(
+          s, self.expert_units, self.dropout, name=f"l{level}_shared_experts"))
+      self._specific_experts.append([
+          experts.ExpertBank(p, self.expert_units, self.dropout,
+                             name=f"l{level}_d{i}_experts") for i in range(d)
+      ])
+      self._domain_gates.append([
+          experts.SoftmaxGate(p + s, self.gate_units, self.dropout,
+                              name=f"l{level}_d{i}_gate") for i in range(d)
+      ])
+      if level < self.num_levels - 1:  # the last level feeds the towers only
+        self._shared_gates.append(experts.SoftmaxGate(
+            d * p + s, self.gate_units, self.dropout,
+            name=f"l{level}_shared_gate"))
+    self._towers = [
+        MLP(self.tower_units + [self.output_dim], dropout=self.dropout,
+            name=f"tower_{i}") for i in range(d)
+    ]
+
+  def call(self, inputs, training: bool = False) -> tf.Tensor:
+    """Maps {"features": [B, F], "condition": [B, C], "domain": [B]}.
+
+    Returns [B, output_dim].
+    """
+    features, condition, domain = self.unpack(inputs)
+    domain_inputs = [features] * self.num_domains
+    shared_input = features
+    for level in range(self.num_levels):
+      shared = self._shared_experts[level](shared_input, training=training)
+      specific = [bank(x, training=training) for bank, x in
+                  zip(self._specific_experts[level], domain_inputs)]
+      domain_inputs = [
+          experts.mix(tf.concat([own, shared], axis=1),
+                      gate(tf.concat([x, condition], -1), training=training))
+          for gate, own, x in zip(self._domain_gates[level], specific,
+                                  domain_inputs)
+      ]
+      if level < self.num_levels - 1:
+        gate = self._shared_gates[level]
+        shared_input = experts.mix(
+            tf.concat(specific + [shared], axis=1),
+            gate(tf.concat([shared_input, condition], -1), training=training))
+    outputs = [tower(x, training=training)
+               for tower, x in zip(self._towers, domain_inputs)]
+    return base.select_by_domain(tf.stack(outputs, axis=1), domain)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_levels=self.num_levels,
+                  num_shared_experts=self.num_shared_experts,
+                  num_specific_experts=self.num_specific_experts,
+                  expert_units=self.expert_units, gate_units=self.gate_units,
+                  tower_units=self.tower_units, dropout=self.dropout)
+    return config
