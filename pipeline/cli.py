@@ -229,6 +229,7 @@ def cmd_run() -> Dict:
 
 
 def train_evaluate_export(data_dir: str, out: str, summary=None) -> Dict:
+  import tensorflow as tf
   from features import spec as spec_lib
   from pipeline import evaluate, export, train
   config = train_config_from_flags(data_dir, os.path.join(out, "model"))
@@ -239,6 +240,9 @@ def train_evaluate_export(data_dir: str, out: str, summary=None) -> Dict:
                              config.model))
   if summary is not None:
     result["generator"] = {k: summary[k] for k in ("rows", "ctr", "oracle_auc")}
+  # Predictions of the trained model, taken before export (which merges APG factors).
+  rows = _eval_rows(data_dir, 3)
+  expected = evaluate.model_predictor(model, spec)(tf.constant(rows))["probability"]
   export_dir = export.export(model, spec, os.path.join(out, "export"),
                              warmup_examples=_eval_rows(data_dir, 8))
   result["export_dir"] = export_dir
@@ -246,7 +250,7 @@ def train_evaluate_export(data_dir: str, out: str, summary=None) -> Dict:
   print(f"metrics: {os.path.join(out, 'metrics.json')}")
   print(f"SavedModel for TF Serving: {export_dir}")
   if FLAGS.verify_export:
-    verify_in_fresh_process(model, spec, data_dir, export_dir, out)
+    verify_in_fresh_process(spec, rows, expected.numpy(), export_dir, out)
   return result
 
 
@@ -258,18 +262,16 @@ def _eval_rows(data_dir: str, n: int) -> List[bytes]:
       data.files_of(data_dir, "eval"), compression_type="GZIP").take(n)]
 
 
-def verify_in_fresh_process(model, spec, data_dir, export_dir, out) -> None:
-  """Writes a REST request from eval rows; a new process answers it from the export."""
+def verify_in_fresh_process(spec, rows, expected, export_dir, out) -> None:
+  """Writes a REST request from eval rows; a new process answers it from the export,
+  which must agree with the trained model's `expected` probabilities."""
   import numpy as np
-  import tensorflow as tf
-  from pipeline import evaluate, serving_request
-  rows = _eval_rows(data_dir, 3)
+  from pipeline import serving_request
   request = {"signature_name": "predict",
              "instances": serving_request.instances_from_examples(spec, rows, raw=True)}
   request_path = os.path.join(out, "request.json")
   with open(request_path, "w") as f:
     json.dump(request, f, indent=1)
-  expected = evaluate.model_predictor(model, spec)(tf.constant(rows))["probability"]
   proc = subprocess.run(
       [sys.executable, "-m", "pipeline.cli", "predict", f"--saved_model={export_dir}",
        f"--input={request_path}"], capture_output=True, text=True,

@@ -99,6 +99,7 @@ def export(model: tf.keras.Model, spec: spec_lib.FeatureSpec, export_root: str,
            warmup_examples: Sequence[bytes] = ()) -> str:
   """Saves to a temporary directory, then renames it to `<export_root>/<version>`.
 
+  Over-parameterised factors (APG) are merged first: same outputs, fewer weights.
   A watcher (TF Serving polls the root) never sees a half-written version.
   """
   tf.io.gfile.makedirs(export_root)
@@ -107,6 +108,10 @@ def export(model: tf.keras.Model, spec: spec_lib.FeatureSpec, export_root: str,
   tmp = os.path.join(export_root, f".tmp-{version}")
   if tf.io.gfile.exists(tmp):
     tf.io.gfile.rmtree(tmp)
+  backbone = getattr(model, "backbone", None)
+  if hasattr(backbone, "merge_overparameterization"):  # APG: serve single U and V
+    with model.distribute_strategy.scope():
+      backbone.merge_overparameterization()
   module = ServingModule(model, spec)
   tf.saved_model.save(module, tmp, signatures={
       "serving_default": module.serve_examples,

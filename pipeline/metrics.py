@@ -56,6 +56,8 @@ def breakdown(labels: np.ndarray, probs: np.ndarray, values: np.ndarray
               ) -> Dict[str, Dict[str, float]]:
   """{value: {"auc", "logloss", "rows", "ctr"}} for each distinct value."""
   out = {}
+  labels = np.asarray(labels, dtype=float).ravel()
+  probs = np.asarray(probs, dtype=float).ravel()
   values = np.asarray(values).ravel()
   for v in np.unique(values):
     mask = values == v
@@ -84,7 +86,12 @@ def normalized_mutual_information(a: Sequence, b: Sequence) -> float:
 
 def code_usage(codes: np.ndarray, codebook_size: int) -> Dict[str, float]:
   """Perplexity and share of unused codes of one level's code column."""
-  counts = np.bincount(np.asarray(codes).ravel(), minlength=codebook_size)
+  codes = np.asarray(codes).ravel()
+  bad = codes[(codes < 0) | (codes >= codebook_size)]
+  if len(bad):  # else bincount grows past the codebook and dead_share is wrong
+    raise ValueError(f"code_usage: code {int(bad[0])} is outside the codebook "
+                     f"[0, {codebook_size})")
+  counts = np.bincount(codes, minlength=codebook_size)
   p = counts / max(counts.sum(), 1)
   entropy = -(p[p > 0] * np.log(p[p > 0])).sum()
   return {"perplexity": float(np.exp(entropy)),
