@@ -60,6 +60,8 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker_m
                                           "parameter_server", "tpu"],
                   "tf.distribute strategy; multi-worker ones read TF_CONFIG.")
 flags.DEFINE_string("tpu", "", "tpu: the TPU name or grpc:// address.")
+flags.DEFINE_integer("ps_min_shard_bytes", 256 << 10, "parameter_server: embedding "
+                     "tables larger than this are sharded across the PS tasks.")
 flags.DEFINE_integer("num_devices", 0, "mirrored: number of devices (0 = all GPUs).")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices.")
 flags.DEFINE_integer("batch_size", 512, "GLOBAL batch size (over all replicas).")
@@ -111,7 +113,8 @@ def train_config_from_flags(data_dir: str, model_dir: str):
       epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
       early_stopping_patience=FLAGS.early_stopping_patience,
       keep_checkpoints=FLAGS.keep_checkpoints,
-      backup_every_steps=FLAGS.backup_every_steps, seed=FLAGS.seed)
+      backup_every_steps=FLAGS.backup_every_steps,
+      ps_min_shard_bytes=FLAGS.ps_min_shard_bytes, seed=FLAGS.seed)
 
 
 def _require(*names: str) -> None:

@@ -24,7 +24,7 @@ from features import spec as spec_lib
 from models.ctr_model import CTRModel
 from models.registry import ModelConfig
 from pipeline import callbacks as callbacks_lib
-from pipeline import data, strategies
+from pipeline import data, evaluate, strategies
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -46,6 +46,7 @@ class TrainConfig:
   early_stopping_patience: int = 0  # epochs without a better eval AUC; 0 = off
   keep_checkpoints: int = 3
   backup_every_steps: int = 0  # BackupAndRestore frequency; 0 = every epoch
+  ps_min_shard_bytes: int = 256 << 10  # parameter_server: shard tables above this
   seed: int = 0
 
 
@@ -106,8 +107,8 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
           ) -> CTRModel:
   """Trains; returns the model holding the best-eval-AUC weights (also saved as final)."""
   tf.keras.utils.set_random_seed(config.seed)
-  strategy = strategy or strategies.make_strategy(config.strategy, config.num_devices,
-                                                     config.tpu)
+  strategy = strategy or strategies.make_strategy(
+      config.strategy, config.num_devices, config.tpu, config.ps_min_shard_bytes)
   metadata = preprocess.load_metadata(config.data_dir)
   spec = spec_lib.load_spec(os.path.join(config.data_dir, "spec.yaml"))
   if strategies.is_chief():
@@ -171,7 +172,34 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
     model.load_weights(best_path)
   model.save_weights(os.path.join(_writable_dir(config.model_dir, "checkpoints"),
                                   "final"))
+  if strategies.is_chief():
+    _write_summary(config, strategy, model, evaluation, spec)
   return model
+
+
+def _sharded_tables(model: CTRModel):
+  """{variable name: shards} of embedding tables split across parameter servers."""
+  out = {}
+  for layer in model.embeddings.submodules:
+    table = getattr(layer, "embeddings", None)  # tf.keras.layers.Embedding's table
+    shards = getattr(table, "variables", None)  # set on a ShardedVariable only
+    if isinstance(shards, (list, tuple)) and len(shards) > 1:
+      out[layer.name] = len(shards)
+  return out
+
+
+def _write_summary(config, strategy, model, evaluation, spec) -> None:
+  """train_summary.json: what ran and the exact eval metrics of the final weights."""
+  columns = evaluate.collect(evaluate.model_predictor(model, spec), config.data_dir, spec)
+  final = evaluate.compute_metrics(columns, spec)
+  summary = {"strategy": config.strategy,
+             "replicas": strategy.num_replicas_in_sync,
+             "epochs_run": len(evaluation.history),
+             "eval_auc_per_epoch": [h["auc"] for h in evaluation.history],
+             "final": {k: final[k] for k in ("auc", "logloss", "rows_eval")},
+             "sharded_embeddings": _sharded_tables(model)}
+  with tf.io.gfile.GFile(os.path.join(config.model_dir, "train_summary.json"), "w") as f:
+    f.write(json.dumps(summary, indent=1))
 
 
 def load_trained(data_dir: str, model_dir: str, model_config: ModelConfig) -> CTRModel:

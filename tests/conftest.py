@@ -16,3 +16,19 @@ try:
         _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 except RuntimeError:  # devices already initialised by an earlier import
     pass
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def planted_data_dir(tmp_path_factory):
+  """A small preprocessed synthetic dataset (planted hierarchy), shared by the suite."""
+  from beam_jobs import preprocess, synthetic_logs
+  root = tmp_path_factory.mktemp("planted")
+  synthetic_logs.generate(str(root / "raw"), synthetic_logs.GeneratorConfig(
+      rows=6000, seed=1))
+  out = str(root / "data")
+  preprocess.run(preprocess.PreprocessConfig(
+      raw=str(root / "raw" / "raw" / "*.csv"), output_dir=out,
+      spec_path=str(root / "raw" / "spec.yaml")))
+  return out

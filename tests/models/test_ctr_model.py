@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs import preprocess, synthetic_logs
 from features import spec as spec_lib
 from models import registry
 from models.registry import ModelConfig
@@ -18,15 +17,8 @@ SMALL = dict(output_dim=8, distribution_dim=8, view_units=(16,), num_levels=2,
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("zoo")
-  synthetic_logs.generate(str(root / "raw"), synthetic_logs.GeneratorConfig(
-      rows=6000, seed=1))
-  out = str(root / "data")
-  preprocess.run(preprocess.PreprocessConfig(
-      raw=str(root / "raw" / "raw" / "*.csv"), output_dir=out,
-      spec_path=str(root / "raw" / "spec.yaml")))
-  return out
+def data_dir(planted_data_dir):
+  return planted_data_dir
 
 
 @pytest.fixture(scope="module")
