@@ -162,6 +162,8 @@ def generate(output_dir: str, config: GeneratorConfig) -> Dict:
   """
   if config.rows < 1:
     raise ValueError(f"rows must be >= 1, got {config.rows}")
+  if config.rows_per_file < 1:
+    raise ValueError(f"rows_per_file must be >= 1, got {config.rows_per_file}")
   spec = spec_lib.load_spec(SPEC_PATH)
   raw_dir = os.path.join(output_dir, "raw")
   os.makedirs(raw_dir, exist_ok=True)
@@ -177,18 +179,30 @@ def generate(output_dir: str, config: GeneratorConfig) -> Dict:
   tmp_paths = []
   chunk_index = 0
   while written < config.rows:
-    n = min(CHUNK_ROWS, config.rows - written,
-            config.rows_per_file - written % config.rows_per_file)
+    # Chunks are cut independently of the files, so rows_per_file only shards the
+    # output: the rows themselves depend on (rows, seed) alone.
+    n = min(CHUNK_ROWS, config.rows - written)
     rng = np.random.default_rng([config.seed, 1, chunk_index])
     chunk_index += 1
     columns = _chunk(world, rng, n)
-    if out is None:
-      path = os.path.join(raw_dir, f"part-{file_index:05d}.csv")
-      tmp_paths.append(path)
-      out = open(path + ".tmp", "w")
-      out.write(",".join(spec.names) + "\n")
     formatted = [_format(columns[name]) for name in spec.names]
-    out.write("\n".join(",".join(row) for row in zip(*formatted)) + "\n")
+    lines = [",".join(row) + "\n" for row in zip(*formatted)]
+    start = 0
+    while start < n:
+      if out is None:
+        path = os.path.join(raw_dir, f"part-{file_index:05d}.csv")
+        tmp_paths.append(path)
+        out = open(path + ".tmp", "w")
+        out.write(",".join(spec.names) + "\n")
+      room = config.rows_per_file - (written + start) % config.rows_per_file
+      take = min(n - start, room)
+      out.write("".join(lines[start:start + take]))
+      start += take
+      done = written + start
+      if done % config.rows_per_file == 0 or done == config.rows:
+        out.close()
+        out = None
+        file_index += 1
     auc.update(columns["click"], columns["true_ctr"])
     clicks += int(columns["click"].sum())
     leaves, inverse = np.unique(columns["subgroup"], return_inverse=True)
@@ -198,12 +212,14 @@ def generate(output_dir: str, config: GeneratorConfig) -> Dict:
       leaf_clicks[leaf] = leaf_clicks.get(leaf, 0) + float(columns["click"][mask].sum())
       leaf_prob[leaf] = leaf_prob.get(leaf, 0) + float(columns["true_ctr"][mask].sum())
     written += n
-    if written % config.rows_per_file == 0 or written == config.rows:
-      out.close()
-      out = None
-      file_index += 1
   for path in tmp_paths:
     os.replace(path + ".tmp", path)
+  # A previous run into the same directory may have written more files: drop them, or
+  # a `raw/*.csv` glob would mix the old rows with the new ones.
+  for name in os.listdir(raw_dir):
+    path = os.path.join(raw_dir, name)
+    if name.startswith("part-") and name.endswith(".csv") and path not in tmp_paths:
+      os.remove(path)
   spec.save(os.path.join(output_dir, "spec.yaml"))
   summary = {
       "rows": written,

@@ -205,8 +205,16 @@ def cmd_predict(saved_model: str, request_path: str) -> Dict:
       tensors = serving_request.tensors_from_instances(spec, request["instances"])
       out = signature(**{k: tf.constant(v) for k, v in tensors.items()})
   except tf.errors.InvalidArgumentError as e:  # e.g. a required feature not in an Example
-    raise serving_request.RequestError(f"{request_path}: {e.message.splitlines()[0]}")
-  predictions = [{k: np.asarray(v[i]).tolist() for k, v in out.items()}
+    lines = [l.strip() for l in e.message.splitlines() if l.strip()]
+    reason = next((l for l in lines if "Feature:" in l), lines[-1] if lines else str(e))
+    raise serving_request.RequestError(f"{request_path}: {reason}")
+  def jsonable(value):
+    value = np.asarray(value)
+    if value.dtype == object:  # string tensors come back as bytes
+      return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value).tolist()
+    return value.tolist()
+
+  predictions = [{k: jsonable(v[i]) for k, v in out.items()}
                  for i in range(len(request["instances"]))]
   response = {"predictions": predictions}
   print(json.dumps(response))
@@ -341,11 +349,19 @@ def main(argv: List[str]) -> None:
 
 
 def cmd_evaluate_command() -> None:
+  import tensorflow as tf
   from features import spec as spec_lib
   from pipeline import evaluate, train
   if FLAGS.saved_model:
-    predict = evaluate.saved_model_predictor(_latest_version(FLAGS.saved_model))
-    cmd_evaluate(predict, FLAGS.data_dir, None, FLAGS.output)
+    from models.registry import ModelConfig
+    version = _latest_version(FLAGS.saved_model)
+    config_path = os.path.join(version, "assets.extra", "model_config.json")
+    config = None
+    if tf.io.gfile.exists(config_path):
+      with tf.io.gfile.GFile(config_path) as f:
+        config = ModelConfig(**json.load(f))
+    cmd_evaluate(evaluate.saved_model_predictor(version), FLAGS.data_dir, config,
+                 FLAGS.output)
     return
   _require("model_dir")
   config = model_config_from_flags()

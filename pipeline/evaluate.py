@@ -97,6 +97,8 @@ def code_report(columns, spec, codebook_size, views) -> Dict:
       entry = metrics.code_usage(c, codebook_size)
       entry["nmi"] = {name: metrics.normalized_mutual_information(c, columns[name])
                       for name in _categorical_columns(spec)}
+      entry["per_code"] = metrics.breakdown(columns[spec.label.name],
+                                            columns["probability"], c)
       report[f"{view}/level_{level + 1}"] = entry
   return report
 

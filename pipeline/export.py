@@ -8,8 +8,11 @@ distribution ids to log and monitor):
                    -> {"scores": [batch, 2], "classes": [batch, 2]}, method
                    tensorflow/serving/classify, for TF Serving's Classify API.
 `assets.extra/tf_serving_warmup_requests` holds PredictionLogs TF Serving replays at
-load time; `assets.extra/spec.yaml` is the feature spec the model was trained with.
+load time; `assets.extra/spec.yaml` is the feature spec the model was trained with and
+`assets.extra/model_config.json` its ModelConfig.
 """
+import dataclasses
+import json
 import os
 import time
 from typing import Dict, Sequence
@@ -122,6 +125,10 @@ def export(model: tf.keras.Model, spec: spec_lib.FeatureSpec, export_root: str,
   # The spec travels with the model: `hmdn predict` builds raw-tensor requests from it.
   tf.io.gfile.makedirs(os.path.join(tmp, "assets.extra"))
   spec.save(os.path.join(tmp, "assets.extra", "spec.yaml"))
+  if hasattr(model, "config"):  # what `hmdn evaluate --saved_model` reports codes by
+    with tf.io.gfile.GFile(os.path.join(tmp, "assets.extra", "model_config.json"),
+                           "w") as f:
+      f.write(json.dumps(dataclasses.asdict(model.config), indent=1))
   if warmup_examples:
     _write_warmup(tmp, list(warmup_examples))
   tf.io.gfile.rename(tmp, final)

@@ -1,0 +1,178 @@
+"""The export as TF Serving sees it: versions, signatures (saved_model_cli show/run),
+warm-up requests, REST-format requests in a fresh process, and serving-time input."""
+import base64
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from features import spec as spec_lib
+from models.registry import ModelConfig
+from pipeline import data, evaluate, export, serving_request, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+
+
+@pytest.fixture(scope="module")
+def trained(planted_data_dir):
+  spec = spec_lib.load_spec(os.path.join(planted_data_dir, "spec.yaml"))
+  model = train.build_model(planted_data_dir, ModelConfig(
+      name="hmdn_apg", num_levels=2, codebook_size=4, output_dim=8))
+  model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
+  model.fit(data.make_dataset(planted_data_dir, "train", spec, 256, training=True),
+            steps_per_epoch=10, epochs=1, verbose=0)
+  rows = [r.numpy() for r in tf.data.TFRecordDataset(
+      data.files_of(planted_data_dir, "eval"), compression_type="GZIP").take(6)]
+  expected = evaluate.model_predictor(model, spec)(tf.constant(rows))
+  return model, spec, rows, {k: v.numpy() for k, v in expected.items()}
+
+
+@pytest.fixture(scope="module")
+def export_root(trained, tmp_path_factory):
+  model, spec, rows, _ = trained
+  root = str(tmp_path_factory.mktemp("export"))
+  export.export(model, spec, root, warmup_examples=rows)
+  return root
+
+
+def _version(root):
+  versions = sorted(v for v in os.listdir(root) if v.isdigit())
+  return os.path.join(root, versions[-1])
+
+
+def _cli(*args):
+  proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  return proc
+
+
+def test_versions_are_atomic_and_increasing(trained, export_root):
+  model, spec, rows, _ = trained
+  first = _version(export_root)
+  second = export.export(model, spec, export_root, warmup_examples=rows)
+  assert int(os.path.basename(second)) > int(os.path.basename(first))
+  assert not [n for n in os.listdir(export_root) if not n.isdigit()]
+
+
+def test_saved_model_cli_shows_the_three_signatures(export_root):
+  shown = subprocess.run([SAVED_MODEL_CLI, "show", "--dir", _version(export_root),
+                          "--all"], capture_output=True, text=True, check=True).stdout
+  for signature in ("serving_default", "predict", "classify"):
+    assert f"signature_def['{signature}']" in shown
+  assert "Method name is: tensorflow/serving/classify" in shown
+  assert "outputs['codes']" in shown and "outputs['probability']" in shown
+  assert "inputs['item_tags']" in shown  # raw-tensor signature: one input per feature
+
+
+def test_saved_model_cli_run_matches_the_model(trained, export_root, tmp_path):
+  _, spec, rows, expected = trained
+  instance = serving_request.instances_from_examples(spec, rows[:1], raw=True)[0]
+  as_lists = {k: v if isinstance(v, list) else [v] for k, v in instance.items()}
+  examples = "examples=[" + json.dumps(as_lists) + "]"
+  out = subprocess.run([SAVED_MODEL_CLI, "run", "--dir", _version(export_root),
+                        "--tag_set", "serve", "--signature_def", "serving_default",
+                        "--input_examples", examples, "--outdir", str(tmp_path)],
+                       capture_output=True, text=True, check=True)
+  probability = np.load(tmp_path / "probability.npy")
+  np.testing.assert_allclose(probability, expected["probability"][:1], atol=1e-5)
+  assert out.returncode == 0
+
+
+def test_apg_factors_are_merged_in_the_export(export_root):
+  loaded = tf.saved_model.load(_version(export_root))
+  names = [v.name for v in loaded.model.variables]
+  assert not [n for n in names if "factor" in n.lower()], names
+  assert [n for n in names if "apg" in n.lower()]
+
+
+def test_warmup_requests_are_prediction_logs(export_root):
+  from tensorflow_serving.apis import prediction_log_pb2
+  path = os.path.join(_version(export_root), "assets.extra",
+                      "tf_serving_warmup_requests")
+  logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+          for r in tf.data.TFRecordDataset(path)]
+  assert len(logs) == 2
+  request = logs[1].predict_log.request
+  assert request.model_spec.signature_name == "serving_default"
+  assert tf.make_ndarray(request.inputs["examples"]).shape == (6,)
+
+
+def test_rest_requests_in_a_fresh_process(trained, export_root, tmp_path):
+  _, spec, rows, expected = trained
+  for signature, raw in (("predict", True), ("serving_default", False),
+                         ("classify", False)):
+    request = {"signature_name": signature,
+               "instances": serving_request.instances_from_examples(spec, rows, raw)}
+    path = tmp_path / f"{signature}.json"
+    path.write_text(json.dumps(request))
+    proc = _cli("predict", f"--saved_model={export_root}", f"--input={path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    predictions = json.loads(proc.stdout.splitlines()[-1])["predictions"]
+    if signature == "classify":
+      got = np.array([p["scores"][1] for p in predictions])
+    else:
+      got = np.array([p["probability"] for p in predictions])
+      codes = np.array([p["codes"] for p in predictions])
+      np.testing.assert_array_equal(codes, expected["codes"])
+    np.testing.assert_allclose(got, expected["probability"], atol=1e-5)
+
+
+def test_unknown_category_goes_to_oov(trained, export_root):
+  _, spec, rows, _ = trained
+  loaded = tf.saved_model.load(_version(export_root))
+  predict = loaded.signatures["predict"]
+  base = serving_request.instances_from_examples(spec, rows[:1], raw=True)[0]
+  never_seen = dict(base, item_id="never-seen-item")
+  other_unseen = dict(base, item_id="another-unknown")
+  out = [predict(**{k: tf.constant(v) for k, v in
+                    serving_request.tensors_from_instances(spec, [inst]).items()})
+         ["probability"].numpy()[0] for inst in (base, never_seen, other_unseen)]
+  assert out[1] == pytest.approx(out[2], abs=1e-7)  # both take the one OOV embedding
+  assert 0 < out[1] < 1
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda inst: inst.pop("price"), "required feature 'price' is missing"),
+    (lambda inst: inst.update(price="cheap"), "'price' must be a number"),
+    (lambda inst: inst.update(item_tags=5), "'item_tags' must be a list"),
+    (lambda inst: inst.update(colour="red"), "unknown feature(s) ['colour']"),
+])
+def test_bad_raw_request_names_the_feature(trained, export_root, tmp_path, change,
+                                           message):
+  _, spec, rows, _ = trained
+  instance = serving_request.instances_from_examples(spec, rows[:1], raw=True)[0]
+  change(instance)
+  path = tmp_path / "bad.json"
+  path.write_text(json.dumps({"signature_name": "predict", "instances": [instance]}))
+  proc = _cli("predict", f"--saved_model={export_root}", f"--input={path}")
+  assert proc.returncode == 2
+  assert message in proc.stderr.strip().splitlines()[-1]
+  assert "Traceback" not in proc.stderr
+
+
+def test_serialized_example_missing_a_required_feature(trained, export_root, tmp_path):
+  example = tf.train.Example.FromString(trained[2][0])
+  del example.features.feature["price"]
+  path = tmp_path / "missing.json"
+  path.write_text(json.dumps({"instances": [
+      {"examples": {"b64": base64.b64encode(example.SerializeToString()).decode()}}]}))
+  proc = _cli("predict", f"--saved_model={export_root}", f"--input={path}")
+  assert proc.returncode == 2
+  assert "price" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_optional_feature_takes_its_default():
+  spec = spec_lib.spec_from_dict({"name": "t", "features": [
+      {"name": "y", "kind": "numeric", "role": "label"},
+      {"name": "page", "kind": "categorical", "default": "home"},
+      {"name": "score", "kind": "numeric", "default": 0.5},
+      {"name": "tags", "kind": "multi_categorical", "default": ""}]})
+  tensors = serving_request.tensors_from_instances(spec, [{}, {"score": 2, "tags": ["a"]}])
+  assert tensors["page"].tolist() == ["home", "home"]
+  assert tensors["score"].tolist() == [0.5, 2.0]
+  assert tensors["tags"].tolist() == [[""], ["a"]]
