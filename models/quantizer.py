@@ -1,42 +1,11 @@
 """Residual vector quantizer of HMDN (HMDRR: hierarchical multi-distribution
 residual representation)."""
-from typing import Dict, Tuple, Union
+from typing import Dict, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 _CODEBOOK_UPDATES = ("ema", "loss")
-
-
-def code_usage(codes: Union[np.ndarray, tf.Tensor],
-               num_codes: int) -> Dict[str, np.ndarray]:
-  """Per-level code usage of a batch (or a whole data set) of codes.
-
-  Args:
-    codes: integer codes of shape [num_examples, num_levels] (or
-      [num_examples] for a single level), values in [0, num_codes).
-    num_codes: codebook size K.
-
-  Returns:
-    {"perplexity": [num_levels] exp(entropy) of the empirical code
-    distribution (K when usage is uniform, 1 when one code takes everything),
-    "dead_fraction": [num_levels] share of the K codes never used}.
-  """
-  codes = np.asarray(codes)
-  if codes.ndim == 1:
-    codes = codes[:, None]
-  if codes.ndim != 2:
-    raise ValueError(f"`codes` must have shape [num_examples, num_levels], "
-                     f"received shape {codes.shape}.")
-  counts = np.stack([
-      np.bincount(codes[:, level].astype(np.int64), minlength=num_codes)
-      for level in range(codes.shape[1])
-  ]).astype(np.float64)
-  probs = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
-  entropy = -np.sum(np.where(probs > 0, probs * np.log(np.where(
-      probs > 0, probs, 1.0)), 0.0), axis=1)
-  return {"perplexity": np.exp(entropy),
-          "dead_fraction": np.mean(counts == 0, axis=1)}
 
 
 def _nearest(points: tf.Tensor, book: tf.Tensor,

@@ -7,7 +7,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from models.quantizer import ResidualQuantizer, code_usage  # noqa: E402
+from models.quantizer import ResidualQuantizer  # noqa: E402
 
 
 def _mixture(n, dim=4, clusters=6, seed=0):
@@ -330,13 +330,6 @@ def test_input_rank_is_checked(shape):
   layer(tf.zeros((2, 3)))
   with pytest.raises(ValueError, match=r"\[batch_size, 3\]"):
     layer.call(tf.zeros((2, 5)))
-
-
-def test_code_usage():
-  codes = np.array([[0, 1], [1, 1], [2, 1], [3, 1]])
-  usage = code_usage(codes, 8)
-  np.testing.assert_allclose(usage["perplexity"], [4.0, 1.0])
-  np.testing.assert_allclose(usage["dead_fraction"], [0.5, 7 / 8])
 
 
 def test_saved_model_round_trip(tmp_path):
