@@ -32,3 +32,10 @@ def planted_data_dir(tmp_path_factory):
       raw=str(root / "raw" / "raw" / "*.csv"), output_dir=out,
       spec_path=str(root / "raw" / "spec.yaml")))
   return out
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+  """ONE MirroredStrategy over the two logical CPUs for the whole session: separate
+  strategy objects in one process reuse collective instance keys and abort each other."""
+  return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

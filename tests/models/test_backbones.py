@@ -177,10 +177,8 @@ def test_learns_domain_dependent_task(name, dnn_toy_loss):
 
 
 @pytest.fixture(scope="module")
-def strategy():
-  # One strategy for the module: separate MirroredStrategy objects in one
-  # process can reuse collective instance keys and abort each other.
-  return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def strategy(mirrored_strategy):
+  return mirrored_strategy  # shared by the session (tests/conftest.py)
 
 
 @pytest.mark.parametrize("name", NAMES)

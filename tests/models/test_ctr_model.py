@@ -125,3 +125,24 @@ def test_explicit_codes_carry_the_planted_coarse_group(data_dir, spec, batches):
   random_nmi = max(metrics.normalized_mutual_information(
       rng.integers(0, 8, len(level1)), columns["scenario"]) for _ in range(5))
   assert nmi > 0.3 and nmi > 10 * random_nmi, (nmi, random_nmi)
+
+
+@pytest.mark.parametrize("name", [n for n in registry.model_names()
+                                  if n.startswith(registry.HMDN_PREFIX)])
+def test_hmdn_model_trains_under_mirrored_strategy(name, data_dir, spec, batches,
+                                                   mirrored_strategy):
+  """Two replicas: loss is finite, and the codebooks stay identical on both.
+
+  (Each backbone alone is run under MirroredStrategy in test_backbones.py.)"""
+  with mirrored_strategy.scope():
+    model = train.build_model(data_dir, ModelConfig(name=name, **SMALL))
+    model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
+  history = model.fit(_as_dataset(batches[:3]), epochs=1, verbose=0)
+  assert np.isfinite(history.history["loss"][-1])
+  for view in model.hierarchy.views:
+    quantizer = model.hierarchy.quantizer(view)
+    for variable in (quantizer.codebooks, quantizer.ema_counts):
+      replicas = [v.numpy() for v in variable.values]
+      assert len(replicas) == 2
+      np.testing.assert_array_equal(replicas[0], replicas[1])
+    assert bool(quantizer.initialized.numpy())  # data-dependent init ran

@@ -236,10 +236,8 @@ def test_loss_mode_trains_codebooks_with_codebook_loss():
 
 
 @pytest.fixture(scope="module")
-def strategy():
-  # One strategy for the module: separate MirroredStrategy objects in one
-  # process reuse collective instance keys and clash in the collective cache.
-  return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def strategy(mirrored_strategy):
+  return mirrored_strategy  # shared by the session (tests/conftest.py)
 
 
 def _distributed_batches(steps, sizes=(24, 16)):
