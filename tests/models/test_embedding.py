@@ -1,0 +1,85 @@
+"""FeatureEmbeddings: each kind of field, OOV, masking, standardization, config."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from features import spec as spec_lib
+from models.embedding import FeatureEmbeddings
+
+SPEC = {"name": "t", "features": [
+    {"name": "y", "kind": "numeric", "role": "label"},
+    {"name": "page", "kind": "categorical", "embedding_dim": 3},
+    {"name": "uid", "kind": "categorical", "hash_buckets": 10, "embedding_dim": 2},
+    {"name": "tags", "kind": "multi_categorical", "embedding_dim": 4},
+    {"name": "price", "kind": "numeric", "embedding_dim": 2},
+    {"name": "hour", "kind": "numeric", "boundaries": [6, 12, 18], "embedding_dim": 2},
+]}
+
+
+@pytest.fixture()
+def layer(tmp_path):
+  (tmp_path / "page.txt").write_text("home\nsearch\n")
+  (tmp_path / "tags.txt").write_text("a\nb\nc\n")
+  return FeatureEmbeddings(SPEC, str(tmp_path),
+                           {"price": {"mean": 10.0, "std": 2.0, "count": 5}})
+
+
+def _batch(**overrides):
+  batch = {"page": tf.constant(["home", "search", "unknown"]),
+           "uid": tf.constant(["u1", "u2", "u3"]),
+           "tags": tf.constant([["a", "b"], ["c", ""], ["", ""]]),
+           "price": tf.constant([10.0, 12.0, 8.0]),
+           "hour": tf.constant([1.0, 7.0, 20.0])}
+  batch.update(overrides)
+  return batch
+
+
+def test_shapes_and_ids(layer):
+  out = layer(_batch())
+  assert {k: v.shape for k, v in out.items()} == {
+      "page": (3, 3), "uid": (3, 2), "tags": (3, 4), "price": (3, 2), "hour": (3, 2)}
+  np.testing.assert_array_equal(layer.ids("page", tf.constant(["home", "zzz"])), [1, 0])
+  np.testing.assert_array_equal(layer.ids("hour", tf.constant([1.0, 7.0, 20.0])),
+                                [0, 1, 3])
+  assert layer.num_ids == {"page": 3, "uid": 10, "tags": 4, "hour": 4}
+
+
+def test_unseen_values_share_the_oov_embedding(layer):
+  out = layer(_batch(page=tf.constant(["unknown", "other", "home"])))["page"].numpy()
+  np.testing.assert_array_equal(out[0], out[1])
+  assert not np.allclose(out[0], out[2])
+
+
+def test_multi_valued_mean_ignores_padding(layer):
+  out = layer(_batch())["tags"].numpy()
+  table = layer._table["tags"].embeddings.numpy()
+  np.testing.assert_allclose(out[0], (table[1] + table[2]) / 2, atol=1e-6)  # a, b
+  np.testing.assert_allclose(out[1], table[3], atol=1e-6)  # c alone, "" ignored
+  np.testing.assert_allclose(out[2], np.zeros(4), atol=1e-6)  # nothing: zeros
+
+
+def test_numeric_is_standardized_with_training_moments(layer):
+  out = layer(_batch(price=tf.constant([10.0, 12.0, 14.0])))["price"].numpy()
+  # z = 0, 1, 2: a linear projection, so equal steps between the outputs.
+  np.testing.assert_allclose(out[1] - out[0], out[2] - out[1], atol=1e-5)
+
+
+def test_missing_input_names_the_feature(layer):
+  batch = _batch()
+  del batch["price"]
+  with pytest.raises(ValueError, match="'price'"):
+    layer(batch)
+
+
+def test_missing_vocabulary_file_names_the_field(tmp_path):
+  with pytest.raises(ValueError, match="'page'.*vocabulary file"):
+    FeatureEmbeddings(SPEC, str(tmp_path / "nowhere"))
+
+
+def test_config_round_trip(layer):
+  layer(_batch())
+  again = FeatureEmbeddings.from_config(layer.get_config())
+  again(_batch())
+  again.set_weights(layer.get_weights())
+  for k, v in layer(_batch()).items():
+    np.testing.assert_allclose(again(_batch())[k], v)
