@@ -1,0 +1,101 @@
+"""Model quality: each HMDN variant against its own backbone, same data, same budget,
+several seeds; prints mean and spread of AUC / logloss / GAUC and the paired deltas.
+
+  python -m benchmarks.quality --rows=200000 --seeds=0,1,2 --pairs=moe,apg
+
+Data are generated and preprocessed once (cached under --work_dir); every model sees
+the same splits, batch size, learning rate and number of epochs. Results go to
+<work_dir>/quality.json. This is a measurement, not a test: it asserts nothing.
+"""
+import dataclasses
+import json
+import os
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("rows", 200_000, "Synthetic rows (generated once, cached).")
+flags.DEFINE_string("seeds", "0,1,2", "Training seeds (the data seed is fixed at 0).")
+flags.DEFINE_string("pairs", "moe,mmoe,ple,hinet,apg,epnet",
+                    "Backbones compared with their hmdn_ variant.")
+flags.DEFINE_integer("epochs", 2, "Epochs for every model.")
+flags.DEFINE_integer("batch_size", 512, "Global batch for every model.")
+flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate for every model.")
+flags.DEFINE_string("work_dir", "bench_out/quality", "Cache of data and results.")
+
+
+def _data_dir(work_dir: str, rows: int) -> str:
+  from beam_jobs import preprocess, synthetic_logs
+  raw = os.path.join(work_dir, f"raw_{rows}")
+  out = os.path.join(work_dir, f"data_{rows}")
+  if not os.path.exists(os.path.join(out, preprocess.COMPLETE_MARKER)):
+    synthetic_logs.generate(raw, synthetic_logs.GeneratorConfig(rows=rows, seed=0))
+    preprocess.run(preprocess.PreprocessConfig(
+        raw=os.path.join(raw, "raw", "*.csv"), output_dir=out,
+        spec_path=os.path.join(raw, "spec.yaml"), direct_num_workers=2))
+  return out
+
+
+def _train_and_score(data_dir: str, model: str, seed: int, work_dir: str) -> dict:
+  from features import spec as spec_lib
+  from models.registry import ModelConfig
+  from pipeline import evaluate, train
+  config = train.TrainConfig(
+      data_dir=data_dir, model_dir=os.path.join(work_dir, "runs", f"{model}_{seed}"),
+      model=ModelConfig(name=model, seed=seed), batch_size=FLAGS.batch_size,
+      learning_rate=FLAGS.learning_rate, epochs=FLAGS.epochs, seed=seed)
+  start = time.time()
+  trained = train.train(config)
+  spec = spec_lib.load_spec(os.path.join(data_dir, "spec.yaml"))
+  columns = evaluate.collect(evaluate.model_predictor(trained, spec), data_dir, spec)
+  m = evaluate.compute_metrics(columns, spec)
+  return {"auc": m["auc"], "logloss": m["logloss"], "gauc": m["gauc"],
+          "oracle_auc": m["oracle_auc"], "seconds": time.time() - start,
+          "subgroup_auc": {k: v["auc"] for k, v in m["per_distribution"]["subgroup"].items()}}
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  os.makedirs(FLAGS.work_dir, exist_ok=True)
+  data_dir = _data_dir(FLAGS.work_dir, FLAGS.rows)
+  seeds = [int(s) for s in FLAGS.seeds.split(",")]
+  pairs = [p for p in FLAGS.pairs.split(",") if p]
+  results = {}
+  for seed in seeds:  # seeds outermost: machine noise and drift hit every model alike
+    for backbone in pairs:
+      for model in (backbone, f"hmdn_{backbone}"):
+        results.setdefault(model, []).append(
+            _train_and_score(data_dir, model, seed, FLAGS.work_dir))
+        print(f"seed {seed} {model:<12} auc {results[model][-1]['auc']:.4f}", flush=True)
+  rows = []
+  print(f"\n{FLAGS.rows} rows, {FLAGS.epochs} epochs, batch {FLAGS.batch_size}, "
+        f"seeds {seeds}; oracle AUC {results[pairs[0]][0]['oracle_auc']:.4f}")
+  print(f"{'model':<12} {'auc mean':>9} {'± std':>7} {'logloss':>8} {'gauc':>7} "
+        f"{'Δauc vs backbone (paired, mean ± std)':>40}")
+  for backbone in pairs:
+    for model in (backbone, f"hmdn_{backbone}"):
+      auc = np.array([r["auc"] for r in results[model]])
+      ll = np.array([r["logloss"] for r in results[model]])
+      gauc = np.array([r["gauc"] for r in results[model]])
+      delta = ""
+      if model != backbone:
+        d = auc - np.array([r["auc"] for r in results[backbone]])
+        delta = f"{d.mean():+.4f} ± {d.std(ddof=1) if len(d) > 1 else 0:.4f}"
+      print(f"{model:<12} {auc.mean():>9.4f} {auc.std(ddof=1) if len(auc) > 1 else 0:>7.4f} "
+            f"{ll.mean():>8.4f} {gauc.mean():>7.4f} {delta:>40}")
+      rows.append({"model": model, "auc": auc.tolist(), "logloss": ll.tolist(),
+                   "gauc": gauc.tolist()})
+  with open(os.path.join(FLAGS.work_dir, "quality.json"), "w") as f:
+    json.dump({"rows": FLAGS.rows, "epochs": FLAGS.epochs, "seeds": seeds,
+               "batch_size": FLAGS.batch_size, "learning_rate": FLAGS.learning_rate,
+               "results": results, "summary": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
