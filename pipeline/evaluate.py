@@ -112,4 +112,11 @@ def format_table(result: Dict) -> str:
                    f"{m['auc']:>7.4f} {m['logloss']:>8.4f}")
   lines.append(f"{'overall':<14} {'':<14} {result['rows_eval']:>8d} "
                f"{result['ctr_eval']:>7.4f} {result['auc']:>7.4f} {result['logloss']:>8.4f}")
+  extras = [f"{k} {result[k]:.4f}" for k in ("gauc", "oracle_auc") if k in result]
+  if extras:  # the oracle AUC (true click probabilities) is the ceiling for any model
+    lines.append("  ".join(extras))
+  for name, usage in result.get("codes", {}).items():
+    nmi = ", ".join(f"{k} {v:.2f}" for k, v in usage["nmi"].items())
+    lines.append(f"codes {name:<18} perplexity {usage['perplexity']:5.2f}  dead "
+                 f"{usage['dead_share']:.2f}  NMI: {nmi}")
   return "\n".join(lines)
