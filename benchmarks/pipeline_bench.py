@@ -1,0 +1,362 @@
+"""Throughput of training (1 and 2 replicas) and of the input pipeline, serving latency of
+the SavedModel, and peak memory of each, every measurement in its own process.
+
+  python -m benchmarks.pipeline_bench [--model=hmdn_moe --rows=50000 --batch_size=512]
+
+Each configuration runs in a subprocess of this module (`--worker=train|input|serve`):
+logical CPU devices can only be set before TensorFlow initialises, the serving side must
+be a fresh process that holds nothing but the loaded export, and `ru_maxrss` is per
+process. The configurations alternate over `--rounds` and the medians are reported, so
+noise from other processes on the machine is shared out rather than landing on one.
+
+  train   `model.fit` as `pipeline.train.train` sets it up (strategy, build_model, Adam,
+          the training `make_dataset` with DATA auto-sharding), without evaluation and
+          checkpoint callbacks; examples/s over the steps after the warm-up, timed by a
+          callback at the end of each step. 2 replicas: MirroredStrategy over the CPU
+          split into 2 logical devices (both share the same 2 cores). Round 1 of the
+          1-replica run exports the trained model with `pipeline.export.export`.
+  input   `pipeline.data.make_dataset(training=True)` alone: batches read, decompressed,
+          shuffled and parsed per second after a warm-up (which fills the shuffle
+          buffer), compared with the training throughput.
+  serve   `tf.saved_model.load` of the export, `signatures["serving_default"]` on
+          serialized tf.Example from the eval split at each batch size: per-call latency
+          (result fetched to the host) after warm-up calls, p50 / p99.
+
+Results: a table on stdout and `<out_dir>/pipeline_bench.json`. Not a test.
+"""
+import dataclasses
+import glob
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "hmdn_moe", "Model trained and served.")
+flags.DEFINE_integer("rows", 50_000, "Synthetic rows (generated once, cached).")
+flags.DEFINE_integer("batch_size", 512, "GLOBAL training batch (and input batch).")
+flags.DEFINE_integer("train_steps", 60, "Timed training steps per run.")
+flags.DEFINE_integer("warmup_steps", 10, "Untimed training steps before them.")
+flags.DEFINE_integer("input_batches", 200, "Timed input-pipeline batches per run.")
+flags.DEFINE_integer("input_warmup_batches", 20, "Untimed input batches before them.")
+flags.DEFINE_string("serve_batches", "1,64,256,512", "Serving batch sizes.")
+flags.DEFINE_integer("latency_calls", 500, "Timed serving calls per batch size.")
+flags.DEFINE_integer("latency_warmup", 20, "Untimed serving calls per batch size.")
+flags.DEFINE_integer("rounds", 3, "Rounds of the train(1), train(2) and input runs.")
+flags.DEFINE_string("out_dir", "bench_out", "Cache of data and results.")
+# Worker side (set by the parent; not meant to be typed).
+flags.DEFINE_enum("worker", None, ["train", "input", "serve"], "Run one measurement in "
+                  "this process and write it to --result.")
+flags.DEFINE_integer("replicas", 1, "train worker: 1 (default strategy) or N "
+                     "(MirroredStrategy over N logical CPU devices).")
+flags.DEFINE_string("data_dir", None, "Worker: preprocessed data.")
+flags.DEFINE_string("export_root", "", "train worker: export the model here if set.")
+flags.DEFINE_string("saved_model", None, "serve worker: the exported version dir.")
+flags.DEFINE_string("result", None, "Worker: JSON result file.")
+
+TARGET_INPUT_RATIO = 5.0  # input pipeline >= 5x training throughput
+TARGET_P99_MS = {1: 2.0, 256: 10.0}  # serving p99 on 2 cores
+
+
+@dataclasses.dataclass
+class TrainRun:
+  replicas: int
+  examples_per_sec: float  # timed steps x batch / their wall time
+  step_ms_median: float
+  step_ms_p90: float
+  max_rss_mb: float
+  export_dir: str = ""
+
+
+@dataclasses.dataclass
+class InputRun:
+  examples_per_sec: float
+  batch_ms_median: float
+  max_rss_mb: float
+
+
+@dataclasses.dataclass
+class Latency:
+  batch: int
+  calls: int
+  p50_ms: float
+  p99_ms: float
+  mean_ms: float
+  examples_per_sec_at_p50: float
+  target_p99_ms: Optional[float] = None
+  meets_target: Optional[bool] = None
+
+
+@dataclasses.dataclass
+class ServeRun:
+  load_seconds: float
+  latencies: List[Latency]
+  max_rss_mb: float  # after load and every call: the serving process's peak
+
+
+# --- workers: one measurement per process -----------------------------------------------
+
+
+def _worker_train() -> dict:
+  """model.fit under the strategy, with the input pipeline train.train builds."""
+  from pipeline import strategies
+  strategies.split_cpu(FLAGS.replicas)  # before anything initialises TensorFlow
+  import tensorflow as tf
+  from features import spec as spec_lib
+  from models.registry import ModelConfig
+  from pipeline import data, export, train
+
+  tf.keras.utils.set_random_seed(0)
+  strategy = (strategies.make_strategy("mirrored", FLAGS.replicas)
+              if FLAGS.replicas > 1 else strategies.make_strategy("default"))
+  spec = spec_lib.load_spec(os.path.join(FLAGS.data_dir, "spec.yaml"))
+  dataset = data.make_dataset(FLAGS.data_dir, "train", spec, FLAGS.batch_size,
+                              training=True, seed=0)
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
+  dataset = dataset.with_options(options)
+  with strategy.scope():
+    model = train.build_model(FLAGS.data_dir, ModelConfig(name=FLAGS.model))
+    model.compile(optimizer=tf.keras.optimizers.Adam(2e-3), steps_per_execution=1)
+
+  ends: List[float] = []
+
+  class StepClock(tf.keras.callbacks.Callback):
+    """Wall time at the end of each step (Keras has fetched the step's logs by then)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+      ends.append(time.perf_counter())
+
+  model.fit(dataset, epochs=1, steps_per_epoch=FLAGS.warmup_steps + FLAGS.train_steps,
+            callbacks=[StepClock()], verbose=0)
+  timed = ends[FLAGS.warmup_steps - 1:]  # from the end of the last warm-up step
+  steps = [b - a for a, b in zip(timed, timed[1:])]
+  run = TrainRun(replicas=strategy.num_replicas_in_sync,
+                 examples_per_sec=len(steps) * FLAGS.batch_size / (timed[-1] - timed[0]),
+                 step_ms_median=common.median(steps) * 1e3,
+                 step_ms_p90=common.percentile(steps, 90) * 1e3,
+                 max_rss_mb=common.max_rss_mb())
+  if FLAGS.export_root:
+    rows = [r.numpy() for r in tf.data.TFRecordDataset(
+        data.files_of(FLAGS.data_dir, "eval"), compression_type="GZIP").take(8)]
+    run.export_dir = export.export(model, spec, FLAGS.export_root, warmup_examples=rows)
+  return dataclasses.asdict(run)
+
+
+def _worker_input() -> dict:
+  """The training input pipeline alone, consumed as fast as it produces."""
+  import tensorflow as tf  # noqa: F401  (initialised here, not inside the clock)
+  from features import spec as spec_lib
+  from pipeline import data
+  spec = spec_lib.load_spec(os.path.join(FLAGS.data_dir, "spec.yaml"))
+  it = iter(data.make_dataset(FLAGS.data_dir, "train", spec, FLAGS.batch_size,
+                              training=True, seed=0))
+  for _ in range(FLAGS.input_warmup_batches):
+    next(it)
+  times = []
+  start = time.perf_counter()
+  for _ in range(FLAGS.input_batches):
+    t = time.perf_counter()
+    next(it)
+    times.append(time.perf_counter() - t)
+  elapsed = time.perf_counter() - start
+  return dataclasses.asdict(InputRun(
+      examples_per_sec=FLAGS.input_batches * FLAGS.batch_size / elapsed,
+      batch_ms_median=common.median(times) * 1e3, max_rss_mb=common.max_rss_mb()))
+
+
+def _worker_serve() -> dict:
+  """A process holding only the loaded export, as a model server would."""
+  import tensorflow as tf
+  sizes = [int(b) for b in FLAGS.serve_batches.split(",")]
+  files = sorted(glob.glob(os.path.join(FLAGS.data_dir, "eval", "part-*.tfrecord.gz")))
+  rows = [r.numpy() for r in tf.data.TFRecordDataset(
+      files, compression_type="GZIP").take(max(sizes))]
+  start = time.perf_counter()
+  signature = tf.saved_model.load(FLAGS.saved_model).signatures["serving_default"]
+  load_seconds = time.perf_counter() - start
+  requests = {b: tf.constant([rows[i % len(rows)] for i in range(b)]) for b in sizes}
+
+  def call(b):
+    t = time.perf_counter()
+    signature(examples=requests[b])["probability"].numpy()
+    return time.perf_counter() - t
+
+  for b in sizes:
+    for _ in range(FLAGS.latency_warmup):
+      call(b)
+  times: Dict[int, List[float]] = {b: [] for b in sizes}
+  chunks = 5  # batch sizes interleaved in 5 passes: a noisy spell hits them all
+  for c in range(chunks):
+    for b in sizes:
+      n = FLAGS.latency_calls // chunks + (c < FLAGS.latency_calls % chunks)
+      times[b].extend(call(b) for _ in range(n))
+  latencies = []
+  for b in sizes:
+    t = times[b]
+    p50 = common.percentile(t, 50)
+    target = TARGET_P99_MS.get(b)
+    p99 = common.percentile(t, 99) * 1e3
+    latencies.append(Latency(
+        batch=b, calls=len(t), p50_ms=p50 * 1e3, p99_ms=p99,
+        mean_ms=sum(t) / len(t) * 1e3, examples_per_sec_at_p50=b / p50,
+        target_p99_ms=target, meets_target=None if target is None else p99 <= target))
+  return dataclasses.asdict(ServeRun(load_seconds=load_seconds, latencies=latencies,
+                                     max_rss_mb=common.max_rss_mb()))
+
+
+# --- parent: data, subprocesses, table ------------------------------------------------
+
+
+def _spawn(worker: str, data_dir: str, **flags_) -> dict:
+  """Runs `python -m benchmarks.pipeline_bench --worker=...` and returns its result."""
+  fd, result = tempfile.mkstemp(suffix=".json", prefix=f"bench-{worker}-")
+  os.close(fd)
+  args = [sys.executable, "-m", "benchmarks.pipeline_bench", f"--worker={worker}",
+          f"--data_dir={data_dir}", f"--result={result}", f"--model={FLAGS.model}",
+          f"--batch_size={FLAGS.batch_size}"]
+  for name in ("train_steps", "warmup_steps", "input_batches", "input_warmup_batches",
+               "serve_batches", "latency_calls", "latency_warmup"):
+    args.append(f"--{name}={getattr(FLAGS, name)}")
+  args += [f"--{k}={v}" for k, v in flags_.items()]
+  start = time.perf_counter()
+  proc = subprocess.run(args, cwd=common.REPO_ROOT, capture_output=True, text=True)
+  try:
+    if proc.returncode != 0:
+      raise RuntimeError(f"worker {worker} {flags_} failed ({proc.returncode}):\n"
+                         f"{proc.stderr[-4000:]}")
+    with open(result) as f:
+      out = json.load(f)
+  finally:
+    os.remove(result)
+  print(f"  {worker} {flags_ or ''}: {time.perf_counter() - start:.0f} s", flush=True)
+  return out
+
+
+def _fmt_bool(value: Optional[bool]) -> str:
+  return "" if value is None else ("met" if value else "MISSED")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  if FLAGS.worker:
+    result = {"train": _worker_train, "input": _worker_input,
+              "serve": _worker_serve}[FLAGS.worker]()
+    common.write_json(FLAGS.result, result)
+    return
+
+  data_dir = os.path.abspath(common.prepare_data(FLAGS.out_dir, FLAGS.rows))
+  export_root = os.path.abspath(os.path.join(FLAGS.out_dir, "pipeline_export",
+                                             FLAGS.model))
+  if os.path.isdir(export_root):  # this benchmark's own exports: keep only this run's
+    shutil.rmtree(export_root)
+  load_before = common.load_average()
+  train_runs: Dict[int, List[dict]] = {1: [], 2: []}
+  input_runs: List[dict] = []
+  export_dir = ""
+  for r in range(FLAGS.rounds):
+    print(f"round {r + 1}/{FLAGS.rounds}", flush=True)
+    # Alternate which configuration goes first, so a slow spell does not favour one.
+    order = [1, 2] if r % 2 == 0 else [2, 1]
+    for replicas in order:
+      extra = {"export_root": export_root} if replicas == 1 and not export_dir else {}
+      run = _spawn("train", data_dir, replicas=replicas, **extra)
+      export_dir = export_dir or run.get("export_dir", "")
+      train_runs[replicas].append(run)
+    input_runs.append(_spawn("input", data_dir))
+  serve = _spawn("serve", data_dir, saved_model=export_dir)
+
+  def med(runs, key):
+    return common.median(r[key] for r in runs)
+
+  train_eps = {n: med(runs, "examples_per_sec") for n, runs in train_runs.items()}
+  input_eps = med(input_runs, "examples_per_sec")
+  ratio_1 = input_eps / train_eps[1]
+  ratio_2 = input_eps / train_eps[2]
+  summary = {
+      "train_examples_per_sec": {str(n): v for n, v in train_eps.items()},
+      "train_step_ms_median": {str(n): med(runs, "step_ms_median")
+                               for n, runs in train_runs.items()},
+      "speedup_2_replicas": train_eps[2] / train_eps[1],
+      "input_examples_per_sec": input_eps,
+      "input_to_train_ratio": {"1": ratio_1, "2": ratio_2},
+      "input_meets_target": min(ratio_1, ratio_2) >= TARGET_INPUT_RATIO,
+      "max_rss_mb": {"train_1_replica": max(r["max_rss_mb"] for r in train_runs[1]),
+                     "train_2_replicas": max(r["max_rss_mb"] for r in train_runs[2]),
+                     "input": max(r["max_rss_mb"] for r in input_runs),
+                     "serve": serve["max_rss_mb"]},
+  }
+
+  print(f"\n{FLAGS.model}, global batch {FLAGS.batch_size}, {FLAGS.rows} rows, "
+        f"{FLAGS.rounds} rounds (medians); TF {_tf_version()}, {os.cpu_count()} CPUs, "
+        f"load average {load_before[0]} before / {common.load_average()[0]} after")
+  rows = []
+  for n in (1, 2):
+    rows.append([f"train, {n} replica{'s' if n > 1 else ''}", f"{train_eps[n]:,.0f}",
+                 f"{summary['train_step_ms_median'][str(n)]:.1f}",
+                 " ".join(f"{r['examples_per_sec']:,.0f}" for r in train_runs[n]),
+                 f"{summary['max_rss_mb'][f'train_{n}_replica' + ('s' if n > 1 else '')]:,.0f}",
+                 "" if n == 1 else f"x{summary['speedup_2_replicas']:.2f} vs 1"])
+  rows.append(["input pipeline alone", f"{input_eps:,.0f}",
+               f"{med(input_runs, 'batch_ms_median'):.1f}",
+               " ".join(f"{r['examples_per_sec']:,.0f}" for r in input_runs),
+               f"{summary['max_rss_mb']['input']:,.0f}",
+               f"x{ratio_1:.1f} / x{ratio_2:.1f} of train 1/2 (>= x"
+               f"{TARGET_INPUT_RATIO:.0f}: {_fmt_bool(summary['input_meets_target'])})"])
+  print(common.format_table(["throughput", "ex/s", "step ms", "per-run ex/s",
+                             "peak RSS MB", "note"], rows))
+  print(f"\nserving_default of {export_dir} in a fresh process (load "
+        f"{serve['load_seconds']:.1f} s, peak RSS {serve['max_rss_mb']:,.0f} MB)")
+  print(common.format_table(
+      ["batch", "calls", "p50 ms", "p99 ms", "mean ms", "ex/s at p50", "p99 target"],
+      [[l["batch"], l["calls"], f"{l['p50_ms']:.2f}", f"{l['p99_ms']:.2f}",
+        f"{l['mean_ms']:.2f}", f"{l['examples_per_sec_at_p50']:,.0f}",
+        "" if l["target_p99_ms"] is None else
+        f"<= {l['target_p99_ms']:g} ms: {_fmt_bool(l['meets_target'])}"]
+       for l in serve["latencies"]]))
+
+  path = os.path.join(FLAGS.out_dir, "pipeline_bench.json")
+  common.write_json(path, {
+      "config": {k: getattr(FLAGS, k) for k in (
+          "model", "rows", "batch_size", "train_steps", "warmup_steps", "input_batches",
+          "input_warmup_batches", "serve_batches", "latency_calls", "latency_warmup",
+          "rounds")},
+      "environment": {"tensorflow": _tf_version(), "cpus": os.cpu_count(),
+                      "platform": platform.platform(),
+                      "load_average_before_after": [load_before, common.load_average()]},
+      "targets": {"input_to_train_ratio": TARGET_INPUT_RATIO,
+                  "serving_p99_ms": TARGET_P99_MS},
+      "summary": summary,
+      "train_runs": {str(n): runs for n, runs in train_runs.items()},
+      "input_runs": input_runs,
+      "serve": serve,
+      "export_dir": export_dir,
+  })
+  print(f"results: {path}")
+
+
+def _tf_version() -> str:
+  """From package metadata: the parent needs no TensorFlow runtime of its own."""
+  from importlib import metadata
+  try:
+    return metadata.version("tensorflow")
+  except metadata.PackageNotFoundError:
+    return "?"
+
+
+if __name__ == "__main__":
+  app.run(main)
