@@ -19,12 +19,18 @@ def files_of(data_dir: str, split: str):
 
 
 def parse_batch(serialized: tf.Tensor, spec: spec_lib.FeatureSpec,
-                for_serving: bool = False) -> Dict[str, tf.Tensor]:
+                for_serving: bool = False, with_label: bool = False
+                ) -> Dict[str, tf.Tensor]:
   """A batch of serialized tf.Example -> dense tensors keyed by field name.
 
+  All fields, or with `for_serving` only what the model is fed (plus the label when
+  `with_label`): training parses nothing it does not use.
   Multi-valued fields become `[batch, max_values]` strings padded with "".
   """
-  parsed = tf.io.parse_example(serialized, spec.parsing_spec(for_serving=for_serving))
+  parsing_spec = spec.parsing_spec(for_serving=for_serving)
+  if with_label:
+    parsing_spec[spec.label.name] = spec.parsing_spec()[spec.label.name]
+  parsed = tf.io.parse_example(serialized, parsing_spec)
   for f in spec.features:
     if f.name in parsed and f.kind == spec_lib.MULTI_CATEGORICAL:
       parsed[f.name] = parsed[f.name].to_tensor(default_value="")
@@ -63,7 +69,8 @@ def make_dataset(data_dir: str, split: str, spec: spec_lib.FeatureSpec,
   if training:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
   ds = ds.batch(batch_size, drop_remainder=training)
-  ds = ds.map(lambda s: split_label(parse_batch(s, spec), spec),
+  ds = ds.map(lambda s: split_label(
+      parse_batch(s, spec, for_serving=True, with_label=True), spec),
               num_parallel_calls=tf.data.AUTOTUNE)
   return ds.prefetch(tf.data.AUTOTUNE)
 
