@@ -27,6 +27,9 @@ flags.DEFINE_integer("epochs", 2, "Epochs for every model.")
 flags.DEFINE_integer("batch_size", 512, "Global batch for every model.")
 flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate for every model.")
 flags.DEFINE_string("work_dir", "bench_out/quality", "Cache of data and results.")
+flags.DEFINE_string("hmdn_config", "{}", "JSON of ModelConfig overrides for the hmdn_ "
+                    "models (ablations), e.g. '{\"extraction\": \"explicit\"}'.")
+flags.DEFINE_string("tag", "", "Suffix of the results file (quality<tag>.json).")
 
 
 def _data_dir(work_dir: str, rows: int) -> str:
@@ -46,8 +49,10 @@ def _train_and_score(data_dir: str, model: str, seed: int, work_dir: str) -> dic
   from models.registry import ModelConfig
   from pipeline import evaluate, train
   config = train.TrainConfig(
-      data_dir=data_dir, model_dir=os.path.join(work_dir, "runs", f"{model}_{seed}"),
-      model=ModelConfig(name=model, seed=seed), batch_size=FLAGS.batch_size,
+      data_dir=data_dir, model_dir=os.path.join(work_dir, "runs", f"{model}{FLAGS.tag}_{seed}"),
+      model=ModelConfig(name=model, seed=seed, **(
+          json.loads(FLAGS.hmdn_config) if model.startswith("hmdn_") else {})),
+      batch_size=FLAGS.batch_size,
       learning_rate=FLAGS.learning_rate, epochs=FLAGS.epochs, seed=seed)
   start = time.time()
   trained = train.train(config)
@@ -74,7 +79,7 @@ def main(argv):
             _train_and_score(data_dir, model, seed, FLAGS.work_dir))
         print(f"seed {seed} {model:<12} auc {results[model][-1]['auc']:.4f}", flush=True)
   rows = []
-  print(f"\n{FLAGS.rows} rows, {FLAGS.epochs} epochs, batch {FLAGS.batch_size}, "
+  print(f"\nhmdn overrides {FLAGS.hmdn_config}; {FLAGS.rows} rows, {FLAGS.epochs} epochs, batch {FLAGS.batch_size}, "
         f"seeds {seeds}; oracle AUC {results[pairs[0]][0]['oracle_auc']:.4f}")
   print(f"{'model':<12} {'auc mean':>9} {'± std':>7} {'logloss':>8} {'gauc':>7} "
         f"{'Δauc vs backbone (paired, mean ± std)':>40}")
@@ -91,8 +96,8 @@ def main(argv):
             f"{ll.mean():>8.4f} {gauc.mean():>7.4f} {delta:>40}")
       rows.append({"model": model, "auc": auc.tolist(), "logloss": ll.tolist(),
                    "gauc": gauc.tolist()})
-  with open(os.path.join(FLAGS.work_dir, "quality.json"), "w") as f:
-    json.dump({"rows": FLAGS.rows, "epochs": FLAGS.epochs, "seeds": seeds,
+  with open(os.path.join(FLAGS.work_dir, f"quality{FLAGS.tag}.json"), "w") as f:
+    json.dump({"hmdn_config": json.loads(FLAGS.hmdn_config), "rows": FLAGS.rows, "epochs": FLAGS.epochs, "seeds": seeds,
                "batch_size": FLAGS.batch_size, "learning_rate": FLAGS.learning_rate,
                "results": results, "summary": rows}, f, indent=1)
 
