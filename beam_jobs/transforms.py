@@ -28,6 +28,19 @@ def split_of(key: str, eval_fraction: float) -> str:
   return EVAL if bucket < eval_fraction * 10_000 else TRAIN
 
 
+def parse_record(spec: spec_lib.FeatureSpec, cells: Mapping[str, Any],
+                 missing_counters: Optional[Mapping[str, Any]] = None) -> Record:
+  """Raw cells (strings, or lists for multi-valued fields) -> a typed record of every
+  raw field of the spec; raises SpecError naming the field and the value."""
+  record = {}
+  for f in spec.raw_fields:
+    raw = cells.get(f.name)
+    if (raw is None or raw == "" or raw == []) and missing_counters is not None:
+      missing_counters[f.name].inc()
+    record[f.name] = spec.parse_value(f, raw)
+  return record
+
+
 class ParseRowFn(beam.DoFn):
   """(file, line) -> (split, record) on `records`, or a dead-letter dict with a reason."""
 
@@ -43,7 +56,7 @@ class ParseRowFn(beam.DoFn):
     self._read = beam.metrics.Metrics.counter(NAMESPACE, "rows_read")
     self._rejected = beam.metrics.Metrics.counter(NAMESPACE, "rows_rejected")
     self._missing = {f.name: beam.metrics.Metrics.counter(NAMESPACE, f"missing_{f.name}")
-                     for f in spec.features}
+                     for f in spec.raw_fields}
 
   def _cells(self, source: str, line: str) -> Dict[str, Any]:
     if self._format == "jsonl":
@@ -69,12 +82,7 @@ class ParseRowFn(beam.DoFn):
     self._read.inc()
     try:
       cells = self._cells(source, line)
-      record = {}
-      for f in self._spec.features:
-        raw = cells.get(f.name)
-        if raw is None or raw == "":
-          self._missing[f.name].inc()
-        record[f.name] = self._spec.parse_value(f, raw)
+      record = parse_record(self._spec, cells, self._missing)
     except spec_lib.SpecError as e:
       self._rejected.inc()
       yield beam.pvalue.TaggedOutput(
@@ -91,6 +99,104 @@ def ParseRows(lines, spec, input_format, headers, delimiter=",", split_key="",
   return lines | "Parse" >> beam.ParDo(
       ParseRowFn(spec, input_format, headers, delimiter, split_key,
                  eval_fraction)).with_outputs(DEAD_LETTER, main=RECORDS)
+
+
+# --- Time split -----------------------------------------------------------------------
+def _time_of(record: Record, field: str) -> float:
+  return float(record[field])
+
+
+@beam.ptransform_fn
+def SplitByTime(split_records, field, cutoff=None, quantile=None):
+  """Re-splits (split, record) pairs by a time field: eval = time >= cutoff.
+
+  The cutoff is given, or the `quantile` of the field over all rows, computed by a
+  distributed approximate-quantiles combine (one value reaches the workers as a side
+  input, never the data). Returns (split records, a PCollection of the one cutoff).
+  """
+  records = split_records | "DropHashSplit" >> beam.Values()
+  if cutoff is not None:
+    cut = records.pipeline | "Cutoff" >> beam.Create([float(cutoff)])
+  else:
+    steps = 1000
+    cut = (records
+           | "TimeValues" >> beam.Map(_time_of, field)
+           | "TimeQuantiles" >> beam.ApproximateQuantiles.Globally(steps + 1)
+           | "PickCutoff" >> beam.Map(lambda qs: float(qs[round(quantile * steps)])
+                                      if qs else 0.0))
+  split = records | "SplitAtCutoff" >> beam.Map(
+      lambda r, c: (EVAL if _time_of(r, field) >= c else TRAIN, r),
+      beam.pvalue.AsSingleton(cut))
+  return split, cut
+
+
+# --- Derived (whole-log) features -------------------------------------------------------
+def _with_value(split_record, name, value):
+  split, record = split_record
+  out = dict(record)  # never mutate an element another step may hold
+  out[name] = value
+  return split, out
+
+
+class _AttachBucketFn(beam.DoFn):
+  """(source value, {rows, table}) -> each row with the value's bucket (or the bucket
+  of a count of 0 for a value never seen in the training split)."""
+
+  def __init__(self, feature: spec_lib.Feature):
+    self._name = feature.name
+    self._default = feature.derived.bucket_of(0)
+
+  def process(self, element):
+    _, grouped = element
+    table = list(grouped["table"])
+    bucket = table[0] if table else self._default
+    for split_record in grouped["rows"]:
+      yield _with_value(split_record, self._name, bucket)
+
+
+def _row_derived(split_record, features):
+  split, record = split_record
+  out = dict(record)
+  for f in features:
+    d = f.derived
+    if d.kind == spec_lib.CROSS:
+      out[f.name] = d.separator.join(str(out[s]) for s in d.sources)
+    elif d.kind == spec_lib.BUCKET:
+      out[f.name] = d.bucket_of(out[d.source])
+  return split, out
+
+
+@beam.ptransform_fn
+def AddDerivedFeatures(split_records, spec, tables_dir):
+  """Adds the spec's derived fields to (split, record) pairs.
+
+  count_bucket: counts each source value in the TRAINING split (a combine per key),
+  writes `tables/<field>.txt` (value TAB bucket: the asset the model looks it up in) and
+  joins the bucket back onto every row, train and eval, with a CoGroupByKey; crosses
+  and numeric buckets are computed row by row afterwards (a cross may read a count
+  bucket). The values are the ones the model recomputes from the raw ids.
+  """
+  for f in spec.derived_fields:
+    if f.derived.kind != spec_lib.COUNT_BUCKET:
+      continue
+    source, d = f.derived.source, f.derived
+    table = (split_records
+             | f"{f.name}TrainValues" >> beam.FlatMap(
+                 lambda sr, s=source: [sr[1][s]] if sr[0] == TRAIN else [])
+             | f"{f.name}Count" >> beam.combiners.Count.PerElement()
+             | f"{f.name}Bucket" >> beam.Map(lambda kv, d=d: (kv[0], d.bucket_of(kv[1]))))
+    _ = (table
+         | f"{f.name}TableLines" >> beam.MapTuple(lambda k, b: f"{k}\t{b}")
+         | f"{f.name}WriteTable" >> beam.io.WriteToText(
+             f"{tables_dir}/{f.name}", file_name_suffix=".txt", shard_name_template=""))
+    rows = split_records | f"{f.name}KeyRows" >> beam.Map(lambda sr, s=source: (sr[1][s], sr))
+    split_records = ({"rows": rows, "table": table}
+                     | f"{f.name}Join" >> beam.CoGroupByKey()
+                     | f"{f.name}Attach" >> beam.ParDo(_AttachBucketFn(f)))
+  row_wise = [f for f in spec.derived_fields if f.derived.kind != spec_lib.COUNT_BUCKET]
+  if row_wise:
+    split_records = split_records | "RowDerived" >> beam.Map(_row_derived, row_wise)
+  return split_records
 
 
 def _values(feature: spec_lib.Feature, value: Any) -> List[str]:
@@ -228,13 +334,43 @@ class ToExampleFn(beam.DoFn):
 
 
 @beam.ptransform_fn
-def WriteExamples(records, spec, prefix, split):
-  """Records -> sharded gzip TFRecords `<prefix>-SSSSS-of-NNNNN.tfrecord.gz`."""
-  return (records
-          | "ToExample" >> beam.ParDo(ToExampleFn(spec, f"rows_written_{split}"))
-          | "WriteTFRecord" >> beam.io.WriteToTFRecord(
-              prefix, file_name_suffix=".tfrecord.gz",
-              compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+def WriteExamples(records, spec, prefix, split, tfds_prefix=None):
+  """Records -> sharded gzip TFRecords `<prefix>-SSSSS-of-NNNNN.tfrecord.gz`.
+
+  With `tfds_prefix` (`<dir>/<dataset>-<split>.tfrecord`), the same examples are also
+  written uncompressed in TFDS' shard naming (TFDS reads neither gzip nor our names),
+  and the result is one (split, shard, examples, bytes) per TFDS shard, counted by the
+  workers that read the shards back: TFDS' split info needs per-shard lengths.
+  """
+  serialized = records | "ToExample" >> beam.ParDo(
+      ToExampleFn(spec, f"rows_written_{split}"))
+  _ = serialized | "WriteTFRecord" >> beam.io.WriteToTFRecord(
+      prefix, file_name_suffix=".tfrecord.gz",
+      compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+  if tfds_prefix is None:
+    return None
+  return (serialized
+          | "WriteTfdsShards" >> beam.io.WriteToTFRecord(
+              tfds_prefix, shard_name_template="-SSSSS-of-NNNNN")
+          | "CountTfdsShard" >> beam.ParDo(_CountShardFn(split)))
+
+
+class _CountShardFn(beam.DoFn):
+  """A written TFDS shard -> (split, shard index, examples, bytes)."""
+
+  def __init__(self, split: str):
+    self._split = split
+
+  def setup(self):
+    import tensorflow as tf
+    self._tf = tf
+
+  def process(self, path: str):
+    import re
+    shard = int(re.search(r"-(\d{5})-of-\d{5}$", path).group(1))
+    n = sum(1 for _ in self._tf.data.TFRecordDataset(path))
+    size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    yield self._split, shard, n, size
 
 
 @beam.ptransform_fn

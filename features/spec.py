@@ -23,11 +23,47 @@ PASSTHROUGH = "passthrough"  # kept in the TFRecords (e.g. a CVR label), not a m
 ORACLE = "oracle"  # the true click probability of a synthetic row: for the oracle AUC only
 ROLES = (FEATURE, LABEL, PASSTHROUGH, ORACLE)
 
+# Kinds of derived field (computed from other fields, never read from the raw log).
+COUNT_BUCKET = "count_bucket"  # bucketed count of the source value in the training split
+CROSS = "cross"  # the source values joined by `separator`
+BUCKET = "bucket"  # a numeric source bucketized at `boundaries`
+DERIVED_KINDS = (COUNT_BUCKET, CROSS, BUCKET)
+
 SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 
 
 class SpecError(ValueError):
   """A feature spec (or a value checked against it) is wrong; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Derived:
+  """How a derived field is computed from the fields it reads.
+
+  count_bucket: needs the whole log. The Beam job counts each `source` value in the
+    training split and writes `tables/<field>.txt` (value \\t bucket); the model looks the
+    bucket up in that table (a SavedModel asset), unseen values get the bucket of 0.
+  cross: `sources` values joined by `separator` (e.g. scenario x user group).
+  bucket: a numeric `source` bucketized at `boundaries` (e.g. an age bucket).
+  Bucket values are the bucket index as a string: "0" .. str(len(boundaries)).
+  """
+  kind: str
+  source: str = ""
+  sources: Tuple[str, ...] = ()
+  boundaries: Tuple[float, ...] = ()
+  separator: str = "_x_"
+
+  @property
+  def reads(self) -> Tuple[str, ...]:
+    return tuple(self.sources) if self.kind == CROSS else (self.source,)
+
+  def bucket_of(self, x: float) -> str:
+    """The bucket of a count or numeric value, as TensorFlow's Bucketize computes it
+    (in float32: the model sees float32 values)."""
+    import bisect
+    import numpy as np
+    edges = [float(np.float32(b)) for b in self.boundaries]
+    return str(bisect.bisect_right(edges, float(np.float32(x))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +83,8 @@ class Feature:
     user_id: the field that groups examples per user for GAUC.
     default: value used when the raw cell is empty; None means the field is required.
     separator: joins the values of a multi_categorical cell.
+    derived: computed from other fields (see `Derived`), not read from the raw log and
+      not fed at serving: the model recomputes it from the raw inputs it reads.
   """
   name: str
   kind: str
@@ -59,9 +97,19 @@ class Feature:
   user_id: bool = False
   default: Optional[Union[str, float]] = None
   separator: str = "|"
+  derived: Optional[Derived] = None
+
+  @property
+  def is_derived(self) -> bool:
+    return self.derived is not None
 
   @property
   def is_model_input(self) -> bool:
+    """Fed to the model (and to the serving signatures): derived fields are not."""
+    return self.role == FEATURE and not self.is_derived
+
+  @property
+  def is_embedded(self) -> bool:
     return self.role == FEATURE
 
   @property
@@ -109,7 +157,22 @@ class FeatureSpec:
 
   @property
   def model_inputs(self) -> List[Feature]:
+    """The fields fed to the model: what serving takes. Excludes derived fields."""
     return [f for f in self.features if f.is_model_input]
+
+  @property
+  def embedded_fields(self) -> List[Feature]:
+    """Every field the model embeds: its inputs and the derived fields it computes."""
+    return [f for f in self.features if f.is_embedded]
+
+  @property
+  def derived_fields(self) -> List[Feature]:
+    return [f for f in self.features if f.is_derived]
+
+  @property
+  def raw_fields(self) -> List[Feature]:
+    """The columns of the raw log (everything but derived fields)."""
+    return [f for f in self.features if not f.is_derived]
 
   @property
   def distribution_fields(self) -> List[Feature]:
@@ -119,11 +182,15 @@ class FeatureSpec:
 
   @property
   def vocabulary_fields(self) -> List[Feature]:
-    return [f for f in self.model_inputs if f.uses_vocabulary]
+    return [f for f in self.embedded_fields if f.uses_vocabulary]
 
   # --- Derived TensorFlow specs ---------------------------------------------------
   def parsing_spec(self, for_serving: bool = False) -> Dict[str, Any]:
-    """The `tf.io.parse_example` spec; for serving, model inputs only."""
+    """The `tf.io.parse_example` spec; for serving, model inputs only.
+
+    The TFRecords also carry derived values (for per-distribution evaluation), but
+    serving never needs them: the model recomputes them from the raw inputs.
+    """
     import tensorflow as tf  # imported lazily so the Beam workers need not load TF.
     spec = {}
     for f in self.features:
@@ -196,6 +263,13 @@ class FeatureSpec:
       d = {k: v for k, v in d.items() if k in ("name", "kind") or v != defaults.get(k)}
       if "boundaries" in d:
         d["boundaries"] = list(d["boundaries"])
+      if d.get("derived"):
+        dd = {k: v for k, v in d["derived"].items()
+              if k == "kind" or v != _DERIVED_DEFAULTS.get(k)}
+        for key in ("sources", "boundaries"):
+          if key in dd:
+            dd[key] = list(dd[key])
+        d["derived"] = dd
       out.append(d)
     return {"name": self.name, "features": out}
 
@@ -217,6 +291,52 @@ def write_text(path: str, text: str) -> None:
 
 
 _FIELD_KEYS = {f.name for f in dataclasses.fields(Feature)}
+_DERIVED_KEYS = {f.name for f in dataclasses.fields(Derived)}
+_DERIVED_DEFAULTS = {x.name: x.default for x in dataclasses.fields(Derived)
+                     if x.default is not dataclasses.MISSING}
+
+
+def _validate_derived(spec: "FeatureSpec", f: Feature, where: str) -> None:
+  d = f.derived
+  if d.kind not in DERIVED_KINDS:
+    raise SpecError(f"{where}: unknown derived kind {d.kind!r}; expected one of "
+                    f"{DERIVED_KINDS}")
+  if f.kind != CATEGORICAL or f.role != FEATURE:
+    raise SpecError(f"{where}: a derived field must be a categorical feature, got kind "
+                    f"{f.kind!r} role {f.role!r}")
+  if f.default is not None:
+    raise SpecError(f"{where}: a derived field takes no default (it is never read)")
+  if d.kind == CROSS:
+    if len(d.sources) < 2 or d.source:
+      raise SpecError(f"{where}: a cross needs `sources` (two or more fields), got "
+                      f"sources={list(d.sources)} source={d.source!r}")
+  elif not d.source or d.sources:
+    raise SpecError(f"{where}: a {d.kind} needs one `source` field")
+  if d.kind in (COUNT_BUCKET, BUCKET):
+    if not d.boundaries:
+      raise SpecError(f"{where}: a {d.kind} needs `boundaries`")
+    if list(d.boundaries) != sorted(set(d.boundaries)):
+      raise SpecError(f"{where}: boundaries must be strictly increasing, got "
+                      f"{list(d.boundaries)}")
+  earlier = {}
+  for g in spec.features:
+    if g.name == f.name:
+      break
+    earlier[g.name] = g
+  for name in d.reads:
+    src = earlier.get(name)
+    if src is None:
+      raise SpecError(f"{where}: derived from {name!r}, which is not a field declared "
+                      "before it")
+    if src.role != FEATURE:
+      raise SpecError(f"{where}: derived from {name!r}, whose role is {src.role!r}: "
+                      "the model must read the source, so its role must be 'feature'")
+    wanted = NUMERIC if d.kind == BUCKET else CATEGORICAL
+    if src.kind != wanted:
+      raise SpecError(f"{where}: a {d.kind} reads a {wanted} field, {name!r} is "
+                      f"{src.kind!r}")
+    if d.kind == COUNT_BUCKET and src.is_derived:
+      raise SpecError(f"{where}: count_bucket source {name!r} must be a raw field")
 
 
 def _validate(spec: FeatureSpec) -> None:
@@ -258,6 +378,8 @@ def _validate(spec: FeatureSpec) -> None:
       if not isinstance(f.distribution_level, int) or f.distribution_level < 0:
         raise SpecError(f"{where}: distribution_level must be an integer >= 0, got "
                         f"{f.distribution_level!r}")
+    if f.derived is not None:
+      _validate_derived(spec, f, where)
     if f.user_id and f.kind != CATEGORICAL:
       raise SpecError(f"{where}: the user_id field must be categorical, kind is "
                       f"{f.kind!r}")
@@ -281,6 +403,11 @@ def _validate(spec: FeatureSpec) -> None:
             if f.distribution_level is not None]
   if len(levels) != len(set(levels)):
     raise SpecError(f"{src}: two distribution fields share a level: {sorted(levels)}")
+  coarsest = spec.distribution_fields[0] if levels else None
+  if coarsest is not None and coarsest.is_derived:
+    raise SpecError(f"{src}: field {coarsest.name!r}: the coarsest distribution field "
+                    "(the backbones' domain id, read from the fed inputs) must not be "
+                    "derived; give it a higher distribution_level")
   if not any(f.is_model_input for f in spec.features):
     raise SpecError(f"{src}: the spec has no model input (role 'feature')")
 
@@ -312,9 +439,35 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Feature
       if int_key in kwargs and not isinstance(kwargs[int_key], int):
         raise SpecError(f"{source}: field {item['name']!r}: {int_key} must be an "
                         f"integer, got {kwargs[int_key]!r}")
+    if kwargs.get("derived") is not None:
+      kwargs["derived"] = _derived_from_dict(kwargs["derived"],
+                                             f"{source}: field {item['name']!r}")
     features.append(Feature(**kwargs))
   return FeatureSpec(name=str(data.get("name", "unnamed")), features=tuple(features),
                      source=source)
+
+
+def _derived_from_dict(raw: Any, where: str) -> Derived:
+  if isinstance(raw, Derived):
+    return raw
+  if not isinstance(raw, Mapping) or "kind" not in raw:
+    raise SpecError(f"{where}: derived must be a mapping with a 'kind', got {raw!r}")
+  unknown = set(raw) - _DERIVED_KEYS
+  if unknown:
+    raise SpecError(f"{where}: derived: unknown key(s) {sorted(unknown)}; allowed: "
+                    f"{sorted(_DERIVED_KEYS)}")
+  kwargs = dict(raw)
+  try:
+    if "boundaries" in kwargs:
+      kwargs["boundaries"] = tuple(float(b) for b in kwargs["boundaries"])
+    if "sources" in kwargs:
+      if isinstance(kwargs["sources"], str):
+        raise TypeError
+      kwargs["sources"] = tuple(str(s) for s in kwargs["sources"])
+  except (TypeError, ValueError):
+    raise SpecError(f"{where}: derived: boundaries must be numbers and sources a list "
+                    f"of field names, got {raw!r}")
+  return Derived(**kwargs)
 
 
 def load_spec(path: str) -> FeatureSpec:

@@ -68,7 +68,8 @@ class CTRModel(tfrs.Model):
   def call(self, features: Mapping[str, tf.Tensor], training: bool = False
            ) -> Dict[str, tf.Tensor]:
     embedded = self.embeddings(features)
-    all_fields = tf.concat([embedded[f.name] for f in self.feature_spec.model_inputs], -1)
+    all_fields = tf.concat([embedded[f.name] for f in self.feature_spec.embedded_fields],
+                           -1)
     if self._distribution_fields:
       distribution = tf.concat([embedded[n] for n in self._distribution_fields], -1)
       domain = self.embeddings.ids(self._distribution_fields[0],

@@ -2,7 +2,10 @@
 
 Lookups (vocabularies as files, hashing, bucketization, standardization) live inside the
 model, so the exported SavedModel takes raw values and training and serving can never
-disagree on an id.
+disagree on an id. Derived fields (spec `derived`) are recomputed here from the raw
+inputs they read: count buckets by a lookup in the Beam job's `tables/<field>.txt`
+(a file-initialized hash table, so the SavedModel carries it as an asset), crosses by
+string join, numeric buckets by Bucketize; any derived value in the inputs is ignored.
 """
 import json
 import os
@@ -29,12 +32,16 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
 
   def __init__(self, spec: Dict[str, Any], vocab_dir: str,
                numeric_moments: Optional[Mapping[str, Mapping[str, float]]] = None,
-               **kwargs):
+               tables_dir: Optional[str] = None, **kwargs):
     super().__init__(**kwargs)
     self._spec = spec_lib.spec_from_dict(spec)
+    # The preprocessing output holds vocab/ and tables/ side by side.
+    tables_dir = tables_dir or os.path.join(os.path.dirname(vocab_dir.rstrip("/")),
+                                            "tables")
     # Stored as JSON: Keras would wrap (and track) nested dicts set as attributes.
     self._config_json = json.dumps({"spec": spec, "vocab_dir": vocab_dir,
-                                    "numeric_moments": dict(numeric_moments or {})})
+                                    "numeric_moments": dict(numeric_moments or {}),
+                                    "tables_dir": tables_dir})
     self.vocab_dir = vocab_dir
     moments = json.loads(self._config_json)["numeric_moments"]
     self._moments = {k: (float(v["mean"]), float(v["std"])) for k, v in moments.items()}
@@ -42,7 +49,18 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     self._table = {}
     self._projection = {}
     self.num_ids = {}
-    for f in self._spec.model_inputs:
+    self.derived_tables = {}
+    for f in self._spec.derived_fields:
+      if f.derived.kind == spec_lib.COUNT_BUCKET:
+        path = os.path.join(tables_dir, f"{f.name}.txt")
+        if not tf.io.gfile.exists(path):
+          raise ValueError(f"field {f.name!r}: lookup table {path} is missing; was the "
+                           "data written by `hmdn preprocess` with this spec?")
+        self.derived_tables[f.name] = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                path, tf.string, 0, tf.string, 1, delimiter="\t"),
+            default_value=f.derived.bucket_of(0), name=f"{f.name}_table")
+    for f in self._spec.embedded_fields:
       if f.kind == spec_lib.NUMERIC and not f.boundaries:
         self._projection[f.name] = tf.keras.layers.Dense(
             f.embedding_dim, name=f"{f.name}_projection")
@@ -80,14 +98,41 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     """Integer ids of a categorical or bucketized field (0 = OOV for vocabularies)."""
     return tf.cast(self._lookup[name](values), tf.int32)
 
+  def derived_values(self, inputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """The derived fields' string values [batch_size], from the raw inputs alone."""
+    values = {}
+
+    def source(name):
+      if name in values:
+        return values[name]
+      if name not in inputs:
+        raise ValueError(f"input feature {name!r} is missing; got {sorted(inputs)}")
+      return inputs[name]
+
+    for f in self._spec.derived_fields:
+      d = f.derived
+      if d.kind == spec_lib.COUNT_BUCKET:
+        values[f.name] = self.derived_tables[f.name].lookup(
+            tf.convert_to_tensor(source(d.source)))
+      elif d.kind == spec_lib.CROSS:
+        values[f.name] = tf.strings.join([source(s) for s in d.sources],
+                                         separator=d.separator)
+      else:
+        x = tf.cast(source(d.source), tf.float32)
+        values[f.name] = tf.strings.as_string(tf.raw_ops.Bucketize(
+            input=x, boundaries=[float(b) for b in d.boundaries]))
+    return values
+
   def call(self, inputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-    """Raw inputs keyed by field name -> {field: [batch_size, embedding_dim]}."""
+    """Raw inputs keyed by field name -> {field: [batch_size, embedding_dim]} for every
+    embedded field, derived ones included."""
     out = {}
-    for f in self._spec.model_inputs:
-      if f.name not in inputs:
+    derived = self.derived_values(inputs)
+    for f in self._spec.embedded_fields:
+      if f.name not in inputs and f.name not in derived:
         raise ValueError(f"input feature {f.name!r} is missing; got "
                          f"{sorted(inputs)}")
-      x = inputs[f.name]
+      x = derived[f.name] if f.is_derived else inputs[f.name]
       if f.name in self._projection:
         mean, std = self._moments.get(f.name, (0.0, 1.0))
         z = (tf.cast(x, tf.float32) - mean) / max(std, 1e-6)

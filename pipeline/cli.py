@@ -7,6 +7,10 @@
   hmdn export     --data_dir=DIR --model_dir=DIR --export_dir=DIR
   hmdn predict    --saved_model=DIR --input=REQUEST.json     TF Serving REST format
   hmdn run        --output_dir=DIR [--raw=GLOB --spec=SPEC]  all stages
+  hmdn data fetch movielens-100k [--output_dir=DIR]         MovieLens-100K (ml-100k layout)
+
+--source picks the reader of --raw: generic (CSV/JSONL), ali_ccp_raw (skeleton + common
+features files) or movielens (the folder holding u.data, u.user, u.item).
 
 Flags this program does not know are passed unchanged to Beam (e.g. --runner=...).
 Bad input ends with one line naming the file, field and value, and exit status 2.
@@ -23,7 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-COMMANDS = ("generate", "preprocess", "train", "evaluate", "export", "predict", "run")
+COMMANDS = ("generate", "preprocess", "train", "evaluate", "export", "predict", "run",
+            "data")
 
 FLAGS = flags.FLAGS
 # Data.
@@ -38,6 +43,16 @@ flags.DEFINE_string("delimiter", ",", "CSV delimiter.")
 flags.DEFINE_float("eval_fraction", 0.2, "Share of rows in the eval split.")
 flags.DEFINE_string("split_key", "", "Field whose hash decides the split (default: the "
                     "whole row).")
+flags.DEFINE_enum("source", "generic", ["generic", "ali_ccp_raw", "movielens"],
+                  "Reader of --raw (beam_jobs/sources.py): generic CSV/JSONL, Ali-CCP's "
+                  "raw skeleton + common-features files, or a MovieLens ml-100k folder.")
+flags.DEFINE_string("split_time_field", "", "Split by this numeric time field instead of "
+                    "by hash: eval = rows at or after the cutoff.")
+flags.DEFINE_float("split_time_cutoff", None, "Time split: the first eval time.")
+flags.DEFINE_float("split_time_quantile", None, "Time split: the cutoff is this quantile "
+                   "of the field (default 1 - --eval_fraction).")
+flags.DEFINE_bool("tfds", True, "preprocess: also write <data_dir>/tfds/, the splits as "
+                  "a TFDS dataset (tfds.builder_from_directory); --notfds skips it.")
 flags.DEFINE_integer("direct_num_workers", 2, "Beam DirectRunner worker processes.")
 flags.DEFINE_string("data_dir", None, "Preprocessed data (output of `preprocess`).")
 # Model.
@@ -149,7 +164,10 @@ def cmd_preprocess(raw: str, spec: str, data_dir: str) -> Dict:
   metadata = preprocess.run(preprocess.PreprocessConfig(
       raw=raw, output_dir=data_dir, spec_path=spec, input_format=FLAGS.input_format,
       delimiter=FLAGS.delimiter, eval_fraction=FLAGS.eval_fraction,
-      split_key=FLAGS.split_key, direct_num_workers=FLAGS.direct_num_workers),
+      split_key=FLAGS.split_key, direct_num_workers=FLAGS.direct_num_workers,
+      source=FLAGS.source, split_time_field=FLAGS.split_time_field,
+      split_time_cutoff=FLAGS.split_time_cutoff,
+      split_time_quantile=FLAGS.split_time_quantile, tfds=FLAGS.tfds),
       beam_args=_BEAM_ARGS)
   print(f"preprocess: read {metadata['rows_read']}, written "
         f"{metadata['rows_written']}, rejected {metadata['rows_rejected']} "
@@ -304,6 +322,9 @@ def main(argv: List[str]) -> None:
   command = argv[1]
   if not FLAGS["verbosity"].present:  # TF's and Beam's INFO lines bury the results.
     logging.set_verbosity(logging.WARNING)
+  if command == "data":
+    cmd_data(argv[2:])
+    return
   if len(argv) > 2:
     raise app.UsageError(f"unexpected arguments {argv[2:]}")
   try:
@@ -346,6 +367,29 @@ def main(argv: List[str]) -> None:
       raise
     print(f"hmdn {command}: error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+DATASETS = ("movielens-100k",)
+
+
+def cmd_data(args: List[str]) -> None:
+  """`hmdn data fetch NAME`: downloads a dataset the project can use offline."""
+  if len(args) != 2 or args[0] != "fetch" or args[1] not in DATASETS:
+    raise app.UsageError(f"usage: hmdn data fetch {{{'|'.join(DATASETS)}}} "
+                         "[--output_dir=DIR]")
+  from beam_jobs import movielens
+  out = FLAGS.output_dir or os.path.join("data", "ml-100k")
+  try:
+    summary = movielens.fetch_movielens_100k(out)
+  except (movielens.FetchError, ValueError) as e:
+    print(f"hmdn data: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"MovieLens-100K: {summary['ratings']} ratings, {summary['users']} users, "
+        f"{summary['items']} items in {out} (u.data, u.user, u.item; from "
+        f"{summary['from']}). Licence: GroupLens research use only, do not "
+        "redistribute.\n"
+        f"  hmdn run --source=movielens --raw={out} --spec=movielens_100k "
+        "--output_dir=runs/ml100k")
 
 
 def cmd_evaluate_command() -> None:

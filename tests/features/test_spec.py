@@ -260,3 +260,96 @@ def test_example_round_trip_for_serving_drops_non_inputs():
                             for_serving=True)
   assert set(parsed) == {"scenario", "user", "device", "tags", "price", "hour"}
   assert parsed["device"].numpy()[0] == b"pc"
+
+
+# --- Derived fields ---------------------------------------------------------------------
+_DERIVED = [
+    {"name": "user", "kind": "categorical"},
+    {"name": "age", "kind": "numeric"},
+    {"name": "activity", "kind": "categorical", "distribution_level": 1,
+     "derived": {"kind": "count_bucket", "source": "user", "boundaries": [2, 5]}},
+    {"name": "age_bucket", "kind": "categorical",
+     "derived": {"kind": "bucket", "source": "age", "boundaries": [18, 25]}},
+    {"name": "scenario_x_activity", "kind": "categorical",
+     "derived": {"kind": "cross", "sources": ["scenario", "activity"]}},
+]
+
+
+def test_derived_fields_are_embedded_but_never_fed():
+  spec = spec_lib.spec_from_dict(_with(*_DERIVED))
+  derived = ["activity", "age_bucket", "scenario_x_activity"]
+  assert [f.name for f in spec.derived_fields] == derived
+  assert not set(derived) & {f.name for f in spec.model_inputs}
+  assert not set(derived) & set(spec.tensor_specs())
+  assert not set(derived) & set(spec.parsing_spec(for_serving=True))
+  assert set(derived) <= set(spec.parsing_spec())  # the TFRecords carry them
+  assert set(derived) <= {f.name for f in spec.embedded_fields}
+  assert set(derived) <= {f.name for f in spec.vocabulary_fields}
+  assert not set(derived) & {f.name for f in spec.raw_fields}
+  assert [f.name for f in spec.distribution_fields] == ["scenario", "activity"]
+  assert spec_lib.spec_from_dict(spec.to_dict()) == spec  # YAML round trip
+  assert yaml.safe_load(yaml.safe_dump(spec.to_dict())) == spec.to_dict()
+
+
+def test_bucket_of_matches_tensorflow_bucketize():
+  d = spec_lib.Derived(kind="bucket", source="x", boundaries=(0.1, 18.0, 25.0))
+  xs = [-1.0, 0.1, 0.09999999, 17.999, 18.0, 24.5, 25.0, 1e9]
+  tf_buckets = tf.raw_ops.Bucketize(input=tf.constant(xs, tf.float32),
+                                    boundaries=list(d.boundaries)).numpy()
+  assert [d.bucket_of(x) for x in xs] == [str(b) for b in tf_buckets]
+
+
+@pytest.mark.parametrize("field,match", [
+    ({"name": "d", "kind": "categorical", "derived": {"kind": "mean", "source": "item"}},
+     "unknown derived kind 'mean'"),
+    ({"name": "d", "kind": "numeric", "derived": {"kind": "cross",
+                                                  "sources": ["scenario", "item"]}},
+     "must be a categorical feature"),
+    ({"name": "d", "kind": "categorical", "derived": {"kind": "cross",
+                                                      "sources": ["item"]}},
+     "two or more"),
+    ({"name": "d", "kind": "categorical", "derived": {"kind": "count_bucket",
+                                                      "source": "item"}},
+     "needs `boundaries`"),
+    ({"name": "d", "kind": "categorical", "derived": {
+        "kind": "count_bucket", "source": "nope", "boundaries": [1]}},
+     "'nope', which is not a field declared before it"),
+    ({"name": "d", "kind": "categorical", "derived": {
+        "kind": "count_bucket", "source": "price", "boundaries": [1]}},
+     "reads a categorical field, 'price' is 'numeric'"),
+    ({"name": "d", "kind": "categorical", "derived": {
+        "kind": "bucket", "source": "item", "boundaries": [1]}},
+     "reads a numeric field"),
+    ({"name": "d", "kind": "categorical", "derived": {
+        "kind": "count_bucket", "source": "item", "boundaries": [5, 2]}},
+     "strictly increasing"),
+    ({"name": "d", "kind": "categorical", "derived": {
+        "kind": "cross", "sources": ["scenario", "item"], "colour": 1}},
+     r"unknown key\(s\) \['colour'\]"),
+    ({"name": "d", "kind": "categorical", "default": "x", "derived": {
+        "kind": "cross", "sources": ["scenario", "item"]}}, "takes no default"),
+])
+def test_bad_derived_fields_name_the_problem(field, match):
+  with pytest.raises(spec_lib.SpecError, match=match):
+    spec_lib.spec_from_dict(_with(field))
+
+
+def test_derived_source_must_be_fed_and_coarsest_level_raw():
+  passthrough = {"name": "sub", "kind": "categorical", "role": "passthrough"}
+  cross = {"name": "d", "kind": "categorical",
+           "derived": {"kind": "cross", "sources": ["scenario", "sub"]}}
+  with pytest.raises(spec_lib.SpecError, match="role is 'passthrough'"):
+    spec_lib.spec_from_dict(_with(passthrough, cross))
+  coarse = {"name": "d", "kind": "categorical", "distribution_level": 0,
+            "derived": {"kind": "cross", "sources": ["scenario", "item"]}}
+  d = _with(coarse, change=("scenario", "distribution_level", 1))
+  with pytest.raises(spec_lib.SpecError, match="coarsest distribution field"):
+    spec_lib.spec_from_dict(d)
+
+
+@pytest.mark.parametrize("name", ["ali_ccp_raw", "ali_ccp", "movielens_100k"])
+def test_shipped_source_specs_load(name):
+  spec = spec_lib.load_spec(name)
+  assert spec.label.name == "click"
+  assert spec.distribution_fields and not spec.distribution_fields[0].is_derived
+  assert any(f.derived.kind == spec_lib.COUNT_BUCKET for f in spec.derived_fields)
