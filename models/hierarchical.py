@@ -15,6 +15,11 @@ from models.quantizer import ResidualQuantizer
 EXTRACTIONS = ("explicit", "implicit", "dual")
 
 
+def views_of(extraction: str):
+  """The views an extraction quantizes, in the order their codes are concatenated."""
+  return ["explicit", "implicit"] if extraction == "dual" else [extraction]
+
+
 class HierarchicalDistributionRepresentation(tf.keras.layers.Layer):
   """Views -> residual quantizers -> s_D, partial sums and codes.
 
@@ -51,7 +56,7 @@ class HierarchicalDistributionRepresentation(tf.keras.layers.Layer):
     self.beta = float(beta)
     self.commitment_weight = float(commitment_weight)
     self.seed = int(seed)
-    self.views = ["explicit", "implicit"] if extraction == "dual" else [extraction]
+    self.views = views_of(extraction)
     self._view_mlp = {}
     self._quantizer = {}
     for i, view in enumerate(self.views):

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any, Dict, List, Sequence, Tuple
 
 from models.backbones import BACKBONES
+from models.hierarchical import views_of
 
 HMDN_PREFIX = "hmdn_"
 CONDITIONS = ("concat", "hierarchical_only")
@@ -38,6 +39,11 @@ class ModelConfig:
   @property
   def is_hmdn(self) -> bool:
     return self.name.startswith(HMDN_PREFIX)
+
+  @property
+  def code_views(self) -> List[str]:
+    """HMDRR views whose codes the model outputs (none for baselines)."""
+    return views_of(self.extraction) if self.is_hmdn else []
 
   @property
   def backbone(self) -> str:

@@ -180,10 +180,7 @@ def cmd_evaluate(predict, data_dir: str, model_config=None, output: str = None) 
   from pipeline import evaluate
   spec = spec_lib.load_spec(os.path.join(data_dir, "spec.yaml"))
   columns = evaluate.collect(predict, data_dir, spec)
-  views = []
-  if model_config is not None and model_config.is_hmdn:
-    views = (["explicit", "implicit"] if model_config.extraction == "dual"
-             else [model_config.extraction])
+  views = model_config.code_views if model_config is not None else []
   codebook_size = model_config.codebook_size if model_config is not None else None
   result = evaluate.compute_metrics(columns, spec, codebook_size, views)
   print(evaluate.format_table(result))

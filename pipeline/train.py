@@ -96,13 +96,6 @@ def _writable_dir(model_dir: str, sub: str) -> str:
                       f"hmdn-{task['type']}-{task['index']}-{os.getpid()}", sub)
 
 
-def _code_views(model_config: ModelConfig):
-  if not model_config.is_hmdn:
-    return []
-  return (["explicit", "implicit"] if model_config.extraction == "dual"
-          else [model_config.extraction])
-
-
 def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
           ) -> CTRModel:
   """Trains; returns the model holding the best-eval-AUC weights (also saved as final)."""
@@ -148,7 +141,7 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   evaluation = callbacks_lib.DistributionEvaluation(
       config.data_dir, spec, os.path.join(config.model_dir, "logs"),
       config.model.codebook_size if config.model.is_hmdn else None,
-      _code_views(config.model), write_summaries=strategies.is_chief())
+      config.model.code_views, write_summaries=strategies.is_chief())
   callbacks = [
       tf.keras.callbacks.BackupAndRestore(
           _writable_dir(config.model_dir, "backup"),
