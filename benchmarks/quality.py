@@ -18,6 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from benchmarks import common  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rows", 200_000, "Synthetic rows (generated once, cached).")
 flags.DEFINE_string("seeds", "0,1,2", "Training seeds (the data seed is fixed at 0).")
@@ -30,18 +32,6 @@ flags.DEFINE_string("work_dir", "bench_out/quality", "Cache of data and results.
 flags.DEFINE_string("hmdn_config", "{}", "JSON of ModelConfig overrides for the hmdn_ "
                     "models (ablations), e.g. '{\"extraction\": \"explicit\"}'.")
 flags.DEFINE_string("tag", "", "Suffix of the results file (quality<tag>.json).")
-
-
-def _data_dir(work_dir: str, rows: int) -> str:
-  from beam_jobs import preprocess, synthetic_logs
-  raw = os.path.join(work_dir, f"raw_{rows}")
-  out = os.path.join(work_dir, f"data_{rows}")
-  if not os.path.exists(os.path.join(out, preprocess.COMPLETE_MARKER)):
-    synthetic_logs.generate(raw, synthetic_logs.GeneratorConfig(rows=rows, seed=0))
-    preprocess.run(preprocess.PreprocessConfig(
-        raw=os.path.join(raw, "raw", "*.csv"), output_dir=out,
-        spec_path=os.path.join(raw, "spec.yaml"), direct_num_workers=2))
-  return out
 
 
 def _train_and_score(data_dir: str, model: str, seed: int, work_dir: str) -> dict:
@@ -68,7 +58,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   os.makedirs(FLAGS.work_dir, exist_ok=True)
-  data_dir = _data_dir(FLAGS.work_dir, FLAGS.rows)
+  data_dir = common.prepare_data(FLAGS.work_dir, FLAGS.rows)
   seeds = [int(s) for s in FLAGS.seeds.split(",")]
   pairs = [p for p in FLAGS.pairs.split(",") if p]
   results = {}
