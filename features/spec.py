@@ -278,15 +278,20 @@ class FeatureSpec:
 
 
 def read_text(path: str) -> str:
-  """Reads a whole file through Beam's filesystems (local, gs://, hdfs://)."""
-  from apache_beam.io.filesystems import FileSystems
-  with FileSystems.open(path) as f:
+  """Reads a whole UTF-8 file through `tf.io.gfile` (local, gs://, hdfs://); no Beam."""
+  import tensorflow as tf
+  with tf.io.gfile.GFile(path, "rb") as f:
     return f.read().decode("utf-8")
 
 
 def write_text(path: str, text: str) -> None:
-  from apache_beam.io.filesystems import FileSystems
-  with FileSystems.create(path) as f:
+  """Writes a whole file through `tf.io.gfile`, creating its directory."""
+  import os.path
+  import tensorflow as tf
+  parent = os.path.dirname(path)
+  if parent:
+    tf.io.gfile.makedirs(parent)
+  with tf.io.gfile.GFile(path, "wb") as f:
     f.write(text.encode("utf-8"))
 
 

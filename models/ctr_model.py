@@ -26,7 +26,7 @@ class CTRModel(tfrs.Model):
 
   def __init__(self, spec: spec_lib.FeatureSpec, vocab_dir: str,
                numeric_moments: Optional[Mapping[str, Mapping[str, float]]],
-               config: ModelConfig):
+               config: ModelConfig, tables_dir: Optional[str] = None):
     super().__init__()
     # Step outputs below are already global (metric results, all-reduced losses), so
     # Keras reports the first replica's copy instead of summing them ("auto" may sum).
@@ -35,7 +35,7 @@ class CTRModel(tfrs.Model):
     self.config = config
     self.feature_spec = spec
     self.embeddings = FeatureEmbeddings(spec.to_dict(), vocab_dir, numeric_moments,
-                                        name="embeddings")
+                                        tables_dir=tables_dir, name="embeddings")
     self._distribution_fields = [f.name for f in spec.distribution_fields]
     backbone_cls = BACKBONES[config.backbone]
     reads_condition = backbone_cls.reads_condition

@@ -35,9 +35,11 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
                tables_dir: Optional[str] = None, **kwargs):
     super().__init__(**kwargs)
     self._spec = spec_lib.spec_from_dict(spec)
-    # The preprocessing output holds vocab/ and tables/ side by side.
-    tables_dir = tables_dir or os.path.join(os.path.dirname(vocab_dir.rstrip("/")),
-                                            "tables")
+    if self._spec.derived_fields and any(
+        f.derived.kind == spec_lib.COUNT_BUCKET for f in self._spec.derived_fields
+    ) and not tables_dir:
+      raise ValueError("count_bucket fields need `tables_dir`: the lookup tables of the "
+                       "preprocessing output (PreprocessedData.tables_dir)")
     # Stored as JSON: Keras would wrap (and track) nested dicts set as attributes.
     self._config_json = json.dumps({"spec": spec, "vocab_dir": vocab_dir,
                                     "numeric_moments": dict(numeric_moments or {}),

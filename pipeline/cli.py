@@ -22,9 +22,9 @@ import subprocess
 import sys
 from typing import Dict, List
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import features  # noqa: E402,F401  (selects legacy Keras before TensorFlow loads)
 from absl import app, flags, logging  # noqa: E402
 
 COMMANDS = ("generate", "preprocess", "train", "evaluate", "export", "predict", "run",

@@ -3,19 +3,19 @@
 Files are read with a parallel interleave, batched, then parsed a whole batch at a time
 (`parse_example` on a vector is far cheaper than per-example parsing), and prefetched.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import tensorflow as tf
 
 from features import spec as spec_lib
+from features.preprocessed import EVAL, TRAIN, PreprocessedData, as_data  # noqa: F401
+
+DataDir = Union[str, PreprocessedData]
 
 
-def files_of(data_dir: str, split: str):
-  pattern = f"{data_dir.rstrip('/')}/{split}/part-*.tfrecord.gz"
-  files = sorted(tf.io.gfile.glob(pattern))
-  if not files:
-    raise FileNotFoundError(f"no TFRecords match {pattern}; run `hmdn preprocess` first")
-  return files
+def files_of(data_dir: DataDir, split: str) -> List[str]:
+  """The split's TFRecord shards (see features/preprocessed.py for the layout)."""
+  return as_data(data_dir).split_files(split)
 
 
 def parse_batch(serialized: tf.Tensor, spec: spec_lib.FeatureSpec,
@@ -44,7 +44,7 @@ def split_label(parsed: Dict[str, tf.Tensor], spec: spec_lib.FeatureSpec
   return features, label
 
 
-def make_dataset(data_dir: str, split: str, spec: spec_lib.FeatureSpec,
+def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
                  batch_size: int, training: bool, seed: int = 0,
                  input_context: Optional[tf.distribute.InputContext] = None,
                  shuffle_buffer: int = 50_000) -> tf.data.Dataset:
@@ -75,6 +75,6 @@ def make_dataset(data_dir: str, split: str, spec: spec_lib.FeatureSpec,
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def count_records(data_dir: str, split: str) -> int:
+def count_records(data_dir: DataDir, split: str) -> int:
   return sum(1 for _ in tf.data.TFRecordDataset(files_of(data_dir, split),
                                                 compression_type="GZIP"))

@@ -19,8 +19,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from beam_jobs import preprocess
-from features import spec as spec_lib
+from features.preprocessed import PreprocessedData
 from models.ctr_model import CTRModel
 from models.registry import ModelConfig
 from pipeline import callbacks as callbacks_lib
@@ -53,10 +52,12 @@ class TrainConfig:
 def build_model(data_dir: str, model_config: ModelConfig) -> CTRModel:
   """The model for a preprocessing output (its spec, vocabularies and moments), with
   its variables created by one call on two eval rows (inference: no codebook update)."""
-  spec = spec_lib.load_spec(os.path.join(data_dir, "spec.yaml"))
-  stats = preprocess.load_stats(data_dir)
-  model = CTRModel(spec, os.path.join(data_dir, "vocab"), stats["numeric"], model_config)
-  features, _ = next(iter(data.make_dataset(data_dir, "eval", spec, 2, training=False)))
+  data_files = PreprocessedData(data_dir)
+  spec = data_files.spec
+  model = CTRModel(spec, data_files.vocab_dir, data_files.numeric_moments, model_config,
+                   tables_dir=data_files.tables_dir)
+  features, _ = next(iter(data.make_dataset(data_files, data.EVAL, spec, 2,
+                                            training=False)))
   model(features)
   return model
 
@@ -102,11 +103,11 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   tf.keras.utils.set_random_seed(config.seed)
   strategy = strategy or strategies.make_strategy(
       config.strategy, config.num_devices, config.tpu, config.ps_min_shard_bytes)
-  metadata = preprocess.load_metadata(config.data_dir)
-  spec = spec_lib.load_spec(os.path.join(config.data_dir, "spec.yaml"))
+  data_files = PreprocessedData(config.data_dir).check_complete()
+  spec = data_files.spec
   if strategies.is_chief():
     record_run(config.model_dir, config)
-  train_rows = metadata["rows_written"]["train"]
+  train_rows = data_files.rows(data.TRAIN)
   if config.batch_size < strategy.num_replicas_in_sync:
     raise ValueError(f"--batch_size={config.batch_size} is smaller than the "
                      f"{strategy.num_replicas_in_sync} replicas")
@@ -119,7 +120,7 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   def dataset_fn(input_context: Optional[tf.distribute.InputContext] = None):
     batch = (input_context.get_per_replica_batch_size(config.batch_size)
              if input_context is not None else config.batch_size)
-    return data.make_dataset(config.data_dir, "train", spec, batch, training=True,
+    return data.make_dataset(data_files, data.TRAIN, spec, batch, training=True,
                              seed=config.seed, input_context=input_context)
 
   if is_ps:

@@ -5,8 +5,9 @@ split into two logical devices so MirroredStrategy tests have two replicas to mi
 """
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import features  # noqa: E402,F401  (selects legacy Keras before TensorFlow loads)
 
 import tensorflow as tf  # noqa: E402
 

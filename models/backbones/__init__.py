@@ -1,9 +1,4 @@
 """Backbones: shared-bottom, Mixture-of-Experts and Dynamic-Weight families."""
-import os
-
-# TFRS 0.7.7 only imports with legacy (tf-keras 2.x) Keras; must be set before TF loads.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 from models.backbones.apg import APG  # noqa: E402
 from models.backbones.base import Backbone  # noqa: E402
 from models.backbones.dnn import DNN  # noqa: E402

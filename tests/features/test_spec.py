@@ -1,7 +1,6 @@
 """Tests of the feature spec: validation, raw-value parsing and the derived TF specs."""
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

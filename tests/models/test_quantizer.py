@@ -1,7 +1,6 @@
 """Tests of the HMDRR residual quantizer."""
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

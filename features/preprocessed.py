@@ -1,0 +1,178 @@
+"""The preprocessed data directory: its layout and its readers, in one class.
+
+`hmdn preprocess` (beam_jobs/) writes a data directory; the trainer, evaluation, export,
+the CLI, the benchmarks and the tests read it. Both sides take every path from
+`PreprocessedData`, so the layout is spelled once, here, and reading the data never
+imports the Beam job (the pattern of TFT's `TFTransformOutput`):
+
+  spec.yaml                   the spec the data was written with
+  train/part-*.tfrecord.gz    eval/part-*.tfrecord.gz   gzip tf.Example shards
+  vocab/<field>.txt           one value a line, most frequent first
+  tables/<field>.txt          count_bucket fields: `value<TAB>bucket` (SavedModel assets)
+  dead_letter/rows-*.jsonl    every rejected row with its reason
+  tfds/                       the splits as a TFDS dataset (optional)
+  stats.json                  per-distribution rows/CTR, numeric moments, distinct values
+  metadata.json               counters; written last: its presence means "complete"
+
+Files are read through `tf.io.gfile` (local, gs://, hdfs://), lazily, and cached.
+"""
+import functools
+import json
+from typing import Any, Dict, List
+
+from features import spec as spec_lib
+
+TRAIN = "train"
+EVAL = "eval"
+SPLITS = (TRAIN, EVAL)
+
+
+class IncompleteDataError(ValueError):
+  """The directory is not a complete output of `hmdn preprocess`."""
+
+
+def _join(*parts: str) -> str:
+  return "/".join([parts[0].rstrip("/")] + [p.strip("/") for p in parts[1:]])
+
+
+class PreprocessedData:
+  """One preprocessing output directory (`data_dir`): where each part lives, and its
+  typed readers. Readers check the completion marker first."""
+
+  SPEC_FILE = "spec.yaml"
+  METADATA_FILE = "metadata.json"  # written last: the completion marker
+  STATS_FILE = "stats.json"
+  VOCAB_DIR = "vocab"
+  TABLES_DIR = "tables"
+  DEAD_LETTER_DIR = "dead_letter"
+  TFDS_DIR = "tfds"
+  SCRATCH_DIR = "_stats"  # the job's intermediate outputs, removed when it ends
+  SHARD_PREFIX = "part"
+  SHARD_SUFFIX = ".tfrecord.gz"
+  DEAD_LETTER_PREFIX = "rows"
+  TEXT_SUFFIX = ".txt"
+  # Everything a run writes (cleared before a new run writes again).
+  OUTPUT_DIRS = (TRAIN, EVAL, VOCAB_DIR, TABLES_DIR, DEAD_LETTER_DIR, TFDS_DIR,
+                 SCRATCH_DIR)
+  OUTPUT_FILES = (METADATA_FILE, STATS_FILE)
+
+  def __init__(self, data_dir: str):
+    if not data_dir:
+      raise ValueError("a data directory path is needed (--data_dir)")
+    self.data_dir = data_dir.rstrip("/") or "/"
+
+  def __repr__(self) -> str:
+    return f"PreprocessedData({self.data_dir!r})"
+
+  # --- Paths ------------------------------------------------------------------------
+  def path(self, *parts: str) -> str:
+    return _join(self.data_dir, *parts)
+
+  @property
+  def spec_path(self) -> str:
+    return self.path(self.SPEC_FILE)
+
+  @property
+  def metadata_path(self) -> str:
+    return self.path(self.METADATA_FILE)
+
+  @property
+  def stats_path(self) -> str:
+    return self.path(self.STATS_FILE)
+
+  @property
+  def vocab_dir(self) -> str:
+    return self.path(self.VOCAB_DIR)
+
+  @property
+  def tables_dir(self) -> str:
+    return self.path(self.TABLES_DIR)
+
+  @property
+  def tfds_dir(self) -> str:
+    return self.path(self.TFDS_DIR)
+
+  @property
+  def scratch_dir(self) -> str:
+    return self.path(self.SCRATCH_DIR)
+
+  @property
+  def dead_letter_prefix(self) -> str:
+    return self.path(self.DEAD_LETTER_DIR, self.DEAD_LETTER_PREFIX)
+
+  def vocab_path(self, field: str) -> str:
+    return _join(self.vocab_dir, field + self.TEXT_SUFFIX)
+
+  def table_path(self, field: str) -> str:
+    return _join(self.tables_dir, field + self.TEXT_SUFFIX)
+
+  def table_relpath(self, field: str) -> str:
+    """A table's path relative to the data directory (recorded in the metadata)."""
+    return _join(self.TABLES_DIR, field + self.TEXT_SUFFIX)
+
+  @staticmethod
+  def _check_split(split: str) -> None:
+    if split not in SPLITS:
+      raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+  def split_prefix(self, split: str) -> str:
+    """`<data_dir>/<split>/part`: the Beam writer appends `-SSSSS-of-NNNNN` + suffix."""
+    self._check_split(split)
+    return self.path(split, self.SHARD_PREFIX)
+
+  def split_pattern(self, split: str) -> str:
+    return f"{self.split_prefix(split)}-*{self.SHARD_SUFFIX}"
+
+  def split_files(self, split: str) -> List[str]:
+    """The split's TFRecord shards, sorted; an error if there are none."""
+    import tensorflow as tf
+    pattern = self.split_pattern(split)
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+      raise FileNotFoundError(f"no TFRecords match {pattern}; run `hmdn preprocess` "
+                              "first")
+    return files
+
+  # --- Readers ----------------------------------------------------------------------
+  def is_complete(self) -> bool:
+    import tensorflow as tf
+    return tf.io.gfile.exists(self.metadata_path)
+
+  def check_complete(self) -> "PreprocessedData":
+    if not self.is_complete():
+      raise IncompleteDataError(
+          f"{self.data_dir}: not a complete preprocessing output (no "
+          f"{self.METADATA_FILE}); run `hmdn preprocess` first")
+    return self
+
+  @functools.cached_property
+  def metadata(self) -> Dict[str, Any]:
+    """The job's metadata (counters, raw inputs, vocabulary sizes)."""
+    self.check_complete()
+    return json.loads(spec_lib.read_text(self.metadata_path))
+
+  @functools.cached_property
+  def stats(self) -> Dict[str, Any]:
+    """stats.json: per-distribution statistics and numeric moments."""
+    self.check_complete()
+    return json.loads(spec_lib.read_text(self.stats_path))
+
+  @functools.cached_property
+  def spec(self) -> spec_lib.FeatureSpec:
+    """The spec the data was written with."""
+    self.check_complete()
+    return spec_lib.load_spec(self.spec_path)
+
+  @property
+  def numeric_moments(self) -> Dict[str, Dict[str, float]]:
+    return self.stats["numeric"]
+
+  def rows(self, split: str) -> int:
+    """Rows the job wrote into a split."""
+    self._check_split(split)
+    return int(self.metadata["rows_written"][split])
+
+
+def as_data(data: "str | PreprocessedData") -> PreprocessedData:
+  """Accepts a data directory path or a `PreprocessedData`."""
+  return data if isinstance(data, PreprocessedData) else PreprocessedData(data)
