@@ -27,6 +27,43 @@ EVAL = "eval"
 SPLITS = (TRAIN, EVAL)
 
 
+# Vocabulary and table files hold one value a line (tables: `value<TAB>bucket`), read
+# by TensorFlow's text-file initializers, which split on newlines and tabs. Values are
+# written escaped (backslash, newline, tab, carriage return) and the model escapes its
+# inputs the same way before the lookup (`escape_tensor`), so any string round-trips.
+_ESCAPES = (("\\", "\\\\"), ("\n", "\\n"), ("\t", "\\t"), ("\r", "\\r"))
+
+
+def escape_value(value: str) -> str:
+  """A value as written in a vocabulary or table file."""
+  for raw, escaped in _ESCAPES:
+    value = value.replace(raw, escaped)
+  return value
+
+
+def unescape_value(line: str) -> str:
+  """The inverse of `escape_value` (for readers of the files)."""
+  out, i = [], 0
+  table = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
+  while i < len(line):
+    if line[i] == "\\" and i + 1 < len(line) and line[i + 1] in table:
+      out.append(table[line[i + 1]])
+      i += 2
+    else:
+      out.append(line[i])
+      i += 1
+  return "".join(out)
+
+
+def escape_tensor(values):
+  """`escape_value` in TensorFlow, for string tensors looked up in those files."""
+  import tensorflow as tf
+  for raw, escaped in _ESCAPES:
+    values = tf.strings.regex_replace(values, raw.replace("\\", "\\\\"),
+                                      escaped.replace("\\", "\\\\"))
+  return values
+
+
 class IncompleteDataError(ValueError):
   """The directory is not a complete output of `hmdn preprocess`."""
 
@@ -176,3 +213,35 @@ class PreprocessedData:
 def as_data(data: "str | PreprocessedData") -> PreprocessedData:
   """Accepts a data directory path or a `PreprocessedData`."""
   return data if isinstance(data, PreprocessedData) else PreprocessedData(data)
+
+
+def _sha256(chunks) -> str:
+  import hashlib
+  digest = hashlib.sha256()
+  for chunk in chunks:
+    digest.update(chunk if isinstance(chunk, bytes) else str(chunk).encode("utf-8"))
+  return digest.hexdigest()[:16]
+
+
+def spec_fingerprint(spec: spec_lib.FeatureSpec) -> str:
+  """A short hash of a spec's content (not of its file's formatting)."""
+  return _sha256([json.dumps(spec.to_dict(), sort_keys=True)])
+
+
+def fingerprints(data: "str | PreprocessedData") -> Dict[str, str]:
+  """Hashes of what a trained model depends on in a data directory: its spec, and the
+  vocabulary and lookup-table files that fix every embedding row's meaning."""
+  import tensorflow as tf
+  data = as_data(data).check_complete()
+
+  def files_hash(directory: str) -> str:
+    names = sorted(tf.io.gfile.glob(_join(directory, "*" + PreprocessedData.TEXT_SUFFIX)))
+    chunks = []
+    for path in names:
+      with tf.io.gfile.GFile(path, "rb") as f:
+        chunks += [path.rsplit("/", 1)[-1], b"\0", f.read(), b"\0"]
+    return _sha256(chunks)
+
+  return {"spec": spec_fingerprint(data.spec),
+          "vocabularies": files_hash(data.vocab_dir),
+          "tables": files_hash(data.tables_dir)}

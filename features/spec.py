@@ -8,6 +8,7 @@ and raises `SpecError` naming the file, the field and the offending value.
 import dataclasses
 import math
 import os
+import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
@@ -34,6 +35,51 @@ SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 
 class SpecError(ValueError):
   """A feature spec (or a value checked against it) is wrong; the message names it."""
+
+
+# A raw cell longer than this is rejected (dead letter / request error): no real id or
+# number is this long, and one huge cell must not abort a job or bloat a vocabulary.
+MAX_CELL_CHARS = 10_000
+FLOAT32_MAX = 3.4028234663852886e38
+# A field name is a tf.Example key, a file name under vocab/ and tables/, and an
+# argument name of the serving signatures: letters, digits and underscores only.
+FIELD_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_]{0,127}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _number(feature: "Feature", raw: Any, what: str) -> float:
+  """A finite float32 number from a raw cell (a string or a JSON number)."""
+  if isinstance(raw, (dict, list, tuple)) or isinstance(raw, bool):
+    raise SpecError(f"field {feature.name!r}: {what} {_short(raw)} is not a number")
+  try:
+    value = float(raw)
+  except (TypeError, ValueError):
+    raise SpecError(f"field {feature.name!r}: {what} {_short(raw)} is not a number")
+  if not math.isfinite(value):
+    raise SpecError(f"field {feature.name!r}: {what} {_short(raw)} is not a finite "
+                    "number")
+  if abs(value) > FLOAT32_MAX:
+    raise SpecError(f"field {feature.name!r}: {what} {_short(raw)} is outside the "
+                    "float32 range the model computes in")
+  return value
+
+
+def _category(feature: "Feature", raw: Any) -> str:
+  """One categorical value as a string; JSON numbers used as ids: 3.0 and 3 are the same
+  category. Objects, lists and booleans are not categories."""
+  if isinstance(raw, bool) or isinstance(raw, (dict, list, tuple)) or raw is None:
+    raise SpecError(f"field {feature.name!r}: {_short(raw)} is not a categorical value "
+                    "(a string or a number)")
+  if isinstance(raw, float):
+    if not math.isfinite(raw):
+      raise SpecError(f"field {feature.name!r}: {raw!r} is not a categorical value")
+    if raw.is_integer():
+      raw = int(raw)
+  return str(raw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,35 +270,48 @@ class FeatureSpec:
 
   # --- Raw values -----------------------------------------------------------------
   def parse_value(self, feature: Feature, raw: Any) -> Union[str, float, List[str]]:
-    """Types one raw cell; raises SpecError naming the field and the value."""
+    """Types one raw cell; raises SpecError naming the field and the value.
+
+    Nothing is coerced: a value that does not fit the field (a JSON object or list for a
+    single value, a boolean, a number outside float32, a cell longer than
+    MAX_CELL_CHARS) is an error, so the Beam job dead-letters the row and serving
+    rejects the request instead of training or predicting on a changed value.
+    """
+    if isinstance(raw, str) and len(raw) > MAX_CELL_CHARS:
+      raise SpecError(f"field {feature.name!r}: a cell of {len(raw)} characters is over "
+                      f"the limit of {MAX_CELL_CHARS}")
     if raw is None or (isinstance(raw, str) and raw.strip() == ""):
       if feature.required:
         raise SpecError(f"field {feature.name!r}: empty value, and the field has no "
                         "default")
       raw = feature.default
+    if isinstance(raw, bool):
+      raise SpecError(f"field {feature.name!r}: boolean {raw!r} is not a "
+                      f"{'number' if feature.kind == NUMERIC else 'category'}; write "
+                      "it as 0/1 or a string")
     if feature.role == LABEL:
+      if isinstance(raw, (dict, list, tuple)):
+        raise SpecError(f"field {feature.name!r}: label {_short(raw)} is not a number")
       try:
         value = float(raw)
       except (TypeError, ValueError):
-        raise SpecError(f"field {feature.name!r}: label {raw!r} is not a number")
+        raise SpecError(f"field {feature.name!r}: label {_short(raw)} is not a number")
       if value not in (0.0, 1.0):
         raise SpecError(f"field {feature.name!r}: label {raw!r} is not 0 or 1")
       return value
     if feature.kind == NUMERIC:
-      try:
-        value = float(raw)
-      except (TypeError, ValueError):
-        raise SpecError(f"field {feature.name!r}: {raw!r} is not a number")
-      if not math.isfinite(value):
-        raise SpecError(f"field {feature.name!r}: {raw!r} is not a finite number")
-      return value
+      return _number(feature, raw, "value")
     if feature.kind == MULTI_CATEGORICAL:
       if isinstance(raw, (list, tuple)):
-        return [str(v) for v in raw if str(v) != ""]
-      return [v for v in str(raw).split(feature.separator) if v != ""]
-    if isinstance(raw, float) and raw.is_integer():
-      raw = int(raw)  # JSON numbers used as ids: 3.0 and 3 are the same category.
-    return str(raw)
+        values = [_category(feature, v) for v in raw]
+      elif isinstance(raw, dict):
+        raise SpecError(f"field {feature.name!r}: a JSON object is not a list of "
+                        f"values: {_short(raw)}")
+      else:
+        values = str(raw).split(feature.separator) if isinstance(raw, str) else [
+            _category(feature, raw)]
+      return [v for v in values if v != ""]
+    return _category(feature, raw)
 
   def to_dict(self) -> Dict[str, Any]:
     out = []
@@ -353,6 +412,11 @@ def _validate(spec: FeatureSpec) -> None:
     where = f"{src}: field {f.name!r}"
     if not f.name or not isinstance(f.name, str):
       raise SpecError(f"{src}: a field has no name ({f!r})")
+    if not re.fullmatch(FIELD_NAME_PATTERN, f.name):
+      raise SpecError(f"{where}: a field name must be letters, digits and underscores "
+                      "(at most 128, not starting with an underscore): it is a "
+                      "tf.Example key, a vocabulary file name and a serving argument "
+                      "name")
     if f.name in seen:
       raise SpecError(f"{where}: declared twice")
     seen.add(f.name)
@@ -480,10 +544,11 @@ def load_spec(path: str) -> FeatureSpec:
   if os.path.sep not in path and not path.endswith((".yaml", ".yml")) and \
       os.path.exists(os.path.join(SPECS_DIR, path + ".yaml")):
     path = os.path.join(SPECS_DIR, path + ".yaml")
+  import tensorflow as tf
   try:
     text = read_text(path)
-  except (IOError, OSError) as e:
-    raise SpecError(f"{path}: cannot read the spec ({e})")
+  except (IOError, OSError, tf.errors.OpError, UnicodeDecodeError) as e:
+    raise SpecError(f"{path}: cannot read the spec ({getattr(e, 'message', e)})")
   try:
     data = yaml.safe_load(text)
   except yaml.YAMLError as e:

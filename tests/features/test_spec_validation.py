@@ -1,0 +1,104 @@
+"""Spec validation and raw-value typing: every rule has a case that breaks it."""
+import pytest
+
+from features import spec as spec_lib
+
+BASE = [
+    {"name": "click", "kind": "numeric", "role": "label"},
+    {"name": "scenario", "kind": "categorical", "distribution_level": 0},
+    {"name": "user_id", "kind": "categorical", "user_id": True},
+    {"name": "price", "kind": "numeric"},
+    {"name": "tags", "kind": "multi_categorical", "default": ""},
+]
+
+
+def _spec(features):
+  return spec_lib.spec_from_dict({"name": "t", "features": features}, source="t.yaml")
+
+
+def _with(name, **changes):
+  return [dict(f, **changes) if f["name"] == name else dict(f) for f in BASE]
+
+
+def test_base_spec_is_valid():
+  assert _spec(BASE).names == [f["name"] for f in BASE]
+
+
+@pytest.mark.parametrize("features,message", [
+    (BASE + [{"name": "other_user", "kind": "categorical", "user_id": True}],
+     r"at most one user_id field, found \['user_id', 'other_user'\]"),
+    (_with("user_id", vocab_min_count=0), r"'user_id': vocab_min_count must be >= 1, got 0"),
+    (_with("user_id", hash_buckets=-1), r"'user_id': hash_buckets must be >= 0, got -1"),
+    (_with("scenario", role="passthrough"),
+     r"'scenario': a distribution field must have role 'feature', got 'passthrough'"),
+    (_with("scenario", distribution_level=-1),
+     r"'scenario': distribution_level must be an integer >= 0, got -1"),
+    ([{"name": "click", "kind": "numeric", "role": "label"},
+      {"name": "note", "kind": "categorical", "role": "passthrough"}],
+     r"the spec has no model input"),
+    (BASE + [{"name": "scenario_x_user", "kind": "categorical",
+              "derived": {"kind": "cross", "sources": ["scenario", "user_id"]}},
+             {"name": "cross_count", "kind": "categorical",
+              "derived": {"kind": "count_bucket", "source": "scenario_x_user",
+                          "boundaries": [1, 10]}}],
+     r"'cross_count': count_bucket source 'scenario_x_user' must be a raw field"),
+])
+def test_spec_rule_violations_name_the_field_and_value(features, message):
+  with pytest.raises(spec_lib.SpecError, match=message):
+    _spec(features)
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "has space", "tab\tname", "dot.ted",
+                                  "_private", "", "x" * 129, "ünï", "new\nline"])
+def test_unsafe_or_unusable_field_names_are_rejected(name):
+  features = BASE + [{"name": name, "kind": "categorical"}]
+  with pytest.raises(spec_lib.SpecError) as e:
+    _spec(features)
+  assert repr(name) in str(e.value) or "has no name" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["101", "109_14", "D508", "item_id", "x" * 128])
+def test_usual_field_names_are_accepted(name):
+  assert name in _spec(BASE + [{"name": name, "kind": "categorical"}]).names
+
+
+@pytest.fixture(scope="module")
+def spec():
+  return _spec(BASE)
+
+
+@pytest.mark.parametrize("field,raw,message", [
+    ("price", "1e39", r"'price': value '1e39' is outside the float32 range"),
+    ("price", -1e39, r"'price': value -1e\+39 is outside the float32 range"),
+    ("price", "nan", r"'price': value 'nan' is not a finite number"),
+    ("price", "inf", r"'price': value 'inf' is not a finite number"),
+    ("price", True, r"'price': boolean True is not a number"),
+    ("price", {"a": 1}, r"'price': value \{'a': 1\} is not a number"),
+    ("price", [1.0], r"'price': value \[1.0\] is not a number"),
+    ("scenario", {"id": 3}, r"'scenario': \{'id': 3\} is not a categorical value"),
+    ("scenario", ["a", "b"], r"'scenario': \['a', 'b'\] is not a categorical value"),
+    ("scenario", False, r"'scenario': boolean False is not a category"),
+    ("scenario", "x" * (spec_lib.MAX_CELL_CHARS + 1), r"'scenario': a cell of 10001 "
+     r"characters is over the limit of 10000"),
+    ("tags", ["a", ["b"]], r"'tags': \['b'\] is not a categorical value"),
+    ("tags", {"a": 1}, r"'tags': a JSON object is not a list of values"),
+    ("tags", ["a", True], r"'tags': True is not a categorical value"),
+    ("click", True, r"'click': boolean True is not a number"),
+])
+def test_values_that_do_not_fit_are_rejected_not_coerced(spec, field, raw, message):
+  with pytest.raises(spec_lib.SpecError, match=message):
+    spec.parse_value(spec[field], raw)
+
+
+@pytest.mark.parametrize("field,raw,expected", [
+    ("price", "3.4e38", 3.4e38),
+    ("price", 7, 7.0),
+    ("scenario", 3.0, "3"),
+    ("scenario", 3, "3"),
+    ("scenario", "tab\there", "tab\there"),
+    ("tags", ["a", 2, ""], ["a", "2"]),
+    ("tags", "a|b", ["a", "b"]),
+    ("tags", "", []),
+])
+def test_values_that_fit_are_typed(spec, field, raw, expected):
+  assert spec.parse_value(spec[field], raw) == expected
