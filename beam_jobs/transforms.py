@@ -1,9 +1,9 @@
 """Composable Beam transforms of the preprocessing job, each one step of the data flow.
 
-Parsing returns tagged outputs, so a bad row is data (the dead letter), not an exception.
-Every transform takes the `FeatureSpec` explicitly; DoFns hold no global state.
+Parsing (beam_jobs/sources/) returns tagged outputs, so a bad row is data (the dead
+letter), not an exception. Every transform takes the `FeatureSpec` explicitly; DoFns hold
+no global state. Output paths come from `features.preprocessed.PreprocessedData`.
 """
-import csv
 import hashlib
 import json
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
@@ -12,12 +12,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from features import spec as spec_lib
+from features.preprocessed import EVAL, TRAIN, PreprocessedData
 
 NAMESPACE = "hmdn.preprocess"
 RECORDS = "records"
 DEAD_LETTER = "dead_letter"
-TRAIN = "train"
-EVAL = "eval"
 
 Record = Dict[str, Any]
 
@@ -39,66 +38,6 @@ def parse_record(spec: spec_lib.FeatureSpec, cells: Mapping[str, Any],
       missing_counters[f.name].inc()
     record[f.name] = spec.parse_value(f, raw)
   return record
-
-
-class ParseRowFn(beam.DoFn):
-  """(file, line) -> (split, record) on `records`, or a dead-letter dict with a reason."""
-
-  def __init__(self, spec: spec_lib.FeatureSpec, input_format: str,
-               headers: Mapping[str, List[str]], delimiter: str, split_key: str,
-               eval_fraction: float):
-    self._spec = spec
-    self._format = input_format
-    self._headers = dict(headers)
-    self._delimiter = delimiter
-    self._split_key = split_key
-    self._eval_fraction = eval_fraction
-    self._read = beam.metrics.Metrics.counter(NAMESPACE, "rows_read")
-    self._rejected = beam.metrics.Metrics.counter(NAMESPACE, "rows_rejected")
-    self._missing = {f.name: beam.metrics.Metrics.counter(NAMESPACE, f"missing_{f.name}")
-                     for f in spec.raw_fields}
-
-  def _cells(self, source: str, line: str) -> Dict[str, Any]:
-    if self._format == "jsonl":
-      try:
-        obj = json.loads(line)
-      except ValueError as e:
-        raise spec_lib.SpecError(f"not valid JSON ({e})")
-      if not isinstance(obj, dict):
-        raise spec_lib.SpecError(f"expected a JSON object, got {type(obj).__name__}")
-      return obj
-    header = self._headers.get(source) or self._headers.get("*")
-    if header is None:
-      raise spec_lib.SpecError(f"no header known for file {source!r}")
-    cells = next(csv.reader([line], delimiter=self._delimiter))
-    if len(cells) != len(header):
-      raise spec_lib.SpecError(
-          f"expected {len(header)} columns separated by {self._delimiter!r}, got "
-          f"{len(cells)}")
-    return dict(zip(header, cells))
-
-  def process(self, element: Tuple[str, str]):
-    source, line = element
-    self._read.inc()
-    try:
-      cells = self._cells(source, line)
-      record = parse_record(self._spec, cells, self._missing)
-    except spec_lib.SpecError as e:
-      self._rejected.inc()
-      yield beam.pvalue.TaggedOutput(
-          DEAD_LETTER, {"source": source, "row": line, "reason": str(e)})
-      return
-    key = str(record[self._split_key]) if self._split_key else line
-    yield (split_of(key, self._eval_fraction), record)
-
-
-@beam.ptransform_fn
-def ParseRows(lines, spec, input_format, headers, delimiter=",", split_key="",
-              eval_fraction=0.2):
-  """Lines tagged with their file -> `records` (split, record) and `dead_letter`."""
-  return lines | "Parse" >> beam.ParDo(
-      ParseRowFn(spec, input_format, headers, delimiter, split_key,
-                 eval_fraction)).with_outputs(DEAD_LETTER, main=RECORDS)
 
 
 # --- Time split -----------------------------------------------------------------------
@@ -167,11 +106,11 @@ def _row_derived(split_record, features):
 
 
 @beam.ptransform_fn
-def AddDerivedFeatures(split_records, spec, tables_dir):
+def AddDerivedFeatures(split_records, spec, data: PreprocessedData):
   """Adds the spec's derived fields to (split, record) pairs.
 
   count_bucket: counts each source value in the TRAINING split (a combine per key),
-  writes `tables/<field>.txt` (value TAB bucket: the asset the model looks it up in) and
+  writes `data.table_path(field)` (value TAB bucket: the asset the model looks it up in) and
   joins the bucket back onto every row, train and eval, with a CoGroupByKey; crosses
   and numeric buckets are computed row by row afterwards (a cross may read a count
   bucket). The values are the ones the model recomputes from the raw ids.
@@ -188,7 +127,7 @@ def AddDerivedFeatures(split_records, spec, tables_dir):
     _ = (table
          | f"{f.name}TableLines" >> beam.MapTuple(lambda k, b: f"{k}\t{b}")
          | f"{f.name}WriteTable" >> beam.io.WriteToText(
-             f"{tables_dir}/{f.name}", file_name_suffix=".txt", shard_name_template=""))
+             data.table_path(f.name), shard_name_template=""))
     rows = split_records | f"{f.name}KeyRows" >> beam.Map(lambda sr, s=source: (sr[1][s], sr))
     split_records = ({"rows": rows, "table": table}
                      | f"{f.name}Join" >> beam.CoGroupByKey()
@@ -206,22 +145,22 @@ def _values(feature: spec_lib.Feature, value: Any) -> List[str]:
 class WriteVocabularyFn(beam.DoFn):
   """(field, [(value, count)]) -> the vocabulary file, most frequent first."""
 
-  def __init__(self, vocab_dir: str):
-    self._vocab_dir = vocab_dir
+  def __init__(self, data: PreprocessedData):
+    self._data = data
 
   def process(self, element):
     field, counts = element
     ordered = sorted(counts, key=lambda vc: (-vc[1], vc[0]))
-    with FileSystems.create(f"{self._vocab_dir}/{field}.txt") as f:
+    with FileSystems.create(self._data.vocab_path(field)) as f:
       f.write("".join(f"{v}\n" for v, _ in ordered).encode("utf-8"))
     yield field, len(ordered)
 
 
 @beam.ptransform_fn
-def ComputeVocabularies(train_records, spec, vocab_dir):
+def ComputeVocabularies(train_records, spec, data: PreprocessedData):
   """Counts categorical values in the training split; keeps those >= vocab_min_count.
 
-  Writes one `<field>.txt` per vocabulary field and returns (field, vocab size) pairs
+  Writes one `data.vocab_path(field)` per vocabulary field and returns (field, vocab size) pairs
   and (field, distinct values) pairs, the latter counted before the threshold.
   """
   fields = spec.vocabulary_fields
@@ -234,7 +173,7 @@ def ComputeVocabularies(train_records, spec, vocab_dir):
            | "KeepFrequent" >> beam.Filter(lambda kv: kv[1] >= min_count[kv[0][0]])
            | "ByField" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
            | "GroupByField" >> beam.GroupByKey()
-           | "WriteVocab" >> beam.ParDo(WriteVocabularyFn(vocab_dir)))
+           | "WriteVocab" >> beam.ParDo(WriteVocabularyFn(data)))
   distinct = (counts
               | "OnePerValue" >> beam.Map(lambda kv: (kv[0][0], 1))
               | "CountDistinct" >> beam.CombinePerKey(sum))
@@ -335,7 +274,7 @@ class ToExampleFn(beam.DoFn):
 
 @beam.ptransform_fn
 def WriteExamples(records, spec, prefix, split, tfds_prefix=None):
-  """Records -> sharded gzip TFRecords `<prefix>-SSSSS-of-NNNNN.tfrecord.gz`.
+  """Records -> sharded gzip TFRecords `<prefix>-SSSSS-of-NNNNN<SHARD_SUFFIX>`.
 
   With `tfds_prefix` (`<dir>/<dataset>-<split>.tfrecord`), the same examples are also
   written uncompressed in TFDS' shard naming (TFDS reads neither gzip nor our names),
@@ -345,7 +284,7 @@ def WriteExamples(records, spec, prefix, split, tfds_prefix=None):
   serialized = records | "ToExample" >> beam.ParDo(
       ToExampleFn(spec, f"rows_written_{split}"))
   _ = serialized | "WriteTFRecord" >> beam.io.WriteToTFRecord(
-      prefix, file_name_suffix=".tfrecord.gz",
+      prefix, file_name_suffix=PreprocessedData.SHARD_SUFFIX,
       compression_type=beam.io.filesystem.CompressionTypes.GZIP)
   if tfds_prefix is None:
     return None

@@ -25,13 +25,14 @@ import pytest  # noqa: E402
 def planted_data_dir(tmp_path_factory):
   """A small preprocessed synthetic dataset (planted hierarchy), shared by the suite."""
   from beam_jobs import preprocess, synthetic_logs
+  from beam_jobs.config import PreprocessConfig
   root = tmp_path_factory.mktemp("planted")
   synthetic_logs.generate(str(root / "raw"), synthetic_logs.GeneratorConfig(
       rows=6000, seed=1))
   out = str(root / "data")
-  preprocess.run(preprocess.PreprocessConfig(
+  preprocess.run(PreprocessConfig(
       raw=str(root / "raw" / "raw" / "*.csv"), output_dir=out,
-      spec_path=str(root / "raw" / "spec.yaml")))
+      spec_path=str(root / "raw" / "spec.yaml"), direct_num_workers=1))
   return out
 
 

@@ -17,7 +17,9 @@ import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
 from beam_jobs import preprocess  # noqa: E402
+from beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402
 from features import spec as spec_lib  # noqa: E402
+from features.preprocessed import IncompleteDataError, PreprocessedData  # noqa: E402
 from pipeline import data  # noqa: E402
 
 SPEC = {"name": "test_log", "features": [
@@ -83,9 +85,13 @@ def _write_csv(path, header, rows, extra_lines=()):
     f.write("\n".join(lines) + "\n")
 
 
+def _split_dir(out, split):
+  return os.path.dirname(PreprocessedData(out).split_prefix(split))
+
+
 def _read_examples(out, split):
   """Serialized examples of a split, canonicalized (tf.Example maps have no order)."""
-  files = sorted(glob.glob(f"{out}/{split}/part-*.tfrecord.gz"))
+  files = sorted(glob.glob(PreprocessedData(out).split_pattern(split)))
   ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
   return [tf.train.Example.FromString(s.numpy()).SerializeToString(deterministic=True)
           for s in ds]
@@ -115,14 +121,16 @@ def _records(serialized, spec):
 def _snapshot(out, spec):
   """Everything a test needs from an output directory, read before it changes."""
   examples = {s: _read_examples(out, s) for s in ("train", "eval")}
+  layout = PreprocessedData(out)
   dead = []
-  for path in sorted(glob.glob(f"{out}/dead_letter/*.jsonl")):
+  for path in sorted(glob.glob(f"{layout.dead_letter_prefix}-*.jsonl")):
     with open(path) as f:
       dead.extend(json.loads(line) for line in f if line.strip())
   vocab = {}
-  for path in glob.glob(f"{out}/vocab/*.txt"):
+  suffix = PreprocessedData.TEXT_SUFFIX
+  for path in glob.glob(os.path.join(layout.vocab_dir, f"*{suffix}")):
     with open(path) as f:
-      vocab[os.path.basename(path)[:-4]] = f.read().splitlines()
+      vocab[os.path.basename(path)[:-len(suffix)]] = f.read().splitlines()
   return {
       "out": out,
       "files": sorted(os.path.relpath(p, out) for p in glob.glob(f"{out}/**/*",
@@ -132,8 +140,8 @@ def _snapshot(out, spec):
       "records": {s: _records(examples[s], spec) for s in examples},
       "dead": dead,
       "vocab": vocab,
-      "metadata": preprocess.load_metadata(out),
-      "stats": preprocess.load_stats(out),
+      "metadata": layout.metadata,
+      "stats": layout.stats,
   }
 
 
@@ -141,7 +149,7 @@ def _snapshot(out, spec):
 def log(tmp_path_factory):
   """Two CSV files (different column orders, one without the optional `conv`)."""
   root = tmp_path_factory.mktemp("csv_log")
-  spec_path = str(root / "spec.yaml")
+  spec_path = str(root / "test_log.yaml")
   with open(spec_path, "w") as f:
     yaml.safe_dump(SPEC, f)
   good = _good_rows(N_GOOD)
@@ -158,16 +166,16 @@ def log(tmp_path_factory):
 def _config(log, out, **kwargs):
   defaults = dict(raw=f"{log['root']}/a.csv,{log['root']}/b.csv", output_dir=str(out),
                   spec_path=log["spec_path"], split_key="user_id",
-                  eval_fraction=EVAL_FRACTION)
+                  eval_fraction=EVAL_FRACTION, direct_num_workers=1)
   defaults.update(kwargs)
-  return preprocess.PreprocessConfig(**defaults)
+  return PreprocessConfig(**defaults)
 
 
 @pytest.fixture(scope="module")
 def single(log, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("out"))
-  with pytest.raises(preprocess.PreprocessError, match="not a complete"):
-    preprocess.load_metadata(out)  # nothing there before the job
+  with pytest.raises(IncompleteDataError, match="not a complete"):
+    PreprocessedData(out).metadata  # nothing there before the job
   returned = preprocess.run(_config(log, out))
   snap = _snapshot(out, log["spec"])
   snap["returned"] = returned
@@ -178,8 +186,9 @@ def single(log, tmp_path_factory):
 def multi(log, single):
   """The same job rerun into the same directory, on two worker processes."""
   out = single["out"]
-  stale = [f"{out}/train/part-00007-of-00009.tfrecord.gz", f"{out}/vocab/gone.txt",
-           f"{out}/dead_letter/rows-00003-of-00004.jsonl"]
+  layout = PreprocessedData(out)
+  stale = [f"{layout.split_prefix('train')}-00007-of-00009{layout.SHARD_SUFFIX}",
+           layout.vocab_path("gone"), f"{layout.dead_letter_prefix}-00003-of-00004.jsonl"]
   for path in stale:
     with open(path, "w") as f:
       f.write("stale")
@@ -346,17 +355,19 @@ def test_two_workers_write_the_same_examples(single, multi):
 
 def test_rerun_leaves_no_stale_outputs(single, multi):
   out = multi["out"]
+  layout = PreprocessedData(out)
   for path in multi["stale"]:
     assert not os.path.exists(path), path
   # Only this run's shards: the single run's `-of-00001` files were replaced.
   for split in ("train", "eval"):
-    shards = [f for f in multi["files"] if f.startswith(f"{split}/")]
-    assert shards and all(f.endswith(("-of-00002.tfrecord.gz",
-                                      "-of-00001.tfrecord.gz")) for f in shards)
+    split_dir = os.path.relpath(_split_dir(out, split), out)
+    shards = [f for f in multi["files"] if f.startswith(f"{split_dir}/")]
+    assert shards and all(f.endswith((f"-of-00002{layout.SHARD_SUFFIX}",
+                                      f"-of-00001{layout.SHARD_SUFFIX}")) for f in shards)
     n = int(shards[0].split("-of-")[1][:5])
     assert len(shards) == n, shards
-  assert not glob.glob(f"{out}/_stats/*")
-  assert "metadata.json" in multi["files"] and "stats.json" in multi["files"]
+  assert not glob.glob(f"{layout.scratch_dir}/*")
+  assert layout.METADATA_FILE in multi["files"] and layout.STATS_FILE in multi["files"]
 
 
 # --- JSONL input ----------------------------------------------------------------------
@@ -378,8 +389,9 @@ def jsonl(log, tmp_path_factory):
   path = root / "log.jsonl"
   path.write_text("\n".join(lines) + "\n")
   out = str(root / "out")
-  preprocess.run(preprocess.PreprocessConfig(
-      raw=str(path), output_dir=out, spec_path=log["spec_path"], eval_fraction=0.5))
+  preprocess.run(PreprocessConfig(
+      raw=str(path), output_dir=out, spec_path=log["spec_path"], eval_fraction=0.5,
+      direct_num_workers=1))
   snap = _snapshot(out, log["spec"])
   snap["bad"] = bad
   return snap
@@ -404,20 +416,21 @@ def test_jsonl_input(jsonl):
 
 
 def test_failed_rerun_leaves_no_metadata(jsonl, monkeypatch):
-  """metadata.json marks completion: a run that dies midway must not leave the old one."""
+  """The metadata marks completion: a run that dies midway must not leave the old one."""
   def fail(self):
     raise RuntimeError("pipeline died")
   monkeypatch.setattr(preprocess.beam.Pipeline, "run", fail)
   out = jsonl["out"]
-  config = preprocess.PreprocessConfig(raw=jsonl["metadata"]["raw"][0], output_dir=out,
-                                       spec_path=f"{out}/spec.yaml")
+  config = PreprocessConfig(raw=jsonl["metadata"]["raw"][0], output_dir=out,
+                            spec_path=PreprocessedData(out).spec_path,
+                            direct_num_workers=1)
   with pytest.raises(RuntimeError, match="pipeline died"):
     preprocess.run(config)
-  with pytest.raises(preprocess.PreprocessError, match=f"{out}: not a complete"):
-    preprocess.load_metadata(out)
-  with pytest.raises(preprocess.PreprocessError, match="not a complete"):
-    preprocess.load_stats(out)
-  assert not glob.glob(f"{out}/train/*")
+  with pytest.raises(IncompleteDataError, match=f"{out}: not a complete"):
+    PreprocessedData(out).metadata
+  with pytest.raises(IncompleteDataError, match="not a complete"):
+    PreprocessedData(out).stats
+  assert not glob.glob(f"{_split_dir(out, 'train')}/*")
 
 
 # --- Job-level errors (no pipeline runs) ----------------------------------------------
@@ -425,15 +438,15 @@ def test_missing_column_names_file_and_column(log, tmp_path):
   path = tmp_path / "no_price.csv"
   header = [h for h in NAMES if h != "price"]
   _write_csv(path, header, list(log["good"].values())[:3])
-  with pytest.raises(preprocess.PreprocessError,
+  with pytest.raises(PreprocessError,
                      match=rf"{path}: column\(s\) \['price'\].* not in the header"):
     preprocess.run(_config(log, tmp_path / "out", raw=str(path)))
-  assert not os.path.exists(tmp_path / "out" / "metadata.json")
+  assert not os.path.exists(PreprocessedData(str(tmp_path / "out")).metadata_path)
 
 
 def test_no_matching_file_is_a_clear_error(log, tmp_path):
   pattern = str(tmp_path / "nothing" / "*.csv")
-  with pytest.raises(preprocess.PreprocessError,
+  with pytest.raises(PreprocessError,
                      match=re.escape(f"--raw: no file matches '{pattern}'")):
     preprocess.run(_config(log, tmp_path / "out", raw=pattern))
 
@@ -444,13 +457,13 @@ def test_no_matching_file_is_a_clear_error(log, tmp_path):
     (dict(input_format="parquet"), "--input_format.*'parquet'"),
 ])
 def test_bad_flags_are_clear_errors(log, tmp_path, kwargs, match):
-  with pytest.raises(preprocess.PreprocessError, match=match):
+  with pytest.raises(PreprocessError, match=match):
     preprocess.run(_config(log, tmp_path / "out", **kwargs))
 
 
 def test_load_metadata_on_empty_dir(tmp_path):
-  with pytest.raises(preprocess.PreprocessError, match=f"{tmp_path}: not a complete"):
-    preprocess.load_metadata(str(tmp_path))
+  with pytest.raises(IncompleteDataError, match=f"{tmp_path}: not a complete"):
+    PreprocessedData(str(tmp_path)).metadata
 
 
 def test_moments_merge_matches_numpy():

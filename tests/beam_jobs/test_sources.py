@@ -18,7 +18,9 @@ import yaml  # noqa: E402
 
 from beam_jobs import ali_ccp_format as A  # noqa: E402
 from beam_jobs import preprocess  # noqa: E402
+from beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402
 from features import spec as spec_lib  # noqa: E402
+from features.preprocessed import PreprocessedData  # noqa: E402
 from pipeline import data  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,7 +30,7 @@ E1, E2, E3 = "\x01", "\x02", "\x03"
 
 def _read_split(out, spec, split):
   """Every example of a split as {field: python value}, parsed by the trainer's parser."""
-  files = sorted(glob.glob(f"{out}/{split}/part-*.tfrecord.gz"))
+  files = sorted(glob.glob(PreprocessedData(out).split_pattern(split)))
   serialized = [s.numpy() for s in tf.data.TFRecordDataset(files, compression_type="GZIP")]
   if not serialized:
     return [], []
@@ -50,20 +52,22 @@ def _read_split(out, spec, split):
 
 
 def _snapshot(out, spec):
+  layout = PreprocessedData(out)
   dead = []
-  for path in sorted(glob.glob(f"{out}/dead_letter/*.jsonl")):
+  for path in sorted(glob.glob(f"{layout.dead_letter_prefix}-*.jsonl")):
     with open(path) as f:
       dead.extend(json.loads(line) for line in f if line.strip())
   tables = {}
-  for path in glob.glob(f"{out}/tables/*.txt"):
+  suffix = PreprocessedData.TEXT_SUFFIX
+  for path in glob.glob(os.path.join(layout.tables_dir, f"*{suffix}")):
     with open(path) as f:
-      tables[os.path.basename(path)[:-4]] = dict(
+      tables[os.path.basename(path)[:-len(suffix)]] = dict(
           line.rstrip("\n").split("\t") for line in f if line.strip())
   train, train_ser = _read_split(out, spec, "train")
   evals, eval_ser = _read_split(out, spec, "eval")
   return {"out": out, "spec": spec, "train": train, "eval": evals, "dead": dead,
           "serialized": {"train": train_ser, "eval": eval_ser}, "tables": tables,
-          "metadata": preprocess.load_metadata(out), "stats": preprocess.load_stats(out)}
+          "metadata": layout.metadata, "stats": layout.stats}
 
 
 def _reasons(snap):
@@ -139,13 +143,13 @@ def ali_raw(tmp_path_factory):
   spec_dict = spec_lib.load_spec("ali_ccp_raw").to_dict()
   spec_dict["features"].insert(2, {"name": "sample_id", "kind": "categorical",
                                    "role": "passthrough"})
-  spec_path = str(root / "spec.yaml")
+  spec_path = str(root / "ali_ccp_raw_with_sample_id.yaml")
   with open(spec_path, "w") as f:
     yaml.safe_dump(spec_dict, f)
   spec = spec_lib.load_spec(spec_path)
   out = str(root / "out")
-  config = preprocess.PreprocessConfig(raw=f"{raw}/*.csv", output_dir=out,
-                                       spec_path=spec_path, source="ali_ccp_raw")
+  config = PreprocessConfig(raw=f"{raw}/*.csv", output_dir=out, spec_path=spec_path,
+                            source="ali_ccp_raw", direct_num_workers=1)
   preprocess.run(config)
   snap = _snapshot(out, spec)
   snap.update(config=config, counts=counts, good_skeleton=good_skeleton,
@@ -228,7 +232,7 @@ def test_count_bucket_tables_match_an_independent_count(ali_raw):
 
 def test_tfds_loads_the_output_with_its_features_and_split_sizes(ali_raw):
   import tensorflow_datasets as tfds
-  builder = tfds.builder_from_directory(os.path.join(ali_raw["out"], "tfds"))
+  builder = tfds.builder_from_directory(PreprocessedData(ali_raw["out"]).tfds_dir)
   meta = ali_raw["metadata"]
   for split in ("train", "eval"):
     assert builder.info.splits[split].num_examples == meta["rows_written"][split]
@@ -296,13 +300,13 @@ def test_exported_savedmodel_carries_the_tables_and_recomputes_derived_values(
 
 def test_ali_ccp_raw_job_level_errors(tmp_path):
   (tmp_path / "sample_skeleton_train.csv").write_text("")
-  with pytest.raises(preprocess.PreprocessError, match="no common_features_train.csv"):
-    preprocess.run(preprocess.PreprocessConfig(
+  with pytest.raises(PreprocessError, match="no common_features_train.csv"):
+    preprocess.run(PreprocessConfig(
         raw=str(tmp_path / "*.csv"), output_dir=str(tmp_path / "out"),
         spec_path="ali_ccp_raw", source="ali_ccp_raw"))
   (tmp_path / "other.csv").write_text("")
-  with pytest.raises(preprocess.PreprocessError, match="other.csv: an Ali-CCP raw file"):
-    preprocess.run(preprocess.PreprocessConfig(
+  with pytest.raises(PreprocessError, match="other.csv: an Ali-CCP raw file"):
+    preprocess.run(PreprocessConfig(
         raw=str(tmp_path / "*.csv"), output_dir=str(tmp_path / "out"),
         spec_path="ali_ccp_raw", source="ali_ccp_raw"))
 
@@ -347,9 +351,9 @@ def movielens(tmp_path_factory):
   (raw / "u.item").write_bytes(("\n".join(items + [i for i, _ in ML_BAD_ITEMS]) + "\n")
                                .encode("latin-1"))
   out = str(root / "out")
-  preprocess.run(preprocess.PreprocessConfig(
+  preprocess.run(PreprocessConfig(
       raw=str(raw), output_dir=out, spec_path="movielens_100k", source="movielens",
-      split_time_field="timestamp", split_time_quantile=0.75))
+      split_time_field="timestamp", split_time_quantile=0.75, direct_num_workers=1))
   snap = _snapshot(out, spec_lib.load_spec("movielens_100k"))
   snap.update(ratings=ratings, users=users, items=items, ages=ages)
   return snap
@@ -404,8 +408,8 @@ def test_movielens_time_split_at_the_quantile(movielens):
 
 
 def test_movielens_missing_folder_is_a_clear_error(tmp_path):
-  with pytest.raises(preprocess.PreprocessError, match="u.data, u.user and u.item"):
-    preprocess.run(preprocess.PreprocessConfig(
+  with pytest.raises(PreprocessError, match="u.data, u.user and u.item"):
+    preprocess.run(PreprocessConfig(
         raw=str(tmp_path), output_dir=str(tmp_path / "out"),
         spec_path="movielens_100k", source="movielens"))
 
@@ -421,8 +425,8 @@ def test_bad_split_and_source_flags(tmp_path, kwargs, match):
   config = dict(raw=str(tmp_path), output_dir=str(tmp_path / "out"),
                 spec_path="movielens_100k", source="movielens")
   config.update(kwargs)
-  with pytest.raises(preprocess.PreprocessError, match=match):
-    preprocess.run(preprocess.PreprocessConfig(**config))
+  with pytest.raises(PreprocessError, match=match):
+    preprocess.run(PreprocessConfig(**config))
 
 
 def test_movielens_convert_writes_the_ml100k_layout(tmp_path):
@@ -453,12 +457,12 @@ def test_shared_ali_ccp_sample_end_to_end(tmp_path):
   from pipeline import train
   sample = os.path.join(SHARED_DATA, "ali_ccp_sample")
   out = str(tmp_path / "out")
-  meta = preprocess.run(preprocess.PreprocessConfig(
+  meta = preprocess.run(PreprocessConfig(
       raw=os.path.join(sample, "ali_ccp_*_sample.csv"), output_dir=out,
-      spec_path="ali_ccp", eval_fraction=0.3))
+      spec_path="ali_ccp", eval_fraction=0.3, direct_num_workers=1))
   assert meta["rows_read"] == 200 and meta["rows_rejected"] == 0
   assert sum(meta["rows_written"].values()) == 200
-  stats = preprocess.load_stats(out)
+  stats = PreprocessedData(out).stats
   assert set(stats["distribution"]["train"]["301"]) == {"1"}  # one scenario only
   assert stats["distinct_train"]["205"] > 10  # item ids vary (the user id does not)
   model = train.build_model(out, ModelConfig(name="hmdn_moe"))
