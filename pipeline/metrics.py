@@ -3,7 +3,7 @@
 Computed on the whole evaluation set at once (not streamed per batch like Keras' AUC),
 so they are exact and identical whatever the batch size or the strategy.
 """
-from typing import Dict, Sequence
+from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 
@@ -66,6 +66,78 @@ def breakdown(labels: np.ndarray, probs: np.ndarray, values: np.ndarray
                 "logloss": logloss(labels[mask], probs[mask]),
                 "rows": int(mask.sum()),
                 "ctr": float(np.mean(labels[mask]))}
+  return out
+
+
+def _as_str(v) -> str:
+  return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def group_sizes(groups: Sequence) -> Dict[str, int]:
+  """{group: rows} of a column, e.g. the `leaf` column of the training split."""
+  values, counts = np.unique(np.asarray(groups).ravel(), return_counts=True)
+  return {_as_str(v): int(c) for v, c in zip(values, counts)}
+
+
+OVER_LEAVES = "leaves"
+OVER_ROWS = "rows"
+
+
+def leaf_size_deciles(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray,
+                      train_sizes: Mapping, buckets: int = 10,
+                      over: str = OVER_LEAVES) -> List[Dict[str, float]]:
+  """Metrics per bucket of evaluation rows, bucketed by their group's training size.
+
+  Hierarchical sharing should pay most on rare leaves, so rows are grouped by how many
+  training rows their leaf had (`train_sizes`: {leaf: train rows}; a leaf missing from
+  it has size 0). Buckets are quantiles, by default over the leaves present in the
+  evaluation rows (`over="leaves"`: each decile holds about a tenth of those leaves, the
+  rarest first), or over the evaluation rows (`over="rows"`: a tenth of the rows each,
+  steadier AUCs but the whole long tail may fall into the first decile). Leaves of equal
+  size always share a bucket, so buckets never overlap in size and a tie or one heavy
+  leaf can merge deciles: only non-empty buckets are returned, each with its index (the
+  quantile its mid-point falls in) and its train-size range `size_min..size_max`.
+
+  Returns [{"bucket", "size_min", "size_max", "leaves", "rows", "ctr", "auc",
+  "logloss"}], ordered from the rarest leaves to the most frequent.
+  """
+  if over not in (OVER_LEAVES, OVER_ROWS):
+    raise ValueError(f"leaf_size_deciles: over must be {OVER_LEAVES!r} or "
+                     f"{OVER_ROWS!r}, got {over!r}")
+  if buckets < 1:
+    raise ValueError(f"leaf_size_deciles: buckets must be >= 1, got {buckets}")
+  labels = np.asarray(labels, dtype=float).ravel()
+  probs = np.asarray(probs, dtype=float).ravel()
+  groups = np.asarray(groups).ravel()
+  if not len(labels) == len(probs) == len(groups):
+    raise ValueError(f"leaf_size_deciles: labels, probs and groups differ in length "
+                     f"({len(labels)}, {len(probs)}, {len(groups)})")
+  if len(labels) == 0:
+    return []
+  sizes = {_as_str(k): int(v) for k, v in train_sizes.items()}
+  names, inverse = np.unique(groups, return_inverse=True)
+  group_size = np.array([sizes.get(_as_str(n), 0) for n in names])
+  group_rows = np.bincount(inverse, minlength=len(names))
+  weight = group_rows if over == OVER_ROWS else np.ones(len(names))
+  # Quantile of each distinct size, from the mid-point of its weight: ties stay together.
+  distinct, size_index = np.unique(group_size, return_inverse=True)
+  size_weight = np.bincount(size_index, weights=weight, minlength=len(distinct))
+  mid = np.cumsum(size_weight) - size_weight / 2
+  size_bucket = np.minimum((mid / size_weight.sum() * buckets).astype(int), buckets - 1)
+  group_bucket = size_bucket[size_index]
+  row_bucket = group_bucket[inverse]
+  out = []
+  for b in np.unique(group_bucket):
+    mask = row_bucket == b
+    in_bucket = group_bucket == b
+    out.append({"bucket": int(b),
+                "size_min": int(group_size[in_bucket].min()),
+                "size_max": int(group_size[in_bucket].max()),
+                "leaves": int(in_bucket.sum()),
+                "rows": int(mask.sum()),
+                "ctr": float(labels[mask].mean()),
+                "auc": auc(labels[mask], probs[mask]),
+                "logloss": logloss(labels[mask], probs[mask])})
   return out
 
 

@@ -163,3 +163,90 @@ def test_code_usage_dead_share_counts_unused_codes():
 def test_code_usage_rejects_codes_outside_the_codebook():
   with pytest.raises(ValueError, match=r"code 12 .*\[0, 8\)"):
     metrics.code_usage(np.array([1, 12]), 8)
+
+
+# --- leaf-size deciles ----------------------------------------------------------------
+def _long_tail_eval(seed=10, leaves=200, rows=20_000):
+  """Eval rows over Zipf-sized leaves; train sizes proportional, a few leaves unseen."""
+  rng = _rng(seed)
+  share = 1.0 / np.arange(1, leaves + 1) ** 1.2
+  share /= share.sum()
+  names = np.array([f"leaf{i}" for i in range(leaves)])
+  groups = names[rng.choice(leaves, rows, p=share)]
+  train = {n: int(round(s * 4 * rows)) for n, s in zip(names, share)}
+  for n in names[-5:]:
+    del train[n]  # never in train: size 0
+  labels = rng.integers(0, 2, rows).astype(float)
+  probs = np.clip(0.5 + 0.2 * (labels - 0.5) + 0.2 * rng.normal(size=rows), 0.01, 0.99)
+  return labels, probs, groups, train
+
+
+def test_group_sizes_counts_rows_per_group_with_str_keys():
+  assert metrics.group_sizes(np.array([b"a", b"b", b"a"])) == {"a": 2, "b": 1}
+
+
+@pytest.mark.parametrize("over", ["leaves", "rows"])
+def test_leaf_size_deciles_partition_rows_by_disjoint_size_ranges(over):
+  labels, probs, groups, train = _long_tail_eval()
+  out = metrics.leaf_size_deciles(labels, probs, groups, train, over=over)
+  assert sum(b["rows"] for b in out) == len(labels)
+  assert sum(b["leaves"] for b in out) == len(np.unique(groups))
+  assert [b["bucket"] for b in out] == sorted({b["bucket"] for b in out})
+  for prev, nxt in zip(out, out[1:]):
+    assert prev["size_max"] < nxt["size_min"]  # rarest first, no overlap
+  assert out[0]["size_min"] == 0  # leaves missing from train are size 0
+  size = np.array([train.get(g, 0) for g in groups])
+  for b in out:
+    mask = (size >= b["size_min"]) & (size <= b["size_max"])
+    assert b["rows"] == mask.sum()
+    assert b["ctr"] == pytest.approx(labels[mask].mean())
+    assert b["auc"] == pytest.approx(_pair_auc(labels[mask], probs[mask]))
+    assert b["logloss"] == pytest.approx(metrics.logloss(labels[mask], probs[mask]))
+
+
+def test_leaf_size_deciles_over_leaves_vs_over_rows():
+  """Over leaves each decile holds about a tenth of the leaves; over rows a tenth of the
+  rows, so the head leaves, alone, fill the top deciles."""
+  labels, probs, groups, train = _long_tail_eval()
+  leaves = len(np.unique(groups))
+  by_leaf = metrics.leaf_size_deciles(labels, probs, groups, train, over="leaves")
+  by_row = metrics.leaf_size_deciles(labels, probs, groups, train, over="rows")
+  assert len(by_leaf) >= 8
+  assert max(b["leaves"] for b in by_leaf) <= 0.2 * leaves
+  assert by_leaf[-1]["rows"] > 0.5 * len(labels)  # the head decile holds most rows
+  assert max(b["rows"] for b in by_row[:-1]) < 0.25 * len(labels)
+  assert by_row[-1]["leaves"] <= 2
+  assert by_row[0]["leaves"] > 0.5 * leaves  # the whole tail in the first row decile
+
+
+def test_leaf_size_deciles_ties_stay_in_one_bucket():
+  groups = np.array(["a", "b", "c", "d"] * 25)
+  train = {"a": 5, "b": 5, "c": 5, "d": 900}
+  labels = np.tile([1.0, 0.0, 0.0, 1.0], 25)
+  labels[:4] = [0.0, 1.0, 1.0, 0.0]
+  probs = np.linspace(0.1, 0.9, 100)
+  out = metrics.leaf_size_deciles(labels, probs, groups, train, buckets=10)
+  assert [(b["size_min"], b["size_max"], b["leaves"], b["rows"]) for b in out] == [
+      (5, 5, 3, 75), (900, 900, 1, 25)]
+  assert out[0]["bucket"] < out[1]["bucket"] <= 9
+
+
+def test_leaf_size_deciles_accepts_bytes_groups_and_str_sizes():
+  groups = np.array([b"x", b"y", b"x", b"y"])
+  out = metrics.leaf_size_deciles([1, 0, 0, 1], [0.9, 0.2, 0.1, 0.8], groups,
+                                  {"x": 3, b"y": 7}, buckets=2)
+  assert [(b["size_min"], b["rows"], b["auc"]) for b in out] == [(3, 2, 1.0), (7, 2, 1.0)]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(over="users"), "over must be 'leaves' or 'rows', got 'users'"),
+    (dict(buckets=0), "buckets must be >= 1, got 0"),
+])
+def test_leaf_size_deciles_bad_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    metrics.leaf_size_deciles([1, 0], [0.5, 0.5], ["a", "b"], {}, **kwargs)
+
+
+def test_leaf_size_deciles_rejects_columns_of_different_lengths():
+  with pytest.raises(ValueError, match=r"differ in length \(2, 2, 3\)"):
+    metrics.leaf_size_deciles([1, 0], [0.5, 0.5], ["a", "b", "c"], {})

@@ -1,0 +1,377 @@
+"""A built-in log for the regime HMDN is for: a deep hierarchy with a long tail of leaves.
+
+Every impression belongs to a leaf of a four-level observed tree
+`scenario -> channel -> population -> segment` (each node has 3-8 children, so several
+hundred to a few thousand leaves), and every user to one of a few latent groups below it.
+Leaf sizes follow a Zipf law over randomly ranked leaves: a few head leaves hold most of
+the traffic, most leaves get under 200 rows in 1M. A node's click model is its parent's
+plus noise whose scale shrinks with depth (bias and a preference vector dotted with the
+item's latent vector), so a rare leaf is predictable from its ancestors and a leaf is more
+than a bias. The latent group adds its own shared effect; it is written as the
+passthrough column `latent_segment` (to score codes, never a model input) and shows in
+the features only through weak correlates (device, hour). The leaf path is kept as the
+passthrough column `leaf`, so evaluation can bucket rows by leaf size.
+
+Same contract as `synthetic_logs`: `generate(output_dir, config)` writes raw/part-*.csv,
+spec.yaml and generator.json (oracle AUC, AUC of the leaf-agnostic part of the logit,
+leaf size quantiles). Rows are drawn in fixed blocks of BLOCK_ROWS, each from its own
+seeded generator, so the output depends on (rows, seed and the shape knobs) alone, not
+on `chunk_rows` or `rows_per_file`.
+"""
+import dataclasses
+import json
+import os
+from typing import Dict, List
+
+import numpy as np
+
+from beam_jobs import synthetic_logs
+from features import spec as spec_lib
+
+SPEC_PATH = os.path.join(spec_lib.SPECS_DIR, "longtail.yaml")
+
+LEVELS = ("scenario", "channel", "population", "segment")  # coarse to fine
+LEVEL_PREFIX = ("s", "ch", "p", "g")
+LATENT_COLUMN = "latent_segment"
+LEAF_COLUMN = "leaf"
+DEVICES = ("ios", "android", "pc", "tablet")
+DEVICE_PROBS = (0.4, 0.35, 0.15, 0.1)
+BLOCK_ROWS = 4_096  # rows per seeded block: the unit of determinism
+CALIBRATION_ROWS = 50_000
+
+
+def _field(default, help: str):  # noqa: A002
+  return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass
+class LongTailConfig:
+  """The size, the seed and the shape of the long-tail log."""
+  rows: int = _field(1_000_000, "Impressions to generate.")
+  seed: int = _field(0, "Seed of the world (tree, effects, users, items) and the rows.")
+  rows_per_file: int = _field(1_000_000, "Rows per raw/part-*.csv file.")
+  chunk_rows: int = _field(50_000, "Rows drawn and written at once (memory only; the "
+                           "output does not depend on it).")
+  branching_min: int = _field(3, "Fewest children of a node (the root included).")
+  branching_max: int = _field(8, "Most children of a node (the root included).")
+  zipf_exponent: float = _field(1.4, "Leaf traffic share ~ (rank + zipf_offset) ** "
+                                "-zipf_exponent over randomly ranked leaves.")
+  zipf_offset: float = _field(2.0, "Flattens the head of the Zipf law.")
+  ctr: float = _field(0.08, "Mean true click probability the intercept is calibrated to.")
+  bias_scale: float = _field(0.5, "Std of a scenario's bias around the root's.")
+  preference_scale: float = _field(0.6, "Std of a scenario's preference vector around "
+                                   "the root's.")
+  shrink: float = _field(0.75, "Each level's noise std is this times its parent "
+                         "level's: effect(child) = effect(parent) + noise.")
+  latent_groups: int = _field(4, "Number of latent user groups (`latent_segment`).")
+  latent_scale: float = _field(0.6, "Std of a latent group's bias and preference.")
+  latent_signal: float = _field(0.5, "Share of rows whose device and hour follow their "
+                                "latent group (the rest are drawn globally): how "
+                                "visible the latent level is.")
+  latent_dim: int = _field(8, "Dimension of item and preference vectors.")
+  num_categories: int = _field(30, "Item categories.")
+
+  def validate(self) -> None:
+    checks = [
+        ("rows", self.rows >= 1, ">= 1"),
+        ("rows_per_file", self.rows_per_file >= 1, ">= 1"),
+        ("chunk_rows", self.chunk_rows >= 1, ">= 1"),
+        ("branching_min", self.branching_min >= 1, ">= 1"),
+        ("branching_max", self.branching_max >= self.branching_min,
+         f">= branching_min ({self.branching_min})"),
+        ("zipf_exponent", self.zipf_exponent >= 0, ">= 0"),
+        ("zipf_offset", self.zipf_offset >= 0, ">= 0"),
+        ("ctr", 0 < self.ctr < 1, "in (0, 1)"),
+        ("shrink", self.shrink > 0, "> 0"),
+        ("latent_groups", self.latent_groups >= 1, ">= 1"),
+        ("latent_signal", 0 <= self.latent_signal <= 1, "in [0, 1]"),
+        ("latent_dim", self.latent_dim >= 1, ">= 1"),
+        ("num_categories", self.num_categories >= 1, ">= 1"),
+    ]
+    for name, ok, want in checks:
+      if not ok:
+        raise ValueError(f"{name} must be {want}, got {getattr(self, name)}")
+
+
+class _World:
+  """The tree, its click-model parameters, users and items, drawn from the seed.
+
+  Depends on `rows` only through the numbers of users and items.
+  """
+
+  def __init__(self, config: LongTailConfig):
+    c = config
+    rng = np.random.default_rng([c.seed, 0])
+    d = c.latent_dim
+    # The tree: parents[l][i] is the index at level l-1 of node i of level l.
+    self.parents: List[np.ndarray] = []
+    bias = np.zeros(1)
+    pref = 0.3 * rng.normal(0, 1, (1, d))  # the root's: a mild global taste
+    self.node_bias: List[np.ndarray] = []
+    self.node_pref: List[np.ndarray] = []
+    width = 1
+    for level in range(len(LEVELS)):
+      children = rng.integers(c.branching_min, c.branching_max + 1, width)
+      parent = np.repeat(np.arange(width), children)
+      scale = c.shrink ** level
+      bias = bias[parent] + c.bias_scale * scale * rng.normal(0, 1, len(parent))
+      pref = pref[parent] + c.preference_scale * scale * rng.normal(0, 1, (len(parent), d))
+      self.parents.append(parent)
+      self.node_bias.append(bias)
+      self.node_pref.append(pref)
+      width = len(parent)
+    self.num_leaves = width
+    # ancestors[l][leaf]: the leaf's node at level l.
+    self.ancestors = [np.arange(width)]
+    for level in range(len(LEVELS) - 1, 0, -1):
+      self.ancestors.insert(0, self.parents[level][self.ancestors[0]])
+    names = []
+    for level, prefix in enumerate(LEVEL_PREFIX):
+      names.append(np.array([f"{prefix}{i}" for i in range(len(self.node_bias[level]))],
+                            dtype=object))
+    self.level_names = names
+    self.leaf_names = np.array(
+        [".".join(str(self.ancestors[l][i]) for l in range(len(LEVELS)))
+         for i in range(width)], dtype=object)
+    # Zipf leaf sizes over a random ranking of the leaves.
+    rank = rng.permutation(width)
+    weight = (rank + 1.0 + c.zipf_offset) ** -c.zipf_exponent
+    self.leaf_prob = weight / weight.sum()
+    # Latent groups: a shared effect each, plus a small deviation per (leaf, group),
+    # continuing the shrinking noise one level down.
+    self.latent_bias = c.latent_scale * rng.normal(0, 1, c.latent_groups)
+    self.latent_pref = c.latent_scale * rng.normal(0, 1, (c.latent_groups, d))
+    deep = c.shrink ** len(LEVELS)
+    self.leaf_latent_bias = c.bias_scale * deep * rng.normal(0, 1, (width, c.latent_groups))
+    self.latent_device = rng.dirichlet(np.full(len(DEVICES), 0.5), c.latent_groups)
+    self.latent_hour = rng.uniform(0, 24, c.latent_groups)
+    # Users nest in leaves (populations and segments are user properties): each leaf
+    # owns a block of users in proportion to its traffic, at least one.
+    target_users = int(np.clip(c.rows // 20, 500, 200_000))
+    per_leaf = np.maximum(1, np.round(self.leaf_prob * target_users)).astype(int)
+    self.user_start = np.r_[0, np.cumsum(per_leaf)[:-1]]
+    self.user_count = per_leaf
+    self.num_users = int(per_leaf.sum())
+    self.user_latent = rng.integers(0, c.latent_groups, self.num_users)
+    self.user_taste = rng.normal(0, 1, (self.num_users, d))
+    # Items: a category (Zipf-popular), a latent vector around the category's, a price.
+    self.num_items = int(np.clip(c.rows // 50, 500, 50_000))
+    cat_weight = 1.0 / np.arange(1, c.num_categories + 1)
+    self.item_category = rng.choice(c.num_categories, self.num_items,
+                                    p=cat_weight / cat_weight.sum())
+    centre = rng.normal(0, 1, (c.num_categories, d))
+    self.item_vector = centre[self.item_category] + 0.5 * rng.normal(0, 1, (self.num_items, d))
+    self.item_log_price = (rng.normal(3.0, 0.6, c.num_categories)[self.item_category] +
+                           0.3 * rng.normal(0, 1, self.num_items))
+    self.item_weight = rng.zipf(1.4, self.num_items).clip(max=500).astype(float)
+    self.item_weight /= self.item_weight.sum()
+    self.user_names = np.array([f"u{i}" for i in range(self.num_users)], dtype=object)
+    self.item_names = np.array([f"i{i}" for i in range(self.num_items)], dtype=object)
+    self.category_names = np.array([f"c{i}" for i in range(c.num_categories)],
+                                   dtype=object)
+    self.latent_names = np.array([f"z{i}" for i in range(c.latent_groups)], dtype=object)
+    self.config = c
+    self.intercept = self._calibrate(c.ctr)
+
+  def _calibrate(self, ctr: float) -> float:
+    """The intercept that makes the mean true CTR `ctr` on a fixed calibration sample."""
+    rng = np.random.default_rng([self.config.seed, 2])
+    parts = _draw(self, rng, CALIBRATION_ROWS)
+    logit = parts["agnostic"] + parts["hierarchy"]
+    lo, hi = -20.0, 20.0
+    for _ in range(60):
+      mid = 0.5 * (lo + hi)
+      if _sigmoid(logit + mid).mean() < ctr:
+        lo = mid
+      else:
+        hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def _draw(world: _World, rng: np.random.Generator, n: int) -> Dict[str, np.ndarray]:
+  """n impressions as integer indices and the two parts of their logit."""
+  c = world.config
+  d = c.latent_dim
+  leaf = rng.choice(world.num_leaves, n, p=world.leaf_prob)
+  # Within its leaf a user is drawn with a skew (u ** 2): some users are heavy.
+  user = world.user_start[leaf] + np.floor(
+      world.user_count[leaf] * rng.random(n) ** 2).astype(int)
+  item = rng.choice(world.num_items, n, p=world.item_weight)
+  latent = world.user_latent[user]
+  follows = rng.random(n) < c.latent_signal
+  cum = np.cumsum(world.latent_device, axis=1)
+  latent_device = np.minimum((rng.random(n)[:, None] > cum[latent]).sum(1),
+                             len(DEVICES) - 1)
+  global_device = rng.choice(len(DEVICES), n, p=DEVICE_PROBS)
+  device = np.where(follows, latent_device, global_device)
+  hour = np.where(follows, np.mod(world.latent_hour[latent] + rng.normal(0, 3.0, n), 24.0),
+                  rng.uniform(0, 24, n))
+  vec = world.item_vector[item]
+  # The part a model without the hierarchy could learn: user x item affinity, price
+  # and time of day.
+  agnostic = (0.5 * np.einsum("ij,ij->i", world.user_taste[user], vec) / np.sqrt(d) -
+              0.3 * (world.item_log_price[item] - 3.0) / 0.6 +
+              0.2 * np.cos(2 * np.pi * (hour - 20.0) / 24.0))
+  # The part carried by the leaf (bias + preference . item vector) and the latent group.
+  pref = world.node_pref[-1][leaf] + world.latent_pref[latent]
+  hierarchy = (world.node_bias[-1][leaf] + world.latent_bias[latent] +
+               world.leaf_latent_bias[leaf, latent] +
+               np.einsum("ij,ij->i", pref, vec) / np.sqrt(d))
+  return {"leaf": leaf, "user": user, "item": item, "latent": latent,
+          "device": device, "hour": hour, "agnostic": agnostic, "hierarchy": hierarchy}
+
+
+def _rows(world: _World, seed: int, first_block: int, num_blocks: int, n: int
+          ) -> Dict[str, np.ndarray]:
+  """The first n rows of blocks first_block.., each block from its own generator."""
+  parts = []
+  for block in range(first_block, first_block + num_blocks):
+    rng = np.random.default_rng([seed, 1, block])
+    draw = _draw(world, rng, BLOCK_ROWS)
+    draw["uniform"] = rng.random(BLOCK_ROWS)
+    parts.append(draw)
+  out = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+  out["true_ctr"] = _sigmoid(world.intercept + out["agnostic"] + out["hierarchy"])
+  out["click"] = (out["uniform"] < out["true_ctr"]).astype(int)
+  return out
+
+
+def _columns(world: _World, rows: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """The raw CSV columns of drawn rows, by spec name."""
+  leaf = rows["leaf"]
+  cols = {"click": rows["click"], "true_ctr": rows["true_ctr"],
+          LEAF_COLUMN: world.leaf_names[leaf],
+          LATENT_COLUMN: world.latent_names[rows["latent"]]}
+  for level, name in enumerate(LEVELS):
+    cols[name] = world.level_names[level][world.ancestors[level][leaf]]
+  cols.update({
+      "user_id": world.user_names[rows["user"]],
+      "item_id": world.item_names[rows["item"]],
+      "item_category": world.category_names[world.item_category[rows["item"]]],
+      "device": np.array(DEVICES, dtype=object)[rows["device"]],
+      "price": np.exp(world.item_log_price[rows["item"]]),
+      "hour": rows["hour"],
+  })
+  return cols
+
+
+def leaf_row_quantiles(counts: np.ndarray) -> Dict[str, float]:
+  qs = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+  values = np.quantile(counts, qs) if len(counts) else [float("nan")] * len(qs)
+  out = {f"p{int(q * 100)}": float(v) for q, v in zip(qs, values)}
+  out["max"] = float(counts.max()) if len(counts) else float("nan")
+  return out
+
+
+def generate(output_dir: str, config: LongTailConfig) -> Dict:
+  """Writes `raw/part-*.csv`, `spec.yaml` and `generator.json` under output_dir.
+
+  Returns the summary also written to generator.json: rows, CTR, the oracle AUC, the AUC
+  of the leaf-agnostic part of the logit (what a model blind to the hierarchy could at
+  best reach, up to the latent correlates), the tree's shape and leaf size quantiles.
+  """
+  config.validate()
+  spec = spec_lib.load_spec(SPEC_PATH)
+  raw_dir = os.path.join(output_dir, "raw")
+  os.makedirs(raw_dir, exist_ok=True)
+  world = _World(config)
+  oracle_auc = synthetic_logs._BinnedAuc()
+  agnostic_auc = synthetic_logs._BinnedAuc()
+  leaf_rows = np.zeros(world.num_leaves, dtype=np.int64)
+  leaf_clicks = np.zeros(world.num_leaves)
+  leaf_prob = np.zeros(world.num_leaves)
+  latent_rows = np.zeros(config.latent_groups, dtype=np.int64)
+  latent_clicks = np.zeros(config.latent_groups)
+  blocks_per_chunk = max(1, -(-config.chunk_rows // BLOCK_ROWS))
+  clicks = 0
+  written = 0
+  block = 0
+  file_index = 0
+  out = None
+  paths: List[str] = []
+  while written < config.rows:
+    n = min(blocks_per_chunk * BLOCK_ROWS, config.rows - written)
+    blocks = -(-n // BLOCK_ROWS)
+    rows = _rows(world, config.seed, block, blocks, n)
+    block += blocks
+    columns = _columns(world, rows)
+    formatted = [synthetic_logs._format(columns[name]) for name in spec.names]
+    lines = [",".join(row) + "\n" for row in zip(*formatted)]
+    start = 0
+    while start < n:
+      if out is None:
+        path = os.path.join(raw_dir, f"part-{file_index:05d}.csv")
+        paths.append(path)
+        out = open(path + ".tmp", "w")
+        out.write(",".join(spec.names) + "\n")
+      room = config.rows_per_file - (written + start) % config.rows_per_file
+      take = min(n - start, room)
+      out.write("".join(lines[start:start + take]))
+      start += take
+      done = written + start
+      if done % config.rows_per_file == 0 or done == config.rows:
+        out.close()
+        out = None
+        file_index += 1
+    click = rows["click"]
+    oracle_auc.update(click, rows["true_ctr"])
+    agnostic_auc.update(click, _sigmoid(rows["agnostic"]))
+    clicks += int(click.sum())
+    leaf_rows += np.bincount(rows["leaf"], minlength=world.num_leaves)
+    leaf_clicks += np.bincount(rows["leaf"], weights=click, minlength=world.num_leaves)
+    # Float sums block by block, so they add up in the same order whatever chunk_rows.
+    for lo in range(0, n, BLOCK_ROWS):
+      leaf_prob += np.bincount(rows["leaf"][lo:lo + BLOCK_ROWS],
+                               weights=rows["true_ctr"][lo:lo + BLOCK_ROWS],
+                               minlength=world.num_leaves)
+    latent_rows += np.bincount(rows["latent"], minlength=config.latent_groups)
+    latent_clicks += np.bincount(rows["latent"], weights=click,
+                                 minlength=config.latent_groups)
+    written += n
+  for path in paths:
+    os.replace(path + ".tmp", path)
+  # Drop files of an earlier, larger run into the same directory (see synthetic_logs).
+  for name in os.listdir(raw_dir):
+    path = os.path.join(raw_dir, name)
+    if name.startswith("part-") and name.endswith(".csv") and path not in paths:
+      os.remove(path)
+  spec.save(os.path.join(output_dir, "spec.yaml"))
+  seen = leaf_rows > 0
+  summary = {
+      "generator": "longtail",
+      # chunk_rows left out: it changes nothing in the output.
+      "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "chunk_rows"},
+      "rows": written,
+      "clicks": clicks,
+      "ctr": clicks / written,
+      "seed": config.seed,
+      "files": len(paths),
+      "oracle_auc": oracle_auc.result(),
+      "leaf_agnostic_auc": agnostic_auc.result(),
+      "intercept": world.intercept,
+      "levels": list(LEVELS),
+      "nodes_per_level": [len(b) for b in world.node_bias],
+      "num_leaves": world.num_leaves,
+      "num_leaves_seen": int(seen.sum()),
+      "leaves_under_200_rows": float(np.mean(leaf_rows < 200)),
+      "leaf_rows_quantiles": leaf_row_quantiles(leaf_rows),
+      "num_users": world.num_users,
+      "num_items": world.num_items,
+      "latent_groups": {
+          str(world.latent_names[k]): {
+              "rows": int(latent_rows[k]),
+              "observed_ctr": float(latent_clicks[k] / max(latent_rows[k], 1))}
+          for k in range(config.latent_groups)},
+      "leaves": {str(world.leaf_names[i]): {
+          "rows": int(leaf_rows[i]),
+          "true_ctr": float(leaf_prob[i] / leaf_rows[i]),
+          "observed_ctr": float(leaf_clicks[i] / leaf_rows[i])}
+          for i in np.flatnonzero(seen)},
+  }
+  with open(os.path.join(output_dir, "generator.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  return summary
