@@ -1,4 +1,8 @@
-"""Backbones: shared-bottom, Mixture-of-Experts and Dynamic-Weight families."""
+"""Backbones: shared-bottom, Mixture-of-Experts and Dynamic-Weight families.
+
+Every layer here is Keras-serializable under the package "hmdn"
+(`tf.keras.layers.deserialize` rebuilds it without `custom_objects`).
+"""
 from models.backbones.apg import APG  # noqa: E402
 from models.backbones.base import Backbone  # noqa: E402
 from models.backbones.dnn import DNN  # noqa: E402

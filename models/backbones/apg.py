@@ -8,20 +8,29 @@ from models.backbones import base
 from models.mlp import MLP
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class OverparamFactors(tf.keras.layers.Layer):
   """Training-time factors U = U1 U2 and V = V1 V2 with inner width p.
 
-  U1 [in, p], U2 [p, k], V1 [k, p], V2 [p, out]. The wider inner dimension p
-  only changes the optimisation dynamics (APG's "Over Parameterization"); the
-  product is what the adaptive layer uses, so it folds into single U and V
-  matrices for serving.
+  APG's over-parameterisation (Yan et al., arXiv 2203.16218, Sec. "Over
+  Parameterization"): U1 `[in, p]`, U2 `[p, k]`, V1 `[k, p]`, V2 `[p, out]`.
+  The wider inner dimension p only changes the optimisation dynamics; the
+  products are what the adaptive layer uses, so they fold into single U and V
+  matrices for serving (`AdaptiveDense.merge_overparameterization`). Its
+  weights are named `u1`, `u2`, `v1`, `v2`.
+
+  Args:
+    rank: k, the width of the generated core S(z), at least 1.
+    units: output width of the adaptive layer, at least 1.
+    inner_dim: p, the inner width of the factor products, at least 1.
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
 
   def __init__(self, rank: int, units: int, inner_dim: int, **kwargs):
     super().__init__(**kwargs)
-    self.rank = int(rank)
-    self.units = int(units)
-    self.inner_dim = int(inner_dim)
+    self.rank = base.check_positive("rank", rank)
+    self.units = base.check_positive("units", units)
+    self.inner_dim = base.check_positive("inner_dim", inner_dim)
 
   def build(self, input_shape):
     dim = int(input_shape[-1])
@@ -34,7 +43,7 @@ class OverparamFactors(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def products(self):
-    """Returns (U [in, k], V [k, units])."""
+    """Returns (U `[in, rank]`, V `[rank, units]`)."""
     return tf.matmul(self.u1, self.u2), tf.matmul(self.v1, self.v2)
 
   def get_config(self):
@@ -43,14 +52,25 @@ class OverparamFactors(tf.keras.layers.Layer):
     return config
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class AdaptiveDense(tf.keras.layers.Layer):
   """h = act(((x U) S(z)) V + b) with S(z) = reshape(MLP(z), [k, k]).
 
-  U [in, k] and V [k, units] are shared across examples; only the k x k core
-  S(z) is generated per example, which keeps generation cheap (APG's low-rank
-  parameterization with decomposed feed-forwarding).
-  With `overparam_dim` > 0, U and V are products of wider factors until
-  `merge_overparameterization` folds them.
+  APG's adaptive layer (Yan et al., arXiv 2203.16218, Sec. "Low-Rank
+  Parameterization" and "Decomposed Feed-forwarding"). U `[in, k]` and V
+  `[k, units]` are shared across examples; only the k x k core S(z) is
+  generated per example, which keeps generation cheap. With `overparam_dim`
+  > 0, U and V are products of wider `OverparamFactors` until
+  `merge_overparameterization` folds them into weights named `u` and `v`.
+
+  Args:
+    units: output width, at least 1.
+    rank: k, the side of the generated core S(z), at least 1.
+    overparam_dim: inner width p of the U / V factors; 0 trains U and V
+      directly.
+    generator_units: hidden layer sizes of the MLP generating S(z) from z.
+    activation: activation of the output (a Keras name).
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
 
   def __init__(self,
@@ -61,10 +81,10 @@ class AdaptiveDense(tf.keras.layers.Layer):
                activation: str = "relu",
                **kwargs):
     super().__init__(**kwargs)
-    self.units = int(units)
-    self.rank = int(rank)
-    self.overparam_dim = int(overparam_dim)
-    self.generator_units = [int(u) for u in generator_units]
+    self.units = base.check_positive("units", units)
+    self.rank = base.check_positive("rank", rank)
+    self.overparam_dim = base.check_non_negative("overparam_dim", overparam_dim)
+    self.generator_units = base.check_units("generator_units", generator_units)
     self.activation = activation
     self._activation = tf.keras.activations.get(activation)
     self._generator = MLP(self.generator_units + [self.rank * self.rank],
@@ -88,7 +108,14 @@ class AdaptiveDense(tf.keras.layers.Layer):
     self.v = self.add_weight("v", [self.rank, self.units], initializer=v_init)
 
   def call(self, inputs):
-    """(x [B, in], z [B, C]) -> [B, units]."""
+    """Applies the per-example weights U S(z) V.
+
+    Args:
+      inputs: tuple (x `[batch_size, in]`, z `[batch_size, C]`).
+
+    Returns:
+      `[batch_size, units]`.
+    """
     x, condition = inputs
     if self._factors is None:
       u, v = self.u, self.v
@@ -101,16 +128,21 @@ class AdaptiveDense(tf.keras.layers.Layer):
   def merge_overparameterization(self):
     """Replaces the factors by single U = U1 U2 and V = V1 V2 (same outputs).
 
-    Afterwards the layer holds (and a SavedModel exports) only U and V, and
-    its config says `overparam_dim=0`, so `from_config` + `set_weights` can
-    rebuild it. A no-op when not over-parameterised or not yet built.
+    Afterwards the layer holds (and a SavedModel exports) only `u` and `v`,
+    named beside the layer's other weights, and its config says
+    `overparam_dim=0`, so `from_config` + `set_weights` can rebuild it. A
+    no-op when not over-parameterised or not yet built.
     """
     if self._factors is None or not self.built:
       return
     u, v = self._factors.products()
-    self._add_merged_weights(int(u.shape[0]),
-                             tf.constant_initializer(u.numpy()),
-                             tf.constant_initializer(v.numpy()))
+    # Outside `__call__` no name scope is open: reuse the one `bias` got in
+    # `build`, so the merged weights read `.../adaptive_0/u:0`, not `u:0`.
+    scope = self.bias.name.rpartition("/")[0]
+    with tf.name_scope(scope + "/" if scope else ""):
+      self._add_merged_weights(int(u.shape[0]),
+                               tf.constant_initializer(u.numpy()),
+                               tf.constant_initializer(v.numpy()))
     # Drop the factors from the layer's weights and from its checkpoint /
     # SavedModel dependencies.
     del self._factors
@@ -122,11 +154,12 @@ class AdaptiveDense(tf.keras.layers.Layer):
     config = super().get_config()
     config.update(units=self.units, rank=self.rank,
                   overparam_dim=self.overparam_dim,
-                  generator_units=self.generator_units,
+                  generator_units=list(self.generator_units),
                   activation=self.activation)
     return config
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class APG(base.Backbone):
   """APG: Adaptive Parameter Generation Network (Yan et al., NeurIPS
   2022, arXiv 2203.16218), Sec. "Adaptive Parameter Generation".
@@ -136,6 +169,18 @@ class APG(base.Backbone):
   a plain dense layer to `output_dim`. Over-parameterisation trains
   U and V as products of wider factors; call `merge_overparameterization()`
   before export to fold them (outputs are unchanged).
+
+  Args:
+    num_domains: number of domains; kept for the common backbone interface.
+    output_dim: width of the returned representation.
+    units: sizes of the adaptive layers; at least one (they are what reads
+      the condition).
+    rank: k, the side of each generated core S(z), at least 1.
+    overparam_dim: inner width p of the training-time U / V factors; 0
+      disables over-parameterisation.
+    generator_units: hidden layer sizes of each layer's S(z) generator.
+    dropout: dropout rate in [0, 1) after each adaptive layer.
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
 
   reads_condition = True
@@ -151,16 +196,9 @@ class APG(base.Backbone):
                dropout: float = 0.0,
                **kwargs):
     super().__init__(num_domains, output_dim, **kwargs)
-    self.units = base.check_units("units", units, allow_empty=False)
-    self.rank = base.check_positive("rank", rank)
-    if (isinstance(overparam_dim, bool) or
-        int(overparam_dim) != overparam_dim or overparam_dim < 0):
-      raise ValueError(
-          f"`overparam_dim` must be a non-negative integer (0 disables), got "
-          f"{overparam_dim!r}.")
-    self.overparam_dim = int(overparam_dim)
-    self.generator_units = base.check_units("generator_units", generator_units)
-    self.dropout = base.check_dropout(dropout)
+    self.set_options(units=units, rank=rank, overparam_dim=overparam_dim,
+                     generator_units=generator_units, dropout=dropout,
+                     non_empty=("units",))
     self._adaptive = [
         AdaptiveDense(u, self.rank, self.overparam_dim, self.generator_units,
                       name=f"adaptive_{i}") for i, u in enumerate(self.units)
@@ -169,7 +207,16 @@ class APG(base.Backbone):
     self._output = MLP([self.output_dim], name="output")
 
   def call(self, inputs, training: bool = False) -> tf.Tensor:
-    """{"features": [B, F], "condition": [B, C]} -> [B, output_dim]."""
+    """Adaptive layers conditioned on z, then the output layer.
+
+    Args:
+      inputs: dict with "features" `[batch_size, F]` and "condition"
+        `[batch_size, C]`; "domain" is ignored if present.
+      training: whether dropout is active.
+
+    Returns:
+      `[batch_size, output_dim]`.
+    """
     features, condition, _ = self.unpack(inputs)
     x = features
     for layer in self._adaptive:
@@ -190,10 +237,3 @@ class APG(base.Backbone):
       layer.merge_overparameterization()
     if all(layer.overparam_dim == 0 for layer in self._adaptive):
       self.overparam_dim = 0
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(units=self.units, rank=self.rank,
-                  overparam_dim=self.overparam_dim,
-                  generator_units=self.generator_units, dropout=self.dropout)
-    return config

@@ -2,10 +2,13 @@
 
 A backbone maps `{"features": E [B, F], "condition": z [B, C], "domain": d [B]}`
 to a hidden representation `[B, output_dim]`; the model adds the logit head.
-Keeping validation and domain selection here means each backbone module only
-holds its paper's computation.
+Keeping option validation, domain selection and `get_config` here means each
+backbone module only holds its paper's computation.
 """
-from typing import Dict, Sequence, Tuple
+import inspect
+import math
+import numbers
+from typing import Any, Dict, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -16,31 +19,102 @@ DOMAIN = "domain"
 _RANKS = {FEATURES: 2, CONDITION: 2, DOMAIN: 1}
 
 
+def _is_int(value) -> bool:
+  return (isinstance(value, numbers.Real) and not isinstance(value, bool) and
+          math.isfinite(value) and int(value) == value)
+
+
 def check_positive(name: str, value: int) -> int:
   """Returns `value` as an int, or raises naming the option when it is < 1."""
-  if isinstance(value, bool) or int(value) != value or int(value) < 1:
+  if not _is_int(value) or int(value) < 1:
     raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+  return int(value)
+
+
+def check_non_negative(name: str, value: int) -> int:
+  """Returns `value` as an int, or raises naming the option when it is < 0."""
+  if not _is_int(value) or int(value) < 0:
+    raise ValueError(
+        f"`{name}` must be a non-negative integer (0 disables), got {value!r}.")
   return int(value)
 
 
 def check_units(name: str, units: Sequence[int], allow_empty: bool = True):
   """Returns layer sizes as a list of ints; raises naming the option."""
-  if isinstance(units, (int, str)):
+  if isinstance(units, (str, bytes, dict)) or not hasattr(units, "__iter__"):
     raise ValueError(f"`{name}` must be a list of layer sizes, got {units!r}.")
   units = list(units)
   if not units and not allow_empty:
     raise ValueError(f"`{name}` needs at least one layer size, got {units!r}.")
-  for u in units:
-    if isinstance(u, bool) or int(u) != u or int(u) < 1:
-      raise ValueError(
-          f"`{name}` sizes must be positive integers, got {units!r}.")
+  if not all(_is_int(u) and int(u) >= 1 for u in units):
+    raise ValueError(
+        f"`{name}` sizes must be positive integers, got {units!r}.")
   return [int(u) for u in units]
 
 
-def check_dropout(value: float) -> float:
-  if not 0.0 <= float(value) < 1.0:
-    raise ValueError(f"`dropout` must be in [0, 1), got {value!r}.")
+def check_dropout(value: float, name: str = "dropout") -> float:
+  """Returns a dropout rate in [0, 1) as a float; raises naming the option."""
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
+      not 0.0 <= float(value) < 1.0):
+    raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}.")
   return float(value)
+
+
+def check_bool(name: str, value: bool) -> bool:
+  """Returns `value` if a bool; 0/1 or "false" is an error, not coerced."""
+  if not isinstance(value, bool):
+    raise ValueError(f"`{name}` must be true or false, got {value!r}.")
+  return value
+
+
+def _non_empty_units(name, value):
+  return check_units(name, value, allow_empty=False)
+
+
+# One rule per option name, so every backbone checks `num_experts`,
+# `expert_units`, `gate_units`, `dropout`, ... the same way.
+OPTION_RULES = {
+    "num_experts": check_positive,
+    "num_levels": check_positive,
+    "num_shared_experts": check_positive,
+    "num_specific_experts": check_positive,
+    "rank": check_positive,
+    "overparam_dim": check_non_negative,
+    "expert_units": _non_empty_units,
+    "units": check_units,
+    "gate_units": check_units,
+    "tower_units": check_units,
+    "san_units": check_units,
+    "aux_units": check_units,
+    "generator_units": check_units,
+    "dropout": lambda name, value: check_dropout(value, name),
+    "normalize": check_bool,
+    "use_ppnet": check_bool,
+}
+
+
+def check_options(options: Dict[str, Any],
+                  non_empty: Sequence[str] = ()) -> Dict[str, Any]:
+  """Validates backbone options by name with `OPTION_RULES`.
+
+  Args:
+    options: option name -> value, as given to a backbone's constructor.
+    non_empty: names of layer-size options that need at least one size here
+      (e.g. APG's `units`, whose layers are what reads the condition).
+
+  Returns:
+    The options as plain ints / floats / bools / lists of ints.
+
+  Raises:
+    ValueError: naming the option and the value that breaks its rule.
+  """
+  checked = {}
+  for name, value in options.items():
+    if name not in OPTION_RULES:  # a new option needs its rule first
+      raise KeyError(f"No validation rule for backbone option {name!r}.")
+    rule = _non_empty_units if name in non_empty else OPTION_RULES[name]
+    checked[name] = rule(name, value)
+  return checked
 
 
 def select_by_domain(per_domain: tf.Tensor, domain: tf.Tensor) -> tf.Tensor:
@@ -52,11 +126,21 @@ def select_by_domain(per_domain: tf.Tensor, domain: tf.Tensor) -> tf.Tensor:
   return tf.gather(per_domain, domain, axis=1, batch_dims=1)
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class Backbone(tf.keras.layers.Layer):
-  """Base class: stores `num_domains`/`output_dim` and validates the inputs.
+  """Base class of the backbones: the input contract, options and config.
 
-  Subclasses set `reads_condition` / `reads_domain` to declare which inputs
-  they use; only those keys are required in `call`.
+  Not a layer to use on its own. Subclasses set `reads_condition` /
+  `reads_domain` to declare which inputs they use (only those keys are
+  required in `call`), validate their options with `set_options`, and store
+  every constructor argument under its own name, which is how `get_config`
+  returns all of them.
+
+  Args:
+    num_domains: number of domains (scenarios); `domain` inputs lie in
+      [0, num_domains).
+    output_dim: width of the hidden representation the backbone returns.
+    **kwargs: standard `tf.keras.layers.Layer` arguments (`name`, `dtype`...).
   """
 
   reads_condition: bool = True
@@ -66,6 +150,18 @@ class Backbone(tf.keras.layers.Layer):
     super().__init__(**kwargs)
     self.num_domains = check_positive("num_domains", num_domains)
     self.output_dim = check_positive("output_dim", output_dim)
+
+  @classmethod
+  def option_names(cls) -> Tuple[str, ...]:
+    """The constructor arguments of this backbone (what `get_config` holds)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return tuple(p.name for p in params if p.name != "self" and p.kind in (
+        p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+  def set_options(self, non_empty: Sequence[str] = (), **options):
+    """Validates options with `check_options` and stores them as attributes."""
+    for name, value in check_options(options, non_empty).items():
+      setattr(self, name, value)
 
   def _required_keys(self) -> Tuple[str, ...]:
     keys = [FEATURES]
@@ -123,6 +219,9 @@ class Backbone(tf.keras.layers.Layer):
     return features, condition, domain
 
   def get_config(self):
+    """Every constructor argument, read from the attribute of the same name."""
     config = super().get_config()
-    config.update(num_domains=self.num_domains, output_dim=self.output_dim)
+    for name in self.option_names():
+      value = getattr(self, name)
+      config[name] = list(value) if isinstance(value, (list, tuple)) else value
     return config

@@ -7,30 +7,47 @@ from models.backbones import base
 from models.mlp import MLP
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class GateNU(tf.keras.layers.Layer):
   """Gate Neural Unit: 2 * sigmoid(MLP(x)), centred on 1 to rescale, not mask.
 
-  (PEPNet's Gate NU; the factor 2 lets a gate amplify as well as suppress.)
+  PEPNet's Gate NU (Chang et al., arXiv 2302.01115, Sec. "Gate Neural Unit"):
+  a ReLU MLP followed by a sigmoid layer scaled by 2, so a gate can amplify as
+  well as suppress the signal it multiplies.
+
+  Args:
+    units: width of the gate, i.e. of the tensor it multiplies, at least 1.
+    hidden_units: hidden layer sizes before the sigmoid layer.
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
 
   def __init__(self, units: int, hidden_units: Sequence[int] = (64,),
                **kwargs):
     super().__init__(**kwargs)
-    self.units = int(units)
-    self.hidden_units = [int(u) for u in hidden_units]
+    self.units = base.check_positive("units", units)
+    self.hidden_units = base.check_units("hidden_units", hidden_units)
     self._mlp = MLP(self.hidden_units + [self.units],
                     output_activation="sigmoid", name="mlp")
 
   def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
-    """[B, gate_input_dim] -> [B, units] in (0, 2)."""
+    """Computes the gate.
+
+    Args:
+      inputs: `[batch_size, gate_input_dim]`.
+      training: unused (no dropout); accepted like the other layers.
+
+    Returns:
+      `[batch_size, units]`, each value in (0, 2).
+    """
     return 2.0 * self._mlp(inputs, training=training)
 
   def get_config(self):
     config = super().get_config()
-    config.update(units=self.units, hidden_units=self.hidden_units)
+    config.update(units=self.units, hidden_units=list(self.hidden_units))
     return config
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class EPNet(base.Backbone):
   """PEPNet (Chang et al., KDD 2023, arXiv 2302.01115), Sec. "EPNet"
   and "PPNet", single task.
@@ -40,6 +57,16 @@ class EPNet(base.Backbone):
   hidden layer's output by its own GateNU of the same gate input, so the
   distribution condition z personalises every layer; `use_ppnet=False` keeps
   the pure EPNet. The stop-gradient keeps the gates from pulling on E.
+
+  Args:
+    num_domains: number of domains; kept for the common backbone interface.
+    output_dim: width of the returned representation (the last layer).
+    units: hidden layer sizes before the `output_dim` layer; may be empty.
+    gate_units: hidden layer sizes of every Gate NU.
+    use_ppnet: whether each layer's output is also gated (PPNet); False keeps
+      the EPNet embedding gate only.
+    dropout: dropout rate in [0, 1) between layers.
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
 
   reads_condition = True
@@ -54,10 +81,8 @@ class EPNet(base.Backbone):
                dropout: float = 0.0,
                **kwargs):
     super().__init__(num_domains, output_dim, **kwargs)
-    self.units = base.check_units("units", units)
-    self.gate_units = base.check_units("gate_units", gate_units)
-    self.use_ppnet = bool(use_ppnet)
-    self.dropout = base.check_dropout(dropout)
+    self.set_options(units=units, gate_units=gate_units, use_ppnet=use_ppnet,
+                     dropout=dropout)
     widths = self.units + [self.output_dim]
     self._layers = [MLP([u], name=f"layer_{i}") for i, u in enumerate(widths)]
     self._dropout = tf.keras.layers.Dropout(self.dropout)
@@ -74,7 +99,16 @@ class EPNet(base.Backbone):
     super().build(input_shape)
 
   def call(self, inputs, training: bool = False) -> tf.Tensor:
-    """{"features": [B, F], "condition": [B, C]} -> [B, output_dim]."""
+    """Gates the embeddings, then every layer, by [z, stop_gradient(E)].
+
+    Args:
+      inputs: dict with "features" `[batch_size, F]` and "condition"
+        `[batch_size, C]`; "domain" is ignored if present.
+      training: whether dropout is active.
+
+    Returns:
+      `[batch_size, output_dim]`.
+    """
     features, condition, _ = self.unpack(inputs)
     gate_input = tf.concat([condition, tf.stop_gradient(features)], axis=-1)
     x = features * self._epnet_gate(gate_input, training=training)
@@ -85,9 +119,3 @@ class EPNet(base.Backbone):
       if self.use_ppnet:
         x *= self._ppnet_gates[i](gate_input, training=training)
     return x
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(units=self.units, gate_units=self.gate_units,
-                  use_ppnet=self.use_ppnet, dropout=self.dropout)
-    return config

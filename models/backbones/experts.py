@@ -7,11 +7,25 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from models.backbones import base
 from models.mlp import MLP
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class ExpertBank(tf.keras.layers.Layer):
-  """`num_experts` independent MLP experts applied to the same input."""
+  """A bank of independent MLP experts applied to the same input.
+
+  The experts of the Mixture-of-Experts layer (Shazeer et al., arXiv
+  1701.06538, Sec. "The Structure of the Mixture-of-Experts Layer"; Ma et
+  al., KDD 2018, Sec. "Multi-gate Mixture-of-Experts"). Each expert is its
+  own `MLP`; their outputs are stacked so a gate can weigh them with `mix`.
+
+  Args:
+    num_experts: number of experts, at least 1.
+    units: layer sizes of every expert's MLP; at least one.
+    dropout: dropout rate in [0, 1) inside each expert.
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
+  """
 
   def __init__(self,
                num_experts: int,
@@ -19,28 +33,51 @@ class ExpertBank(tf.keras.layers.Layer):
                dropout: float = 0.0,
                **kwargs):
     super().__init__(**kwargs)
-    self.num_experts = int(num_experts)
-    self.units = [int(u) for u in units]
-    self.dropout = float(dropout)
+    self.num_experts = base.check_positive("num_experts", num_experts)
+    self.units = base.check_units("units", units, allow_empty=False)
+    self.dropout = base.check_dropout(dropout)
     self._experts = [
         MLP(self.units, dropout=self.dropout, name=f"expert_{i}")
         for i in range(self.num_experts)
     ]
 
   def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
-    """[B, input_dim] -> [B, num_experts, units[-1]]."""
+    """Runs every expert.
+
+    Args:
+      inputs: `[batch_size, input_dim]`.
+      training: whether dropout is active.
+
+    Returns:
+      `[batch_size, num_experts, units[-1]]`.
+    """
     return tf.stack([e(inputs, training=training) for e in self._experts],
                     axis=1)
 
   def get_config(self):
     config = super().get_config()
-    config.update(num_experts=self.num_experts, units=self.units,
+    config.update(num_experts=self.num_experts, units=list(self.units),
                   dropout=self.dropout)
     return config
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class SoftmaxGate(tf.keras.layers.Layer):
-  """Softmax weights over `num_experts` from MLP(hidden_units) + linear."""
+  """Softmax weights over experts, computed from the gate's input.
+
+  The gating network of MMoE (Ma et al., KDD 2018, Sec. "Multi-gate
+  Mixture-of-Experts": g(x) = softmax(W x)), with optional hidden layers
+  before the linear map to `num_experts` logits. The backbones feed it the
+  condition z, so under HMDN the mixture follows the hierarchical
+  distribution representation.
+
+  Args:
+    num_experts: number of weights to produce, at least 1.
+    hidden_units: sizes of hidden ReLU layers before the linear logits; may be
+      empty (a single linear map, as in the paper).
+    dropout: dropout rate in [0, 1) between the gate's layers.
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
+  """
 
   def __init__(self,
                num_experts: int,
@@ -48,20 +85,28 @@ class SoftmaxGate(tf.keras.layers.Layer):
                dropout: float = 0.0,
                **kwargs):
     super().__init__(**kwargs)
-    self.num_experts = int(num_experts)
-    self.hidden_units = [int(u) for u in hidden_units]
-    self.dropout = float(dropout)
+    self.num_experts = base.check_positive("num_experts", num_experts)
+    self.hidden_units = base.check_units("hidden_units", hidden_units)
+    self.dropout = base.check_dropout(dropout)
     self._mlp = MLP(self.hidden_units + [self.num_experts],
                     output_activation=None, dropout=self.dropout, name="mlp")
 
   def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
-    """[B, gate_input_dim] -> [B, num_experts], rows sum to 1."""
+    """Computes the gate weights.
+
+    Args:
+      inputs: `[batch_size, gate_input_dim]`.
+      training: whether dropout is active.
+
+    Returns:
+      `[batch_size, num_experts]`, each row summing to 1.
+    """
     return tf.nn.softmax(self._mlp(inputs, training=training), axis=-1)
 
   def get_config(self):
     config = super().get_config()
-    config.update(num_experts=self.num_experts, hidden_units=self.hidden_units,
-                  dropout=self.dropout)
+    config.update(num_experts=self.num_experts,
+                  hidden_units=list(self.hidden_units), dropout=self.dropout)
     return config
 
 

@@ -9,15 +9,29 @@ from models.backbones import experts
 from models.mlp import MLP
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class HiNet(base.Backbone):
-  """HiNet (Zhou et al., arXiv 2303.06095), Sec. "Scenario
-  Extraction Layer".
+  """HiNet (Zhou et al., arXiv 2303.06095), Sec. "Scenario Extraction
+  Layer" with its Scenario-aware Attentive Network (SAN).
 
   Three representations of an example in scenario i: a scenario-shared mixture
   of experts, its scenario-specific mixture of experts, and the SAN output, a
   softmax-weighted sum of the OTHER scenarios' specific representations whose
   weights come from z (the SAN module). Their concatenation goes through a
   tower; the multi-task Task Extraction Layer reduces to that single tower here.
+
+  Args:
+    num_domains: number of scenarios: specific experts and gates come once
+      per scenario, and SAN attends over the scenarios.
+    output_dim: width of the returned representation.
+    num_shared_experts: scenario-shared experts, at least 1.
+    num_specific_experts: experts per scenario, at least 1.
+    expert_units: layer sizes of each expert's MLP; at least one.
+    gate_units: hidden layer sizes of each gate before its linear logits.
+    san_units: hidden layer sizes of SAN's attention MLP over z.
+    tower_units: hidden layer sizes of the tower before `output_dim`.
+    dropout: dropout rate in [0, 1) inside experts, gates, SAN and tower.
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
 
   reads_condition = True
@@ -35,16 +49,11 @@ class HiNet(base.Backbone):
                dropout: float = 0.0,
                **kwargs):
     super().__init__(num_domains, output_dim, **kwargs)
-    self.num_shared_experts = base.check_positive("num_shared_experts",
-                                                  num_shared_experts)
-    self.num_specific_experts = base.check_positive("num_specific_experts",
-                                                    num_specific_experts)
-    self.expert_units = base.check_units("expert_units", expert_units,
-                                         allow_empty=False)
-    self.gate_units = base.check_units("gate_units", gate_units)
-    self.san_units = base.check_units("san_units", san_units)
-    self.tower_units = base.check_units("tower_units", tower_units)
-    self.dropout = base.check_dropout(dropout)
+    self.set_options(num_shared_experts=num_shared_experts,
+                     num_specific_experts=num_specific_experts,
+                     expert_units=expert_units, gate_units=gate_units,
+                     san_units=san_units, tower_units=tower_units,
+                     dropout=dropout)
     d = self.num_domains
     self._shared_experts = experts.ExpertBank(
         self.num_shared_experts, self.expert_units, self.dropout,
@@ -67,9 +76,15 @@ class HiNet(base.Backbone):
                       dropout=self.dropout, name="tower")
 
   def call(self, inputs, training: bool = False) -> tf.Tensor:
-    """Maps {"features": [B, F], "condition": [B, C], "domain": [B]}.
+    """Concatenates shared, own-scenario and SAN representations, then tower.
 
-    Returns [B, output_dim].
+    Args:
+      inputs: dict with "features" `[batch_size, F]`, "condition"
+        `[batch_size, C]` and integer "domain" `[batch_size]`.
+      training: whether dropout is active.
+
+    Returns:
+      `[batch_size, output_dim]`.
     """
     features, condition, domain = self.unpack(inputs)
     shared = experts.mix(self._shared_experts(features, training=training),
@@ -88,12 +103,3 @@ class HiNet(base.Backbone):
     san = tf.einsum("bdh,bd->bh", specific, weights)
     return self._tower(tf.concat([shared, own, san], axis=-1),
                        training=training)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(num_shared_experts=self.num_shared_experts,
-                  num_specific_experts=self.num_specific_experts,
-                  expert_units=self.expert_units, gate_units=self.gate_units,
-                  san_units=self.san_units, tower_units=self.tower_units,
-                  dropout=self.dropout)
-    return config

@@ -8,6 +8,7 @@ from models.backbones import experts
 from models.mlp import MLP
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class MMoE(base.Backbone):
   """Multi-gate Mixture-of-Experts (Ma et al., KDD 2018, Sec. "Multi-gate
   Mixture-of-Experts"; no arXiv version), one gate per domain.
@@ -15,6 +16,16 @@ class MMoE(base.Backbone):
   The tasks of MMoE become domains: shared MLP experts read the features, and
   each domain has its own softmax gate (reading the condition z) and tower.
   All domains are computed and each example keeps its own domain's branch.
+
+  Args:
+    num_domains: number of domains, i.e. of gates and towers.
+    output_dim: width of the returned representation.
+    num_experts: number of shared experts, at least 1.
+    expert_units: layer sizes of each expert's MLP; at least one.
+    gate_units: hidden layer sizes of each gate before its linear logits.
+    tower_units: hidden layer sizes of each tower before `output_dim`.
+    dropout: dropout rate in [0, 1) inside experts, gates and towers.
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
 
   reads_condition = True
@@ -30,12 +41,9 @@ class MMoE(base.Backbone):
                dropout: float = 0.0,
                **kwargs):
     super().__init__(num_domains, output_dim, **kwargs)
-    self.num_experts = base.check_positive("num_experts", num_experts)
-    self.expert_units = base.check_units("expert_units", expert_units,
-                                         allow_empty=False)
-    self.gate_units = base.check_units("gate_units", gate_units)
-    self.tower_units = base.check_units("tower_units", tower_units)
-    self.dropout = base.check_dropout(dropout)
+    self.set_options(num_experts=num_experts, expert_units=expert_units,
+                     gate_units=gate_units, tower_units=tower_units,
+                     dropout=dropout)
     self._experts = experts.ExpertBank(self.num_experts, self.expert_units,
                                        self.dropout, name="experts")
     self._gates = [
@@ -48,9 +56,15 @@ class MMoE(base.Backbone):
     ]
 
   def call(self, inputs, training: bool = False) -> tf.Tensor:
-    """Maps {"features": [B, F], "condition": [B, C], "domain": [B]}.
+    """Runs every domain's gate and tower; keeps the example's own domain.
 
-    Returns [B, output_dim].
+    Args:
+      inputs: dict with "features" `[batch_size, F]`, "condition"
+        `[batch_size, C]` and integer "domain" `[batch_size]`.
+      training: whether dropout is active.
+
+    Returns:
+      `[batch_size, output_dim]`.
     """
     features, condition, domain = self.unpack(inputs)
     bank = self._experts(features, training=training)  # [B, E, H]
@@ -60,10 +74,3 @@ class MMoE(base.Backbone):
         for gate, tower in zip(self._gates, self._towers)
     ]
     return base.select_by_domain(tf.stack(outputs, axis=1), domain)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(num_experts=self.num_experts, expert_units=self.expert_units,
-                  gate_units=self.gate_units, tower_units=self.tower_units,
-                  dropout=self.dropout)
-    return config

@@ -8,14 +8,25 @@ from models.backbones import experts
 from models.mlp import MLP
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class MoE(base.Backbone):
   """One-gate Mixture-of-Experts (the One-gate MoE baseline of Ma et al.,
-  KDD 2018, Sec. "Original Mixture-of-Experts").
+  KDD 2018, Sec. "Original Mixture-of-Experts"; no arXiv version).
 
   Shared MLP experts read the features; a single softmax gate reading the
   condition z weighs them, and a tower maps the mixture to `output_dim`. Under
   HMDN the condition carries the hierarchical representation s_D, so the gate
   mixes experts by distribution rather than by scenario alone.
+
+  Args:
+    num_domains: number of domains; kept for the common backbone interface.
+    output_dim: width of the returned representation.
+    num_experts: number of shared experts, at least 1.
+    expert_units: layer sizes of each expert's MLP; at least one.
+    gate_units: hidden layer sizes of the gate before its linear logits.
+    tower_units: hidden layer sizes of the tower before `output_dim`.
+    dropout: dropout rate in [0, 1) inside experts, gate and tower.
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
 
   reads_condition = True
@@ -31,12 +42,9 @@ class MoE(base.Backbone):
                dropout: float = 0.0,
                **kwargs):
     super().__init__(num_domains, output_dim, **kwargs)
-    self.num_experts = base.check_positive("num_experts", num_experts)
-    self.expert_units = base.check_units("expert_units", expert_units,
-                                         allow_empty=False)
-    self.gate_units = base.check_units("gate_units", gate_units)
-    self.tower_units = base.check_units("tower_units", tower_units)
-    self.dropout = base.check_dropout(dropout)
+    self.set_options(num_experts=num_experts, expert_units=expert_units,
+                     gate_units=gate_units, tower_units=tower_units,
+                     dropout=dropout)
     self._experts = experts.ExpertBank(self.num_experts, self.expert_units,
                                        self.dropout, name="experts")
     self._gate = experts.SoftmaxGate(self.num_experts, self.gate_units,
@@ -45,15 +53,17 @@ class MoE(base.Backbone):
                       dropout=self.dropout, name="tower")
 
   def call(self, inputs, training: bool = False) -> tf.Tensor:
-    """{"features": [B, F], "condition": [B, C]} -> [B, output_dim]."""
+    """Mixes the experts by the condition's gate.
+
+    Args:
+      inputs: dict with "features" `[batch_size, F]` and "condition"
+        `[batch_size, C]`; "domain" is ignored if present.
+      training: whether dropout is active.
+
+    Returns:
+      `[batch_size, output_dim]`.
+    """
     features, condition, _ = self.unpack(inputs)
     mixture = experts.mix(self._experts(features, training=training),
                           self._gate(condition, training=training))
     return self._tower(mixture, training=training)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(num_experts=self.num_experts, expert_units=self.expert_units,
-                  gate_units=self.gate_units, tower_units=self.tower_units,
-                  dropout=self.dropout)
-    return config

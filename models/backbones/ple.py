@@ -8,6 +8,7 @@ from models.backbones import experts
 from models.mlp import MLP
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class PLE(base.Backbone):
   """Progressive Layered Extraction (Tang et al., RecSys 2020, Sec. "Customized
   Gate Control" and "Progressive Layered Extraction"; no arXiv version).
@@ -17,6 +18,19 @@ class PLE(base.Backbone):
   reads [its level input, z] and mixes its own plus the shared experts; between
   levels a shared gate reading [shared input, z] mixes all experts. Per-domain
   towers finish, and each example keeps its own domain's output.
+
+  Args:
+    num_domains: number of domains (PLE's tasks): specific experts, gates and
+      towers each come once per domain.
+    output_dim: width of the returned representation.
+    num_levels: number of stacked CGC levels, at least 1.
+    num_shared_experts: shared experts per level, at least 1.
+    num_specific_experts: experts per domain per level, at least 1.
+    expert_units: layer sizes of each expert's MLP; at least one.
+    gate_units: hidden layer sizes of each gate before its linear logits.
+    tower_units: hidden layer sizes of each tower before `output_dim`.
+    dropout: dropout rate in [0, 1) inside experts, gates and towers.
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
 
   reads_condition = True
@@ -34,16 +48,11 @@ class PLE(base.Backbone):
                dropout: float = 0.0,
                **kwargs):
     super().__init__(num_domains, output_dim, **kwargs)
-    self.num_levels = base.check_positive("num_levels", num_levels)
-    self.num_shared_experts = base.check_positive("num_shared_experts",
-                                                  num_shared_experts)
-    self.num_specific_experts = base.check_positive("num_specific_experts",
-                                                    num_specific_experts)
-    self.expert_units = base.check_units("expert_units", expert_units,
-                                         allow_empty=False)
-    self.gate_units = base.check_units("gate_units", gate_units)
-    self.tower_units = base.check_units("tower_units", tower_units)
-    self.dropout = base.check_dropout(dropout)
+    self.set_options(num_levels=num_levels,
+                     num_shared_experts=num_shared_experts,
+                     num_specific_experts=num_specific_experts,
+                     expert_units=expert_units, gate_units=gate_units,
+                     tower_units=tower_units, dropout=dropout)
 
     d, s = self.num_domains, self.num_shared_experts
     p = self.num_specific_experts
@@ -70,9 +79,15 @@ class PLE(base.Backbone):
     ]
 
   def call(self, inputs, training: bool = False) -> tf.Tensor:
-    """Maps {"features": [B, F], "condition": [B, C], "domain": [B]}.
+    """Runs the CGC levels and every domain's tower; keeps the own domain.
 
-    Returns [B, output_dim].
+    Args:
+      inputs: dict with "features" `[batch_size, F]`, "condition"
+        `[batch_size, C]` and integer "domain" `[batch_size]`.
+      training: whether dropout is active.
+
+    Returns:
+      `[batch_size, output_dim]`.
     """
     features, condition, domain = self.unpack(inputs)
     domain_inputs = [features] * self.num_domains
@@ -95,12 +110,3 @@ class PLE(base.Backbone):
     outputs = [tower(x, training=training)
                for tower, x in zip(self._towers, domain_inputs)]
     return base.select_by_domain(tf.stack(outputs, axis=1), domain)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(num_levels=self.num_levels,
-                  num_shared_experts=self.num_shared_experts,
-                  num_specific_experts=self.num_specific_experts,
-                  expert_units=self.expert_units, gate_units=self.gate_units,
-                  tower_units=self.tower_units, dropout=self.dropout)
-    return config

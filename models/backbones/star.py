@@ -7,17 +7,27 @@ from models.backbones import base
 from models.mlp import MLP
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class DomainLayerNorm(tf.keras.layers.Layer):
   """LayerNorm with scale shared ⊙ domain and shift shared + domain.
 
-  Stand-in for STAR's Partitioned Normalization: PN keeps per-domain batch
+  Stand-in for STAR's Partitioned Normalization (Sheng et al., arXiv
+  2101.11427, Sec. "Partitioned Normalization"): PN keeps per-domain batch
   statistics, which would make a prediction depend on its batch. Normalising
-  each example over its own features keeps PN's per-domain affine part only.
+  each example over its own features keeps PN's per-domain affine part only:
+  `(x - mean(x)) / std(x) * (gamma * gamma_d) + (beta + beta_d)`.
+
+  Args:
+    num_domains: number of domains, i.e. of per-domain scale/shift rows.
+    epsilon: added to the variance before the square root, > 0.
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
 
   def __init__(self, num_domains: int, epsilon: float = 1e-3, **kwargs):
     super().__init__(**kwargs)
-    self.num_domains = int(num_domains)
+    self.num_domains = base.check_positive("num_domains", num_domains)
+    if isinstance(epsilon, bool) or not float(epsilon) > 0.0:
+      raise ValueError(f"`epsilon` must be a positive number, got {epsilon!r}.")
     self.epsilon = float(epsilon)
 
   def build(self, input_shape):
@@ -31,7 +41,14 @@ class DomainLayerNorm(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, inputs):
-    """(x [B, F], domain [B]) -> [B, F]."""
+    """Normalises each example and applies its domain's affine map.
+
+    Args:
+      inputs: tuple (x `[batch_size, F]`, integer domain `[batch_size]`).
+
+    Returns:
+      `[batch_size, F]`.
+    """
     x, domain = inputs
     mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
     normed = (x - mean) * tf.math.rsqrt(variance + self.epsilon)
@@ -45,18 +62,28 @@ class DomainLayerNorm(tf.keras.layers.Layer):
     return config
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class StarDense(tf.keras.layers.Layer):
   """Fully-connected layer with weight W ⊙ W_d and bias b + b_d for domain d.
 
-  Every domain's branch is computed ([B, D, units]) and the example's own is
-  kept; this costs D matmuls but never materialises a [B, in, units] weight.
+  STAR's star-topology FC layer (Sheng et al., arXiv 2101.11427, Sec. "Star
+  Topology Fully-Connected Network"). Every domain's branch is computed
+  (`[B, D, units]`) and the example's own is kept; this costs D matmuls but
+  never materialises a `[B, in, units]` weight. The domain factors start at
+  ones / zeros, so all domains equal the shared layer at initialisation.
+
+  Args:
+    num_domains: number of domains, i.e. of per-domain weight factors.
+    units: output width, at least 1.
+    activation: activation applied to the output (a Keras name).
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
 
   def __init__(self, num_domains: int, units: int, activation: str = "relu",
                **kwargs):
     super().__init__(**kwargs)
-    self.num_domains = int(num_domains)
-    self.units = int(units)
+    self.num_domains = base.check_positive("num_domains", num_domains)
+    self.units = base.check_positive("units", units)
     self.activation = activation
     self._activation = tf.keras.activations.get(activation)
 
@@ -75,7 +102,14 @@ class StarDense(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, inputs):
-    """(x [B, in], domain [B]) -> [B, units]."""
+    """Applies each example's domain-specific weights.
+
+    Args:
+      inputs: tuple (x `[batch_size, in]`, integer domain `[batch_size]`).
+
+    Returns:
+      `[batch_size, units]`.
+    """
     x, domain = inputs
     kernels = self.kernel[tf.newaxis] * self.domain_kernel  # [D, in, units]
     per_domain = tf.einsum("bi,dio->bdo", x, kernels)
@@ -90,6 +124,7 @@ class StarDense(tf.keras.layers.Layer):
     return config
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class STAR(base.Backbone):
   """STAR (Sheng et al., CIKM 2021, arXiv 2101.11427), Sec. "Star
   Topology Fully-Connected Network" and "Auxiliary Network".
@@ -101,6 +136,16 @@ class STAR(base.Backbone):
   Deviation: Partitioned Normalization uses batch statistics; here
   it is a per-example LayerNorm with PN's per-domain scale/shift (no batch
   statistics at training or inference), see `DomainLayerNorm`.
+
+  Args:
+    num_domains: number of domains, i.e. of per-domain factors per layer.
+    output_dim: width of the returned representation (the last star layer).
+    units: hidden star-layer sizes before `output_dim`; may be empty.
+    aux_units: hidden layer sizes of the auxiliary network over z.
+    normalize: whether the features first go through `DomainLayerNorm`.
+    dropout: dropout rate in [0, 1) between star layers and in the
+      auxiliary network.
+    **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
 
   reads_condition = True
@@ -115,10 +160,8 @@ class STAR(base.Backbone):
                dropout: float = 0.0,
                **kwargs):
     super().__init__(num_domains, output_dim, **kwargs)
-    self.units = base.check_units("units", units)
-    self.aux_units = base.check_units("aux_units", aux_units)
-    self.normalize = bool(normalize)
-    self.dropout = base.check_dropout(dropout)
+    self.set_options(units=units, aux_units=aux_units, normalize=normalize,
+                     dropout=dropout)
     self._norm = (DomainLayerNorm(self.num_domains, name="norm")
                   if self.normalize else None)
     self._layers = [
@@ -130,9 +173,15 @@ class STAR(base.Backbone):
                     dropout=self.dropout, name="aux")
 
   def call(self, inputs, training: bool = False) -> tf.Tensor:
-    """Maps {"features": [B, F], "condition": [B, C], "domain": [B]}.
+    """Star layers on the features plus the auxiliary network's output on z.
 
-    Returns [B, output_dim].
+    Args:
+      inputs: dict with "features" `[batch_size, F]`, "condition"
+        `[batch_size, C]` and integer "domain" `[batch_size]`.
+      training: whether dropout is active.
+
+    Returns:
+      `[batch_size, output_dim]`.
     """
     features, condition, domain = self.unpack(inputs)
     x = features
@@ -143,9 +192,3 @@ class STAR(base.Backbone):
         x = self._dropout(x, training=training)
       x = layer((x, domain))
     return x + self._aux(condition, training=training)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(units=self.units, aux_units=self.aux_units,
-                  normalize=self.normalize, dropout=self.dropout)
-    return config

@@ -195,28 +195,82 @@ def test_fits_under_mirrored_strategy(name, strategy):
   assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_condition_and_domain_sensitivity(name):
-  layer = make(name)
-  x = random_inputs(16, seed=7)
-  base_out = layer(x).numpy()
-  changed = dict(x, condition=random_inputs(16, seed=8)["condition"])
-  delta = np.abs(layer(changed).numpy() - base_out).max()
-  if uses_condition(name):
-    assert delta > 1e-4
-  else:
-    assert delta == 0.0
-  # With random (non-initial) weights, the domain index matters iff read.
-  rng = np.random.default_rng(9)
+def randomized(name, output_dim=16, seed=9):
+  """A built backbone with random (non-initial) weights and a wide output.
+
+  At initialisation STAR's domain factors are the identity, so the domain
+  could not matter yet; and a wide output keeps a ReLU from zeroing a whole
+  row, which would hide a change.
+  """
+  tf.keras.utils.set_random_seed(seed)
+  layer = BACKBONES[name](num_domains=D, output_dim=output_dim, **TINY[name])
+  layer(random_inputs(2))
+  rng = np.random.default_rng(seed)
   layer.set_weights([rng.normal(scale=0.5, size=w.shape)
                      for w in layer.get_weights()])
-  base_out = layer(x).numpy()
-  moved = dict(x, domain=(x["domain"] + 1) % D)
-  delta = np.abs(layer(moved).numpy() - base_out).max()
-  if uses_domain(name):
-    assert delta > 1e-4
+  return layer
+
+
+def row_changes(layer, x, key, new_values):
+  """Changes `x[key]` in one row at a time; returns per-row max |delta|.
+
+  Result [i, j]: how much output row j moved when only row i's `key` changed.
+  """
+  base_out = layer(x, training=False).numpy()
+  n = len(base_out)
+  deltas = np.zeros((n, n))
+  for i in range(n):
+    changed = dict(x)
+    changed[key] = x[key].copy()
+    changed[key][i] = new_values[i]
+    out = layer(changed, training=False).numpy()
+    deltas[i] = np.abs(out - base_out).max(axis=1)
+  return deltas
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_example_reads_its_own_condition(name):
+  """Changing only one example's condition changes that example's output.
+
+  Catches a backbone whose condition is ignored or replaced by a constant
+  (its output would not move) or by a batch statistic (its neighbours' would).
+  """
+  layer = randomized(name)
+  x = random_inputs(6, seed=7)
+  deltas = row_changes(layer, x, "condition",
+                       random_inputs(6, seed=8)["condition"])
+  others = deltas[~np.eye(len(deltas), dtype=bool)]
+  assert others.max() < 1e-6, deltas  # features and domain fixed elsewhere
+  if uses_condition(name):
+    assert np.diag(deltas).min() > 1e-4, np.diag(deltas)
   else:
-    assert delta == 0.0
+    assert np.diag(deltas).max() == 0.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_example_reads_its_own_domain(name):
+  layer = randomized(name)
+  x = random_inputs(6, seed=7)
+  deltas = row_changes(layer, x, "domain", (x["domain"] + 1) % D)
+  others = deltas[~np.eye(len(deltas), dtype=bool)]
+  assert others.max() < 1e-6, deltas
+  if uses_domain(name):
+    assert np.diag(deltas).min() > 1e-4, np.diag(deltas)
+  else:
+    assert np.diag(deltas).max() == 0.0
+
+
+FACTOR_NAMES = ("u1", "u2", "v1", "v2")  # OverparamFactors' weights
+
+
+def leaf_names(variables):
+  """`.../adaptive_0/u1:0` -> ("adaptive_0", "u1")."""
+  return [tuple(v.name.split(":")[0].split("/")[-2:]) for v in variables]
+
+
+def factor_variables(variables):
+  return [v.name for v in variables
+          if v.name.split(":")[0].split("/")[-1] in FACTOR_NAMES]
 
 
 def test_apg_merge_keeps_outputs_and_drops_factors(tmp_path):
@@ -229,19 +283,36 @@ def test_apg_merge_keeps_outputs_and_drops_factors(tmp_path):
   n_before = len(layer.weights)
   hidden_before = layer(x).numpy()
   out_before = model(x).numpy()
+  # The names looked for below really exist before the merge: 4 per layer.
+  factors = sorted(n for n in leaf_names(layer.variables)
+                   if n[1] in FACTOR_NAMES)
+  assert factors == [(f"adaptive_{i}", n) for i in (0, 1)
+                     for n in FACTOR_NAMES], factors
+  assert len(factor_variables(model.trainable_weights)) == 8
+  before_keys = [k for k, _ in tf.train.list_variables(
+      tf.train.Checkpoint(model=model).save(str(tmp_path / "before" / "c")))]
+  assert len([k for k in before_keys if "/_factors/" in k]) == 8, before_keys
 
   layer.merge_overparameterization()
   np.testing.assert_allclose(layer(x).numpy(), hidden_before, atol=1e-5)
   np.testing.assert_allclose(model(x).numpy(), out_before, atol=1e-5)
-  # Two adaptive layers: 4 factors each replaced by single U and V.
+  for variables in (layer.variables, layer.trainable_weights,
+                    model.variables, model.trainable_weights):
+    assert not factor_variables(variables), factor_variables(variables)
+  # Two adaptive layers: 4 factors each replaced by single U and V, named
+  # beside the layer's other weights.
   assert len(layer.weights) == n_before - 4
-  names = [w.name for w in layer.weights]
-  assert not any(n.split("/")[-1].startswith(("u1", "u2", "v1", "v2"))
-                 for n in names), names
+  merged = [n for n in leaf_names(layer.trainable_weights) if n[1] in "uv"]
+  assert sorted(merged) == [("adaptive_0", "u"), ("adaptive_0", "v"),
+                            ("adaptive_1", "u"), ("adaptive_1", "v")], merged
   assert not any(isinstance(l, OverparamFactors)
                  for l in layer._flatten_layers())
   config = layer.get_config()
   assert config["overparam_dim"] == 0
+  assert all(l.get_config()["overparam_dim"] == 0 for l in layer._adaptive)
+  after_keys = [k for k, _ in tf.train.list_variables(
+      tf.train.Checkpoint(model=model).save(str(tmp_path / "after" / "c")))]
+  assert not [k for k in after_keys if "_factors" in k], after_keys
 
   # A fresh non-over-parameterised layer takes the merged weights as they are.
   fresh = type(layer).from_config(config)
@@ -255,6 +326,7 @@ def test_apg_merge_keeps_outputs_and_drops_factors(tmp_path):
   saved = [n for n, _ in tf.train.list_variables(path + "/variables/variables")]
   assert not any("factors" in n for n in saved), saved
   loaded = tf.saved_model.load(path)
+  assert not factor_variables(loaded.variables)
   out = loaded.signatures["serving_default"](
       **{k: tf.constant(v) for k, v in x.items()})
   np.testing.assert_allclose(list(out.values())[0].numpy(), out_before,
