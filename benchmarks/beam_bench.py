@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Dict, List
 
+from benchmarks import common
 from benchmarks.common import REPO_ROOT
 
 
@@ -68,8 +69,8 @@ def run_preprocess(raw: str, spec: str, data_dir: str, workers: int) -> Dict:
   _, err = proc.communicate()
   if proc.returncode != 0:
     raise RuntimeError(f"preprocess failed ({proc.returncode}):\n{err[-3000:]}")
-  with open(os.path.join(data_dir, "metadata.json")) as f:
-    meta = json.load(f)
+  from features.preprocessed import PreprocessedData
+  meta = PreprocessedData(data_dir).metadata
   return {"workers": workers, "seconds": seconds, "rows_read": meta["rows_read"],
           "rows_per_s": meta["rows_read"] / seconds, "peak_rss_mb": peak,
           "rows_written": meta["rows_written"], "rows_rejected": meta["rows_rejected"]}
@@ -88,8 +89,8 @@ def main(argv=None) -> None:
           flush=True)
     synthetic_logs.generate(raw_dir, synthetic_logs.GeneratorConfig(rows=args.rows,
                                                                     seed=0))
-  raw = os.path.join(raw_dir, "raw", "*.csv")
-  spec = os.path.join(raw_dir, "spec.yaml")
+  raw = common.generated_raw(raw_dir)
+  spec = synthetic_logs.SPEC_PATH  # what the generator copies beside its CSV files
   results = []
   for workers in [int(w) for w in args.workers.split(",")]:
     data_dir = os.path.join(args.out, f"beam_data_{args.rows}_w{workers}")

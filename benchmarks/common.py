@@ -14,22 +14,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def generated_raw(generated_dir: str) -> str:
+  """The CSV files `synthetic_logs.generate(generated_dir, ...)` writes."""
+  return os.path.join(generated_dir, "raw", "*.csv")
+
+
 def prepare_data(out_dir: str, rows: int) -> str:
   """`<out_dir>/data_<rows>`, generated and preprocessed unless already complete.
 
-  `metadata.json` is written last by the Beam job, so its presence marks a finished
-  output; a run killed half-way is simply redone.
+  The Beam job writes its completion marker last (features/preprocessed.py), so a run
+  killed half-way is simply redone.
   """
-  from beam_jobs import preprocess, synthetic_logs
-  raw = os.path.join(out_dir, f"raw_{rows}")
+  from features.preprocessed import PreprocessedData
   data_dir = os.path.join(out_dir, f"data_{rows}")
-  if not os.path.exists(os.path.join(data_dir, preprocess.COMPLETE_MARKER)):
+  if not PreprocessedData(data_dir).is_complete():
+    from beam_jobs import preprocess, synthetic_logs
+    from beam_jobs.config import PreprocessConfig
+    raw = os.path.join(out_dir, f"raw_{rows}")
     print(f"generating {rows} synthetic rows and preprocessing them into {data_dir} "
           "(once; cached)", flush=True)
     synthetic_logs.generate(raw, synthetic_logs.GeneratorConfig(rows=rows, seed=0))
-    preprocess.run(preprocess.PreprocessConfig(
-        raw=os.path.join(raw, "raw", "*.csv"), output_dir=data_dir,
-        spec_path=os.path.join(raw, "spec.yaml"), direct_num_workers=2))
+    # The generator writes a copy of its shipped spec; read the original.
+    preprocess.run(PreprocessConfig(
+        raw=generated_raw(raw), output_dir=data_dir,
+        spec_path=synthetic_logs.SPEC_PATH, direct_num_workers=2))
   return data_dir
 
 

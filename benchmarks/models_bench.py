@@ -85,7 +85,7 @@ class PairResult:
 def _cached_batches(data_dir: str, spec, batch_size: int, count: int):
   """`count` training batches as eager tensors: the steps then read only memory."""
   from pipeline import data
-  ds = data.make_dataset(data_dir, "train", spec, batch_size, training=True)
+  ds = data.make_dataset(data_dir, data.TRAIN, spec, batch_size, training=True)
   return [(dict(f), l) for f, l in ds.take(count)]
 
 
@@ -194,7 +194,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   import tensorflow as tf
-  from features import spec as spec_lib
+  from features.preprocessed import PreprocessedData
   from models.registry import HMDN_PREFIX, model_names
 
   names = [m for m in FLAGS.models.split(",") if m] or model_names()
@@ -202,7 +202,7 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--models: unknown {unknown}; known: {model_names()}")
   data_dir = common.prepare_data(FLAGS.out_dir, FLAGS.rows)
-  spec = spec_lib.load_spec(os.path.join(data_dir, "spec.yaml"))
+  spec = PreprocessedData(data_dir).spec
   batches = _cached_batches(data_dir, spec, FLAGS.batch_size, FLAGS.cached_batches)
   flops_features = {k: v[:FLAGS.flops_batch] for k, v in batches[0][0].items()}
 

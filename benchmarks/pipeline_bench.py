@@ -25,7 +25,6 @@ noise from other processes on the machine is shared out rather than landing on o
 Results: a table on stdout and `<out_dir>/pipeline_bench.json`. Not a test.
 """
 import dataclasses
-import glob
 import json
 import os
 import platform
@@ -41,6 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from features.preprocessed import EVAL, TRAIN, PreprocessedData  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "hmdn_moe", "Model trained and served.")
@@ -113,15 +113,14 @@ def _worker_train() -> dict:
   from pipeline import strategies
   strategies.split_cpu(FLAGS.replicas)  # before anything initialises TensorFlow
   import tensorflow as tf
-  from features import spec as spec_lib
   from models.registry import ModelConfig
   from pipeline import data, export, train
 
   tf.keras.utils.set_random_seed(0)
   strategy = (strategies.make_strategy("mirrored", FLAGS.replicas)
               if FLAGS.replicas > 1 else strategies.make_strategy("default"))
-  spec = spec_lib.load_spec(os.path.join(FLAGS.data_dir, "spec.yaml"))
-  dataset = data.make_dataset(FLAGS.data_dir, "train", spec, FLAGS.batch_size,
+  spec = PreprocessedData(FLAGS.data_dir).spec
+  dataset = data.make_dataset(FLAGS.data_dir, TRAIN, spec, FLAGS.batch_size,
                               training=True, seed=0)
   options = tf.data.Options()
   options.experimental_distribute.auto_shard_policy = (
@@ -149,8 +148,7 @@ def _worker_train() -> dict:
                  step_ms_p90=common.percentile(steps, 90) * 1e3,
                  max_rss_mb=common.max_rss_mb())
   if FLAGS.export_root:
-    rows = [r.numpy() for r in tf.data.TFRecordDataset(
-        data.files_of(FLAGS.data_dir, "eval"), compression_type="GZIP").take(8)]
+    rows = data.first_records(FLAGS.data_dir, EVAL, 8)
     run.export_dir = export.export(model, spec, FLAGS.export_root, warmup_examples=rows)
   return dataclasses.asdict(run)
 
@@ -158,10 +156,9 @@ def _worker_train() -> dict:
 def _worker_input() -> dict:
   """The training input pipeline alone, consumed as fast as it produces."""
   import tensorflow as tf  # noqa: F401  (initialised here, not inside the clock)
-  from features import spec as spec_lib
   from pipeline import data
-  spec = spec_lib.load_spec(os.path.join(FLAGS.data_dir, "spec.yaml"))
-  it = iter(data.make_dataset(FLAGS.data_dir, "train", spec, FLAGS.batch_size,
+  spec = PreprocessedData(FLAGS.data_dir).spec
+  it = iter(data.make_dataset(FLAGS.data_dir, TRAIN, spec, FLAGS.batch_size,
                               training=True, seed=0))
   for _ in range(FLAGS.input_warmup_batches):
     next(it)
@@ -181,7 +178,8 @@ def _worker_serve() -> dict:
   """A process holding only the loaded export, as a model server would."""
   import tensorflow as tf
   sizes = [int(b) for b in FLAGS.serve_batches.split(",")]
-  files = sorted(glob.glob(os.path.join(FLAGS.data_dir, "eval", "part-*.tfrecord.gz")))
+  # Read directly (pipeline/ is not imported: the process holds only the export).
+  files = PreprocessedData(FLAGS.data_dir).split_files(EVAL)
   rows = [r.numpy() for r in tf.data.TFRecordDataset(
       files, compression_type="GZIP").take(max(sizes))]
   start = time.perf_counter()

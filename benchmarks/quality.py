@@ -34,7 +34,7 @@ flags.DEFINE_string("tag", "", "Suffix of the results file (quality<tag>.json)."
 
 
 def _train_and_score(data_dir: str, model: str, seed: int, work_dir: str) -> dict:
-  from features import spec as spec_lib
+  from features.preprocessed import PreprocessedData
   from models.registry import ModelConfig
   from pipeline import evaluate, train
   config = train.TrainConfig(
@@ -45,9 +45,8 @@ def _train_and_score(data_dir: str, model: str, seed: int, work_dir: str) -> dic
       learning_rate=FLAGS.learning_rate, epochs=FLAGS.epochs, seed=seed)
   start = time.time()
   trained = train.train(config)
-  spec = spec_lib.load_spec(os.path.join(data_dir, "spec.yaml"))
-  columns = evaluate.collect(evaluate.model_predictor(trained, spec), data_dir, spec)
-  m = evaluate.compute_metrics(columns, spec)
+  data_files = PreprocessedData(data_dir)
+  m = evaluate.run(evaluate.model_predictor(trained, data_files.spec), data_files)
   return {"auc": m["auc"], "logloss": m["logloss"], "gauc": m["gauc"],
           "oracle_auc": m["oracle_auc"], "seconds": time.time() - start,
           "subgroup_auc": {k: v["auc"] for k, v in m["per_distribution"]["subgroup"].items()}}

@@ -10,19 +10,18 @@ from typing import Dict, List, Optional
 
 import tensorflow as tf
 
-from features import spec as spec_lib
+from features.preprocessed import PreprocessedData, as_data
 from pipeline import evaluate
 
 
 class DistributionEvaluation(tf.keras.callbacks.Callback):
   """Exact eval metrics each epoch -> logs["val_exact_auc"] and TensorBoard scalars."""
 
-  def __init__(self, data_dir: str, spec: spec_lib.FeatureSpec, log_dir: str,
+  def __init__(self, data_dir: "str | PreprocessedData", log_dir: str,
                codebook_size: Optional[int] = None, code_views: Optional[List] = None,
                write_summaries: bool = True):
     super().__init__()
-    self._data_dir = data_dir
-    self._spec = spec
+    self._data = as_data(data_dir)
     self._codebook_size = codebook_size
     self._code_views = code_views or []
     self._writer = (tf.summary.create_file_writer(os.path.join(log_dir, "eval"))
@@ -30,10 +29,8 @@ class DistributionEvaluation(tf.keras.callbacks.Callback):
     self.history: List[Dict] = []
 
   def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
-    predict = evaluate.model_predictor(self.model, self._spec)
-    columns = evaluate.collect(predict, self._data_dir, self._spec)
-    result = evaluate.compute_metrics(columns, self._spec, self._codebook_size,
-                                      self._code_views)
+    result = evaluate.run(evaluate.model_predictor(self.model, self._data.spec),
+                          self._data, self._codebook_size, self._code_views)
     self.history.append(result)
     if logs is not None:
       logs["val_exact_auc"] = result["auc"]

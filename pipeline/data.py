@@ -78,3 +78,9 @@ def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
 def count_records(data_dir: DataDir, split: str) -> int:
   return sum(1 for _ in tf.data.TFRecordDataset(files_of(data_dir, split),
                                                 compression_type="GZIP"))
+
+
+def first_records(data_dir: DataDir, split: str, n: int) -> List[bytes]:
+  """The first n serialized tf.Examples of a split (warm-up and demo requests)."""
+  return [r.numpy() for r in tf.data.TFRecordDataset(
+      files_of(data_dir, split), compression_type="GZIP").take(n)]

@@ -1,28 +1,26 @@
 """Evaluation: one pass over the eval split, exact metrics overall and per distribution.
 
-The predictor takes serialized tf.Example, so the same code scores an in-memory model
-and an exported SavedModel (through its serving signature).
+`run(predictor, data)` is the one evaluation path (train summary, the per-epoch
+callback, `hmdn evaluate` / `hmdn run`, the benchmarks). A predictor takes serialized
+tf.Example and returns the serving outputs; for an in-memory model it is the export's
+own serving function (`export.ServingModule.serve_examples`), for an export its
+`serving_default` signature, so the same code literally scores both.
 """
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from features import spec as spec_lib
-from pipeline import data, metrics
+from features.preprocessed import EVAL, PreprocessedData, as_data
+from pipeline import data, export, metrics
 
 Predictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 
 
 def model_predictor(model: tf.keras.Model, spec: spec_lib.FeatureSpec) -> Predictor:
-  @tf.function
-  def predict(serialized):
-    out = model(data.parse_batch(serialized, spec, for_serving=True), training=False)
-    result = {"probability": tf.reshape(out["probability"], [-1])}
-    if "codes" in out:
-      result["codes"] = out["codes"]
-    return result
-  return predict
+  """The in-memory model behind the serving function its export will have."""
+  return export.ServingModule(model, spec).serve_examples
 
 
 def saved_model_predictor(export_dir: str) -> Predictor:
@@ -39,8 +37,18 @@ def _categorical_columns(spec: spec_lib.FeatureSpec):
   return fields
 
 
-def collect(predict: Predictor, data_dir: str, spec: spec_lib.FeatureSpec,
-            batch_size: int = 4096, split: str = "eval") -> Dict[str, np.ndarray]:
+def run(predict: Predictor, data_dir: "str | PreprocessedData",
+        codebook_size: Optional[int] = None, code_views: Optional[Sequence[str]] = None,
+        batch_size: int = 4096, split: str = EVAL) -> Dict:
+  """Scores a split with the predictor: the metrics dict (see `compute_metrics`)."""
+  data_files = as_data(data_dir)
+  columns = collect(predict, data_files, data_files.spec, batch_size, split)
+  return compute_metrics(columns, data_files.spec, codebook_size, code_views)
+
+
+def collect(predict: Predictor, data_dir: "str | PreprocessedData",
+            spec: spec_lib.FeatureSpec, batch_size: int = 4096, split: str = EVAL
+            ) -> Dict[str, np.ndarray]:
   """Runs the predictor over a split; returns columns: probability, label, codes, ..."""
   files = data.files_of(data_dir, split)
   ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)

@@ -15,18 +15,71 @@ import dataclasses
 import json
 import os
 import time
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import tensorflow as tf
 
 from features import spec as spec_lib
+from features.preprocessed import PreprocessedData
 from pipeline import data
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
+# The layout of one version directory (besides TF's own SavedModel files).
+SAVED_MODEL_FILE = "saved_model.pb"
+ASSETS_EXTRA = "assets.extra"
+SPEC_FILE = PreprocessedData.SPEC_FILE  # named as in the data the model was trained on
+MODEL_CONFIG_FILE = "model_config.json"
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+def spec_path(version_dir: str) -> str:
+  """The feature spec an export was trained with."""
+  return os.path.join(version_dir, ASSETS_EXTRA, SPEC_FILE)
+
+
+def model_config_path(version_dir: str) -> str:
+  """The ModelConfig of an export, as JSON."""
+  return os.path.join(version_dir, ASSETS_EXTRA, MODEL_CONFIG_FILE)
+
+
+def warmup_path(version_dir: str) -> str:
+  return os.path.join(version_dir, ASSETS_EXTRA, WARMUP_FILE)
+
+
+def read_spec(version_dir: str) -> spec_lib.FeatureSpec:
+  return spec_lib.load_spec(spec_path(version_dir))
+
+
+def read_model_config(version_dir: str):
+  """The export's ModelConfig, or None for an export written without one."""
+  from models.registry import ModelConfig
+  path = model_config_path(version_dir)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return ModelConfig(**json.load(f))
+
+
+def is_version(path: str) -> bool:
+  """A directory holding one exported SavedModel."""
+  return tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE))
+
+
+def versions(export_root: str) -> List[int]:
+  """The version numbers under an export root, ascending (none if it does not exist)."""
+  if not tf.io.gfile.isdir(export_root):
+    return []
+  return sorted(int(n.strip("/")) for n in tf.io.gfile.listdir(export_root)
+                if n.strip("/").isdigit())
 
 
 class ServingModule(tf.Module):
-  """Wraps a trained model with the parsing the serving side needs, and nothing else."""
+  """Wraps a trained model with the parsing the serving side needs, and nothing else.
+
+  The one place the serving outputs are shaped: {"probability": [batch]} and, for HMDN
+  models, {"codes": [batch, views * levels]}. The exported signatures and the in-memory
+  evaluation (`evaluate.model_predictor`) both call it.
+  """
 
   def __init__(self, model: tf.keras.Model, spec: spec_lib.FeatureSpec):
     super().__init__()
@@ -62,17 +115,14 @@ class ServingModule(tf.Module):
 
 def next_version(export_root: str) -> int:
   """A version number larger than any existing one (seconds since the epoch)."""
-  existing = [int(n.strip("/")) for n in (tf.io.gfile.listdir(export_root)
-                                          if tf.io.gfile.exists(export_root) else [])
-              if n.strip("/").isdigit()]
-  return max([int(time.time())] + [v + 1 for v in existing])
+  return max([int(time.time())] + [v + 1 for v in versions(export_root)])
 
 
 def _mark_classify_signature(export_dir: str) -> None:
   """tf.saved_model.save writes every signature as predict; TF Serving's Classify API
   needs the classify method name, so it is set in the saved proto."""
   from tensorflow.core.protobuf import saved_model_pb2
-  path = os.path.join(export_dir, "saved_model.pb")
+  path = os.path.join(export_dir, SAVED_MODEL_FILE)
   saved_model = saved_model_pb2.SavedModel()
   with tf.io.gfile.GFile(path, "rb") as f:
     saved_model.ParseFromString(f.read())
@@ -86,7 +136,7 @@ def _mark_classify_signature(export_dir: str) -> None:
 def _write_warmup(export_dir: str, examples: Sequence[bytes]) -> None:
   """assets.extra/tf_serving_warmup_requests: PredictionLogs for serving_default."""
   from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-  path = os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests")
+  path = warmup_path(export_dir)
   with tf.io.TFRecordWriter(path) as writer:
     for batch in (examples[:1], examples):
       request = predict_pb2.PredictRequest(
@@ -123,11 +173,10 @@ def export(model: tf.keras.Model, spec: spec_lib.FeatureSpec, export_root: str,
   })
   _mark_classify_signature(tmp)
   # The spec travels with the model: `hmdn predict` builds raw-tensor requests from it.
-  tf.io.gfile.makedirs(os.path.join(tmp, "assets.extra"))
-  spec.save(os.path.join(tmp, "assets.extra", "spec.yaml"))
+  tf.io.gfile.makedirs(os.path.join(tmp, ASSETS_EXTRA))
+  spec.save(spec_path(tmp))
   if hasattr(model, "config"):  # what `hmdn evaluate --saved_model` reports codes by
-    with tf.io.gfile.GFile(os.path.join(tmp, "assets.extra", "model_config.json"),
-                           "w") as f:
+    with tf.io.gfile.GFile(model_config_path(tmp), "w") as f:
       f.write(json.dumps(dataclasses.asdict(model.config), indent=1))
   if warmup_examples:
     _write_warmup(tmp, list(warmup_examples))

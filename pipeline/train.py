@@ -10,6 +10,7 @@ resumes there), `checkpoints/epoch/` (the newest `keep_checkpoints`),
 `checkpoints/best` (best exact eval AUC) and `checkpoints/final` (the weights returned).
 """
 import dataclasses
+import importlib.metadata
 import json
 import os
 import platform
@@ -28,25 +29,40 @@ from pipeline import data, evaluate, strategies
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def _field(default, help_text: str, choices=None):
+  """A config field whose default, help and choices the `hmdn` flags are made from."""
+  metadata = {"help": help_text}
+  if choices is not None:
+    metadata["choices"] = choices
+  return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass
 class TrainConfig:
-  data_dir: str
-  model_dir: str
+  data_dir: str = dataclasses.field(metadata={
+      "help": "Preprocessed data (output of `preprocess`)."})
+  model_dir: str = dataclasses.field(metadata={
+      "help": "Checkpoints, TensorBoard logs, run config."})
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-  strategy: str = "default"
-  tpu: str = ""  # --strategy=tpu: TPU name or grpc:// address
-  num_devices: int = 0  # mirrored: 0 = all local GPUs (or the CPU); N > 1 = N devices
-  batch_size: int = 512  # GLOBAL batch
-  learning_rate: float = 2e-3
-  lr_schedule: str = "constant"  # constant | cosine (decay to 0 over the run)
-  warmup_steps: int = 0
-  epochs: int = 3
-  steps_per_epoch: int = 0  # 0 = one pass over the training split
-  early_stopping_patience: int = 0  # epochs without a better eval AUC; 0 = off
-  keep_checkpoints: int = 3
-  backup_every_steps: int = 0  # BackupAndRestore frequency; 0 = every epoch
-  ps_min_shard_bytes: int = 256 << 10  # parameter_server: shard tables above this
-  seed: int = 0
+  strategy: str = _field("default", "tf.distribute strategy; multi-worker ones read "
+                         "TF_CONFIG.", strategies.STRATEGIES)
+  tpu: str = _field("", "tpu: the TPU name or grpc:// address.")
+  num_devices: int = _field(0, "mirrored: number of devices (0 = all GPUs).")
+  batch_size: int = _field(512, "GLOBAL batch size (over all replicas).")
+  learning_rate: float = _field(2e-3, "Adam learning rate for the global batch.")
+  lr_schedule: str = _field("constant", "Learning rate schedule (cosine decays to 0 "
+                            "over the run, after --warmup_steps).", LR_SCHEDULES)
+  warmup_steps: int = _field(0, "Linear warm-up steps of the cosine schedule.")
+  epochs: int = _field(3, "Training epochs.")
+  steps_per_epoch: int = _field(0, "0 = one pass over the training split.")
+  early_stopping_patience: int = _field(0, "Stop after N epochs without a better exact "
+                                        "eval AUC (0 = off).")
+  keep_checkpoints: int = _field(3, "Epoch checkpoints kept.")
+  backup_every_steps: int = _field(0, "Fault-tolerance backup frequency in steps (0 = "
+                                   "each epoch).")
+  ps_min_shard_bytes: int = _field(256 << 10, "parameter_server: embedding tables "
+                                   "larger than this are sharded across the PS tasks.")
+  seed: int = _field(0, "Seed of data generation, initialisation and shuffling.")
 
 
 def build_model(data_dir: str, model_config: ModelConfig) -> CTRModel:
@@ -62,14 +78,22 @@ def build_model(data_dir: str, model_config: ModelConfig) -> CTRModel:
   return model
 
 
+def _installed_version(distribution: str) -> str:
+  """A package's version without importing it (the trainer never loads Beam)."""
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:
+    return "not installed"
+
+
 def record_run(model_dir: str, config: TrainConfig) -> None:
   """Writes the full config and the versions used into the run directory."""
   tf.io.gfile.makedirs(model_dir)
-  import apache_beam
   import tensorflow_recommenders as tfrs
   record = {"config": dataclasses.asdict(config),
             "versions": {"python": sys.version.split()[0], "tensorflow": tf.__version__,
-                         "tfrs": tfrs.__version__, "apache_beam": apache_beam.__version__,
+                         "tfrs": tfrs.__version__,
+                         "apache_beam": _installed_version("apache-beam"),
                          "platform": platform.platform()},
             "argv": sys.argv}
   with tf.io.gfile.GFile(os.path.join(model_dir, "run_config.json"), "w") as f:
@@ -140,7 +164,7 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
 
   best_path = os.path.join(_writable_dir(config.model_dir, "checkpoints"), "best")
   evaluation = callbacks_lib.DistributionEvaluation(
-      config.data_dir, spec, os.path.join(config.model_dir, "logs"),
+      data_files, os.path.join(config.model_dir, "logs"),
       config.model.codebook_size if config.model.is_hmdn else None,
       config.model.code_views, write_summaries=strategies.is_chief())
   callbacks = [
@@ -167,7 +191,7 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   model.save_weights(os.path.join(_writable_dir(config.model_dir, "checkpoints"),
                                   "final"))
   if strategies.is_chief():
-    _write_summary(config, strategy, model, evaluation, spec)
+    _write_summary(config, strategy, model, evaluation, data_files)
   return model
 
 
@@ -182,10 +206,9 @@ def _sharded_tables(model: CTRModel):
   return out
 
 
-def _write_summary(config, strategy, model, evaluation, spec) -> None:
+def _write_summary(config, strategy, model, evaluation, data_files) -> None:
   """train_summary.json: what ran and the exact eval metrics of the final weights."""
-  columns = evaluate.collect(evaluate.model_predictor(model, spec), config.data_dir, spec)
-  final = evaluate.compute_metrics(columns, spec)
+  final = evaluate.run(evaluate.model_predictor(model, data_files.spec), data_files)
   summary = {"strategy": config.strategy,
              "replicas": strategy.num_replicas_in_sync,
              "epochs_run": len(evaluation.history),

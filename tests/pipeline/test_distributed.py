@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from features import spec as spec_lib
+from features.preprocessed import PreprocessedData
 from models.registry import ModelConfig
 from pipeline import evaluate, train
 
@@ -55,9 +55,8 @@ def _reloaded_auc(data_dir, model_dir):
   """Exact eval AUC of the saved final weights, restored in this process, no strategy."""
   model = train.load_trained(data_dir, model_dir, ModelConfig(
       name="hmdn_moe", num_levels=2, codebook_size=8, seed=5))
-  spec = spec_lib.load_spec(os.path.join(data_dir, "spec.yaml"))
-  columns = evaluate.collect(evaluate.model_predictor(model, spec), data_dir, spec)
-  return evaluate.compute_metrics(columns, spec)["auc"]
+  data_files = PreprocessedData(data_dir)
+  return evaluate.run(evaluate.model_predictor(model, data_files.spec), data_files)["auc"]
 
 
 def test_multi_worker_mirrored_two_processes(planted_data_dir, tmp_path):

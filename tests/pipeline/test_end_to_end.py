@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from features.preprocessed import EVAL, PreprocessedData
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -43,7 +45,7 @@ def test_run_writes_documented_metrics(run_dir):
   assert sum(v["rows"] for v in scenario.values()) == metrics["rows_eval"]
   for v in scenario.values():
     assert set(v) >= {"auc", "logloss", "rows"}
-  data_meta = json.load(open(run_dir / "data" / "metadata.json"))
+  data_meta = PreprocessedData(str(run_dir / "data")).metadata
   assert data_meta["rows_written"]["eval"] == metrics["rows_eval"]
 
 
@@ -56,9 +58,9 @@ def test_export_reloads_in_fresh_process_with_same_predictions(run_dir):
   request = json.load(open(run_dir / "request.json"))
   raw = json.loads(hmdn("predict", f"--saved_model={run_dir / 'export'}",
                         f"--input={run_dir / 'request.json'}").stdout.splitlines()[-1])
-  files = sorted((run_dir / "data" / "eval").glob("*.tfrecord.gz"))
+  files = PreprocessedData(str(run_dir / "data")).split_files(EVAL)
   rows = [r.numpy() for r in tf.data.TFRecordDataset(
-      [str(f) for f in files], compression_type="GZIP").take(len(request["instances"]))]
+      files, compression_type="GZIP").take(len(request["instances"]))]
   import base64
   b64_request = {"instances": [{"examples": {"b64": base64.b64encode(r).decode()}}
                                for r in rows]}
@@ -72,10 +74,9 @@ def test_export_reloads_in_fresh_process_with_same_predictions(run_dir):
   # And equal to the trained model restored in this process from its checkpoint.
   from models.registry import ModelConfig
   from pipeline import evaluate, train
-  from features import spec as spec_lib
   model = train.load_trained(str(run_dir / "data"), str(run_dir / "model"),
                              ModelConfig(name="dnn", seed=3))
-  spec = spec_lib.load_spec(str(run_dir / "data" / "spec.yaml"))
+  spec = PreprocessedData(str(run_dir / "data")).spec
   expected = evaluate.model_predictor(model, spec)(tf.constant(rows))["probability"]
   np.testing.assert_allclose(p_ser, expected.numpy(), atol=1e-5)
   assert 0 < p_ser.min() and p_ser.max() < 1
@@ -93,7 +94,7 @@ def test_evaluate_on_export_matches_run_metrics(run_dir, tmp_path):
 
 def test_run_on_users_own_csv_with_bad_rows(tmp_path):
   """`hmdn run --raw --spec` on a log the user brings, with bad rows set aside."""
-  spec = tmp_path / "spec.yaml"
+  spec = tmp_path / "own.yaml"  # the user's own spec, anywhere
   spec.write_text(
       "name: own\nfeatures:\n"
       "  - {name: clicked, kind: numeric, role: label}\n"
@@ -113,7 +114,7 @@ def test_run_on_users_own_csv_with_bad_rows(tmp_path):
   hmdn("run", f"--raw={tmp_path / 'log.csv'}", f"--spec={spec}", f"--output_dir={out}",
        "--model=moe", "--epochs=3", "--batch_size=128", "--direct_num_workers=1")
   metrics = json.load(open(out / "metrics.json"))
-  meta = json.load(open(out / "data" / "metadata.json"))
+  meta = PreprocessedData(str(out / "data")).metadata
   assert meta["rows_rejected"] == 3
   assert meta["rows_read"] == 3003
   assert metrics["auc"] > 0.7  # the click depends on score, flipped by page
@@ -121,8 +122,8 @@ def test_run_on_users_own_csv_with_bad_rows(tmp_path):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["run", "--spec=/nonexistent/spec.yaml", "--raw=/nonexistent/*.csv"],
-     "/nonexistent/spec.yaml"),
+    (["run", "--spec=/nonexistent/own.yaml", "--raw=/nonexistent/*.csv"],
+     "/nonexistent/own.yaml"),
     (["train", "--data_dir=/nonexistent", "--model_dir=/tmp/x"], "/nonexistent"),
     (["run", "--model=no_such_model", "--rows=100"], "no_such_model"),
 ])

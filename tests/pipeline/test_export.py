@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from features import spec as spec_lib
+from features.preprocessed import EVAL, TRAIN, PreprocessedData
 from models.registry import ModelConfig
 from pipeline import data, evaluate, export, serving_request, train
 
@@ -20,14 +21,13 @@ SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli
 
 @pytest.fixture(scope="module")
 def trained(planted_data_dir):
-  spec = spec_lib.load_spec(os.path.join(planted_data_dir, "spec.yaml"))
+  spec = PreprocessedData(planted_data_dir).spec
   model = train.build_model(planted_data_dir, ModelConfig(
       name="hmdn_apg", num_levels=2, codebook_size=4, output_dim=8))
   model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
-  model.fit(data.make_dataset(planted_data_dir, "train", spec, 256, training=True),
+  model.fit(data.make_dataset(planted_data_dir, TRAIN, spec, 256, training=True),
             steps_per_epoch=10, epochs=1, verbose=0)
-  rows = [r.numpy() for r in tf.data.TFRecordDataset(
-      data.files_of(planted_data_dir, "eval"), compression_type="GZIP").take(6)]
+  rows = data.first_records(planted_data_dir, EVAL, 6)
   expected = evaluate.model_predictor(model, spec)(tf.constant(rows))
   return model, spec, rows, {k: v.numpy() for k, v in expected.items()}
 
@@ -92,8 +92,7 @@ def test_apg_factors_are_merged_in_the_export(export_root):
 
 def test_warmup_requests_are_prediction_logs(export_root):
   from tensorflow_serving.apis import prediction_log_pb2
-  path = os.path.join(_version(export_root), "assets.extra",
-                      "tf_serving_warmup_requests")
+  path = export.warmup_path(_version(export_root))
   logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
           for r in tf.data.TFRecordDataset(path)]
   assert len(logs) == 2

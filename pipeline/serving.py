@@ -1,0 +1,88 @@
+"""The serving side of an export: find a version, answer a TF Serving REST request with
+it (what `hmdn predict` does), and check in a fresh process that it answers as the
+trained model did. The request format itself is pipeline/serving_request.py.
+"""
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Dict, Sequence
+
+import numpy as np
+
+from features import spec as spec_lib
+from pipeline import export, serving_request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE_SIGNATURES = ("serving_default", "classify")  # take serialized tf.Example
+
+
+def latest_version(path: str) -> str:
+  """An export root -> its newest version dir; a version dir stays as it is."""
+  if export.is_version(path):
+    return path
+  found = export.versions(path)
+  if not found:
+    raise ValueError(f"--saved_model: {path} holds no SavedModel version")
+  return os.path.join(path, str(found[-1]))
+
+
+def _jsonable(value) -> Any:
+  value = np.asarray(value)
+  if value.dtype == object:  # string tensors come back as bytes
+    return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value).tolist()
+  return value.tolist()
+
+
+def predict(saved_model: str, request_path: str) -> Dict:
+  """Answers a REST predict request (a JSON file) from the export, as TF Serving would:
+  {"predictions": [{output name: value}, ...]}."""
+  import tensorflow as tf
+  version = latest_version(saved_model)
+  request = serving_request.load_request(request_path)
+  loaded = tf.saved_model.load(version)
+  name = request.get("signature_name", "serving_default")
+  if name not in loaded.signatures:
+    raise serving_request.RequestError(
+        f"signature_name {name!r} is not in {version}; it has {list(loaded.signatures)}")
+  signature = loaded.signatures[name]
+  try:
+    if name in EXAMPLE_SIGNATURES:
+      examples = tf.constant(serving_request.examples_from_instances(request["instances"]))
+      out = (signature(examples=examples) if name == "serving_default"
+             else signature(inputs=examples))
+    else:
+      tensors = serving_request.tensors_from_instances(export.read_spec(version),
+                                                       request["instances"])
+      out = signature(**{k: tf.constant(v) for k, v in tensors.items()})
+  except tf.errors.InvalidArgumentError as e:  # e.g. a required feature not in an Example
+    lines = [l.strip() for l in e.message.splitlines() if l.strip()]
+    reason = next((l for l in lines if "Feature:" in l), lines[-1] if lines else str(e))
+    raise serving_request.RequestError(f"{request_path}: {reason}")
+  predictions = [{k: _jsonable(v[i]) for k, v in out.items()}
+                 for i in range(len(request["instances"]))]
+  return {"predictions": predictions}
+
+
+def verify_in_fresh_process(spec: spec_lib.FeatureSpec, rows: Sequence[bytes],
+                            expected: np.ndarray, export_dir: str, out: str) -> None:
+  """Writes a REST request from eval rows into `out`; a new process (`hmdn predict`)
+  answers it from the export, which must agree with the trained model's `expected`
+  probabilities."""
+  request = {"signature_name": "predict",
+             "instances": serving_request.instances_from_examples(spec, rows, raw=True)}
+  request_path = os.path.join(out, "request.json")
+  with open(request_path, "w") as f:
+    json.dump(request, f, indent=1)
+  proc = subprocess.run(
+      [sys.executable, "-m", "pipeline.cli", "predict", f"--saved_model={export_dir}",
+       f"--input={request_path}"], capture_output=True, text=True, cwd=ROOT)
+  if proc.returncode != 0:
+    raise RuntimeError(f"the export failed to answer in a fresh process:\n{proc.stderr}")
+  response = json.loads(proc.stdout.strip().splitlines()[-1])
+  got = np.array([p["probability"] for p in response["predictions"]])
+  print(f"request ({request_path}): {json.dumps(request['instances'][0])}")
+  print(f"fresh-process prediction from {export_dir}: {got.round(6).tolist()}; "
+        f"in-memory model: {np.asarray(expected).round(6).tolist()}")
+  if not np.allclose(got, expected, atol=1e-5):
+    raise RuntimeError("the reloaded SavedModel disagrees with the trained model")

@@ -1,0 +1,93 @@
+"""The stages `hmdn` runs, as functions of config objects (no flags): each does one
+stage and prints what a user reads at the end of it. `hmdn run` chains them.
+"""
+import json
+import os
+from typing import Dict, Optional, Sequence
+
+from features.preprocessed import EVAL, PreprocessedData
+
+WARMUP_ROWS = 8  # eval rows written into an export's warm-up requests
+VERIFY_ROWS = 3  # eval rows `run` asks the export about in a fresh process
+
+
+def write_json(path: str, obj) -> None:
+  """Written to a temporary file and renamed: a reader never sees half a result."""
+  import tensorflow as tf
+  tmp = path + ".tmp"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    f.write(json.dumps(obj, indent=1, default=float))
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def generated_raw(output_dir: str) -> str:
+  """The CSV files `generate` writes (layout of beam_jobs/synthetic_logs.py)."""
+  return os.path.join(output_dir, "raw", "*.csv")
+
+
+def generated_spec(output_dir: str) -> str:
+  """The copy of its spec `generate` writes beside them (named like a data
+  directory's)."""
+  return os.path.join(output_dir, PreprocessedData.SPEC_FILE)
+
+
+def generate(output_dir: str, config) -> Dict:
+  """Synthetic raw logs (beam_jobs.synthetic_logs.GeneratorConfig) -> their summary."""
+  from beam_jobs import synthetic_logs
+  summary = synthetic_logs.generate(output_dir, config)
+  print(f"generated {summary['rows']} rows (CTR {summary['ctr']:.4f}, oracle AUC "
+        f"{summary['oracle_auc']:.4f}) in {output_dir}/raw; spec: "
+        f"{generated_spec(output_dir)}")
+  return summary
+
+
+def preprocess(config, beam_args: Sequence[str] = ()) -> Dict:
+  """The Beam job (beam_jobs.config.PreprocessConfig) -> its metadata. The only stage
+  that imports Beam."""
+  from beam_jobs import preprocess as preprocess_lib
+  metadata = preprocess_lib.run(config, beam_args=list(beam_args))
+  print(f"preprocess: read {metadata['rows_read']}, written "
+        f"{metadata['rows_written']}, rejected {metadata['rows_rejected']} "
+        f"(dead letter: {PreprocessedData(config.output_dir).dead_letter_prefix}-*)")
+  return metadata
+
+
+def evaluate_and_report(predict, data_dir: str, model_config=None,
+                        output: Optional[str] = None) -> Dict:
+  """evaluate.run (with HMDN code usage when the model config is known); prints the
+  per-distribution table and writes the metrics to `output` if given."""
+  from pipeline import evaluate
+  result = evaluate.run(predict, data_dir,
+                        model_config.codebook_size if model_config else None,
+                        model_config.code_views if model_config else [])
+  print(evaluate.format_table(result))
+  if output:
+    write_json(output, result)
+  return result
+
+
+def train_evaluate_export(config, out: str, generator_summary: Optional[Dict] = None,
+                          verify_export: bool = True) -> Dict:
+  """After preprocessing: train (pipeline.train.TrainConfig), evaluate, export into
+  `out/export`, write `out/metrics.json`, and check the export in a fresh process."""
+  import tensorflow as tf
+  from pipeline import data, evaluate, export, serving, train
+  model = train.train(config)
+  spec = PreprocessedData(config.data_dir).spec
+  result = {"model": config.model.name, "seed": config.seed}
+  result.update(evaluate_and_report(evaluate.model_predictor(model, spec),
+                                    config.data_dir, config.model))
+  if generator_summary is not None:
+    result["generator"] = {k: generator_summary[k] for k in ("rows", "ctr", "oracle_auc")}
+  # Predictions of the trained model, taken before export (which merges APG factors).
+  rows = data.first_records(config.data_dir, EVAL, VERIFY_ROWS)
+  expected = evaluate.model_predictor(model, spec)(tf.constant(rows))["probability"]
+  export_dir = export.export(model, spec, os.path.join(out, "export"),
+                             data.first_records(config.data_dir, EVAL, WARMUP_ROWS))
+  result["export_dir"] = export_dir
+  write_json(os.path.join(out, "metrics.json"), result)
+  print(f"metrics: {os.path.join(out, 'metrics.json')}")
+  print(f"SavedModel for TF Serving: {export_dir}")
+  if verify_export:
+    serving.verify_in_fresh_process(spec, rows, expected.numpy(), export_dir, out)
+  return result
