@@ -21,7 +21,11 @@ setup(
         "tensorflow-serving-api>=2.16,<2.22",
         "absl-py>=2.0",
         "PyYAML>=6.0",
+        # `hmdn compare` draws its report's plots (paired deltas, deciles, code heat maps).
+        "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # hypothesis: property-based tests of the readers and the serving parser (any input
+    # is written once or rejected with a reason) find cases hand-written tests miss.
+    extras_require={"test": ["pytest>=7", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["hmdn=pipeline.cli:run_main"]},
 )

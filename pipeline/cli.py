@@ -7,13 +7,15 @@
   hmdn export     --data_dir=DIR --model_dir=DIR --export_dir=DIR
   hmdn predict    --saved_model=DIR --input=REQUEST.json     TF Serving REST format
   hmdn run        --output_dir=DIR [--raw=GLOB --spec=SPEC]  all stages
+  hmdn compare    --data_dir=DIR --report_dir=DIR --models=moe,hmdn_moe --seeds=0,1,2
+                  models x seeds, same budget: report.md, plots, paired deltas
   hmdn data fetch movielens-100k [--output_dir=DIR]         MovieLens-100K (ml-100k layout)
 
 --source picks the reader of --raw: generic (CSV/JSONL), ali_ccp_raw (skeleton + common
 features files) or movielens (the folder holding u.data, u.user, u.item).
 
 The flags of the stages are generated from their config dataclasses (TrainConfig,
-ModelConfig, PreprocessConfig, GeneratorConfig; pipeline/config_flags.py): a default or
+ModelConfig, PreprocessConfig; pipeline/config_flags.py): a default or
 a list of choices is stated on the config field, once. Flags this program does not know
 are passed unchanged to Beam (e.g. --runner=...). Bad input ends with one line naming
 the file, field and value, and exit status 2.
@@ -28,8 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import features  # noqa: E402,F401  (selects legacy Keras before TensorFlow loads)
 from absl import app, flags, logging  # noqa: E402
 
+from beam_jobs import generators  # noqa: E402  (no Beam)
 from beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402  (no Beam)
-from beam_jobs.synthetic_logs import GeneratorConfig  # noqa: E402
 from features.preprocessed import EVAL, PreprocessedData  # noqa: E402
 from features.spec import SpecError  # noqa: E402
 from models.registry import ModelConfig  # noqa: E402
@@ -45,7 +47,14 @@ PREPROCESS_FLAGS = {"output_dir": "data_dir", "spec_path": "spec"}
 config_flags.define_flags(TrainConfig)
 config_flags.define_flags(ModelConfig, MODEL_FLAGS, shared=("seed",))
 config_flags.define_flags(PreprocessConfig, PREPROCESS_FLAGS, shared=("data_dir",))
-config_flags.define_flags(GeneratorConfig, shared=("seed",))
+flags.DEFINE_enum("generator", generators.DEFAULT, sorted(generators.GENERATORS),
+                  "generate/run without --raw: the built-in log generator. " + "; ".join(
+                      f"{g.name}: {g.help}" for g in generators.GENERATORS.values()))
+flags.DEFINE_integer("rows", 200_000, "generate/run: rows of generated raw log.")
+flags.DEFINE_string("models", "moe,hmdn_moe", "compare: models, comma-separated; "
+                    "NAME or NAME:option=value:... (ModelConfig options).")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "compare: training seeds.")
+flags.DEFINE_string("report_dir", None, "compare: where report.md, plots and runs go.")
 # Flags of the commands themselves, not of a config.
 flags.DEFINE_string("output_dir", None, "generate/run: directory of every output; data "
                     "fetch: where the dataset goes.")
@@ -77,6 +86,12 @@ def preprocess_config(raw: str, spec: str, data_dir: str) -> PreprocessConfig:
                                  spec_path=spec, output_dir=data_dir)
 
 
+def generator_config():
+  """The chosen generator's config with --rows and --seed."""
+  generator = generators.get(FLAGS.generator)
+  return generator, generator.config(rows=FLAGS.rows, seed=FLAGS.seed)
+
+
 def _require(*names: str) -> None:
   missing = [n for n in names if not getattr(FLAGS, n)]
   if missing:
@@ -86,7 +101,7 @@ def _require(*names: str) -> None:
 # --- Commands ------------------------------------------------------------------------------
 def cmd_generate() -> None:
   _require("output_dir")
-  stages.generate(FLAGS.output_dir, config_flags.from_flags(GeneratorConfig))
+  stages.generate(FLAGS.output_dir, *generator_config())
 
 
 def cmd_preprocess() -> None:
@@ -144,12 +159,26 @@ def cmd_run() -> None:
   summary = None
   if raw is None:
     generated = os.path.join(out, "raw_logs")
-    summary = stages.generate(generated, config_flags.from_flags(GeneratorConfig))
+    summary = stages.generate(generated, *generator_config())
     raw, spec = stages.generated_raw(generated), spec or stages.generated_spec(generated)
   elif spec is None:
     raise ValueError("--spec is needed with --raw: it declares the fields of the log")
   stages.preprocess(preprocess_config(raw, spec, config.data_dir), _BEAM_ARGS)
   stages.train_evaluate_export(config, out, summary, FLAGS.verify_export)
+
+
+def cmd_compare() -> None:
+  _require("data_dir", "report_dir")
+  from pipeline import compare
+  try:
+    seeds = [int(s) for s in FLAGS.seeds]
+  except ValueError:
+    raise ValueError(f"--seeds: expected integers, got {','.join(FLAGS.seeds)}")
+  base = train_config(FLAGS.data_dir, FLAGS.report_dir)
+  summary = compare.run(base, [m for m in FLAGS.models.split(",") if m], seeds,
+                        FLAGS.report_dir)
+  print(compare.markdown(summary))
+  print(f"report: {os.path.join(FLAGS.report_dir, 'report.md')}")
 
 
 DATASETS = ("movielens-100k",)
@@ -179,7 +208,7 @@ def cmd_data(args: List[str]) -> None:
 COMMANDS: Dict[str, Callable[..., None]] = {
     "generate": cmd_generate, "preprocess": cmd_preprocess, "train": cmd_train,
     "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
-    "run": cmd_run, "data": cmd_data}
+    "run": cmd_run, "compare": cmd_compare, "data": cmd_data}
 WITH_ARGS = ("data",)
 
 

@@ -31,13 +31,12 @@ def generated_spec(output_dir: str) -> str:
   return os.path.join(output_dir, PreprocessedData.SPEC_FILE)
 
 
-def generate(output_dir: str, config) -> Dict:
-  """Synthetic raw logs (beam_jobs.synthetic_logs.GeneratorConfig) -> their summary."""
-  from beam_jobs import synthetic_logs
-  summary = synthetic_logs.generate(output_dir, config)
-  print(f"generated {summary['rows']} rows (CTR {summary['ctr']:.4f}, oracle AUC "
-        f"{summary['oracle_auc']:.4f}) in {output_dir}/raw; spec: "
-        f"{generated_spec(output_dir)}")
+def generate(output_dir: str, generator, config) -> Dict:
+  """A built-in generator (beam_jobs.generators) -> the summary of the log it wrote."""
+  summary = generator.generate(output_dir, config)
+  print(f"generated {summary['rows']} rows with {generator.name!r} (CTR "
+        f"{summary['ctr']:.4f}, oracle AUC {summary['oracle_auc']:.4f}) in "
+        f"{output_dir}/raw; spec: {generated_spec(output_dir)}")
   return summary
 
 

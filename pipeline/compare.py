@@ -1,0 +1,336 @@
+"""`hmdn compare`: models x seeds on one data directory -> a report directory.
+
+Every model is trained with the same data, splits, batch, learning rate, epochs and
+seeds (the `TrainConfig` given), so the differences are the models'. An HMDN variant is
+compared, seed by seed (paired), with every variant of its own backbone in the list:
+the paper's single-distribution baseline (`condition=coarsest`) and the stronger ones
+(`all`, `cross`). The report directory holds:
+
+  results.json     every run's metrics (overall, per leaf-size decile, code NMI)
+  report.md        tables: mean ± std, paired ΔAUC, AUC per leaf-size decile, AUC vs D,
+                   NMI of each level's codes with every distribution / passthrough field
+  *.png            the same as plots (paired Δ, deciles, depth, code heat maps)
+  runs/<model>/seed_<s>/   each run directory
+
+A model is written `NAME` or `NAME:key=value:key=value` with ModelConfig overrides,
+e.g. `hmdn_moe:num_levels=6:extraction=explicit`.
+"""
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from features import spec as spec_lib
+from features.preprocessed import TRAIN, PreprocessedData
+from features.run_directory import write_json_atomic
+from models.registry import HMDN_PREFIX, ModelConfig
+from pipeline import metrics
+
+LEAF = "leaf (cross of distribution fields)"
+
+
+def parse_variant(text: str) -> Tuple[str, Dict[str, Any]]:
+  """`hmdn_moe:num_levels=6:condition=all` -> ("hmdn_moe", {"num_levels": 6, ...}),
+  values typed like the ModelConfig field they set."""
+  name, *options = [p.strip() for p in text.split(":")]
+  fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+  defaults = ModelConfig()
+  overrides = {}
+  for option in options:
+    key, sep, value = option.partition("=")
+    if not sep or key not in fields or key in ("name", "seed"):
+      raise ValueError(f"--models: {option!r} in {text!r} is not key=value of a model "
+                       f"option; options: {sorted(set(fields) - {'name', 'seed'})}")
+    current = getattr(defaults, key)
+    try:
+      if isinstance(current, bool):
+        if value not in ("true", "false", "True", "False", "1", "0"):
+          raise ValueError
+        typed = value in ("true", "True", "1")
+      elif isinstance(current, (dict, list, tuple)):
+        typed = json.loads(value)
+      else:
+        typed = type(current)(value)
+    except ValueError:
+      raise ValueError(f"--models: {key}={value!r} in {text!r} is not a "
+                       f"{type(current).__name__}")
+    overrides[key] = typed
+  ModelConfig(name=name, **overrides).validate()
+  return name, overrides
+
+
+def backbone_of(label: str) -> str:
+  name = label.split(":")[0]
+  return name[len(HMDN_PREFIX):] if name.startswith(HMDN_PREFIX) else name
+
+
+def is_hmdn(label: str) -> bool:
+  return label.split(":")[0].startswith(HMDN_PREFIX)
+
+
+def leaf_key(columns: Dict[str, np.ndarray], spec: spec_lib.FeatureSpec) -> np.ndarray:
+  """Each row's finest observed distribution: its values of every distribution field."""
+  names = [f.name for f in spec.distribution_fields]
+  parts = [np.char.decode(columns[n].astype(bytes), "utf-8") if columns[n].dtype.kind in
+           "SO" else columns[n].astype(str) for n in names]
+  key = parts[0].astype(object)
+  for part in parts[1:]:
+    key = key + "|" + part.astype(object)
+  return key.astype(str)
+
+
+def train_leaf_sizes(data: PreprocessedData) -> Dict[str, int]:
+  """Rows of each observed leaf in the training split (one pass, those columns only)."""
+  import tensorflow as tf
+  spec = data.spec
+  names = [f.name for f in spec.distribution_fields]
+  parse_spec = {k: v for k, v in spec.parsing_spec().items() if k in names}
+  ds = tf.data.TFRecordDataset(data.split_files(TRAIN), compression_type="GZIP")
+  ds = ds.batch(8192).map(lambda s: tf.io.parse_example(s, parse_spec))
+  keys = [leaf_key({n: batch[n].numpy() for n in names}, spec) for batch in ds]
+  return metrics.group_sizes(np.concatenate(keys) if keys else np.array([], str))
+
+
+def _summarise(result: Dict, columns: Dict[str, np.ndarray], spec, sizes) -> Dict:
+  """What the report keeps of one run's evaluation."""
+  labels = columns[spec.label.name]
+  probs = columns["probability"]
+  out = {k: result[k] for k in ("auc", "logloss", "gauc", "oracle_auc") if k in result}
+  if spec.distribution_fields:
+    leaves = leaf_key(columns, spec)
+    out["deciles"] = metrics.leaf_size_deciles(labels, probs, leaves, sizes)
+  if "codes" in result:
+    out["codes"] = {name: {"perplexity": c["perplexity"], "dead_share": c["dead_share"],
+                           "nmi": c["nmi"]} for name, c in result["codes"].items()}
+  return out
+
+
+def run_one(base, label: str, seed: int, report_dir: str, sizes: Dict[str, int]) -> Dict:
+  """Trains one model with one seed and scores it on the eval split."""
+  import tensorflow as tf
+  from pipeline import evaluate, train
+  name, overrides = parse_variant(label)
+  model_config = ModelConfig(name=name, seed=seed, **overrides)
+  config = dataclasses.replace(
+      base, model=model_config, seed=seed,
+      model_dir=os.path.join(report_dir, "runs", label.replace(":", "__"),
+                             f"seed_{seed}"))
+  tf.keras.backend.clear_session()
+  start = time.time()
+  model = train.train(config)
+  seconds = time.time() - start
+  data = PreprocessedData(base.data_dir)
+  columns = evaluate.collect(evaluate.model_predictor(model, data.spec), data, data.spec)
+  result = evaluate.compute_metrics(columns, data.spec, model_config.codebook_size
+                                    if model_config.is_hmdn else None,
+                                    model_config.code_views)
+  summary = _summarise(result, columns, data.spec, sizes)
+  summary.update(seconds=seconds, seed=seed)
+  return summary
+
+
+def paired_deltas(results: Dict[str, List[Dict]], labels: Sequence[str]
+                  ) -> List[Dict[str, Any]]:
+  """ΔAUC of each HMDN variant vs each variant of its backbone, paired by seed."""
+  rows = []
+  for label in labels:
+    if not is_hmdn(label):
+      continue
+    for base in labels:
+      if is_hmdn(base) or backbone_of(base) != backbone_of(label):
+        continue
+      mine = {r["seed"]: r["auc"] for r in results[label]}
+      theirs = {r["seed"]: r["auc"] for r in results[base]}
+      seeds = sorted(set(mine) & set(theirs))
+      d = np.array([mine[s] - theirs[s] for s in seeds])
+      if not len(d):
+        continue
+      std = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+      rows.append({"model": label, "baseline": base, "seeds": seeds,
+                   "mean": float(d.mean()), "std": std,
+                   "wins": int((d > 0).sum()),
+                   "beats_3_spread": bool(len(d) > 1 and d.mean() > 3 * std)})
+  return rows
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+  v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+  if not len(v):
+    return float("nan"), float("nan")
+  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def markdown(summary: Dict) -> str:
+  """report.md from the summary dict (also the README's quality section)."""
+  lines = [f"# hmdn compare: {summary['data_dir']}", "",
+           f"{summary['train_rows']} train / {summary['eval_rows']} eval rows; "
+           f"{summary['epochs']} epochs, global batch {summary['batch_size']}, "
+           f"learning rate {summary['learning_rate']}; seeds {summary['seeds']}."]
+  if summary.get("oracle_auc") is not None:
+    lines.append(f"Oracle AUC (true click probabilities): {summary['oracle_auc']:.4f}.")
+  lines += ["", "## AUC (mean ± std over seeds)", "",
+            "| model | AUC | logloss | GAUC | s/run |", "|---|---|---|---|---|"]
+  for label, runs in summary["results"].items():
+    auc, auc_s = _mean_std([r["auc"] for r in runs])
+    ll, _ = _mean_std([r["logloss"] for r in runs])
+    gauc, _ = _mean_std([r.get("gauc", float("nan")) for r in runs])
+    secs, _ = _mean_std([r["seconds"] for r in runs])
+    lines.append(f"| {label} | {auc:.4f} ± {auc_s:.4f} | {ll:.4f} | {gauc:.4f} | "
+                 f"{secs:.0f} |")
+  if summary["deltas"]:
+    lines += ["", "## Paired ΔAUC of each HMDN variant vs its backbone", "",
+              "| HMDN variant | baseline | ΔAUC mean ± std | wins | > 3 × spread |",
+              "|---|---|---|---|---|"]
+    for d in summary["deltas"]:
+      lines.append(f"| {d['model']} | {d['baseline']} | {d['mean']:+.4f} ± "
+                   f"{d['std']:.4f} | {d['wins']}/{len(d['seeds'])} | "
+                   f"{'yes' if d['beats_3_spread'] else 'no'} |")
+  first = next(iter(summary["results"].values()))[0]
+  if first.get("deciles"):
+    deciles = first["deciles"]
+    lines += ["", f"## AUC per leaf-size decile (leaf: {LEAF}; decile 1 = rarest "
+              "leaves by training rows)", "",
+              "| model | " + " | ".join(
+                  f"b{b['bucket']} ({b['size_min']}-{b['size_max']})" for b in deciles)
+              + " |", "|---|" + "---|" * len(deciles)]
+    for label, runs in summary["results"].items():
+      cells = []
+      for i in range(len(deciles)):
+        m, _ = _mean_std([r["deciles"][i]["auc"] for r in runs])
+        cells.append(f"{m:.4f}")
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  depth = summary.get("depth")
+  if depth:
+    lines += ["", "## AUC vs codebook depth D", "", "| D | model | AUC |", "|---|---|---|"]
+    for row in depth:
+      lines.append(f"| {row['num_levels']} | {row['model']} | {row['auc']:.4f} ± "
+                   f"{row['std']:.4f} |")
+  for label, runs in summary["results"].items():
+    codes = runs[0].get("codes")
+    if not codes:
+      continue
+    fields = list(next(iter(codes.values()))["nmi"])
+    lines += ["", f"## Codes of {label} (seed {runs[0]['seed']}): NMI with each field",
+              "", "| level | perplexity | dead | " + " | ".join(fields) + " |",
+              "|---|---|---|" + "---|" * len(fields)]
+    for name, c in codes.items():
+      lines.append(f"| {name} | {c['perplexity']:.2f} | {c['dead_share']:.2f} | "
+                   + " | ".join(f"{c['nmi'][f]:.2f}" for f in fields) + " |")
+  for plot in summary.get("plots", []):
+    lines += ["", f"![{plot}]({plot})"]
+  return "\n".join(lines) + "\n"
+
+
+def depth_table(results: Dict[str, List[Dict]]) -> List[Dict]:
+  """AUC per num_levels for HMDN variants that differ in depth."""
+  rows = []
+  for label, runs in results.items():
+    if not is_hmdn(label):
+      continue
+    _, overrides = parse_variant(label)
+    depth = overrides.get("num_levels", ModelConfig().num_levels)
+    auc, std = _mean_std([r["auc"] for r in runs])
+    rows.append({"model": label, "num_levels": depth, "auc": auc, "std": std})
+  depths = {r["num_levels"] for r in rows}
+  return sorted(rows, key=lambda r: r["num_levels"]) if len(depths) > 1 else []
+
+
+def plots(summary: Dict, report_dir: str) -> List[str]:
+  """PNG plots next to report.md; returns their file names."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  written = []
+
+  def save(fig, name):
+    fig.tight_layout()
+    fig.savefig(os.path.join(report_dir, name), dpi=80)
+    plt.close(fig)
+    written.append(name)
+
+  if summary["deltas"]:
+    d = summary["deltas"]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(d) + 1.2))
+    y = np.arange(len(d))
+    ax.barh(y, [r["mean"] for r in d], xerr=[r["std"] for r in d],
+            color=["tab:green" if r["mean"] > 0 else "tab:red" for r in d])
+    ax.set_yticks(y, [f"{r['model']} vs {r['baseline']}" for r in d], fontsize=7)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("paired ΔAUC (mean ± std over seeds)")
+    save(fig, "paired_delta.png")
+  first = next(iter(summary["results"].values()))[0]
+  if first.get("deciles"):
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for label, runs in summary["results"].items():
+      n = len(runs[0]["deciles"])
+      ax.plot(range(1, n + 1), [_mean_std([r["deciles"][i]["auc"] for r in runs])[0]
+                                for i in range(n)], marker="o", label=label)
+    ax.set_xlabel("leaf-size decile (1 = rarest leaves)")
+    ax.set_ylabel("AUC")
+    ax.legend(fontsize=6)
+    save(fig, "auc_by_leaf_decile.png")
+  if summary.get("depth"):
+    fig, ax = plt.subplots(figsize=(5, 3))
+    rows = summary["depth"]
+    ax.errorbar([r["num_levels"] for r in rows], [r["auc"] for r in rows],
+                yerr=[r["std"] for r in rows], marker="o")
+    ax.set_xlabel("codebook depth D")
+    ax.set_ylabel("AUC")
+    save(fig, "auc_vs_depth.png")
+  for label, runs in summary["results"].items():
+    codes = runs[0].get("codes")
+    if not codes:
+      continue
+    fields = list(next(iter(codes.values()))["nmi"])
+    matrix = np.array([[c["nmi"][f] for f in fields] for c in codes.values()])
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(fields), 0.35 * len(codes) + 1.2))
+    im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(fields)), fields, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(codes)), list(codes), fontsize=7)
+    for i in range(matrix.shape[0]):
+      for j in range(matrix.shape[1]):
+        ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                color="white" if matrix[i, j] < 0.5 else "black")
+    fig.colorbar(im, ax=ax)
+    ax.set_title(f"NMI of codes: {label}", fontsize=8)
+    save(fig, f"codes_{label.replace(':', '__')}.png")
+  return written
+
+
+def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
+        log=print) -> Dict:
+  """Trains every model with every seed (seeds outermost, so machine drift hits all
+  models alike), then writes results.json, report.md and the plots."""
+  if not labels:
+    raise ValueError("--models: give at least one model")
+  if not seeds:
+    raise ValueError("--seeds: give at least one seed")
+  for label in labels:
+    parse_variant(label)  # every bad name fails before the first run
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"--models lists a model twice: {list(labels)}")
+  data = PreprocessedData(base.data_dir).check_complete()
+  os.makedirs(report_dir, exist_ok=True)
+  sizes = train_leaf_sizes(data) if data.spec.distribution_fields else {}
+  results: Dict[str, List[Dict]] = {label: [] for label in labels}
+  oracle = None
+  for seed in seeds:
+    for label in labels:
+      r = run_one(base, label, seed, report_dir, sizes)
+      results[label].append(r)
+      oracle = r.get("oracle_auc", oracle)
+      log(f"compare: seed {seed} {label:<28} AUC {r['auc']:.4f} ({r['seconds']:.0f} s)")
+      write_json_atomic(os.path.join(report_dir, "results.json"), results)
+  summary = {"data_dir": data.data_dir, "train_rows": data.rows(TRAIN),
+             "eval_rows": data.rows("eval"), "epochs": base.epochs,
+             "batch_size": base.batch_size, "learning_rate": base.learning_rate,
+             "seeds": list(seeds), "oracle_auc": oracle, "results": results,
+             "deltas": paired_deltas(results, labels), "depth": depth_table(results)}
+  summary["plots"] = plots(summary, report_dir)
+  write_json_atomic(os.path.join(report_dir, "results.json"), summary)
+  with open(os.path.join(report_dir, "report.md"), "w") as f:
+    f.write(markdown(summary))
+  return summary
