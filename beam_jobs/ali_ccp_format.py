@@ -94,11 +94,15 @@ def parse_feature_list(text: str, declared_count: str) -> Dict[str, List[str]]:
                                "feature id and value")
     if not field or not fid:
       raise spec_lib.SpecError(f"feature entry {i} {entry!r}: empty field or feature id")
+    if len(fid) > spec_lib.MAX_CELL_CHARS:
+      raise spec_lib.SpecError(f"feature entry {i}: a feature id of {len(fid)} "
+                               f"characters is over the limit of "
+                               f"{spec_lib.MAX_CELL_CHARS}")
     try:
       float(value)
     except ValueError:
-      raise spec_lib.SpecError(f"feature entry {i} {entry!r}: value {value!r} is not "
-                               "a number")
+      raise spec_lib.SpecError(f"feature entry {i} {entry[:60]!r}: value "
+                               f"{value[:60]!r} is not a number")
     out.setdefault(field, []).append(fid)
   return out
 
@@ -114,9 +118,22 @@ def parse_skeleton_line(line: str) -> Tuple[str, str, Dict[str, object]]:
   sample_id, click, purchase, index, count, features = cells
   if not sample_id or not index:
     raise spec_lib.SpecError("empty sample_id or common_feature_index")
-  parsed = parse_feature_list(features, count)
+  parsed = _without_own_columns(parse_feature_list(features, count))
   return sample_id, index, dict(parsed, sample_id=sample_id, click=click,
                                 purchase=purchase)
+
+
+# The skeleton's own columns: a feature list entry of that field id would be silently
+# replaced by (or replace) the column, so it is an error.
+OWN_COLUMNS = ("sample_id", "click", "purchase")
+
+
+def _without_own_columns(parsed: Dict[str, List[str]]) -> Dict[str, List[str]]:
+  clash = sorted(set(parsed) & set(OWN_COLUMNS))
+  if clash:
+    raise spec_lib.SpecError(f"feature list uses field id(s) {clash}, the names of the "
+                             "skeleton's own columns")
+  return parsed
 
 
 def parse_common_line(line: str) -> Tuple[str, Dict[str, List[str]]]:
@@ -130,7 +147,7 @@ def parse_common_line(line: str) -> Tuple[str, Dict[str, List[str]]]:
   index, count, features = cells
   if not index:
     raise spec_lib.SpecError("empty common_feature_index")
-  return index, parse_feature_list(features, count)
+  return index, _without_own_columns(parse_feature_list(features, count))
 
 
 # --- Writing ------------------------------------------------------------------------------

@@ -7,12 +7,30 @@ vocabulary per categorical field (most frequent first), one lookup table per
 count_bucket field (from the training split), the dead letter (every rejected row with
 its reason), statistics, the spec, and the metadata (counters), written last so that
 its presence means "complete".
+
+Complete or absent. Before anything is touched, the inputs (`--raw` files, a MovieLens
+folder, the spec file) are checked to lie outside what the job clears. Then, in order:
+the old metadata (the completion marker) is removed first, a killed run's leftovers
+(`_staging-*` directories, Beam's `beam-temp-*`) and the old outputs are removed, the
+job writes everything into a fresh staging directory `<data_dir>/_staging-<id>/` (the
+same layout), and only after the counters reconcile are the outputs moved into place
+and the metadata written last. On any failure (an exception, a full disk, Ctrl-C) the
+staging directory and anything already moved are removed before the error is re-raised.
+What holds where: locally (and on HDFS) each output directory is published by one
+atomic rename; on gs:// (no directory rename) every file is copied and deleted one by
+one, so a reader can see part of the outputs while they move, but never the metadata,
+which is one object created last (object creation is atomic), and every reader checks
+it (`PreprocessedData.check_complete`). A run killed at any point leaves no metadata,
+and the next run removes what it left.
 """
 import dataclasses
 import json
 import logging
+import os
 import re
-from typing import Dict, List, Optional, Sequence
+import shutil
+import uuid
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -21,6 +39,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import sources
 from beam_jobs import transforms as T
+from beam_jobs.sources import base
 from beam_jobs.config import PreprocessConfig, PreprocessError
 from features import spec as spec_lib
 from features.preprocessed import EVAL, SPLITS, TRAIN, PreprocessedData
@@ -65,16 +84,145 @@ def write_tfds_metadata(data: PreprocessedData, spec: spec_lib.FeatureSpec,
   return data.tfds_dir
 
 
-def _clear(data: PreprocessedData) -> None:
-  """Removes a previous run's outputs so stale shards never mix with new ones."""
+# The run's outputs before they are published (a PreprocessedData layout of its own),
+# and the temporary directories Beam's file sinks write beside their outputs. (Layout
+# names: candidates for features/preprocessed.PreprocessedData.)
+STAGING_PREFIX = "_staging-"
+BEAM_TEMP_PREFIX = "beam-temp-"
+_STALE_PREFIXES = (STAGING_PREFIX, BEAM_TEMP_PREFIX)
+
+
+class CountersError(RuntimeError):
+  """The job's counters do not add up: some row was lost or counted twice."""
+
+
+def _is_local(path: str) -> bool:
+  return FileSystems.get_scheme(path) is None
+
+
+def _files_under(path: str) -> List[str]:
+  """Every file below a directory (recursively), sorted."""
+  if _is_local(path):
+    return sorted(os.path.join(root, f) for root, _, files in os.walk(path)
+                  for f in files)
+  found = FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list
+  return sorted(m.path for m in found)
+
+
+def _delete_tree(path: str) -> None:
+  """Removes a file or a directory and everything below it; nothing if absent."""
+  if _is_local(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    elif os.path.lexists(path):
+      os.remove(path)
+    return
+  files = _files_under(path)
+  if files:
+    FileSystems.delete(files)
+  if FileSystems.exists(path):
+    FileSystems.delete([path])
+
+
+def _remove_stale(data: PreprocessedData) -> List[str]:
+  """A killed run's leftovers (staging directories, `beam-temp-*` directories at any
+  depth); returns what was removed."""
+  stale = []
+  if _is_local(data.data_dir):
+    for root, dirs, _ in os.walk(data.data_dir):
+      for d in list(dirs):
+        if d.startswith(_STALE_PREFIXES):
+          stale.append(os.path.join(root, d))
+          dirs.remove(d)
+  else:
+    root = data.data_dir.rstrip("/") + "/"
+    for f in _files_under(data.data_dir):
+      parts = f[len(root):].split("/")
+      for i, part in enumerate(parts[:-1]):
+        if part.startswith(_STALE_PREFIXES):
+          stale.append(root + "/".join(parts[:i + 1]))
+          break
+    stale = sorted(set(stale))
+  for path in stale:
+    _delete_tree(path)
+  return stale
+
+
+def _clear(data: PreprocessedData, spec_path: str = "") -> None:
+  """Removes a previous run's outputs so stale shards never mix with new ones; the
+  spec file too, unless it is this run's own --spec (then it is replaced at the end)."""
   for sub in data.OUTPUT_DIRS:
-    found = FileSystems.match([f"{data.path(sub)}/*"])[0].metadata_list
-    if found:
-      FileSystems.delete([m.path for m in found])
+    _delete_tree(data.path(sub))
   for name in data.OUTPUT_FILES:
-    path = data.path(name)
-    if FileSystems.exists(path):
-      FileSystems.delete([path])
+    _delete_tree(data.path(name))
+  if base.path_key(spec_path or ".") != base.path_key(data.spec_path):
+    _delete_tree(data.spec_path)
+
+
+def _inside(path: str, root: str) -> bool:
+  root = root.rstrip("/")
+  return path == root or path.startswith(root + "/")
+
+
+def check_inputs_outside_outputs(inputs: sources.Inputs, data: PreprocessedData,
+                                 spec_path: str = "") -> None:
+  """Inputs are never deleted or overwritten: a `--raw` file inside the data directory,
+  a folder the source reads that holds the data directory or lies in it, or a spec
+  file among the outputs the job clears is a PreprocessError naming both paths. Local
+  paths are compared resolved (symlinks, `..`)."""
+  out = base.path_key(data.data_dir)
+  for path in inputs.paths:
+    key = base.path_key(path)
+    if _inside(key, out):
+      raise PreprocessError(
+          f"--raw file {path} is inside the output directory {data.data_dir}, whose "
+          "contents the job replaces; write the output elsewhere or move the input")
+    if _inside(out, key):
+      raise PreprocessError(f"the output directory {data.data_dir} is the --raw file "
+                            f"{path}")
+  for folder in inputs.folders:
+    key = base.path_key(folder)
+    if _inside(key, out) or _inside(out, key):
+      raise PreprocessError(f"--raw folder {folder} and the output directory "
+                            f"{data.data_dir} overlap; write the output elsewhere")
+  if spec_path and ("/" in spec_path or os.path.exists(spec_path)):
+    key = base.path_key(spec_path)
+    cleared = [data.path(n) for n in data.OUTPUT_DIRS + data.OUTPUT_FILES]
+    for path in cleared:
+      if _inside(key, base.path_key(path)):
+        raise PreprocessError(f"--spec {spec_path} is inside {path}, which the job "
+                              "clears; copy the spec elsewhere")
+
+
+def _publish(staging: PreprocessedData, data: PreprocessedData) -> None:
+  """Moves the staged outputs into the data directory (each directory by one rename
+  where the filesystem has one, file by file on object stores)."""
+  names = [n for n in data.OUTPUT_DIRS if n != data.SCRATCH_DIR]
+  names += [n for n in data.OUTPUT_FILES if n != data.METADATA_FILE] + [data.SPEC_FILE]
+  for name in names:
+    src, dst = staging.path(name), data.path(name)
+    if _is_local(src):
+      if not os.path.lexists(src):
+        continue
+      if os.path.isdir(dst) and not os.path.islink(dst):
+        _delete_tree(dst)
+      os.replace(src, dst)
+      continue
+    files = _files_under(src) if not FileSystems.exists(src) else [src]
+    if files:
+      _delete_tree(dst)
+      FileSystems.rename(files, [dst + f[len(src):] for f in files])
+
+
+def _write_metadata(staging: PreprocessedData, data: PreprocessedData,
+                    metadata: Dict) -> None:
+  """The completion marker: written whole in staging, then moved into place (a rename,
+  or one object created on gs://), so it is never seen half written."""
+  spec_lib.write_text(staging.metadata_path, json.dumps(metadata, indent=1))
+  if _is_local(staging.metadata_path):
+    os.replace(staging.metadata_path, data.metadata_path)
+  else:
+    FileSystems.rename([staging.metadata_path], [data.metadata_path])
 
 
 def _read_json_lines(pattern: str) -> List:
@@ -135,6 +283,26 @@ def _counters(result) -> Dict[str, int]:
   return out
 
 
+def reconcile(counters: Mapping[str, int]) -> Dict:
+  """read = written + rejected for the rows (impressions), and read = joined + unused +
+  rejected for each side file; returns those counts, raises CountersError naming the
+  numbers when they do not add up (a row lost or counted twice)."""
+  read = counters.get(base.ROWS_READ, 0)
+  written = {s: counters.get(f"rows_written_{s}", 0) for s in SPLITS}
+  rejected = counters.get(base.ROWS_REJECTED, 0)
+  if read != written[TRAIN] + written[EVAL] + rejected:
+    raise CountersError(f"counters do not reconcile: read {read} != written {written} + "
+                        f"rejected {rejected}")
+  side_files = _side_file_counts(counters)
+  for kind, c in side_files.items():
+    if c["read"] != c["joined"] + c["unused"] + c["rejected"]:
+      raise CountersError(f"{kind} counters do not reconcile: read {c['read']} != "
+                          f"joined {c['joined']} + unused {c['unused']} + rejected "
+                          f"{c['rejected']}")
+  return {"rows_read": read, "rows_written": written, "rows_rejected": rejected,
+          "side_files": side_files}
+
+
 def run(config: PreprocessConfig, beam_args: Optional[Sequence[str]] = None) -> Dict:
   """Runs the job; returns the metadata also written as the completion marker."""
   # Beam's INFO logs (one line per bundle and worker) would bury the job's own output.
@@ -149,9 +317,38 @@ def run(config: PreprocessConfig, beam_args: Optional[Sequence[str]] = None) -> 
   source = sources.get(config.source)
   inputs = source.resolve(config, spec)
   data = PreprocessedData(config.output_dir)
-  _clear(data)
-  spec.save(data.spec_path)
+  check_inputs_outside_outputs(inputs, data, config.spec_path)
 
+  # Nothing was touched so far. The completion marker goes first, then the leftovers.
+  _delete_tree(data.metadata_path)
+  stale = _remove_stale(data)
+  if stale:
+    logging.info("removed a previous run's temporary files: %s", stale)
+  _clear(data, config.spec_path)
+  staging = PreprocessedData(data.path(f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"))
+  try:
+    metadata = _run_staged(config, beam_args, spec, source, inputs, staging)
+    _publish(staging, data)
+    _write_metadata(staging, data, metadata)  # last
+  except BaseException:
+    for cleanup in (lambda: _delete_tree(staging.data_dir),
+                    lambda: _clear(data, config.spec_path)):
+      try:
+        cleanup()
+      except Exception as e:  # the original error matters more; say what is left.
+        logging.error("could not remove the failed run's files in %s: %s",
+                      data.data_dir, e)
+    raise
+  _delete_tree(staging.data_dir)
+  return metadata
+
+
+def _run_staged(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
+                spec: spec_lib.FeatureSpec, source: sources.Source,
+                inputs: sources.Inputs, data: PreprocessedData) -> Dict:
+  """The pipeline, writing into `data` (the staging directory), and the statistics;
+  returns the metadata."""
+  spec.save(data.spec_path)
   args = list(beam_args or [])
   if not any(a.startswith("--runner") for a in args):
     args.append("--runner=DirectRunner")
@@ -168,16 +365,7 @@ def run(config: PreprocessConfig, beam_args: Optional[Sequence[str]] = None) -> 
   result.wait_until_finish()
 
   counters = _counters(result)
-  read = counters.get("rows_read", 0)
-  written = {s: counters.get(f"rows_written_{s}", 0) for s in SPLITS}
-  rejected = counters.get("rows_rejected", 0)
-  if read != written[TRAIN] + written[EVAL] + rejected:
-    raise RuntimeError(f"counters do not reconcile: read {read} != written {written} + "
-                       f"rejected {rejected}")
-  side_files = _side_file_counts(counters)
-  for kind, c in side_files.items():
-    if c["read"] != c["joined"] + c["unused"] + c["rejected"]:
-      raise RuntimeError(f"{kind} counters do not reconcile: {c}")
+  counts = reconcile(counters)
   time_cutoff = None
   if config.split_time_field:
     time_cutoff = _read_json_lines(_scratch(data, "time_cutoff*"))[0]
@@ -189,22 +377,22 @@ def run(config: PreprocessConfig, beam_args: Optional[Sequence[str]] = None) -> 
       "spec": spec.name,
       "source": config.source,
       "raw": list(inputs.paths),
+      "raw_matched_twice": list(inputs.duplicates),  # read once each
       "input_format": inputs.input_format,
-      "rows_read": read,
-      "rows_written": written,
-      "rows_rejected": rejected,
+      "rows_read": counts["rows_read"],
+      "rows_written": counts["rows_written"],
+      "rows_rejected": counts["rows_rejected"],
       "eval_fraction": config.eval_fraction,
       "split_key": config.split_key,
       "split_time_field": config.split_time_field,
       "split_time_cutoff": time_cutoff,
-      "side_files": side_files,
+      "side_files": counts["side_files"],
       "tfds": f"{data.TFDS_DIR}/" if config.tfds else None,
       "vocab_sizes": stats["vocab_sizes"],
       "tables": {f.name: data.table_relpath(f.name) for f in spec.derived_fields
                  if f.derived.kind == spec_lib.COUNT_BUCKET},
   }
   spec_lib.write_text(data.stats_path, json.dumps(stats, indent=1, sort_keys=True))
-  spec_lib.write_text(data.metadata_path, json.dumps(metadata, indent=1))  # last
   return metadata
 
 

@@ -12,7 +12,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from features import spec as spec_lib
-from features.preprocessed import EVAL, TRAIN, PreprocessedData
+from features.preprocessed import EVAL, TRAIN, PreprocessedData, escape_value
 
 NAMESPACE = "hmdn.preprocess"
 RECORDS = "records"
@@ -36,8 +36,26 @@ def parse_record(spec: spec_lib.FeatureSpec, cells: Mapping[str, Any],
     raw = cells.get(f.name)
     if (raw is None or raw == "" or raw == []) and missing_counters is not None:
       missing_counters[f.name].inc()
-    record[f.name] = spec.parse_value(f, raw)
+    record[f.name] = _checked(f, spec.parse_value(f, raw))
   return record
+
+
+def _checked(feature: spec_lib.Feature, value: Any) -> Any:
+  """What the tf.Example and the vocabulary files need beyond `parse_value`: every
+  string encodes as UTF-8 (JSON's "\\ud800" does not) and each value of a list is within
+  the cell limit."""
+  for v in value if isinstance(value, list) else [value]:
+    if not isinstance(v, str):
+      continue
+    if len(v) > spec_lib.MAX_CELL_CHARS:
+      raise spec_lib.SpecError(f"field {feature.name!r}: a value of {len(v)} characters "
+                               f"is over the limit of {spec_lib.MAX_CELL_CHARS}")
+    try:
+      v.encode("utf-8")
+    except UnicodeEncodeError as e:
+      raise spec_lib.SpecError(f"field {feature.name!r}: {v[:60]!r} is not valid "
+                               f"Unicode ({e.reason})")
+  return value
 
 
 # --- Time split -----------------------------------------------------------------------
@@ -110,7 +128,8 @@ def AddDerivedFeatures(split_records, spec, data: PreprocessedData):
   """Adds the spec's derived fields to (split, record) pairs.
 
   count_bucket: counts each source value in the TRAINING split (a combine per key),
-  writes `data.table_path(field)` (value TAB bucket: the asset the model looks it up in) and
+  writes `data.table_path(field)` (escaped value TAB bucket: the asset the model looks it
+  up in, `features.preprocessed.escape_value`) and
   joins the bucket back onto every row, train and eval, with a CoGroupByKey; crosses
   and numeric buckets are computed row by row afterwards (a cross may read a count
   bucket). The values are the ones the model recomputes from the raw ids.
@@ -125,7 +144,8 @@ def AddDerivedFeatures(split_records, spec, data: PreprocessedData):
              | f"{f.name}Count" >> beam.combiners.Count.PerElement()
              | f"{f.name}Bucket" >> beam.Map(lambda kv, d=d: (kv[0], d.bucket_of(kv[1]))))
     _ = (table
-         | f"{f.name}TableLines" >> beam.MapTuple(lambda k, b: f"{k}\t{b}")
+         | f"{f.name}TableLines" >> beam.MapTuple(
+             lambda k, b: f"{escape_value(k)}\t{b}")
          | f"{f.name}WriteTable" >> beam.io.WriteToText(
              data.table_path(f.name), shard_name_template=""))
     rows = split_records | f"{f.name}KeyRows" >> beam.Map(lambda sr, s=source: (sr[1][s], sr))
@@ -143,7 +163,8 @@ def _values(feature: spec_lib.Feature, value: Any) -> List[str]:
 
 
 class WriteVocabularyFn(beam.DoFn):
-  """(field, [(value, count)]) -> the vocabulary file, most frequent first."""
+  """(field, [(value, count)]) -> the vocabulary file, most frequent first, one
+  escaped value a line (`escape_value`: a tab or newline in an id cannot split it)."""
 
   def __init__(self, data: PreprocessedData):
     self._data = data
@@ -152,7 +173,7 @@ class WriteVocabularyFn(beam.DoFn):
     field, counts = element
     ordered = sorted(counts, key=lambda vc: (-vc[1], vc[0]))
     with FileSystems.create(self._data.vocab_path(field)) as f:
-      f.write("".join(f"{v}\n" for v, _ in ordered).encode("utf-8"))
+      f.write("".join(f"{escape_value(v)}\n" for v, _ in ordered).encode("utf-8"))
     yield field, len(ordered)
 
 

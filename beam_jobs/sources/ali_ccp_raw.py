@@ -85,9 +85,9 @@ class _JoinCommonFn(beam.DoFn):
         merged = dict(common)
         merged.update(cells)
         record = T.parse_record(self._spec, self._single_valued(merged), self._missing)
-      except spec_lib.SpecError as e:
+      except base.DATA_ERRORS as e:
         self._rejected.inc()
-        yield base.dead_letter(path, line, str(e))
+        yield base.dead_letter(path, line, base.reason_of(e))
         continue
       used = True
       yield base.split_for(record, self._split_key, cells["sample_id"],
@@ -142,7 +142,8 @@ class AliCcpRawSource(base.Source):
       fmt.ali_ccp_files(paths)
     except ValueError as e:
       raise C.PreprocessError(str(e))
-    return base.Inputs(tuple(paths), C.ALI_CCP_RAW)
+    return base.Inputs(tuple(paths), C.ALI_CCP_RAW,
+                       duplicates=tuple(base.duplicate_paths(config.raw)))
 
   def read(self, p, inputs, spec, config):
     return p | self.label >> ReadAliCcpRaw(list(inputs.paths), spec, config.split_key,

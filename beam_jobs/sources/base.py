@@ -2,11 +2,15 @@
 
 A source turns `--raw` into the tags of the job's parse step: `records` ((split, record)
 pairs whose record holds every raw field of the spec, typed) and `dead_letter`
-({source, row, reason}). Every raw line goes through `LineParserFn`, which counts it,
-parses it and, on a `SpecError`, rejects it with the reason, so read = written +
-rejected holds for every source.
+({source, row, reason}). Every raw line is read as bytes and goes through
+`LineParserFn`, which counts it, decodes it, parses it and, on anything the line's
+content can cause (undecodable bytes, a csv.Error, a SpecError...), rejects it with the
+reason: one bad line never aborts the job, and read = written + rejected holds for
+every source.
 """
+import csv
 import dataclasses
+import os
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import apache_beam as beam
@@ -30,6 +34,40 @@ def dead_letter(source: str, row: str, reason: str) -> beam.pvalue.TaggedOutput:
                                   {"source": source, "row": row, "reason": reason})
 
 
+BOM = "\ufeff"
+# What a line's content can raise while it is parsed: each is that line's dead letter.
+# (SpecError and UnicodeDecodeError are ValueErrors; OverflowError: float() of a huge
+# JSON integer; RecursionError: deeply nested JSON; csv.Error: a field over the csv
+# module's limit, a stray carriage return.) Anything else is a bug and fails the job.
+DATA_ERRORS = (ValueError, OverflowError, RecursionError, csv.Error)
+
+
+def reason_of(error: BaseException) -> str:
+  """A dead-letter reason: the error's message (its type when the message is empty)."""
+  if isinstance(error, spec_lib.SpecError):
+    return str(error) or type(error).__name__
+  return f"{type(error).__name__}: {error}".rstrip(": ")
+
+
+def decode_line(line: bytes, encoding: str = "utf-8") -> str:
+  """A raw line's bytes -> text, a leading BOM dropped; raises SpecError naming the
+  first undecodable byte. (Beam cannot say which line of a file is the first, so a
+  BOM is dropped at the start of any line: U+FEFF is never a real leading value.)"""
+  try:
+    text = line.decode(encoding)
+  except UnicodeDecodeError as e:
+    raise spec_lib.SpecError(f"not valid {encoding}: byte {line[e.start:e.start + 1]!r} "
+                             f"at offset {e.start}")
+  return text[1:] if text.startswith(BOM) else text
+
+
+def printable_row(line: Any, encoding: str = "utf-8") -> str:
+  """The row as the dead letter shows it: undecodable bytes as \\x escapes."""
+  if isinstance(line, bytes):
+    return line.decode(encoding, "backslashreplace")
+  return line
+
+
 def split_for(record: T.Record, split_key: str, fallback_key: str,
               eval_fraction: float) -> str:
   """The record's split: a hash of its `split_key` value, or of `fallback_key`."""
@@ -47,21 +85,30 @@ class LineParserFn(beam.DoFn):
   """
 
   def __init__(self, read_counter: str = ROWS_READ,
-               rejected_counter: str = ROWS_REJECTED):
+               rejected_counter: str = ROWS_REJECTED, encoding: str = "utf-8"):
     self._read = counter(read_counter)
     self._rejected = counter(rejected_counter)
+    self._encoding = encoding
 
   def parse(self, path: str, line: str) -> Any:
     raise NotImplementedError
 
-  def process(self, element: Tuple[str, str]):
+  def parse_line(self, path: str, line: Any) -> Any:
+    """Decodes (bytes) and parses one line; raises one of DATA_ERRORS on a bad line."""
+    if isinstance(line, bytes):
+      line = decode_line(line, self._encoding)
+    elif line.startswith(BOM):
+      line = line[1:]
+    return self.parse(path, line)
+
+  def process(self, element: Tuple[str, Any]):
     path, line = element
     self._read.inc()
     try:
-      out = self.parse(path, line)
-    except spec_lib.SpecError as e:
+      out = self.parse_line(path, line)
+    except DATA_ERRORS as e:
       self._rejected.inc()
-      yield dead_letter(path, line, str(e))
+      yield dead_letter(path, printable_row(line, self._encoding), reason_of(e))
       return
     yield out
 
@@ -72,29 +119,59 @@ def ParseLines(lines, fn: LineParserFn, main: str = "rows"):
   return lines | "Parse" >> beam.ParDo(fn).with_outputs(T.DEAD_LETTER, main=main)
 
 
+def is_blank(line: Any) -> bool:
+  """A line with nothing but white space (and a BOM) is skipped, not counted."""
+  if isinstance(line, bytes):
+    return line.strip().lstrip(BOM.encode("utf-8")).strip() == b""
+  return line.strip().lstrip(BOM).strip() == ""
+
+
 @beam.ptransform_fn
-def ReadLines(p, paths: Sequence[str], skip_header_lines: int = 0, coder=None):
-  """Every non-blank line of the files, as (file, line) pairs."""
-  kwargs = {"coder": coder} if coder is not None else {}
+def ReadLines(p, paths: Sequence[str], skip_header_lines: int = 0):
+  """Every non-blank line of the files, as (file, line bytes) pairs: the bytes are
+  decoded per line by `LineParserFn`, so one undecodable line is one dead letter."""
   lines = [p | f"Read{i}" >> beam.io.ReadFromTextWithFilename(
-               path, skip_header_lines=skip_header_lines, **kwargs)
+               path, skip_header_lines=skip_header_lines, coder=beam.coders.BytesCoder())
            for i, path in enumerate(paths)]
   return (lines | "FlattenFiles" >> beam.Flatten()
-          | "DropBlankLines" >> beam.Filter(lambda fl: fl[1].strip() != ""))
+          | "DropBlankLines" >> beam.Filter(lambda fl: not is_blank(fl[1])))
+
+
+def path_key(path: str) -> str:
+  """The identity of a file: local paths resolved (symlinks, `..`), others as given."""
+  if FileSystems.get_scheme(path) is None:
+    return os.path.realpath(path)
+  return path.rstrip("/")
 
 
 def match_paths(patterns: str) -> List[str]:
-  """`--raw`'s comma-separated globs -> the files, each glob sorted; an error names the
-  glob that matches nothing."""
-  paths = []
+  """`--raw`'s comma-separated globs -> the files, each glob sorted, each file once
+  (a file two globs match is read once: `duplicate_paths` lists them); an error names
+  the glob that matches nothing."""
+  paths, seen = [], set()
   for pattern in [p for p in patterns.split(",") if p]:
     found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
     if not found:
       raise PreprocessError(f"--raw: no file matches {pattern!r}")
-    paths.extend(sorted(found))
+    for path in sorted(found):
+      if path_key(path) not in seen:
+        seen.add(path_key(path))
+        paths.append(path)
   if not paths:
     raise PreprocessError("--raw: no input pattern given")
   return paths
+
+
+def duplicate_paths(patterns: str) -> List[str]:
+  """The files more than one of `--raw`'s globs match (each read once)."""
+  counts: Dict[str, int] = {}
+  first: Dict[str, str] = {}
+  for pattern in [p for p in patterns.split(",") if p]:
+    for m in FileSystems.match([pattern])[0].metadata_list:
+      key = path_key(m.path)
+      counts[key] = counts.get(key, 0) + 1
+      first.setdefault(key, m.path)
+  return sorted(first[k] for k, n in counts.items() if n > 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +180,10 @@ class Inputs:
   paths: Tuple[str, ...]
   input_format: str  # recorded in the metadata
   headers: Mapping[str, List[str]] = dataclasses.field(default_factory=dict)
+  # Files matched by more than one glob of --raw (read once; recorded in the metadata).
+  duplicates: Tuple[str, ...] = ()
+  # Folders the source reads as a whole (MovieLens): the output may not be in them.
+  folders: Tuple[str, ...] = ()
 
 
 class Source:

@@ -30,17 +30,11 @@ class ParseRowFn(base.LineParserFn):
 
   def _cells(self, source: str, line: str) -> Dict[str, Any]:
     if self._format == C.JSONL:
-      try:
-        obj = json.loads(line)
-      except ValueError as e:
-        raise spec_lib.SpecError(f"not valid JSON ({e})")
-      if not isinstance(obj, dict):
-        raise spec_lib.SpecError(f"expected a JSON object, got {type(obj).__name__}")
-      return obj
+      return json_object(line)
     header = self._headers.get(source) or self._headers.get("*")
     if header is None:
       raise spec_lib.SpecError(f"no header known for file {source!r}")
-    cells = next(csv.reader([line], delimiter=self._delimiter))
+    cells = csv_cells(line, self._delimiter)
     if len(cells) != len(header):
       raise spec_lib.SpecError(
           f"expected {len(header)} columns separated by {self._delimiter!r}, got "
@@ -50,6 +44,28 @@ class ParseRowFn(base.LineParserFn):
   def parse(self, path: str, line: str):
     record = T.parse_record(self._spec, self._cells(path, line), self._missing)
     return base.split_for(record, self._split_key, line, self._eval_fraction), record
+
+
+def json_object(line: str) -> Dict[str, Any]:
+  """A JSONL line -> its object; raises SpecError (not JSON, too deep, not an object)."""
+  try:
+    obj = json.loads(line)
+  except RecursionError:
+    raise spec_lib.SpecError("not valid JSON (nested too deeply)")
+  except ValueError as e:  # also an integer too long to convert
+    raise spec_lib.SpecError(f"not valid JSON ({e})")
+  if not isinstance(obj, dict):
+    raise spec_lib.SpecError(f"expected a JSON object, got {type(obj).__name__}")
+  return obj
+
+
+def csv_cells(line: str, delimiter: str) -> List[str]:
+  """One CSV line -> its cells; raises SpecError on what the csv module refuses (a
+  field over its size limit, a stray carriage return or NUL byte)."""
+  try:
+    return next(csv.reader([line], delimiter=delimiter, strict=True), [])
+  except csv.Error as e:
+    raise spec_lib.SpecError(f"not a valid CSV line ({e})")
 
 
 @beam.ptransform_fn
@@ -84,8 +100,12 @@ def read_headers(paths: Sequence[str], spec: spec_lib.FeatureSpec,
   headers = {}
   for path in paths:
     with FileSystems.open(path) as f:
-      first = f.readline().decode("utf-8").rstrip("\r\n")
-    header = next(csv.reader([first], delimiter=delimiter)) if first else []
+      first = f.readline()
+    try:
+      first = base.decode_line(first).rstrip("\r\n")  # a BOM is dropped
+      header = csv_cells(first, delimiter) if first else []
+    except spec_lib.SpecError as e:
+      raise C.PreprocessError(f"{path}: header line: {e}")
     if not header:
       raise C.PreprocessError(f"{path}: empty file, no header line")
     missing = [f.name for f in spec.raw_fields if f.required and f.name not in header]
@@ -108,7 +128,8 @@ class GenericSource(base.Source):
     paths = base.match_paths(config.raw)
     input_format = format_of(paths, config.input_format)
     headers = read_headers(paths, spec, config.delimiter) if input_format == C.CSV else {}
-    return base.Inputs(tuple(paths), input_format, headers)
+    return base.Inputs(tuple(paths), input_format, headers,
+                       duplicates=tuple(base.duplicate_paths(config.raw)))
 
   def read(self, p, inputs, spec, config):
     return p | self.label >> ReadGeneric(

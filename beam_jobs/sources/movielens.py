@@ -1,5 +1,7 @@
 """The `movielens` source: the ml-100k layout (u.data ratings joined with u.user and
 u.item; its constants and line parsers: beam_jobs/movielens)."""
+import os
+
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
@@ -7,20 +9,6 @@ from beam_jobs import config as C
 from beam_jobs import movielens as ml
 from beam_jobs import transforms as T
 from beam_jobs.sources import base
-from features import spec as spec_lib
-
-
-class Latin1Coder(beam.coders.Coder):
-  """u.user and u.item are latin-1 (accented titles), not UTF-8."""
-
-  def encode(self, value):
-    return value.encode(ml.ENCODING)
-
-  def decode(self, value):
-    return value.decode(ml.ENCODING)
-
-  def is_deterministic(self):
-    return True
 
 
 class _ParseRatingFn(base.LineParserFn):
@@ -37,7 +25,9 @@ class _ParseSideFn(base.LineParserFn):
   _PARSERS = {ml.USERS: ml.parse_user_line, ml.ITEMS: ml.parse_item_line}
 
   def __init__(self, kind):
-    super().__init__(f"movielens_{kind}s_read", f"movielens_{kind}s_rejected")
+    # u.user and u.item are latin-1 (accented titles), not UTF-8.
+    super().__init__(f"movielens_{kind}s_read", f"movielens_{kind}s_rejected",
+                     encoding=ml.ENCODING)
     self._kind = kind
 
   def parse(self, path, line):
@@ -82,9 +72,9 @@ class _JoinSideFn(beam.DoFn):
         continue
       try:
         record = T.parse_record(self._spec, merged, self._missing)
-      except spec_lib.SpecError as e:
+      except base.DATA_ERRORS as e:
         self._rejected.inc()
-        yield base.dead_letter(path, line, str(e))
+        yield base.dead_letter(path, line, base.reason_of(e))
         continue
       used = True
       yield base.split_for(record, self._split_key, line, self._eval_fraction), record
@@ -103,7 +93,7 @@ def ReadMovieLens(p, files, spec, split_key="", eval_fraction=0.2):
              | "ParseRatings" >> base.ParseLines(_ParseRatingFn()))
   sides = {}
   for kind in (ml.USERS, ml.ITEMS):
-    sides[kind] = (p | f"Read{kind}s" >> base.ReadLines([files[kind]], coder=Latin1Coder())
+    sides[kind] = (p | f"Read{kind}s" >> base.ReadLines([files[kind]])
                    | f"Parse{kind}s" >> base.ParseLines(_ParseSideFn(kind)))
   with_users = ({"ratings": ratings["rows"], "side": sides[ml.USERS]["rows"]}
                 | "JoinUsers" >> beam.CoGroupByKey()
@@ -133,7 +123,8 @@ class MovieLensSource(base.Source):
       raise C.PreprocessError(
           f"--raw={config.raw}: MovieLens needs {names} and {ml.FILES[ml.ITEMS]} in one "
           f"folder; missing {missing} (get it with `hmdn data fetch movielens-100k`)")
-    return base.Inputs(tuple(files.values()), C.MOVIELENS)
+    return base.Inputs(tuple(files.values()), C.MOVIELENS,
+                       folders=(os.path.dirname(files[ml.RATINGS]),))
 
   def read(self, p, inputs, spec, config):
     return p | self.label >> ReadMovieLens(ml.layout_files(config.raw), spec,
