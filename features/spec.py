@@ -57,6 +57,9 @@ def _number(feature: "Feature", raw: Any, what: str) -> float:
     raise SpecError(f"field {feature.name!r}: {what} {_short(raw)} is not a number")
   try:
     value = float(raw)
+  except OverflowError:  # a JSON integer beyond any float
+    raise SpecError(f"field {feature.name!r}: {what} {_short(raw)} is outside the "
+                    "float32 range the model computes in")
   except (TypeError, ValueError):
     raise SpecError(f"field {feature.name!r}: {what} {_short(raw)} is not a number")
   if not math.isfinite(value):
@@ -79,7 +82,15 @@ def _category(feature: "Feature", raw: Any) -> str:
       raise SpecError(f"field {feature.name!r}: {raw!r} is not a categorical value")
     if raw.is_integer():
       raw = int(raw)
-  return str(raw)
+  value = str(raw)
+  if len(value) > MAX_CELL_CHARS:
+    raise SpecError(f"field {feature.name!r}: a value of {len(value)} characters is "
+                    f"over the limit of {MAX_CELL_CHARS}")
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): no UTF-8 form
+    raise SpecError(f"field {feature.name!r}: {_short(value)} is not valid Unicode")
+  return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,7 +305,7 @@ class FeatureSpec:
         raise SpecError(f"field {feature.name!r}: label {_short(raw)} is not a number")
       try:
         value = float(raw)
-      except (TypeError, ValueError):
+      except (TypeError, ValueError, OverflowError):
         raise SpecError(f"field {feature.name!r}: label {_short(raw)} is not a number")
       if value not in (0.0, 1.0):
         raise SpecError(f"field {feature.name!r}: label {raw!r} is not 0 or 1")

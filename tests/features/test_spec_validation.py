@@ -84,6 +84,11 @@ def spec():
     ("tags", {"a": 1}, r"'tags': a JSON object is not a list of values"),
     ("tags", ["a", True], r"'tags': True is not a categorical value"),
     ("click", True, r"'click': boolean True is not a number"),
+    ("price", 10 ** 400, r"'price': value 1000.* is outside the float32 range"),
+    ("click", 10 ** 400, r"'click': label 1000.* is not a number"),
+    ("scenario", "\ud800", r"'scenario': '\\ud800' is not valid Unicode"),
+    ("tags", ["a", "x" * (spec_lib.MAX_CELL_CHARS + 1)], r"'tags': a value of 10001 "
+     r"characters is over the limit"),
 ])
 def test_values_that_do_not_fit_are_rejected_not_coerced(spec, field, raw, message):
   with pytest.raises(spec_lib.SpecError, match=message):
