@@ -87,7 +87,7 @@ def write_tfds_metadata(data: PreprocessedData, spec: spec_lib.FeatureSpec,
 # The run's outputs before they are published (a PreprocessedData layout of its own),
 # and the temporary directories Beam's file sinks write beside their outputs. (Layout
 # names: candidates for features/preprocessed.PreprocessedData.)
-STAGING_PREFIX = "_staging-"
+STAGING_PREFIX = PreprocessedData.STAGING_PREFIX
 BEAM_TEMP_PREFIX = "beam-temp-"
 _STALE_PREFIXES = (STAGING_PREFIX, BEAM_TEMP_PREFIX)
 

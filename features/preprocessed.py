@@ -84,6 +84,7 @@ class PreprocessedData:
   DEAD_LETTER_DIR = "dead_letter"
   TFDS_DIR = "tfds"
   SCRATCH_DIR = "_stats"  # the job's intermediate outputs, removed when it ends
+  STAGING_PREFIX = "_staging-"  # a run writes into <data_dir>/_staging-<id>/, then publishes
   SHARD_PREFIX = "part"
   SHARD_SUFFIX = ".tfrecord.gz"
   DEAD_LETTER_PREFIX = "rows"
