@@ -12,7 +12,8 @@ import tensorflow_recommenders as tfrs
 from features import spec as spec_lib
 from models.backbones import BACKBONES
 from models.embedding import FeatureEmbeddings
-from models.hierarchical import HierarchicalDistributionRepresentation
+from models.hierarchical import (EXPLICIT, IMPLICIT,
+                                 HierarchicalDistributionRepresentation)
 from models.registry import ModelConfig
 
 
@@ -22,6 +23,8 @@ class CTRModel(tfrs.Model):
   `call(features)` takes raw inputs keyed by field name and returns
   {"logits": [batch, 1], "probability": [batch, 1]} plus, for HMDN models,
   "codes": [batch, views * num_levels] int32 (and "codes_<view>": [batch, num_levels]).
+  The backbone's condition is `config.condition` (coarsest distribution field, all of
+  them, or their cross); HMDN variants add s_D to it (or use s_D alone).
   """
 
   def __init__(self, spec: spec_lib.FeatureSpec, vocab_dir: str,
@@ -37,6 +40,12 @@ class CTRModel(tfrs.Model):
     self.embeddings = FeatureEmbeddings(spec.to_dict(), vocab_dir, numeric_moments,
                                         tables_dir=tables_dir, name="embeddings")
     self._distribution_fields = [f.name for f in spec.distribution_fields]
+    embedded = [f.name for f in spec.embedded_fields]
+    unknown = sorted(set(config.implicit_fields) - set(embedded))
+    if unknown:
+      raise ValueError(f"implicit_fields: {unknown} are not embedded fields of spec "
+                       f"{spec.source}; embedded: {embedded}")
+    self._implicit_fields = list(config.implicit_fields) or embedded
     backbone_cls = BACKBONES[config.backbone]
     reads_condition = backbone_cls.reads_condition
     if not self._distribution_fields and (
@@ -46,15 +55,28 @@ class CTRModel(tfrs.Model):
           f"(distribution_level) in spec {spec.source}")
     self.num_domains = (self.embeddings.num_ids[self._distribution_fields[0]]
                         if self._distribution_fields else 1)
+    self.cross_embedding = None
+    if config.condition == "cross" and self._distribution_fields:
+      self.cross_embedding = tf.keras.layers.Embedding(
+          config.cross_buckets, config.cross_dim, name="cross_condition_embedding",
+          embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
     self.hierarchy = None
+    self.aux_head = None
     if config.is_hmdn:
       self.hierarchy = HierarchicalDistributionRepresentation(
           extraction=config.extraction, distribution_dim=config.distribution_dim,
           view_units=config.view_units, num_levels=config.num_levels,
           codebook_size=config.codebook_size, shared_codebook=config.shared_codebook,
           codebook_update=config.codebook_update, decay=config.decay, beta=config.beta,
-          commitment_weight=config.commitment_weight, seed=config.seed,
-          name="hierarchy")
+          commitment_weight=config.commitment_weight,
+          warmup_steps=config.codebook_warmup_steps,
+          kmeans_iterations=config.kmeans_iterations,
+          restart_after_steps=config.restart_after_steps,
+          buffer_size=config.buffer_size, seed=config.seed, name="hierarchy")
+      if IMPLICIT in self.hierarchy.views and config.aux_weight > 0:
+        # The implicit view's reason to encode distribution: its s_D alone must
+        # predict the click, so its codes separate groups that click differently.
+        self.aux_head = tf.keras.layers.Dense(1, name="implicit_aux_logit")
     self.backbone = backbone_cls(num_domains=self.num_domains,
                                  output_dim=config.output_dim,
                                  name=f"backbone_{config.backbone}",
@@ -65,27 +87,54 @@ class CTRModel(tfrs.Model):
             from_logits=True, reduction=tf.keras.losses.Reduction.SUM),
         metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")])
 
+  def _cross_ids(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """Hash bucket of the joined ids of every distribution field: [batch]."""
+    derived = self.embeddings.derived_values(features)
+    ids = []
+    for name in self._distribution_fields:
+      values = derived[name] if name in derived else features[name]
+      ids.append(tf.strings.as_string(self.embeddings.ids(name, values)))
+    joined = tf.strings.join(ids, separator="|")
+    return tf.strings.to_hash_bucket_fast(joined, self.config.cross_buckets)
+
+  def backbone_condition(self, features: Mapping[str, tf.Tensor],
+                         embedded: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """The backbone's own condition (`ModelConfig.condition`): [batch, C]."""
+    fields = self._distribution_fields
+    if self.config.condition == "coarsest":
+      return embedded[fields[0]]
+    if self.config.condition == "all":
+      return tf.concat([embedded[n] for n in fields], -1)
+    return self.cross_embedding(self._cross_ids(features))
+
+  def _view_inputs(self, embedded: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    inputs = {IMPLICIT: tf.concat([embedded[n] for n in self._implicit_fields], -1)}
+    if self._distribution_fields:
+      inputs[EXPLICIT] = tf.concat([embedded[n] for n in self._distribution_fields],
+                                   -1)
+    return inputs
+
   def call(self, features: Mapping[str, tf.Tensor], training: bool = False
            ) -> Dict[str, tf.Tensor]:
     embedded = self.embeddings(features)
     all_fields = tf.concat([embedded[f.name] for f in self.feature_spec.embedded_fields],
                            -1)
     if self._distribution_fields:
-      distribution = tf.concat([embedded[n] for n in self._distribution_fields], -1)
+      condition = self.backbone_condition(features, embedded)
       domain = self.embeddings.ids(self._distribution_fields[0],
                                    features[self._distribution_fields[0]])
     else:
-      distribution = tf.zeros_like(all_fields[:, :1])
+      condition = tf.zeros_like(all_fields[:, :1])
       domain = tf.zeros_like(all_fields[:, 0], dtype=tf.int32)
     out = {}
-    condition = distribution
     if self.hierarchy is not None:
-      h = self.hierarchy({"explicit": distribution, "implicit": all_fields},
-                         training=training)
+      h = self.hierarchy(self._view_inputs(embedded), training=training)
       condition = (h["representation"] if self.config.hmdn_condition ==
-                   "hierarchical_only" else tf.concat([distribution,
+                   "hierarchical_only" else tf.concat([condition,
                                                        h["representation"]], -1))
       out.update({k: v for k, v in h.items() if k.startswith("codes")})
+      if self.aux_head is not None:
+        out["implicit_representation"] = h[f"representation_{IMPLICIT}"]
     hidden = self.backbone({"features": all_fields, "condition": condition,
                             "domain": domain}, training=training)
     logits = self.head(hidden)
@@ -93,40 +142,60 @@ class CTRModel(tfrs.Model):
     out["probability"] = tf.sigmoid(logits)
     return out
 
+  def code_diagnostics(self, features: Mapping[str, tf.Tensor]
+                       ) -> Dict[str, Dict[str, Any]]:
+    """Per-view quantizer health on a fixed probe batch (raw features), for the
+    trainer to log outside the training step: {view: {residual_ratio, perplexity,
+    dead_codes, flip_share: [D]}} (`ResidualQuantizer.diagnostics`). Empty for
+    baselines. Eager; updates no model variable."""
+    if self.hierarchy is None:
+      return {}
+    return self.hierarchy.diagnostics(self._view_inputs(self.embeddings(features)))
+
   def _loss_terms(self, inputs, training: bool):
+    """(BCE, auxiliary CTR loss of the implicit view, quantization losses), each
+    already scaled so replicas' gradients add up to the global batch's."""
     features, labels = inputs
     out = self(features, training=training)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     global_batch = tf.cast(tf.shape(labels)[0] * replicas, tf.float32)
     labels = tf.reshape(tf.cast(labels, tf.float32), [-1, 1])
     bce = self.task(labels, out["logits"], training=training) / global_batch
+    aux = tf.constant(0.0)
+    if self.aux_head is not None:
+      aux_logits = self.aux_head(out["implicit_representation"])
+      aux = self.config.aux_weight * tf.reduce_sum(
+          tf.nn.sigmoid_cross_entropy_with_logits(labels, aux_logits)) / global_batch
     regularization = tf.add_n([tf.constant(0.0)] + [tf.reduce_sum(l) for l in
                                                      self.losses]) / replicas
-    return bce, regularization
+    return bce, aux, regularization
 
   def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
-    bce, _ = self._loss_terms(inputs, training)
+    bce, _, _ = self._loss_terms(inputs, training)
     return bce
 
   def train_step(self, inputs):
     with tf.GradientTape() as tape:
-      bce, regularization = self._loss_terms(inputs, training=True)
-      total = bce + regularization
+      bce, aux, regularization = self._loss_terms(inputs, training=True)
+      total = bce + aux + regularization
     gradients = tape.gradient(total, self.trainable_variables)
     self.optimizer.apply_gradients(
         (g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None)
-    return self._report(bce, regularization)
+    return self._report(bce, aux, regularization)
 
   def test_step(self, inputs):
-    bce, regularization = self._loss_terms(inputs, training=False)
-    return self._report(bce, regularization)
+    return self._report(*self._loss_terms(inputs, training=False))
 
-  def _report(self, bce, regularization):
-    """Metric results and the losses summed over replicas (each holds its share)."""
+  def _report(self, bce, aux, regularization):
+    """Metric results and the losses summed over replicas (each holds its share):
+    loss (BCE), aux_loss (implicit view's CTR head), regularization_loss
+    (quantization), total_loss."""
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
-      bce, regularization = context.all_reduce("sum", [bce, regularization])
+      bce, aux, regularization = context.all_reduce("sum", [bce, aux, regularization])
     metrics = {m.name: m.result() for m in self.metrics}
     metrics.update(loss=bce, regularization_loss=regularization,
-                   total_loss=bce + regularization)
+                   total_loss=bce + aux + regularization)
+    if self.aux_head is not None:
+      metrics["aux_loss"] = aux
     return metrics

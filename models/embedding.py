@@ -21,13 +21,22 @@ def _vocab_size(path: str) -> int:
     return sum(1 for line in f if line.rstrip("\n"))
 
 
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class FeatureEmbeddings(tf.keras.layers.Layer):
-  """Embeds every model input of a `FeatureSpec`.
+  """Embeds every model input of a `FeatureSpec` (HMDN, "The model", step 1).
 
   categorical: vocabulary file (index 0 = OOV) or hashing -> Embedding.
   multi_categorical: dense `[batch, max_values]` strings padded with "" -> masked mean.
   numeric: bucketized at the spec's boundaries -> Embedding, or standardized with the
   training moments -> a learned per-field projection.
+
+  Args:
+    spec: the feature spec as a dict (`FeatureSpec.to_dict()`).
+    vocab_dir: directory of the vocabularies (PreprocessedData.vocab_dir).
+    numeric_moments: {field: {"mean", "std"}} of unbucketized numeric fields.
+    tables_dir: lookup tables of derived count-bucket fields
+      (PreprocessedData.tables_dir).
+    **kwargs: base Layer arguments.
   """
 
   def __init__(self, spec: Dict[str, Any], vocab_dir: str,

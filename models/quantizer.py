@@ -1,101 +1,137 @@
 """Residual vector quantizer of HMDN (HMDRR: hierarchical multi-distribution
-residual representation)."""
-from typing import Dict, Tuple
+residual representation), fused over views."""
+from typing import Dict, Optional
 
 import numpy as np
 import tensorflow as tf
 
-_CODEBOOK_UPDATES = ("ema", "loss")
+CODEBOOK_UPDATES = ("ema", "loss")
+_CODEBOOK_UPDATES = CODEBOOK_UPDATES  # older name
 
 
-def _nearest(points: tf.Tensor, book: tf.Tensor,
-             filled: tf.Tensor = None) -> tf.Tensor:
-  """Index of the nearest (squared L2) code for each row: [N, d] -> [N] int32.
+def _sq_dist(points: tf.Tensor, book: tf.Tensor) -> tf.Tensor:
+  """Squared L2 distances [..., N, d] x [..., K, d] -> [..., N, K].
 
-  Distances are computed from explicit differences, not the ||a||^2 - 2ab +
-  ||b||^2 expansion, so each row's result does not depend on the other rows
-  of the batch (inference is batch independent bit for bit).
+  Explicit differences, not the ||a||^2 - 2ab + ||b||^2 expansion, so each
+  row's result does not depend on the other rows of the batch (inference is
+  batch independent bit for bit).
   """
-  dist = tf.reduce_sum(
-      tf.math.squared_difference(points[:, None, :], book[None, :, :]), -1)
-  if filled is not None:
-    dist = tf.where(filled[None, :], dist, tf.fill(tf.shape(dist), np.inf))
-  return tf.argmin(dist, axis=-1, output_type=tf.int32)
+  return tf.reduce_sum(tf.math.squared_difference(
+      points[..., :, None, :], book[..., None, :, :]), -1)
 
 
-def _kmeanspp_fill(points: tf.Tensor, book: tf.Tensor, filled: tf.Tensor,
-                   start: int, end: int,
-                   seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-  """k-means++ seeding of book rows [start, end) from `points`.
+def _kmeanspp_fill(points, valid, book, filled, start: int, end: int, seed):
+  """k-means++ seeding of rows [start, end) of `book` [V, K, d] from `points`
+  [V, N, d] (only rows where `valid` [N]), for every view at once.
 
-  Rows already `filled` count as existing centres. Each new centre is a row of
-  `points` drawn with probability proportional to its squared distance to the
-  nearest centre chosen so far (uniformly if there is none yet). Stateless
-  random with `seed`, so every replica given the same points and seed picks
-  the same centres.
+  Rows already `filled` [K] count as existing centres. Each new centre is a
+  valid point drawn with probability proportional to its squared distance to
+  the nearest centre so far (uniformly if none yet). Stateless random with
+  `seed`, so every replica given the same points and seed picks the same.
   """
+  views = tf.shape(points)[0]
+  dist = tf.where(filled[None, None, :], _sq_dist(points, book), np.inf)
+  min_dist = tf.reduce_min(dist, -1)
   has_centre = tf.reduce_any(filled)
-  dist = tf.reduce_sum(
-      tf.math.squared_difference(points[:, None, :], book[None, :, :]), -1)
-  dist = tf.where(filled[None, :], dist, tf.fill(tf.shape(dist), np.inf))
-  min_dist = tf.reduce_min(dist, axis=-1)
-
-  def body(i, book, filled, min_dist, has_centre):
+  for i in range(start, end):  # runs once (seeding): unrolled is fine
     logits = tf.where(has_centre, tf.math.log(min_dist + 1e-30),
                       tf.zeros_like(min_dist))
+    logits = tf.where(valid[None, :], logits, -np.inf)
     index = tf.random.stateless_categorical(
-        logits[None, :], 1, seed=tf.random.experimental.stateless_fold_in(
-            seed, i), dtype=tf.int32)[0, 0]
-    centre = tf.gather(points, index)
-    book = tf.tensor_scatter_nd_update(book, [[i]], centre[None, :])
+        logits, 1, seed=tf.random.experimental.stateless_fold_in(seed, i),
+        dtype=tf.int32)[:, 0]
+    centre = tf.gather(points, index, batch_dims=1)  # [V, d]
+    rows = tf.stack([tf.range(views), tf.fill([views], i)], 1)
+    book = tf.tensor_scatter_nd_update(book, rows, centre)
     filled = tf.tensor_scatter_nd_update(filled, [[i]], [True])
-    min_dist = tf.minimum(
-        min_dist, tf.reduce_sum(tf.math.squared_difference(points, centre), -1))
-    return i + 1, book, filled, min_dist, tf.constant(True)
-
-  _, book, filled, _, _ = tf.while_loop(
-      lambda i, *_: i < end, body,
-      (tf.constant(start), book, filled, min_dist, has_centre))
+    min_dist = tf.minimum(min_dist, tf.reduce_sum(
+        tf.math.squared_difference(points, centre[:, None, :]), -1))
+    has_centre = tf.constant(True)
   return book, filled
 
 
+def _lloyd(points, valid, book, start: int, end: int, iterations: int):
+  """Lloyd iterations on rows [start, end) of `book` [V, K, d]: assign valid
+  points among those rows, move each row to its points' mean (empty rows
+  stay)."""
+  size = book.shape[1]
+  in_slice = tf.constant([start <= k < end for k in range(size)])
+  weight = tf.cast(valid, points.dtype)[None, :, None]
+  for _ in range(iterations):
+    dist = tf.where(in_slice, _sq_dist(points, book), np.inf)
+    one_hot = tf.one_hot(tf.argmin(dist, -1), size, dtype=points.dtype) * weight
+    counts = tf.reduce_sum(one_hot, 1)  # [V, K]
+    sums = tf.einsum("vnk,vnd->vkd", one_hot, points)
+    book = tf.where((counts > 0)[..., None],
+                    sums / tf.maximum(counts, 1.0)[..., None], book)
+  return book
+
+
+def _perplexity(codes: np.ndarray, size: int) -> float:
+  p = np.bincount(codes, minlength=size) / max(len(codes), 1)
+  p = p[p > 0]
+  return float(np.exp(-(p * np.log(p)).sum()))
+
+
+@tf.keras.utils.register_keras_serializable(package="hmdn")
 class ResidualQuantizer(tf.keras.layers.Layer):
-  """Multi-level residual vector quantizer (HMDN, HMDRR section).
+  """Multi-level residual vector quantizer (HMDN arXiv 2408.01332, HMDRR).
 
   Level l picks the code of codebook l nearest to the residual left by levels
   1..l-1 (r_0 = x, r_l = r_{l-1} - e_l[c_l]); the partial sums
   s_l = e_1[c_1] + ... + e_l[c_l] describe x from coarse to fine and s_D is the
   hierarchical representation, passed on with straight-through gradients.
-  Codebooks are seeded by k-means++ on the first training batch and learnt by
-  EMA (with dead-code restarts) or by the VQ-VAE codebook loss.
 
-  Variables (all replica-synchronised under tf.distribute):
-    codebooks: [num_books, K, d], num_books = 1 if `shared_codebook` else D.
-      Trainable only with `codebook_update="loss"`.
-    ema_counts: [num_books, K] EMA of how many residuals each code takes per
-      global batch; read it for code usage.
-    ema_sums: [num_books, K, d] EMA of the residuals each code takes ("ema").
-    initialized: bool, set by the first training call.
-    step: int64 count of training calls; seeds the stateless random ops.
+  Several views are quantized at once: inputs [batch, views, d] get one
+  codebook set per view ([views, books, K, d]) and each level is ONE distance
+  computation for all views. Inputs [batch, d] are a single view (no views
+  axis in the variables or outputs).
 
-  Dead codes: after the EMA update, a code whose EMA count is below
-  `dead_code_threshold` times the uniform share (sum of the book's EMA counts
-  / K) is restarted to a random residual of the current global batch at that
-  level (pooled over levels for a shared codebook), with the uniform share as
-  its new EMA count. With decay 0.99 and the default 0.01, a code unused from
-  a uniform start is restarted after about 460 steps; 0 disables restarts.
+  Settling: for `warmup_steps` training calls x passes through unquantized
+  (codes 0, no commitment loss) while a ring buffer of `buffer_size` real
+  vectors fills; then the codebooks are seeded by k-means (k-means++ and
+  `kmeans_iterations` Lloyd iterations) on the buffer, level by level on the
+  residuals. After that they are learnt by EMA (Laplace smoothing) or by the
+  VQ-VAE codebook loss; a code no row chose for `restart_after_steps` steps is
+  restarted to a random residual of the current global batch at its level.
+
+  Args:
+    num_levels: depth D of the residual chain.
+    codebook_size: codes per level K.
+    shared_codebook: one codebook for all levels instead of one per level.
+    codebook_update: "ema" or "loss" (VQ-VAE codebook loss, trainable books).
+    decay: EMA decay of code counts and sums.
+    epsilon: Laplace smoothing of the EMA counts.
+    beta: commitment cost of the commitment loss.
+    commitment_weight: lambda, weight of the quantization losses.
+    warmup_steps: training calls that pass x through before seeding.
+    kmeans_iterations: Lloyd iterations after k-means++ seeding.
+    restart_after_steps: restart a code unused for this many steps (0: never).
+    buffer_size: rows of real vectors kept for seeding.
+    seed: seed of the stateless random ops.
+    **kwargs: base Layer arguments.
+
+  Variables (all replica-synchronised under tf.distribute; shapes shown for
+  view inputs, without the leading `views` axis for [batch, d] inputs):
+    codebooks [views, books, K, d] (books = 1 if shared else D), ema_counts
+    [views, books, K] (code usage), ema_sums [views, books, K, d] ("ema"),
+    last_used [views, books, K] step each code was last chosen, buffer
+    [views, buffer_size, d] and buffer_rows (seeding), initialized, step.
   """
 
   def __init__(self,
                num_levels: int = 4,
-               codebook_size: int = 16,
+               codebook_size: int = 8,
                shared_codebook: bool = False,
                codebook_update: str = "ema",
                decay: float = 0.99,
                epsilon: float = 1e-5,
                beta: float = 0.25,
                commitment_weight: float = 1.0,
-               dead_code_threshold: float = 0.01,
+               warmup_steps: int = 0,
+               kmeans_iterations: int = 5,
+               restart_after_steps: int = 100,
+               buffer_size: int = 2048,
                seed: int = 0,
                **kwargs):
     super().__init__(**kwargs)
@@ -103,21 +139,21 @@ class ResidualQuantizer(tf.keras.layers.Layer):
       raise ValueError(f"`num_levels` must be >= 1, got {num_levels!r}.")
     if int(codebook_size) < 2:
       raise ValueError(f"`codebook_size` must be >= 2, got {codebook_size!r}.")
-    if codebook_update not in _CODEBOOK_UPDATES:
-      raise ValueError(f"`codebook_update` must be one of {_CODEBOOK_UPDATES}, "
+    if codebook_update not in CODEBOOK_UPDATES:
+      raise ValueError(f"`codebook_update` must be one of {CODEBOOK_UPDATES}, "
                        f"got {codebook_update!r}.")
     if not 0.0 < float(decay) < 1.0:
       raise ValueError(f"`decay` must be in (0, 1), got {decay!r}.")
-    if float(epsilon) < 0.0:
-      raise ValueError(f"`epsilon` must be >= 0, got {epsilon!r}.")
-    if float(beta) < 0.0:
-      raise ValueError(f"`beta` must be >= 0, got {beta!r}.")
-    if float(commitment_weight) < 0.0:
-      raise ValueError(
-          f"`commitment_weight` must be >= 0, got {commitment_weight!r}.")
-    if float(dead_code_threshold) < 0.0:
-      raise ValueError(
-          f"`dead_code_threshold` must be >= 0, got {dead_code_threshold!r}.")
+    for name, value in (("epsilon", epsilon), ("beta", beta),
+                        ("commitment_weight", commitment_weight),
+                        ("warmup_steps", warmup_steps),
+                        ("kmeans_iterations", kmeans_iterations),
+                        ("restart_after_steps", restart_after_steps)):
+      if float(value) < 0.0:
+        raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+    if int(buffer_size) < int(codebook_size):
+      raise ValueError(f"`buffer_size` must be >= codebook_size "
+                       f"({codebook_size}), got {buffer_size!r}.")
     self.num_levels = int(num_levels)
     self.codebook_size = int(codebook_size)
     self.shared_codebook = bool(shared_codebook)
@@ -126,39 +162,66 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     self.epsilon = float(epsilon)
     self.beta = float(beta)
     self.commitment_weight = float(commitment_weight)
-    self.dead_code_threshold = float(dead_code_threshold)
+    self.warmup_steps = int(warmup_steps)
+    self.kmeans_iterations = int(kmeans_iterations)
+    self.restart_after_steps = int(restart_after_steps)
+    self.buffer_size = int(buffer_size)
     self.seed = int(seed)
     self._num_books = 1 if self.shared_codebook else self.num_levels
+    self._probe_codes = None  # diagnostics(): codes of the previous call
 
-  def _check_shape(self, shape: tf.TensorShape, expected_dim=None):
+  # -- shapes -----------------------------------------------------------------
+  def _check_shape(self, shape):
     shape = tf.TensorShape(shape)
-    if (shape.rank != 2 or shape[-1] is None or
-        (expected_dim is not None and shape[-1] != expected_dim)):
-      expected = f"[batch_size, {expected_dim or 'dim'}]"
+    expected = getattr(self, "_input_shape_text", "[batch_size, dim] or "
+                       "[batch_size, views, dim]")
+    ok = shape.rank in (2, 3) and shape[-1] is not None and (
+        shape.rank == 2 or shape[1] is not None)
+    if ok and self.built:
+      ok = (shape.rank == (2 if self._single else 3) and shape[-1] == self._dim
+            and (self._single or shape[1] == self._views))
+    if not ok:
       raise ValueError(f"ResidualQuantizer expects inputs of shape {expected} "
-                       f"with a known last dimension, received shape {shape}.")
+                       f"with known trailing dimensions, received shape {shape}.")
+
+  def _lead(self, *dims):
+    return tuple(dims) if self._single else (self._views,) + tuple(dims)
 
   def build(self, input_shape):
     self._check_shape(input_shape)
-    self._dim = int(tf.TensorShape(input_shape)[-1])
+    shape = tf.TensorShape(input_shape)
+    self._single = shape.rank == 2
+    self._views = 1 if self._single else int(shape[1])
+    self._dim = int(shape[-1])
+    self._input_shape_text = (f"[batch_size, {self._dim}]" if self._single else
+                              f"[batch_size, {self._views}, {self._dim}]")
     books, size, dim = self._num_books, self.codebook_size, self._dim
     # Assignments happen in replica context; ONLY_FIRST_REPLICA lets them
     # (and the values are computed identically on every replica anyway).
     sync = dict(synchronization=tf.VariableSynchronization.ON_WRITE,
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     self.codebooks = self.add_weight(
-        "codebooks", shape=(books, size, dim),
+        "codebooks", shape=self._lead(books, size, dim),
         initializer=tf.keras.initializers.RandomNormal(
             stddev=0.01, seed=self.seed),
         trainable=self.codebook_update == "loss", **sync)
     self.ema_counts = self.add_weight(
-        "ema_counts", shape=(books, size), initializer="zeros",
+        "ema_counts", shape=self._lead(books, size), initializer="zeros",
         trainable=False, **sync)
     self.ema_sums = None
     if self.codebook_update == "ema":
       self.ema_sums = self.add_weight(
-          "ema_sums", shape=(books, size, dim), initializer="zeros",
+          "ema_sums", shape=self._lead(books, size, dim), initializer="zeros",
           trainable=False, **sync)
+    self.last_used = self.add_weight(
+        "last_used", shape=self._lead(books, size), dtype=tf.int64,
+        initializer="zeros", trainable=False, **sync)
+    self.buffer = self.add_weight(
+        "buffer", shape=self._lead(self.buffer_size, dim), initializer="zeros",
+        trainable=False, **sync)
+    self.buffer_rows = self.add_weight(
+        "buffer_rows", shape=(), dtype=tf.int64, initializer="zeros",
+        trainable=False, **sync)
     self.initialized = self.add_weight(
         "initialized", shape=(), dtype=tf.bool, initializer="zeros",
         trainable=False, **sync)
@@ -167,107 +230,140 @@ class ResidualQuantizer(tf.keras.layers.Layer):
         trainable=False, **sync)
     super().build(input_shape)
 
+  def _read(self, variable) -> tf.Tensor:
+    """A variable's value with the views axis in front."""
+    value = tf.convert_to_tensor(variable)
+    return value[None] if self._single else value
+
+  def _write(self, value: tf.Tensor) -> tf.Tensor:
+    return value[0] if self._single else value
+
   def _book(self, level: int) -> int:
     return 0 if self.shared_codebook else level
 
+  # -- the residual chain -----------------------------------------------------
   def _quantize(self, x: tf.Tensor, books: tf.Tensor):
-    """Residual chain with fixed `books`: codes [B, D], inputs r_0..r_{D-1}
-    of each level [B, D, d] and partial sums s_1..s_D [B, D, d]."""
-    residual, total = x, tf.zeros_like(x)
+    """Residual chain of x [B, V, d] with fixed books [V, books, K, d]: codes
+    [B, V, D], level inputs r_0..r_{D-1} and partial sums s_1..s_D, each
+    [B, V, D, d]. One distance computation per level for all views."""
+    size, views = self.codebook_size, self._views
+    offsets = tf.range(views) * size  # row of view v's book in the flat books
+    flat = tf.reshape(tf.transpose(books, (1, 0, 2, 3)),
+                      (self._num_books, views * size, self._dim))
+    residual, total = x, None
     codes, residuals, partial_sums = [], [], []
-    for level in range(self.num_levels):
-      book = books[self._book(level)]
-      code = _nearest(residual, book)
-      chosen = tf.gather(book, code)
+    for level in range(self.num_levels):  # D is small: an unrolled chain
+      book = books[:, self._book(level)]
+      code = tf.argmin(tf.reduce_sum(tf.math.squared_difference(
+          residual[:, :, None, :], book[None]), -1), -1, output_type=tf.int32)
+      chosen = tf.gather(flat[self._book(level)], code + offsets)
       codes.append(code)
       residuals.append(residual)
       residual = residual - chosen
-      total = total + chosen
+      total = chosen if total is None else total + chosen
       partial_sums.append(total)
-    return (tf.stack(codes, 1), tf.stack(residuals, 1),
-            tf.stack(partial_sums, 1))
+    return (tf.stack(codes, -1), tf.stack(residuals, 2),
+            tf.stack(partial_sums, 2))
 
-  def _kmeanspp_init(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """k-means++ seeding level by level: level l from the residuals left by
-    the already seeded levels. A shared book gives each level its own slice
-    of the K codes (earlier levels get the remainder), and later levels see
-    the codes seeded so far."""
-    size, dim = self.codebook_size, self._dim
-    residual = x
+  # -- seeding ----------------------------------------------------------------
+  def _kmeans_init(self, points: tf.Tensor, valid: tf.Tensor, seed) -> tf.Tensor:
+    """k-means seeding level by level, for all views: level l from the
+    residuals left by the seeded levels. A shared book gives each level its
+    own slice of the K codes (earlier levels get the remainder), and later
+    levels see the codes seeded so far. points [V, N, d] -> [V, books, K, d]."""
+    size, dim, levels = self.codebook_size, self._dim, self.num_levels
+    views = self._views
+    residual = points
     if self.shared_codebook:
-      book = tf.zeros((size, dim), x.dtype)
+      bounds = [level * (size // levels) + min(level, size % levels)
+                for level in range(levels + 1)]
+      book = tf.zeros((views, size, dim), points.dtype)
       filled = tf.zeros((size,), tf.bool)
-      bounds = [level * (size // self.num_levels) +
-                min(level, size % self.num_levels)
-                for level in range(self.num_levels + 1)]
-      for level in range(self.num_levels):
-        if bounds[level + 1] > bounds[level]:
+      for level in range(levels):
+        start, end = bounds[level], bounds[level + 1]
+        if end > start:
           book, filled = _kmeanspp_fill(
-              residual, book, filled, bounds[level], bounds[level + 1],
+              residual, valid, book, filled, start, end,
               tf.random.experimental.stateless_fold_in(seed, level))
-        residual -= tf.gather(book, _nearest(residual, book, filled))
-      return book[None]
+          book = _lloyd(residual, valid, book, start, end,
+                        self.kmeans_iterations)
+        dist = tf.where(filled, _sq_dist(residual, book), np.inf)
+        residual -= tf.gather(book, tf.argmin(dist, -1), batch_dims=1)
+      return book[:, None]
     books = []
-    for level in range(self.num_levels):
+    for level in range(levels):
       book, _ = _kmeanspp_fill(
-          residual, tf.zeros((size, dim), x.dtype), tf.zeros((size,), tf.bool),
-          0, size, tf.random.experimental.stateless_fold_in(seed, level))
-      residual -= tf.gather(book, _nearest(residual, book))
+          residual, valid, tf.zeros((views, size, dim), points.dtype),
+          tf.zeros((size,), tf.bool), 0, size,
+          tf.random.experimental.stateless_fold_in(seed, level))
+      book = _lloyd(residual, valid, book, 0, size, self.kmeans_iterations)
+      residual -= tf.gather(book, tf.argmin(_sq_dist(residual, book), -1),
+                            batch_dims=1)
       books.append(book)
-    return tf.stack(books)
+    return tf.stack(books, 1)
 
-  def _statistics(self, codes: tf.Tensor, residuals: tf.Tensor):
-    """Per-book assignment counts [num_books, K] and residual sums
-    [num_books, K, d] of the local batch."""
+  # -- training-time state ----------------------------------------------------
+  def _statistics(self, codes, residuals):
+    """Per-book assignment counts [V, books, K] and residual sums
+    [V, books, K, d] of the local batch."""
     one_hot = tf.one_hot(codes, self.codebook_size, dtype=residuals.dtype)
     counts = tf.reduce_sum(one_hot, 0)
-    sums = tf.einsum("blk,bld->lkd", one_hot, residuals)
+    sums = tf.einsum("bvlk,bvld->vlkd", one_hot, residuals)
     if self.shared_codebook:
-      counts = tf.reduce_sum(counts, 0, keepdims=True)
-      sums = tf.reduce_sum(sums, 0, keepdims=True)
+      counts = tf.reduce_sum(counts, 1, keepdims=True)
+      sums = tf.reduce_sum(sums, 1, keepdims=True)
     return counts, sums
 
-  def _initial_state(self, books, num_rows):
-    """EMA state right after seeding: a uniform-usage prior of one global
-    batch, with sums matching the seeded codes."""
+  def _initial_state(self, books, num_rows, step):
+    """State right after seeding: a uniform-usage prior of one global batch,
+    sums matching the seeded codes, every code just used."""
     levels_per_book = self.num_levels // self._num_books
     share = (tf.cast(num_rows * levels_per_book, books.dtype) /
              self.codebook_size)
-    counts = tf.fill((self._num_books, self.codebook_size), share)
-    return books, counts, books * share
+    counts = tf.fill(tf.shape(books)[:-1], share)
+    return books, counts, books * share, tf.fill(tf.shape(books)[:-1], step)
 
-  def _updated_state(self, books, counts, sums, pool, seed):
-    """EMA update with Laplace smoothing, then dead-code restarts from `pool`
-    ([num_books, N, d] global-batch residuals)."""
+  def _updated_state(self, books, counts, sums, pool, step, seed):
+    """EMA update with Laplace smoothing, then restarts of the codes unused
+    for `restart_after_steps` steps, from `pool` ([V, books, N, d] residuals
+    of the global batch)."""
     decay, size = self.decay, self.codebook_size
-    ema_counts = decay * self.ema_counts + (1.0 - decay) * counts
+    ema_counts = decay * self._read(self.ema_counts) + (1.0 - decay) * counts
     total = tf.reduce_sum(ema_counts, -1, keepdims=True)
     if self.codebook_update == "ema":
-      ema_sums = decay * self.ema_sums + (1.0 - decay) * sums
+      ema_sums = decay * self._read(self.ema_sums) + (1.0 - decay) * sums
       smoothed = ((ema_counts + self.epsilon) /
                   (total + size * self.epsilon) * total)
       books = ema_sums / smoothed[..., None]
     else:
       ema_sums = tf.zeros_like(books)
-    share = total / size
-    dead = ema_counts < self.dead_code_threshold * share
-    # A random permutation of the pool rows per book (without replacement
-    # when the pool has at least K rows).
-    pool_size = tf.shape(pool)[1]
-    noise = tf.random.stateless_uniform(tf.shape(pool)[:2], seed=seed)
-    order = tf.argsort(noise, axis=-1)
-    picks = tf.gather(order, tf.range(size) % pool_size, axis=1)
-    candidates = tf.gather(pool, picks, batch_dims=1)
-    share = tf.broadcast_to(share, ema_counts.shape)
-    books = tf.where(dead[..., None], candidates, books)
-    ema_counts = tf.where(dead, share, ema_counts)
-    ema_sums = tf.where(dead[..., None], candidates * share[..., None],
-                        ema_sums)
-    return books, ema_counts, ema_sums
+    last_used = tf.where(counts > 0, step, self._read(self.last_used))
+    if not self.restart_after_steps:
+      return books, ema_counts, ema_sums, last_used
+    dead = step - last_used >= self.restart_after_steps
+
+    def restart():
+      # A random permutation of the pool rows per book (without replacement
+      # when the pool has at least K rows).
+      pool_size = tf.shape(pool)[2]
+      noise = tf.random.stateless_uniform(tf.shape(pool)[:3], seed=seed)
+      picks = tf.gather(tf.argsort(noise, axis=-1),
+                        tf.range(size) % pool_size, axis=2)
+      candidates = tf.gather(pool, picks, batch_dims=2)
+      share = tf.broadcast_to(total / size, tf.shape(ema_counts))
+      return (tf.where(dead[..., None], candidates, books),
+              tf.where(dead, share, ema_counts),
+              tf.where(dead[..., None], candidates * share[..., None], ema_sums),
+              tf.where(dead, step, last_used))
+
+    return tf.cond(tf.reduce_any(dead), restart,
+                   lambda: (books, ema_counts, ema_sums, last_used))
 
   def _train_step(self, x: tf.Tensor):
-    """Seeds (first call) or updates the codebooks from the global batch and
-    quantizes x with the codebooks as they were at the start of the step."""
+    """Warm-up (buffer), seeding or codebook update from the global batch;
+    quantizes x with the codebooks as they were at the start of the step
+    (or as just seeded). Returns codes, residuals, partial sums, the live
+    codebooks and whether x was quantized."""
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync == 1:
       context = None  # nothing to synchronise (e.g. the default strategy)
@@ -282,96 +378,187 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     step = tf.convert_to_tensor(self.step)
     seed = tf.stack([tf.constant(self.seed, tf.int64), step])
     was_initialized = tf.convert_to_tensor(self.initialized)
-    variable = tf.convert_to_tensor(self.codebooks)
-    global_x = all_gather(tf.stop_gradient(x))
+    seed_now = tf.logical_and(tf.logical_not(was_initialized),
+                              step >= self.warmup_steps)
+    active = tf.logical_or(was_initialized, seed_now)
+    variable = self._read(self.codebooks)
+    global_x = all_gather(tf.stop_gradient(x))  # [N, V, d]
+    num_rows = tf.shape(global_x, out_type=tf.int64)[0]
+    buffer_rows = tf.convert_to_tensor(self.buffer_rows)
+
+    def fill_buffer():  # ring buffer of the latest rows
+      rows = tf.transpose(global_x, (1, 0, 2))[:, -self.buffer_size:]
+      n = tf.shape(rows, out_type=tf.int64)[1]
+      at = (buffer_rows + tf.range(n)) % self.buffer_size
+      values = tf.transpose(self._read(self.buffer), (1, 0, 2))
+      values = tf.tensor_scatter_nd_update(
+          values, at[:, None], tf.transpose(rows, (1, 0, 2)))
+      return tf.transpose(values, (1, 0, 2)), buffer_rows + n
+
+    buffer, new_buffer_rows = tf.cond(
+        was_initialized, lambda: (self._read(self.buffer), buffer_rows),
+        fill_buffer)
+    valid = tf.range(self.buffer_size, dtype=tf.int64) < new_buffer_rows
     books = tf.stop_gradient(tf.cond(
-        was_initialized, lambda: variable,
-        lambda: self._kmeanspp_init(global_x, seed)))
+        seed_now, lambda: self._kmeans_init(buffer, valid, seed),
+        lambda: variable))
     codes, residuals, partial_sums = self._quantize(x, books)
     # Value of `books`, gradient (loss mode) into the variable.
     live = variable + tf.stop_gradient(books - variable)
 
     counts, sums = all_reduce(self._statistics(codes, residuals))
-    global_residuals = all_gather(residuals)
+    global_residuals = all_gather(residuals)  # [N, V, D, d]
     if self.shared_codebook:
-      pool = tf.reshape(global_residuals, (1, -1, self._dim))
+      pool = tf.reshape(tf.transpose(global_residuals, (1, 0, 2, 3)),
+                        (self._views, 1, -1, self._dim))
     else:
-      pool = tf.transpose(global_residuals, (1, 0, 2))
-    new_books, new_counts, new_sums = tf.cond(
+      pool = tf.transpose(global_residuals, (1, 2, 0, 3))
+    keep = lambda: (variable, self._read(self.ema_counts),  # noqa: E731
+                    (self._read(self.ema_sums) if self.ema_sums is not None
+                     else tf.zeros_like(variable)),
+                    self._read(self.last_used))
+    new_books, new_counts, new_sums, new_last_used = tf.cond(
         was_initialized,
         lambda: self._updated_state(
-            books, counts, sums, pool,
+            books, counts, sums, pool, step,
             tf.random.experimental.stateless_fold_in(seed, self.num_levels)),
-        lambda: self._initial_state(books, tf.shape(global_x)[0]))
+        lambda: tf.cond(seed_now, lambda: self._initial_state(
+            books, num_rows, step), keep))
     # Every assignment sits outside control flow: under MirroredStrategy each
     # one is a cross-replica synchronisation point.
-    updates = [self.codebooks.assign(new_books),
-               self.ema_counts.assign(new_counts),
-               self.initialized.assign(True),
+    updates = [self.codebooks.assign(self._write(new_books)),
+               self.ema_counts.assign(self._write(new_counts)),
+               self.last_used.assign(self._write(new_last_used)),
+               self.buffer.assign(self._write(buffer)),
+               self.buffer_rows.assign(new_buffer_rows),
+               self.initialized.assign(active),
                self.step.assign_add(1)]
     if self.ema_sums is not None:
-      updates.append(self.ema_sums.assign(new_sums))
+      updates.append(self.ema_sums.assign(self._write(new_sums)))
     with tf.control_dependencies(updates):
       codes = tf.identity(codes)
-    return codes, residuals, partial_sums, live
+    return codes, residuals, partial_sums, live, active
 
   def call(self, inputs: tf.Tensor,
            training: bool = None) -> Dict[str, tf.Tensor]:
     """Quantizes a batch.
 
     Args:
-      inputs: [batch_size, d] vectors x.
-      training: if True, seeds/updates codebooks (variable updates); if False
-        nothing is updated and each output row depends only on its input row.
+      inputs: [batch_size, d] vectors x (one view) or [batch_size, views, d].
+      training: if True, warms up / seeds / updates codebooks (variable
+        updates); if False nothing is updated and each output row depends only
+        on its input row.
 
-    Returns:
-      {"quantized": [batch_size, d] s_D with straight-through gradient to x,
+    Returns (shapes for [batch_size, d] inputs; view inputs add a views axis
+    after the batch):
+      {"quantized": [batch_size, d] s_D with straight-through gradient to x
+         (x itself before the codebooks are seeded),
        "partial_sums": [batch_size, D, d] s_1..s_D (no gradient),
        "codes": [batch_size, D] int32 code of each level}.
     """
-    self._check_shape(inputs.shape, self._dim)
+    self._check_shape(inputs.shape)
     x = tf.cast(inputs, self.codebooks.dtype)
+    if self._single:
+      x = x[:, None]
     if tf.is_tensor(training) and tf.get_static_value(training) is not None:
       training = bool(tf.get_static_value(training))
 
     def infer():
-      variable = tf.convert_to_tensor(self.codebooks)
+      variable = self._read(self.codebooks)
       codes, residuals, partial_sums = self._quantize(
           x, tf.stop_gradient(variable))
-      return codes, residuals, partial_sums, variable
+      return (codes, residuals, partial_sums, variable,
+              tf.convert_to_tensor(self.initialized))
 
     if tf.is_tensor(training):  # symbolic flag: default strategy only, as
       # MirroredStrategy cannot synchronise inside control flow.
-      codes, residuals, partial_sums, live = tf.cond(
+      codes, residuals, partial_sums, live, active = tf.cond(
           training, lambda: self._train_step(x), infer)
     elif training:
-      codes, residuals, partial_sums, live = self._train_step(x)
+      codes, residuals, partial_sums, live, active = self._train_step(x)
     else:
-      codes, residuals, partial_sums, live = infer()
+      codes, residuals, partial_sums, live, active = infer()
 
-    total = partial_sums[:, -1, :]
-    # ||r_{l-1} - sg(e_l)||^2 = ||x - sg(s_l)||^2, gradient into x only.
-    commitment = tf.reduce_mean(tf.reduce_sum(
-        tf.square(x[:, None, :] - partial_sums), axis=[1, 2]))
+    # Before seeding: x passes through, codes 0, partial sums 0, no loss.
+    codes = tf.where(active, codes, tf.zeros_like(codes))
+    partial_sums = tf.where(active, partial_sums, tf.zeros_like(partial_sums))
+    total = partial_sums[:, :, -1]
+    batch = tf.cast(tf.shape(x)[0], x.dtype)
+    # ||r_{l-1} - sg(e_l)||^2 = ||x - sg(s_l)||^2, gradient into x only;
+    # mean over rows and levels, summed over views.
+    on = tf.cast(active, x.dtype)
+    per_level = tf.square(x[:, :, None, :] - partial_sums)
+    commitment = on * tf.reduce_sum(per_level) / (batch * self.num_levels)
     self.add_loss(self.commitment_weight * self.beta * commitment)
     if self.codebook_update == "loss":
-      chosen = tf.stack([
-          tf.gather(live[self._book(level)], codes[:, level])
-          for level in range(self.num_levels)], 1)
-      codebook_loss = tf.reduce_mean(tf.reduce_sum(
-          tf.square(tf.stop_gradient(residuals) - chosen), axis=[1, 2]))
+      size, books = self.codebook_size, self._num_books
+      index = (codes + tf.range(self._views)[:, None] * books * size +
+               tf.constant([self._book(l) * size
+                            for l in range(self.num_levels)]))
+      chosen = tf.gather(tf.reshape(live, (-1, self._dim)), index)
+      codebook_loss = on * tf.reduce_sum(tf.square(
+          tf.stop_gradient(residuals) - chosen)) / (batch * self.num_levels)
       self.add_loss(self.commitment_weight * codebook_loss)
-    return {"quantized": x + tf.stop_gradient(total - x),
-            "partial_sums": tf.stop_gradient(partial_sums),
-            "codes": codes}
+    quantized = tf.where(active, x + tf.stop_gradient(total - x), x)
+    out = {"quantized": quantized,
+           "partial_sums": tf.stop_gradient(partial_sums),
+           "codes": codes}
+    if self._single:
+      out = {k: v[:, 0] for k, v in out.items()}
+    return out
+
+  def diagnostics(self, inputs) -> Dict[str, np.ndarray]:
+    """Code health on a fixed probe set, for logging outside the training step.
+
+    Eager only; reads the codebooks, updates nothing but the remembered probe
+    codes.
+
+    Args:
+      inputs: the probe, shaped like `call` inputs; pass the same probe each
+        time for `flip_share` to mean something.
+
+    Returns numpy arrays [D] (single view) or [views, D]:
+      residual_ratio: ||r_l|| / ||x|| over the probe (Frobenius), l = 1..D.
+      perplexity: exp(entropy) of the level's code usage, in [1, K].
+      dead_codes: codes of the level no probe row chose, in [0, K - 1].
+      flip_share: share of probe rows whose code changed since the previous
+        call on a probe of the same shape (NaN on the first call).
+    """
+    x = tf.cast(tf.convert_to_tensor(inputs), self.codebooks.dtype)
+    if not self.built:
+      self.build(x.shape)
+    self._check_shape(x.shape)
+    if self._single:
+      x = x[:, None]
+    codes, _, partial_sums = self._quantize(x, self._read(self.codebooks))
+    codes, partial_sums, x = codes.numpy(), partial_sums.numpy(), x.numpy()
+    norm = np.sqrt((x ** 2).sum((0, 2)))  # [V]
+    left = np.sqrt(((x[:, :, None] - partial_sums) ** 2).sum((0, 3)))  # [V, D]
+    ratio = left / np.maximum(norm[:, None], 1e-12)
+    size = self.codebook_size
+    perplexity = np.array([[_perplexity(codes[:, v, l], size)
+                            for l in range(self.num_levels)]
+                           for v in range(self._views)])
+    dead = np.array([[size - len(np.unique(codes[:, v, l]))
+                      for l in range(self.num_levels)]
+                     for v in range(self._views)], np.int64)
+    previous = self._probe_codes
+    if previous is not None and previous.shape == codes.shape:
+      flips = (previous != codes).mean(0)
+    else:
+      flips = np.full(codes.shape[1:], np.nan)
+    self._probe_codes = codes
+    out = {"residual_ratio": ratio, "perplexity": perplexity,
+           "dead_codes": dead, "flip_share": flips}
+    return {k: v[0] for k, v in out.items()} if self._single else out
 
   def compute_output_shape(self, input_shape):
     input_shape = tf.TensorShape(input_shape)
-    batch = input_shape[0]
+    lead = input_shape[:-1]
     return {"quantized": input_shape,
-            "partial_sums": tf.TensorShape(
-                [batch, self.num_levels, input_shape[-1]]),
-            "codes": tf.TensorShape([batch, self.num_levels])}
+            "partial_sums": lead.concatenate(
+                [self.num_levels, input_shape[-1]]),
+            "codes": lead.concatenate([self.num_levels])}
 
   def get_config(self):
     config = super().get_config()
@@ -383,6 +570,9 @@ class ResidualQuantizer(tf.keras.layers.Layer):
                   epsilon=self.epsilon,
                   beta=self.beta,
                   commitment_weight=self.commitment_weight,
-                  dead_code_threshold=self.dead_code_threshold,
+                  warmup_steps=self.warmup_steps,
+                  kmeans_iterations=self.kmeans_iterations,
+                  restart_after_steps=self.restart_after_steps,
+                  buffer_size=self.buffer_size,
                   seed=self.seed)
     return config

@@ -1,40 +1,101 @@
 """One registry of every model, findable by name (`--model=hmdn_apg`).
 
 A model is a backbone of `models/backbones` used alone (the single-distribution
-baseline, conditioned on the distribution-field embeddings) or as `hmdn_<backbone>`,
-the same backbone at the same size conditioned on the hierarchical representation s_D.
+baseline, conditioned on `condition`: the coarsest distribution field by default, as
+in the paper) or as `hmdn_<backbone>`, the same backbone at the same size conditioned
+on the hierarchical representation s_D (with or without the backbone's own condition).
+
+Every `ModelConfig` field carries its flag help (and its choices) in its metadata, so
+the CLI generates its flags from the fields (`--model` sets `name`).
 """
 import dataclasses
-from typing import Any, Dict, List, Sequence, Tuple
+import inspect
+from typing import Any, Dict, List, Tuple
 
 from models.backbones import BACKBONES
-from models.hierarchical import views_of
+from models.hierarchical import EXTRACTIONS, views_of
+from models.quantizer import CODEBOOK_UPDATES
 
 HMDN_PREFIX = "hmdn_"
-CONDITIONS = ("concat", "hierarchical_only")
+HMDN_CONDITIONS = ("concat", "hierarchical_only")
+CONDITIONS = HMDN_CONDITIONS  # older name of the hmdn_condition choices
+# The backbone's own condition: the coarsest distribution field's embedding (the
+# paper's single-distribution baseline), every distribution field's embedding
+# concatenated, or one embedding of their cross.
+BACKBONE_CONDITIONS = ("coarsest", "all", "cross")
+# Constructor arguments CTRModel sets itself; not accepted in backbone_kwargs.
+_SET_BY_MODEL = ("self", "num_domains", "output_dim", "name", "kwargs")
+
+
+def model_names() -> List[str]:
+  """Every registered model: each backbone, and the HMDN variant of each backbone
+  that reads a condition (the shared-bottom DNN reads none, so it has no variant)."""
+  names = sorted(BACKBONES)
+  names += sorted(HMDN_PREFIX + n for n, cls in BACKBONES.items()
+                  if cls.reads_condition)
+  return names
+
+
+def _opt(default, help_text: str, choices=None, factory=None):
+  metadata = {"help": help_text}
+  if choices is not None:
+    metadata["choices"] = tuple(choices)
+  if factory is not None:
+    return dataclasses.field(default_factory=factory, metadata=metadata)
+  return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
 class ModelConfig:
   """Every option of the model; HMDN options are ignored by baselines."""
-  name: str = "dnn"
-  output_dim: int = 32  # width of the backbone's output, before the logit head
-  backbone_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  name: str = _opt("dnn", "Model: a backbone, or hmdn_<backbone>.",
+                   choices=model_names())
+  output_dim: int = _opt(32, "Width of the backbone's output, before the logit head.")
+  backbone_kwargs: Dict[str, Any] = _opt(
+      None, "JSON of backbone constructor arguments (e.g. {\"num_experts\": 8}).",
+      factory=dict)
+  condition: str = _opt(
+      "coarsest", "Backbone condition: the coarsest distribution field (the paper's "
+      "baseline), all of them concatenated, or an embedding of their cross.",
+      choices=BACKBONE_CONDITIONS)
+  cross_buckets: int = _opt(1000, "Hash buckets of the cross-of-distribution-fields "
+                            "embedding (condition=cross).")
+  cross_dim: int = _opt(16, "Width of the cross embedding (condition=cross).")
   # HMDRR (../shared/HMDN.md, "The model"):
-  extraction: str = "dual"  # explicit | implicit | dual
-  distribution_dim: int = 16
-  view_units: Tuple[int, ...] = (64,)
-  num_levels: int = 4
-  codebook_size: int = 16
-  shared_codebook: bool = False
-  codebook_update: str = "ema"  # ema | loss
-  decay: float = 0.99
-  beta: float = 0.25
-  commitment_weight: float = 1.0  # lambda
-  # How s_D conditions the backbone: concatenated with the distribution-field
-  # embeddings (default) or alone.
-  hmdn_condition: str = "concat"
-  seed: int = 0
+  extraction: str = _opt("dual", "HMDN views quantized: explicit, implicit or both.",
+                         choices=EXTRACTIONS)
+  implicit_fields: Tuple[str, ...] = _opt(
+      (), "Fields the implicit view reads (user/context features); empty = all "
+      "embedded fields. Read through a stop-gradient.")
+  distribution_dim: int = _opt(16, "d: width of each view's vector and codes.")
+  view_units: Tuple[int, ...] = _opt((64,), "Hidden layer sizes of each view's MLP.")
+  num_levels: int = _opt(4, "D: residual quantization depth.")
+  codebook_size: int = _opt(8, "K: codes per level (small, so level 1 cannot "
+                            "memorise the leaves).")
+  shared_codebook: bool = _opt(False, "One codebook shared by all levels.")
+  codebook_update: str = _opt("ema", "How codebooks learn: EMA or the VQ-VAE "
+                              "codebook loss.", choices=CODEBOOK_UPDATES)
+  decay: float = _opt(0.99, "EMA decay of the codebooks, in (0, 1).")
+  beta: float = _opt(0.25, "Commitment cost beta.")
+  commitment_weight: float = _opt(1.0, "lambda: weight of the quantization losses "
+                                  "(commitment averaged over levels).")
+  aux_weight: float = _opt(0.5, "Weight of the auxiliary CTR loss on the implicit "
+                           "view's s_D (0 = off).")
+  codebook_warmup_steps: int = _opt(100, "Training steps before quantizing (views pass "
+                           "through; seeding buffer fills).")
+  kmeans_iterations: int = _opt(5, "Lloyd iterations after k-means++ seeding.")
+  restart_after_steps: int = _opt(100, "Restart a code unused for this many steps "
+                                  "(0 = never).")
+  buffer_size: int = _opt(2048, "Real vectors kept for seeding the codebooks.")
+  hmdn_condition: str = _opt(
+      "concat", "How s_D conditions the backbone: concatenated with the backbone's "
+      "condition, or alone.", choices=HMDN_CONDITIONS)
+  seed: int = _opt(0, "Seed of the quantizer's random ops.")
+
+  def __post_init__(self):
+    # JSON and flags give lists; the fields are tuples.
+    self.view_units = tuple(self.view_units)
+    self.implicit_fields = tuple(self.implicit_fields)
 
   @property
   def is_hmdn(self) -> bool:
@@ -50,20 +111,32 @@ class ModelConfig:
     return self.name[len(HMDN_PREFIX):] if self.is_hmdn else self.name
 
   def validate(self) -> "ModelConfig":
+    """Raises ValueError naming the option and the value; returns self."""
     if self.name not in model_names():
       raise ValueError(f"--model: unknown model {self.name!r}; known: {model_names()}")
-    if self.output_dim < 1:
-      raise ValueError(f"output_dim must be >= 1, got {self.output_dim}")
-    if self.hmdn_condition not in CONDITIONS:
-      raise ValueError(f"hmdn_condition must be one of {CONDITIONS}, got "
-                       f"{self.hmdn_condition!r}")
+    for f in dataclasses.fields(self):
+      choices = f.metadata.get("choices")
+      if choices and f.name != "name" and getattr(self, f.name) not in choices:
+        raise ValueError(f"{f.name} must be one of {choices}, got "
+                         f"{getattr(self, f.name)!r}")
+    at_least = dict(output_dim=1, cross_buckets=1, cross_dim=1, distribution_dim=1,
+                    num_levels=1, codebook_size=2, beta=0, commitment_weight=0,
+                    aux_weight=0, codebook_warmup_steps=0, kmeans_iterations=0,
+                    restart_after_steps=0, buffer_size=self.codebook_size)
+    for option, low in at_least.items():
+      value = getattr(self, option)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+        raise ValueError(f"{option} must be a number >= {low}, got {value!r}")
+    if not 0.0 < self.decay < 1.0:
+      raise ValueError(f"decay must be in (0, 1), got {self.decay!r}")
+    if any(
+        isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in self.view_units):
+      raise ValueError(f"view_units must be positive integers, got {self.view_units!r}")
+    accepted = sorted(
+        p for p in inspect.signature(BACKBONES[self.backbone].__init__).parameters
+        if p not in _SET_BY_MODEL)
+    unknown = sorted(set(self.backbone_kwargs) - set(accepted))
+    if unknown:
+      raise ValueError(f"backbone_kwargs: {unknown} not accepted by backbone "
+                       f"{self.backbone!r}; accepted: {accepted}")
     return self
-
-
-def model_names() -> List[str]:
-  """Every registered model: each backbone, and the HMDN variant of each backbone
-  that reads a condition (the shared-bottom DNN reads none, so it has no variant)."""
-  names = sorted(BACKBONES)
-  names += sorted(HMDN_PREFIX + n for n, cls in BACKBONES.items()
-                  if cls.reads_condition)
-  return names

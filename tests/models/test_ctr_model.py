@@ -13,7 +13,7 @@ from models.registry import ModelConfig
 from pipeline import data, evaluate, export, metrics, train
 
 SMALL = dict(output_dim=8, distribution_dim=8, view_units=(16,), num_levels=2,
-             codebook_size=4)
+             codebook_size=4, codebook_warmup_steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,14 @@ def test_registry_has_every_backbone_and_hmdn_variant():
     (dict(name="hmdn_moe", num_levels=0), "num_levels"),
     (dict(name="hmdn_moe", extraction="both"), "extraction"),
     (dict(name="moe", hmdn_condition="x"), "hmdn_condition"),
+    (dict(name="moe", condition="leaf"), "condition"),
+    (dict(name="hmdn_moe", codebook_update="kmeans"), "codebook_update"),
+    (dict(name="hmdn_moe", decay=1.5), "decay.*1.5"),
+    (dict(name="hmdn_moe", aux_weight=-1.0), "aux_weight.*-1.0"),
+    (dict(name="hmdn_moe", codebook_warmup_steps=-2), "codebook_warmup_steps.*-2"),
+    (dict(name="hmdn_moe", buffer_size=2), "buffer_size.*2"),
+    (dict(name="moe", backbone_kwargs={"experts": 3}), "experts.*num_experts"),
+    (dict(name="hmdn_moe", implicit_fields=("nope",)), "implicit_fields.*nope"),
 ])
 def test_invalid_model_config_names_the_option(data_dir, bad, option):
   with pytest.raises(ValueError, match=option):
@@ -115,7 +123,8 @@ def test_explicit_codes_carry_the_planted_coarse_group(data_dir, spec, batches):
   """Level-1 explicit codes vs the planted scenario: NMI far above random codes."""
   tf.keras.utils.set_random_seed(0)
   model = train.build_model(data_dir, ModelConfig(
-      name="hmdn_moe", extraction="explicit", num_levels=2, codebook_size=8, seed=0))
+      name="hmdn_moe", extraction="explicit", num_levels=2, codebook_size=8, seed=0,
+      codebook_warmup_steps=10))  # 80 steps in all: seeded after 10
   model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
   model.fit(_as_dataset(batches), epochs=2, verbose=0)
   columns = evaluate.collect(evaluate.model_predictor(model, spec), data_dir, spec)
@@ -139,10 +148,130 @@ def test_hmdn_model_trains_under_mirrored_strategy(name, data_dir, spec, batches
     model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
   history = model.fit(_as_dataset(batches[:3]), epochs=1, verbose=0)
   assert np.isfinite(history.history["loss"][-1])
-  for view in model.hierarchy.views:
-    quantizer = model.hierarchy.quantizer(view)
-    for variable in (quantizer.codebooks, quantizer.ema_counts):
-      replicas = [v.numpy() for v in variable.values]
-      assert len(replicas) == 2
-      np.testing.assert_array_equal(replicas[0], replicas[1])
-    assert bool(quantizer.initialized.numpy())  # data-dependent init ran
+  quantizer = model.hierarchy.quantizer  # one, fused over the views
+  for variable in (quantizer.codebooks, quantizer.ema_counts):
+    replicas = [v.numpy() for v in variable.values]
+    assert len(replicas) == 2
+    np.testing.assert_array_equal(replicas[0], replicas[1])
+  assert bool(quantizer.initialized.numpy())  # data-dependent init ran
+
+
+def test_every_config_field_has_flag_help_and_enum_choices():
+  import dataclasses
+  from models import hierarchical, quantizer
+  fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+  for f in fields.values():
+    assert f.metadata.get("help"), f.name
+  assert fields["extraction"].metadata["choices"] == hierarchical.EXTRACTIONS
+  assert fields["codebook_update"].metadata["choices"] == quantizer.CODEBOOK_UPDATES
+  assert fields["condition"].metadata["choices"] == registry.BACKBONE_CONDITIONS
+  assert fields["condition"].default == "coarsest"
+
+
+def _with_values_of(features, field, other):
+  """features with `field`'s column taken from `other` (another batch)."""
+  changed = dict(features)
+  changed[field] = other[field]
+  return changed
+
+
+@pytest.mark.parametrize("condition", registry.BACKBONE_CONDITIONS)
+def test_backbone_condition_modes(condition, data_dir, spec, batches):
+  model = train.build_model(data_dir, ModelConfig(name="moe", condition=condition,
+                                                  cross_dim=6, **SMALL))
+  features, other = batches[0][0], batches[1][0]
+  coarse, fine = [f.name for f in spec.distribution_fields][:2]
+
+  def cond(f):
+    return model.backbone_condition(f, model.embeddings(f)).numpy()
+
+  base = cond(features)
+  width = {"coarsest": spec[coarse].embedding_dim, "cross": 6,
+           "all": sum(f.embedding_dim for f in spec.distribution_fields)}[condition]
+  assert base.shape == (len(features[coarse]), width)
+  via_coarse = cond(_with_values_of(features, coarse, other))
+  via_fine = cond(_with_values_of(features, fine, other))
+  via_item = cond(_with_values_of(features, "item_id", other))
+  np.testing.assert_array_equal(via_item, base)  # never a non-distribution field
+  assert np.abs(via_coarse - base).max() > 0
+  if condition == "coarsest":  # the paper's single-distribution baseline
+    np.testing.assert_array_equal(via_fine, base)
+  else:
+    assert np.abs(via_fine - base).max() > 0
+  if condition == "cross":  # one id per (coarse, fine) pair
+    pairs = {}
+    for row, key in enumerate(zip(features[coarse].numpy(), features[fine].numpy())):
+      pairs.setdefault(key, base[row])
+      np.testing.assert_array_equal(base[row], pairs[key])
+
+
+def _table_gradients(model, features, loss_fn):
+  with tf.GradientTape() as tape:
+    out = model(features, training=True)
+    loss = loss_fn(out)
+  tables = {v.name: v for v in model.embeddings.trainable_variables
+            if "embedding" in v.name}
+  grads = tape.gradient(loss, list(tables.values()))
+  return {name: (0.0 if g is None else float(tf.reduce_sum(tf.abs(
+      tf.convert_to_tensor(g))))) for name, g in zip(tables, grads)}
+
+
+def test_implicit_commitment_does_not_move_shared_tables(data_dir, batches):
+  """Quantization losses reach only the distribution fields' tables (explicit
+  view); the implicit view reads every table through a stop-gradient."""
+  model = train.build_model(data_dir, ModelConfig(name="hmdn_moe", **dict(
+      SMALL, codebook_warmup_steps=0)))
+  features = batches[0][0]
+  model(features, training=True)  # seeds the codebooks
+  grads = _table_gradients(model, features, lambda out: tf.add_n(model.losses))
+  moved = {n for n, g in grads.items() if g > 0}
+  assert moved and all("scenario" in n or "user_group" in n for n in moved), grads
+  implicit_only = train.build_model(data_dir, ModelConfig(
+      name="hmdn_moe", extraction="implicit", **dict(SMALL, codebook_warmup_steps=0)))
+  implicit_only(features, training=True)
+  grads = _table_gradients(implicit_only, features,
+                           lambda out: tf.add_n(implicit_only.losses))
+  assert all(g == 0 for g in grads.values()), grads
+  assert float(tf.add_n(implicit_only.losses)) > 0  # the loss itself is there
+
+
+def test_aux_head_loss_is_reported_finite_and_trains_the_implicit_view(
+    data_dir, batches):
+  tf.keras.utils.set_random_seed(0)
+  model = train.build_model(data_dir, ModelConfig(name="hmdn_moe", aux_weight=0.5,
+                                                  **SMALL))
+  model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
+  history = model.fit(_as_dataset(batches[:6]), epochs=1, verbose=0).history
+  assert np.isfinite(history["aux_loss"][-1]) and history["aux_loss"][-1] > 0
+  np.testing.assert_allclose(
+      history["total_loss"][-1], history["loss"][-1] + history["aux_loss"][-1] +
+      history["regularization_loss"][-1], rtol=1e-4)
+  result = model.evaluate(batches[0][0], batches[0][1], verbose=0, return_dict=True)
+  # 0.5 x a BCE of the implicit s_D alone: near 0.5 x log 2 for an uninformed head.
+  assert 0.05 < result["aux_loss"] < 0.5, result
+  features, labels = batches[0]
+  with tf.GradientTape() as tape:
+    _, aux, _ = model._loss_terms((features, labels), training=False)
+  kernel = model.hierarchy.encoders._kernels[-1]
+  grad = tape.gradient(aux, kernel).numpy()
+  d = SMALL["distribution_dim"]
+  assert np.abs(grad[:, d:]).max() > 0 and np.all(grad[:, :d] == 0)
+  baseline = train.build_model(data_dir, ModelConfig(name="moe", **SMALL))
+  baseline.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
+  assert "aux_loss" not in baseline.evaluate(batches[0][0], batches[0][1], verbose=0,
+                                             return_dict=True)
+
+
+def test_code_diagnostics_on_a_probe(data_dir, batches):
+  model = train.build_model(data_dir, ModelConfig(name="hmdn_moe", **dict(
+      SMALL, codebook_warmup_steps=0)))
+  model(batches[0][0], training=True)
+  probe = batches[1][0]
+  report = model.code_diagnostics(probe)
+  assert sorted(report) == ["explicit", "implicit"]
+  again = model.code_diagnostics(probe)
+  for view in again.values():
+    assert view["perplexity"].shape == (SMALL["num_levels"],)
+    np.testing.assert_array_equal(view["flip_share"], 0.0)
+  assert train.build_model(data_dir, ModelConfig(name="moe")).code_diagnostics(
+      probe) == {}

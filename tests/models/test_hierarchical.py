@@ -36,13 +36,53 @@ def test_gradients_reach_both_view_mlps_through_the_quantizers():
   with tf.GradientTape() as tape:
     out = layer(inputs, training=True)
     loss = tf.reduce_sum(out["representation"] ** 2)
-  grads = tape.gradient(loss, layer.trainable_variables)
-  by_view = {v: 0.0 for v in layer.views}
-  for var, g in zip(layer.trainable_variables, grads):
-    for view in layer.views:
-      if f"{view}_view" in var.name and g is not None:
-        by_view[view] += float(tf.reduce_sum(tf.abs(g)))
-  assert all(total > 0 for total in by_view.values()), by_view
+  kernel = layer.encoders._kernels[0]
+  grad = tape.gradient(loss, kernel).numpy()
+  widths = (6, 20)
+  for view, (start, width) in enumerate(((0, 6), (6, 20))):
+    block = grad[start:start + width, view * 64:(view + 1) * 64]
+    assert np.abs(block).sum() > 0, layer.views[view]
+  # Off-diagonal blocks are masked: no gradient, and they stay zero.
+  assert np.all(grad[:6, 64:] == 0) and np.all(grad[6:, :64] == 0)
+  assert np.all(kernel.numpy()[:6, 64:] == 0), widths
+
+
+def test_implicit_view_reads_its_input_through_a_stop_gradient():
+  layer = HierarchicalDistributionRepresentation(distribution_dim=4, num_levels=2,
+                                                 codebook_size=4)
+  inputs = _inputs()
+  layer(inputs, training=True)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(list(inputs.values()))
+    out = layer(inputs, training=True)
+    loss = tf.reduce_sum(out["representation"] ** 2) + tf.add_n(layer.losses)
+  assert tape.gradient(loss, inputs["implicit"]) is None
+  assert np.abs(tape.gradient(loss, inputs["explicit"]).numpy()).max() > 0
+
+
+def test_fused_encoder_equals_one_mlp_per_view():
+  layer = HierarchicalDistributionRepresentation(distribution_dim=5, view_units=(7,),
+                                                 num_levels=2, codebook_size=4)
+  inputs = _inputs()
+  fused = layer.encode(inputs).numpy()
+  for v, view in enumerate(layer.views):
+    k0, b0 = layer.encoders.view_weights(0, v)
+    k1, b1 = layer.encoders.view_weights(1, v)
+    hidden = np.maximum(inputs[view].numpy() @ k0.numpy() + b0.numpy(), 0)
+    np.testing.assert_allclose(fused[:, v], hidden @ k1.numpy() + b1.numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_diagnostics_per_view():
+  layer = HierarchicalDistributionRepresentation(distribution_dim=4, num_levels=3,
+                                                 codebook_size=4)
+  layer(_inputs(256), training=True)
+  report = layer.diagnostics(_inputs(64, seed=1))
+  assert sorted(report) == ["explicit", "implicit"]
+  for view in report.values():
+    assert view["perplexity"].shape == (3,)
+    assert np.all((view["perplexity"] >= 1) & (view["perplexity"] <= 4))
+    assert np.all(view["residual_ratio"] >= 0)
 
 
 def test_missing_view_input_is_a_clear_error():
@@ -55,9 +95,14 @@ def test_config_round_trip_and_validation():
   layer = HierarchicalDistributionRepresentation(
       extraction="explicit", distribution_dim=7, view_units=(9,), num_levels=5,
       codebook_size=3, shared_codebook=True, codebook_update="loss", decay=0.9,
-      beta=0.5, commitment_weight=0.1, seed=4)
+      beta=0.5, commitment_weight=0.1, warmup_steps=2, kmeans_iterations=1,
+      restart_after_steps=9, buffer_size=32, implicit_stop_gradient=False, seed=4)
   again = HierarchicalDistributionRepresentation.from_config(layer.get_config())
   assert again.get_config() == layer.get_config()
+  assert layer.get_config()["buffer_size"] == 32
+  # Registered for Keras deserialization under the "hmdn" package.
+  restored = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
+  assert restored.get_config() == layer.get_config()
   with pytest.raises(ValueError, match="extraction"):
     HierarchicalDistributionRepresentation(extraction="both")
   with pytest.raises(ValueError, match="distribution_dim"):

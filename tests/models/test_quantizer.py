@@ -91,7 +91,8 @@ def test_straight_through_gradient_reaches_inputs():
 
 def test_data_dependent_init_uses_batch_residuals():
   x = _mixture(128, dim=4)
-  layer = ResidualQuantizer(num_levels=3, codebook_size=8, seed=7)
+  layer = ResidualQuantizer(num_levels=3, codebook_size=8, seed=7,
+                            kmeans_iterations=0)  # k-means++ alone: batch rows
   layer(x, training=False)  # builds; codebooks still random and small
   assert np.abs(layer.codebooks.numpy()).max() < 0.1
   out = layer(x, training=True)
@@ -109,7 +110,7 @@ def test_data_dependent_init_uses_batch_residuals():
 def test_shared_codebook_is_one_variable_for_all_levels():
   x = _mixture(64, dim=4)
   layer = ResidualQuantizer(num_levels=3, codebook_size=8,
-                            shared_codebook=True)
+                            shared_codebook=True, kmeans_iterations=0)
   layer(x, training=True)
   assert [v.shape for v in layer.weights if "codebooks" in v.name] == [
       (1, 8, 4)]
@@ -135,7 +136,7 @@ def test_shared_codebook_is_one_variable_for_all_levels():
 def test_ema_step_moves_code_toward_assigned_mean():
   x = _mixture(256, dim=4)
   layer = ResidualQuantizer(num_levels=2, codebook_size=6, decay=0.9,
-                            dead_code_threshold=0.0)
+                            restart_after_steps=0)
   layer(x, training=True)
   x2 = _mixture(256, dim=4, seed=1)  # same centres, new noise
   codes = layer(x2, training=False)["codes"].numpy()[:, 0]
@@ -164,23 +165,31 @@ def test_ema_step_moves_code_toward_assigned_mean():
 
 def test_dead_code_is_restarted_to_a_batch_residual():
   x = _mixture(128, dim=4)
-  layer = ResidualQuantizer(num_levels=2, codebook_size=6, decay=0.9)
+  layer = ResidualQuantizer(num_levels=2, codebook_size=6, decay=0.9,
+                            restart_after_steps=3)
   layer(x, training=True)
   books = layer.codebooks.numpy()
   books[0, 3] = 1e3  # never the nearest code
-  counts = layer.ema_counts.numpy()
-  counts[0, 3] = 0.0
   layer.codebooks.assign(books)
-  layer.ema_counts.assign(counts)
-  out = layer(x, training=True)
+  sums = layer.ema_sums.numpy()
+  sums[0, 3] = 1e3 * layer.ema_counts.numpy()[0, 3]  # the EMA keeps it there
+  layer.ema_sums.assign(sums)
+  for _ in range(2):  # unused for 1, 2 steps: not yet restarted
+    out = layer(x, training=True)
+    assert np.all(out["codes"].numpy()[:, 0] != 3)
+    assert np.abs(layer.codebooks.numpy()[0, 3] - 1e3).max() < 1.0
+  before = layer.ema_counts.numpy()[0, 3]
+  out = layer(x, training=True)  # unused for 3 steps: restarted
   assert np.all(out["codes"].numpy()[:, 0] != 3)
+  assert int(layer.last_used.numpy()[0, 3]) == 3
   restarted = layer.codebooks.numpy()[0, 3]
   assert np.abs(restarted - 1e3).max() > 1.0
   assert _min_row_distance(restarted[None], x)[0] < 1e-5
   # It gets the uniform share back so it is not dead again at once.
   new_counts = layer.ema_counts.numpy()[0]
   others = new_counts.sum() - new_counts[3]
-  np.testing.assert_allclose(new_counts[3], others / 6, rtol=1e-5)
+  np.testing.assert_allclose(new_counts[3], (others + 0.9 * before) / 6,
+                             rtol=1e-5)
   # Live codes are not restarted.
   assert _min_row_distance(layer.codebooks.numpy()[0, :3], x).min() > 1e-4
 
@@ -217,7 +226,8 @@ def test_loss_mode_trains_codebooks_with_codebook_loss():
   assert len(losses) == 2
   partial = out["partial_sums"].numpy()
   x_np = x.numpy()
-  commitment = ((x_np[:, None] - partial) ** 2).sum((1, 2)).mean()
+  # Averaged over levels (here 2) as well as rows.
+  commitment = ((x_np[:, None] - partial) ** 2).sum((1, 2)).mean() / 2
   np.testing.assert_allclose(losses[0], 0.5 * 0.25 * commitment, rtol=1e-5)
   np.testing.assert_allclose(losses[1], 0.5 * commitment, rtol=1e-5)
   grad = tape.gradient(total_loss, layer.codebooks)
@@ -247,7 +257,7 @@ def _distributed_batches(steps, sizes=(24, 16)):
 
 def test_replica_consistent_and_equal_to_global_batch_update(strategy):
   config = dict(num_levels=2, codebook_size=4, decay=0.8, seed=3,
-                dead_code_threshold=0.8)  # high, so restarts happen
+                restart_after_steps=1)  # so restarts happen
   with strategy.scope():
     mirrored = ResidualQuantizer(**config)
     mirrored.build((None, 3))
@@ -299,27 +309,30 @@ def test_config_round_trip():
   layer = ResidualQuantizer(num_levels=2, codebook_size=3,
                             shared_codebook=True, codebook_update="loss",
                             decay=0.5, epsilon=1e-3, beta=0.1,
-                            commitment_weight=2.0, dead_code_threshold=0.2,
-                            seed=11, name="rq")
+                            commitment_weight=2.0, warmup_steps=3,
+                            kmeans_iterations=2, restart_after_steps=7,
+                            buffer_size=64, seed=11, name="rq")
   config = layer.get_config()
   clone = ResidualQuantizer.from_config(config)
   assert clone.get_config() == config
   for key, value in dict(num_levels=2, codebook_size=3, shared_codebook=True,
                          codebook_update="loss", decay=0.5, epsilon=1e-3,
-                         beta=0.1, commitment_weight=2.0,
-                         dead_code_threshold=0.2, seed=11).items():
+                         beta=0.1, commitment_weight=2.0, warmup_steps=3,
+                         kmeans_iterations=2, restart_after_steps=7,
+                         buffer_size=64, seed=11).items():
     assert config[key] == value
 
 
 @pytest.mark.parametrize("option, value", [
     ("codebook_size", 1), ("num_levels", 0), ("codebook_update", "kmeans"),
-    ("decay", 1.0), ("decay", 0.0), ("beta", -0.1)])
+    ("decay", 1.0), ("decay", 0.0), ("beta", -0.1), ("warmup_steps", -1),
+    ("restart_after_steps", -1), ("buffer_size", 4)])
 def test_invalid_config_raises(option, value):
   with pytest.raises(ValueError, match=option):
     ResidualQuantizer(**{option: value})
 
 
-@pytest.mark.parametrize("shape", [(4, 3, 2), (4,)])
+@pytest.mark.parametrize("shape", [(4, 3, 2, 1), (4,)])
 def test_input_rank_is_checked(shape):
   with pytest.raises(ValueError, match=r"\[batch_size, dim\].*received"):
     ResidualQuantizer()(tf.zeros(shape))
@@ -352,3 +365,115 @@ def test_saved_model_round_trip(tmp_path):
   np.testing.assert_array_equal(got["codes"], expected["codes"])
   np.testing.assert_allclose(got["quantized"], expected["quantized"],
                              atol=1e-6)
+
+
+def test_warmup_passes_inputs_through_then_seeds_from_the_buffer():
+  layer = ResidualQuantizer(num_levels=2, codebook_size=4, warmup_steps=3,
+                            buffer_size=64, seed=1)
+  batches = [_mixture(16, dim=4, seed=s) for s in range(4)]
+  for step, x in enumerate(batches[:3]):
+    out = layer(x, training=True)
+    np.testing.assert_array_equal(out["quantized"], x)  # not quantized
+    assert np.all(out["codes"].numpy() == 0)
+    assert float(tf.add_n(layer.losses)) == 0.0
+    assert not bool(layer.initialized.numpy())
+    assert int(layer.buffer_rows.numpy()) == 16 * (step + 1)
+  np.testing.assert_array_equal(layer.buffer.numpy()[:48],
+                                np.concatenate(batches[:3]))
+  before = layer(batches[0], training=False)  # inference passes through too
+  np.testing.assert_array_equal(before["quantized"], batches[0])
+  out = layer(batches[3], training=True)  # seeded now, quantized at once
+  assert bool(layer.initialized.numpy())
+  assert np.abs(out["quantized"].numpy() - batches[3]).max() > 1e-3
+  np.testing.assert_allclose(out["quantized"], out["partial_sums"][:, -1],
+                             atol=1e-5)
+  assert int(layer.buffer_rows.numpy()) == 64  # the seeding step's rows too
+  assert np.abs(layer.codebooks.numpy()).max() > 1.0  # data scale, not init
+
+
+def test_kmeans_seeding_reduces_distortion_vs_kmeanspp_alone():
+  x = _mixture(512, dim=4, clusters=12, seed=3)
+
+  def distortion(iterations):
+    layer = ResidualQuantizer(num_levels=1, codebook_size=8, seed=5,
+                              kmeans_iterations=iterations)
+    out = layer(x, training=True)
+    return float(((x - out["quantized"].numpy()) ** 2).sum(1).mean())
+
+  plain, lloyd = distortion(0), distortion(5)
+  assert lloyd < 0.95 * plain, (plain, lloyd)
+
+
+def test_diagnostics_are_in_range_and_count_flips():
+  x = _mixture(256, dim=4)
+  layer = ResidualQuantizer(num_levels=3, codebook_size=8, decay=0.5)
+  layer(x, training=True)
+  first = layer.diagnostics(x[:100])
+  assert np.all(np.isnan(first["flip_share"]))  # nothing to compare with yet
+  weights = [v.numpy().copy() for v in layer.weights]
+  again = layer.diagnostics(x[:100])
+  np.testing.assert_array_equal(again["flip_share"], 0.0)  # same books
+  # On data like the training data the residual shrinks level by level.
+  ratio = again["residual_ratio"]
+  assert np.all((ratio > 0) & (ratio < 1.0)) and np.all(np.diff(ratio) <= 1e-6)
+  for old, var in zip(weights, layer.weights):  # diagnostics update nothing
+    np.testing.assert_array_equal(old, var.numpy())
+  for _ in range(3):
+    layer(_mixture(256, dim=4, seed=9) * 2.0, training=True)
+  report = layer.diagnostics(x[:100])
+  for key in ("residual_ratio", "perplexity", "dead_codes", "flip_share"):
+    assert report[key].shape == (3,), key
+  assert np.all(report["residual_ratio"] >= 0)
+  assert np.all((report["perplexity"] >= 1) & (report["perplexity"] <= 8))
+  assert np.all((report["dead_codes"] >= 0) & (report["dead_codes"] <= 7))
+  assert np.all((report["flip_share"] >= 0) & (report["flip_share"] <= 1))
+  assert report["flip_share"].max() > 0  # the codebooks moved
+
+
+def _per_view_reference(x, books, levels):
+  """The old per-view path: one quantizer chain per view, numpy."""
+  codes, sums = [], []
+  for v in range(x.shape[1]):
+    residual, total, c, s = x[:, v], np.zeros_like(x[:, v]), [], []
+    for level in range(levels):
+      book = books[v, level]
+      code = ((residual[:, None] - book[None]) ** 2).sum(-1).argmin(-1)
+      residual = residual - book[code]
+      total = total + book[code]
+      c.append(code)
+      s.append(total)
+    codes.append(np.stack(c, 1))
+    sums.append(np.stack(s, 1))
+  return np.stack(codes, 1), np.stack(sums, 1)
+
+
+def test_fused_views_equal_the_per_view_path():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(64, 3, 5)).astype(np.float32)
+  fused = ResidualQuantizer(num_levels=3, codebook_size=6)
+  fused(x, training=True)
+  assert fused.codebooks.shape == (3, 3, 6, 5)
+  out = fused(x, training=False)
+  codes, sums = _per_view_reference(x, fused.codebooks.numpy(), 3)
+  np.testing.assert_array_equal(out["codes"], codes)
+  np.testing.assert_allclose(out["partial_sums"], sums, atol=1e-6)
+  # And each view equals a single-view quantizer holding that view's books.
+  for v in range(3):
+    single = ResidualQuantizer(num_levels=3, codebook_size=6)
+    single(x[:, v], training=False)
+    single.codebooks.assign(fused.codebooks.numpy()[v])
+    single.initialized.assign(True)
+    alone = single(x[:, v], training=False)
+    np.testing.assert_array_equal(alone["codes"], out["codes"][:, v])
+    np.testing.assert_array_equal(alone["quantized"], out["quantized"][:, v])
+
+
+def test_fused_views_inference_is_batch_independent():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(40, 2, 4)).astype(np.float32)
+  layer = ResidualQuantizer(num_levels=2, codebook_size=4, shared_codebook=True)
+  layer(x, training=True)
+  batch = layer(x, training=False)
+  alone = layer(x[7:8], training=False)
+  np.testing.assert_array_equal(alone["codes"][0], batch["codes"][7])
+  np.testing.assert_array_equal(alone["quantized"][0], batch["quantized"][7])
