@@ -14,6 +14,7 @@ from typing import Any, Dict, Mapping, Optional
 import tensorflow as tf
 
 from features import spec as spec_lib
+from features.preprocessed import escape_tensor
 
 
 def _vocab_size(path: str) -> int:
@@ -106,7 +107,13 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     return self._spec
 
   def ids(self, name: str, values: tf.Tensor) -> tf.Tensor:
-    """Integer ids of a categorical or bucketized field (0 = OOV for vocabularies)."""
+    """Integer ids of a categorical or bucketized field (0 = OOV for vocabularies).
+
+    Vocabulary files hold escaped values (features/preprocessed.py), so the inputs are
+    escaped the same way before the lookup: any string, tabs and newlines included,
+    finds its own row."""
+    if isinstance(self._lookup[name], tf.keras.layers.StringLookup):
+      values = escape_tensor(values)
     return tf.cast(self._lookup[name](values), tf.int32)
 
   def derived_values(self, inputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
@@ -124,7 +131,7 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
       d = f.derived
       if d.kind == spec_lib.COUNT_BUCKET:
         values[f.name] = self.derived_tables[f.name].lookup(
-            tf.convert_to_tensor(source(d.source)))
+            escape_tensor(tf.convert_to_tensor(source(d.source))))
       elif d.kind == spec_lib.CROSS:
         values[f.name] = tf.strings.join([source(s) for s in d.sources],
                                          separator=d.separator)

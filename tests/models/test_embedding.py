@@ -83,3 +83,14 @@ def test_config_round_trip(layer):
   again.set_weights(layer.get_weights())
   for k, v in layer(_batch()).items():
     np.testing.assert_allclose(again(_batch())[k], v)
+
+
+def test_values_with_tabs_newlines_and_backslashes_find_their_own_rows(tmp_path):
+  from features.preprocessed import escape_value
+  odd = ["tab\there", "new\nline", "back\\slash", "\\n", "ünï"]
+  with open(tmp_path / "page.txt", "w", encoding="utf-8", newline="\n") as f:
+    f.write("".join(escape_value(v) + "\n" for v in odd))
+  (tmp_path / "tags.txt").write_text("a\n")
+  layer = FeatureEmbeddings(SPEC, str(tmp_path))
+  ids = layer.ids("page", tf.constant(odd + ["never seen"])).numpy().tolist()
+  assert ids == [1, 2, 3, 4, 5, 0]
