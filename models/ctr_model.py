@@ -133,8 +133,9 @@ class CTRModel(tfrs.Model):
                    "hierarchical_only" else tf.concat([condition,
                                                        h["representation"]], -1))
       out.update({k: v for k, v in h.items() if k.startswith("codes")})
-      if self.aux_head is not None:
-        out["implicit_representation"] = h[f"representation_{IMPLICIT}"]
+      if self.aux_head is not None:  # called on every call so its weights exist
+        # from the first (inference) call on, when the optimizer is built.
+        out["aux_logits"] = self.aux_head(h[f"representation_{IMPLICIT}"])
     hidden = self.backbone({"features": all_fields, "condition": condition,
                             "domain": domain}, training=training)
     logits = self.head(hidden)
@@ -163,7 +164,7 @@ class CTRModel(tfrs.Model):
     bce = self.task(labels, out["logits"], training=training) / global_batch
     aux = tf.constant(0.0)
     if self.aux_head is not None:
-      aux_logits = self.aux_head(out["implicit_representation"])
+      aux_logits = out["aux_logits"]
       aux = self.config.aux_weight * tf.reduce_sum(
           tf.nn.sigmoid_cross_entropy_with_logits(labels, aux_logits)) / global_batch
     regularization = tf.add_n([tf.constant(0.0)] + [tf.reduce_sum(l) for l in

@@ -13,7 +13,8 @@ the paper's single-distribution baseline (`condition=coarsest`) and the stronger
   runs/<model>/seed_<s>/   each run directory
 
 A model is written `NAME` or `NAME:key=value:key=value` with ModelConfig overrides,
-e.g. `hmdn_moe:num_levels=6:extraction=explicit`.
+e.g. `hmdn_moe:num_levels=6:extraction=explicit`; list values are joined by `|`
+(`implicit_fields=user_id|device`).
 """
 import dataclasses
 import json
@@ -50,8 +51,12 @@ def parse_variant(text: str) -> Tuple[str, Dict[str, Any]]:
         if value not in ("true", "false", "True", "False", "1", "0"):
           raise ValueError
         typed = value in ("true", "True", "1")
-      elif isinstance(current, (dict, list, tuple)):
+      elif isinstance(current, dict):
         typed = json.loads(value)
+      elif isinstance(current, (list, tuple)):  # a|b|c (commas separate the models)
+        items = [v for v in value.split("|") if v]
+        kind = type(current[0]) if current else str
+        typed = tuple(kind(v) for v in items)
       else:
         typed = type(current)(value)
     except ValueError:

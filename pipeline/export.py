@@ -7,6 +7,8 @@ distribution ids to log and monitor):
   classify         {"inputs": serialized tf.Example [batch]}
                    -> {"scores": [batch, 2], "classes": [batch, 2]}, method
                    tensorflow/serving/classify, for TF Serving's Classify API.
+Every signature rejects a non-finite numeric input (NaN, inf, a number beyond float32)
+with an error naming the feature and the instance (`check_finite`).
 `assets.extra/tf_serving_warmup_requests` holds PredictionLogs TF Serving replays at
 load time; `assets.extra/spec.yaml` is the feature spec the model was trained with and
 `assets.extra/model_config.json` its ModelConfig.
@@ -73,6 +75,34 @@ def versions(export_root: str) -> List[int]:
                 if n.strip("/").isdigit())
 
 
+def check_finite(features: Dict[str, tf.Tensor], spec: spec_lib.FeatureSpec
+                 ) -> Dict[str, tf.Tensor]:
+  """Every numeric input finite, or InvalidArgumentError naming the feature and the
+  first bad instance (TF Serving returns the message to the client).
+
+  NaN, inf, and numbers beyond float32 (1e39 in a request becomes inf) would otherwise be
+  served as a NaN or a meaningless probability. The message is built in the graph:
+  "assertion failed: [feature price is not a finite number at instance 3: inf]" (no
+  quotes: the Assert op would escape them).
+  """
+  checked = dict(features)
+  for f in spec.model_inputs:
+    if f.kind != spec_lib.NUMERIC or f.name not in features:
+      continue
+    x = features[f.name]
+    bad = tf.logical_not(tf.math.is_finite(x))
+    # The first bad row and its value; -1 and 0 pad an empty batch (never shown).
+    first = tf.concat([tf.where(bad)[:, 0], tf.constant([-1], tf.int64)], 0)[0]
+    value = tf.concat([tf.boolean_mask(x, bad), tf.zeros([1], x.dtype)], 0)[0]
+    message = tf.strings.format(
+        "feature " + f.name + " is not a finite number at instance {}: {}",
+        (first, value))
+    assertion = tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message])
+    with tf.control_dependencies([assertion]):
+      checked[f.name] = tf.identity(x)
+  return checked
+
+
 class ServingModule(tf.Module):
   """Wraps a trained model with the parsing the serving side needs, and nothing else.
 
@@ -94,7 +124,7 @@ class ServingModule(tf.Module):
         self._classify, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
 
   def _outputs(self, features) -> Dict[str, tf.Tensor]:
-    out = self.model(features, training=False)
+    out = self.model(check_finite(features, self._spec), training=False)
     result = {"probability": tf.reshape(out["probability"], [-1])}
     if "codes" in out:
       result["codes"] = out["codes"]

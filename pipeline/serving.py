@@ -14,7 +14,6 @@ from features import spec as spec_lib
 from pipeline import export, serving_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLE_SIGNATURES = ("serving_default", "classify")  # take serialized tf.Example
 
 
 def latest_version(path: str) -> str:
@@ -34,31 +33,38 @@ def _jsonable(value) -> Any:
   return value.tolist()
 
 
+def _node_reason(e) -> str:
+  """The sentence in a TensorFlow error: the signatures' own check ("assertion failed:
+  [feature price ...]") or parse_example's ("Feature: price ... is required"), without
+  the node and op names around it."""
+  lines = [l.strip() for l in e.message.splitlines() if l.strip()]
+  for line in lines:
+    if "assertion failed:" in line:
+      return line.split("assertion failed:", 1)[1].strip().strip("[]")
+  return next((l for l in lines if "Feature:" in l), lines[0] if lines else str(e))
+
+
 def predict(saved_model: str, request_path: str) -> Dict:
   """Answers a REST predict request (a JSON file) from the export, as TF Serving would:
-  {"predictions": [{output name: value}, ...]}."""
+  {"predictions": [{output name: value}, ...]}. The request is checked against the
+  export's spec first (serving_request), so a bad one is a RequestError naming the
+  instance and the feature, not a TensorFlow node error."""
   import tensorflow as tf
   version = latest_version(saved_model)
   request = serving_request.load_request(request_path)
   loaded = tf.saved_model.load(version)
-  name = request.get("signature_name", "serving_default")
+  name = request.get("signature_name", serving_request.SERVING_DEFAULT)
   if name not in loaded.signatures:
     raise serving_request.RequestError(
         f"signature_name {name!r} is not in {version}; it has {list(loaded.signatures)}")
-  signature = loaded.signatures[name]
   try:
-    if name in EXAMPLE_SIGNATURES:
-      examples = tf.constant(serving_request.examples_from_instances(request["instances"]))
-      out = (signature(examples=examples) if name == "serving_default"
-             else signature(inputs=examples))
-    else:
-      tensors = serving_request.tensors_from_instances(export.read_spec(version),
-                                                       request["instances"])
-      out = signature(**{k: tf.constant(v) for k, v in tensors.items()})
-  except tf.errors.InvalidArgumentError as e:  # e.g. a required feature not in an Example
-    lines = [l.strip() for l in e.message.splitlines() if l.strip()]
-    reason = next((l for l in lines if "Feature:" in l), lines[-1] if lines else str(e))
-    raise serving_request.RequestError(f"{request_path}: {reason}")
+    name, inputs = serving_request.signature_inputs(export.read_spec(version), request)
+  except serving_request.RequestError as e:
+    raise serving_request.RequestError(f"{request_path}: {e}")
+  try:
+    out = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+  except tf.errors.InvalidArgumentError as e:  # the signatures' own checks
+    raise serving_request.RequestError(f"{request_path}: {_node_reason(e)}")
   predictions = [{k: _jsonable(v[i]) for k, v in out.items()}
                  for i in range(len(request["instances"]))]
   return {"predictions": predictions}

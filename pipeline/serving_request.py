@@ -3,12 +3,16 @@
 `{"signature_name": "predict", "instances": [{"scenario": "s0", "price": 3.5, ...}]}`
 feeds the raw-tensor signature; `{"instances": [{"examples": {"b64": "..."}}]}` feeds
 `serving_default` (serialized tf.Example), exactly as TF Serving decodes them.
-A missing optional feature takes its spec default, a missing required one or a value of
-the wrong type is an error naming the feature.
+A missing optional feature takes its spec default. Everything else that does not fit the
+spec (a missing required or an unknown feature, a wrong type, NaN, inf, a number beyond
+float32, malformed base64, no instances) is a RequestError naming the instance and the
+feature, raised before TensorFlow sees the request: the signatures check finiteness too
+(pipeline/export.py), but their error is a node message, not a sentence.
 """
 import base64
+import binascii
 import json
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -19,78 +23,218 @@ class RequestError(ValueError):
   """A request that does not fit the signature; the message names the feature."""
 
 
-def load_request(path: str) -> Dict[str, Any]:
+PREDICT = "predict"  # raw named tensors
+SERVING_DEFAULT = "serving_default"  # {"examples": serialized tf.Example}
+CLASSIFY = "classify"  # {"inputs": serialized tf.Example}
+# The input name of each signature that takes serialized tf.Examples.
+EXAMPLE_INPUTS = {SERVING_DEFAULT: "examples", CLASSIFY: "inputs"}
+SIGNATURES = (SERVING_DEFAULT, PREDICT, CLASSIFY)
+_SHOWN = 60  # characters of a bad value quoted in an error
+
+
+def _short(value: Any) -> str:
+  text = repr(value)
+  return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+
+
+def parse_request(body, source: str = "request") -> Dict[str, Any]:
+  """A request body (JSON text or bytes) -> the request dict, its shape checked."""
   try:
-    with open(path) as f:
-      request = json.load(f)
-  except (OSError, ValueError) as e:
-    raise RequestError(f"{path}: cannot read a JSON request ({e})")
-  if not isinstance(request, dict) or not isinstance(request.get("instances"), list):
-    raise RequestError(f"{path}: expected {{\"signature_name\": ..., \"instances\": "
-                       "[...]}} as in TF Serving's REST predict API")
+    request = json.loads(body)
+  except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+    raise RequestError(f"{source}: not a JSON request ({_short(str(e))})")
+  return check_request(request, source)
+
+
+def check_request(request: Any, source: str = "request") -> Dict[str, Any]:
+  """A decoded request must be {"signature_name": name, "instances": [one or more]}."""
+  expected = ("expected {\"signature_name\": ..., \"instances\": [...]} as in TF "
+              "Serving's REST predict API")
+  if not isinstance(request, dict):
+    raise RequestError(f"{source}: {expected}, got a JSON {type(request).__name__}")
+  if "instances" not in request:
+    raise RequestError(f"{source}: no \"instances\"; {expected}")
+  instances = request["instances"]
+  if not isinstance(instances, list):
+    raise RequestError(f"{source}: \"instances\" must be a list, got "
+                       f"{_short(instances)}")
+  if not instances:
+    raise RequestError(f"{source}: \"instances\" is empty; a request needs at least "
+                       "one instance")
+  name = request.get("signature_name", SERVING_DEFAULT)
+  if not isinstance(name, str):
+    raise RequestError(f"{source}: signature_name must be a string, got {_short(name)}")
+  unknown = sorted(set(request) - {"signature_name", "instances"})
+  if unknown:
+    raise RequestError(f"{source}: unknown key(s) {unknown}; {expected}")
   return request
 
 
-def examples_from_instances(instances: Sequence[Any]) -> List[bytes]:
-  """serving_default instances: {"examples": {"b64": ...}} or {"b64": ...}."""
+def load_request(path: str) -> Dict[str, Any]:
+  try:
+    with open(path, "rb") as f:
+      body = f.read()
+  except OSError as e:
+    raise RequestError(f"{path}: cannot read the request ({e.strerror or e})")
+  return parse_request(body, source=path)
+
+
+def signature_inputs(spec: spec_lib.FeatureSpec, request: Mapping[str, Any]
+                     ) -> Tuple[str, Dict[str, np.ndarray]]:
+  """A checked request -> (signature name, its inputs as numpy arrays)."""
+  name = request.get("signature_name", SERVING_DEFAULT)
+  if name in EXAMPLE_INPUTS:
+    examples = examples_from_instances(request["instances"], spec)
+    return name, {EXAMPLE_INPUTS[name]: np.array(examples, dtype=object)}
+  if name == PREDICT:
+    return name, tensors_from_instances(spec, request["instances"])
+  raise RequestError(f"signature_name {name!r} is not one of {list(SIGNATURES)}")
+
+
+# --- serving_default / classify: serialized tf.Example ---------------------------------
+def _b64(i: int, inst: Any) -> bytes:
+  if isinstance(inst, dict) and set(inst) == {"examples"}:
+    inst = inst["examples"]
+  elif isinstance(inst, dict) and set(inst) == {"inputs"}:
+    inst = inst["inputs"]
+  if not isinstance(inst, dict) or set(inst) != {"b64"}:
+    raise RequestError(f"instances[{i}]: a serialized tf.Example is written "
+                       "{\"examples\": {\"b64\": \"...\"}}, got " + _short(inst))
+  text = inst["b64"]
+  if not isinstance(text, str):
+    raise RequestError(f"instances[{i}]: \"b64\" must be a base64 string, got "
+                       f"{_short(text)}")
+  try:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+  except (binascii.Error, ValueError) as e:  # bad padding/characters, non-ASCII
+    raise RequestError(f"instances[{i}]: \"b64\" is not valid base64 ({e})")
+
+
+def _example_values(f: spec_lib.Feature, feature) -> Any:
+  """The values of one tf.Example feature as parse_value takes them, or None if absent."""
+  kind = feature.WhichOneof("kind")
+  if kind is None:
+    return None
+  wanted = "float_list" if f.kind == spec_lib.NUMERIC else "bytes_list"
+  if kind != wanted:
+    raise ValueError(f"is a {kind}, the spec needs a {wanted}")
+  values = list(getattr(feature, kind).value)
+  if f.kind == spec_lib.MULTI_CATEGORICAL:
+    return [v.decode("utf-8") for v in values]
+  if len(values) != 1:
+    raise ValueError(f"has {len(values)} values, the spec needs exactly one")
+  return values[0].decode("utf-8") if kind == "bytes_list" else values[0]
+
+
+def examples_from_instances(instances: Sequence[Any],
+                            spec: spec_lib.FeatureSpec = None) -> List[bytes]:
+  """serving_default instances: {"examples": {"b64": ...}} or {"b64": ...}.
+
+  With a spec, each Example is checked as `tf.io.parse_example` and the model will read
+  it: every model input present (or defaulted), of the right type, finite.
+  """
   out = []
   for i, inst in enumerate(instances):
-    if isinstance(inst, dict) and "examples" in inst:
-      inst = inst["examples"]
-    if not isinstance(inst, dict) or "b64" not in inst:
-      raise RequestError(f"instances[{i}]: serving_default takes serialized tf.Example "
-                         "as {\"examples\": {\"b64\": \"...\"}}")
-    out.append(base64.b64decode(inst["b64"]))
+    serialized = _b64(i, inst)
+    if spec is not None:
+      check_example(spec, serialized, i)
+    out.append(serialized)
   return out
 
 
-def tensors_from_instances(spec: spec_lib.FeatureSpec, instances: Sequence[Mapping]
+def check_example(spec: spec_lib.FeatureSpec, serialized: bytes, i: int = 0) -> None:
+  from google.protobuf import message
+  from tensorflow.core.example import example_pb2
+  try:
+    example = example_pb2.Example.FromString(serialized)
+  except (message.DecodeError, ValueError, RuntimeError) as e:
+    raise RequestError(f"instances[{i}]: the decoded b64 is not a serialized "
+                       f"tf.Example ({e})")
+  present = example.features.feature
+  for f in spec.model_inputs:
+    try:
+      raw = _example_values(f, present[f.name]) if f.name in present else None
+    except (ValueError, UnicodeDecodeError) as e:
+      raise RequestError(f"instances[{i}]: feature {f.name!r} {e}")
+    if raw is None and f.required:
+      raise RequestError(f"instances[{i}]: required feature {f.name!r} is missing")
+    _parse(spec, f, raw, i)
+
+
+# --- predict: raw named tensors -----------------------------------------------------------
+def _parse(spec: spec_lib.FeatureSpec, f: spec_lib.Feature, value: Any, i: int):
+  """spec.parse_value, its errors (and any a huge JSON number raises) as RequestError."""
+  try:
+    return spec.parse_value(f, value)
+  except (ValueError, OverflowError, TypeError) as e:  # SpecError is a ValueError
+    raise RequestError(f"instances[{i}]: {e}")
+
+
+def _encodable(f: spec_lib.Feature, value: Any, i: int) -> None:
+  """A string a tensor can hold: JSON allows lone surrogates ("\\ud800"), UTF-8 not."""
+  for v in value if isinstance(value, list) else [value]:
+    if isinstance(v, str):
+      try:
+        v.encode("utf-8")
+      except UnicodeEncodeError:
+        raise RequestError(f"instances[{i}]: feature {f.name!r}: {_short(v)} is not "
+                           "valid Unicode text")
+
+
+def _raw_value(spec: spec_lib.FeatureSpec, f: spec_lib.Feature, value: Any, i: int):
+  """One JSON value of a predict instance, typed as the signature takes it."""
+  if f.kind == spec_lib.NUMERIC:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      # As TF Serving for a float input: a JSON number, not a string or a boolean.
+      raise RequestError(f"instances[{i}]: feature {f.name!r} must be a number, got "
+                         f"{_short(value)}")
+  elif f.kind == spec_lib.MULTI_CATEGORICAL:
+    if not isinstance(value, (list, str)):
+      raise RequestError(f"instances[{i}]: feature {f.name!r} must be a list of "
+                         f"strings, got {_short(value)}")
+    if isinstance(value, list) and any(isinstance(v, str) and
+                                       len(v) > spec_lib.MAX_CELL_CHARS for v in value):
+      raise RequestError(f"instances[{i}]: feature {f.name!r}: a value is over "
+                         f"{spec_lib.MAX_CELL_CHARS} characters")
+  elif isinstance(value, (list, dict)):
+    raise RequestError(f"instances[{i}]: feature {f.name!r} must be one value, got "
+                       f"{_short(value)}")
+  _encodable(f, value, i)
+  return _parse(spec, f, value, i)
+
+
+def tensors_from_instances(spec: spec_lib.FeatureSpec, instances: Sequence[Any]
                            ) -> Dict[str, np.ndarray]:
   """predict-signature instances (one dict of raw values each) -> batched arrays."""
-  columns: Dict[str, list] = {f.name: [] for f in spec.model_inputs}
+  if not instances:
+    raise RequestError("\"instances\" is empty; a request needs at least one instance")
+  inputs = {f.name: f for f in spec.model_inputs}
+  columns: Dict[str, list] = {name: [] for name in inputs}
   for i, inst in enumerate(instances):
     if not isinstance(inst, Mapping):
       raise RequestError(f"instances[{i}]: expected an object of feature values, got "
-                         f"{type(inst).__name__}")
-    unknown = set(inst) - set(spec.names)
+                         f"{_short(inst)}")
+    unknown = sorted(set(inst) - set(inputs), key=str)
     if unknown:
-      raise RequestError(f"instances[{i}]: unknown feature(s) {sorted(unknown)}")
-    for f in spec.model_inputs:
-      value = inst.get(f.name)
-      if value is None:
+      raise RequestError(f"instances[{i}]: unknown feature(s) {unknown}; the predict "
+                         f"signature takes {sorted(inputs)}")
+    for name, f in inputs.items():
+      if name not in inst or inst[name] is None:
         if f.required:
-          raise RequestError(f"instances[{i}]: required feature {f.name!r} is missing")
-        value = f.default
-      if f.kind == spec_lib.NUMERIC:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-          try:
-            value = float(value)
-          except (TypeError, ValueError):
-            raise RequestError(f"instances[{i}]: feature {f.name!r} must be a number, "
-                               f"got {value!r}")
-        columns[f.name].append(float(value))
-      elif f.kind == spec_lib.MULTI_CATEGORICAL:
-        if isinstance(value, str):
-          value = [v for v in value.split(f.separator) if v]
-        if not isinstance(value, list):
-          raise RequestError(f"instances[{i}]: feature {f.name!r} must be a list of "
-                             f"strings, got {value!r}")
-        columns[f.name].append([str(v) for v in value])
+          raise RequestError(f"instances[{i}]: required feature {name!r} is missing")
+        columns[name].append(_parse(spec, f, None, i))  # its default
       else:
-        if isinstance(value, (list, dict)):
-          raise RequestError(f"instances[{i}]: feature {f.name!r} must be one value, "
-                             f"got {value!r}")
-        columns[f.name].append(spec.parse_value(f, value))
+        columns[name].append(_raw_value(spec, f, inst[name], i))
   out = {}
-  for f in spec.model_inputs:
+  for name, f in inputs.items():
     if f.kind == spec_lib.MULTI_CATEGORICAL:
-      width = max([len(v) for v in columns[f.name]] + [1])
-      out[f.name] = np.array([v + [""] * (width - len(v)) for v in columns[f.name]],
-                             dtype=object)
+      width = max([len(v) for v in columns[name]] + [1])
+      out[name] = np.array([v + [""] * (width - len(v)) for v in columns[name]],
+                           dtype=object).reshape(len(columns[name]), width)
     elif f.kind == spec_lib.NUMERIC:
-      out[f.name] = np.array(columns[f.name], dtype=np.float32)
+      out[name] = np.array(columns[name], dtype=np.float32)
     else:
-      out[f.name] = np.array(columns[f.name], dtype=object)
+      out[name] = np.array(columns[name], dtype=object)
   return out
 
 

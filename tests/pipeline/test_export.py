@@ -84,10 +84,17 @@ def test_saved_model_cli_run_matches_the_model(trained, export_root, tmp_path):
 
 
 def test_apg_factors_are_merged_in_the_export(export_root):
+  # The fixture trains APG over-parameterised (the default overparam_dim): unmerged, its
+  # adaptive layers hold .../backbone_apg/adaptive_{i}/u1, u2, v1, v2; merged, u and v.
   loaded = tf.saved_model.load(_version(export_root))
-  names = [v.name for v in loaded.model.variables]
-  assert not [n for n in names if "factor" in n.lower()], names
-  assert [n for n in names if "apg" in n.lower()]
+  leaves = [tuple(v.name.split(":")[0].split("/")[-2:]) for v in loaded.model.variables]
+  assert not [leaf for leaf in leaves if leaf[1] in ("u1", "u2", "v1", "v2")], leaves
+  adaptive = loaded.model.backbone._adaptive
+  assert len(adaptive) >= 1
+  for i, layer in enumerate(adaptive):
+    assert (f"adaptive_{i}", "u") in leaves and (f"adaptive_{i}", "v") in leaves, leaves
+    assert not hasattr(layer, "_factors")
+    assert hasattr(layer, "u") and hasattr(layer, "v")
 
 
 def test_warmup_requests_are_prediction_logs(export_root):
@@ -175,3 +182,26 @@ def test_optional_feature_takes_its_default():
   assert tensors["page"].tolist() == ["home", "home"]
   assert tensors["score"].tolist() == [0.5, 2.0]
   assert tensors["tags"].tolist() == [[""], ["a"]]
+
+
+@pytest.mark.parametrize("body,message", [
+    ('{"signature_name": "predict", "instances": [INSTANCE, NAN]}',
+     "instances[1]: field 'price': value nan is not a finite number"),
+    ('{"instances": [{"examples": {"b64": "not base64"}}]}',
+     "instances[0]: \"b64\" is not valid base64"),
+    ('{"instances": []}', "\"instances\" is empty"),
+    ('not json', "not a JSON request"),
+])
+def test_bad_requests_are_one_line_in_a_fresh_process(trained, export_root, tmp_path,
+                                                      body, message):
+  _, spec, rows, _ = trained
+  instance = serving_request.instances_from_examples(spec, rows[:1], raw=True)[0]
+  body = body.replace("INSTANCE", json.dumps(instance)).replace(
+      "NAN", json.dumps(dict(instance, price=float("nan"))))
+  path = tmp_path / "bad.json"
+  path.write_text(body)
+  proc = _cli("predict", f"--saved_model={export_root}", f"--input={path}")
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("hmdn predict: error:") and message in last, last
+  assert "Traceback" not in proc.stderr and "node" not in last

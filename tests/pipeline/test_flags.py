@@ -1,0 +1,128 @@
+"""`hmdn` flags: an unknown flag is a one-line error naming the closest known flag, for
+every command; `preprocess` and `run` also take the options Beam recognises (and anything
+after `--`); no other command imports Beam to decide."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pipeline import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def parse(capsys):
+  """cli._parse_flags on an argv -> (exit code or None, stderr lines, Beam args, argv)."""
+  def run(*args):
+    cli.FLAGS.unparse_flags()
+    cli._BEAM_ARGS[:] = []
+    try:
+      rest = cli._parse_flags(["hmdn", *args])
+      code = None
+    except SystemExit as e:
+      rest, code = None, e.code
+    finally:
+      beam_args = list(cli._BEAM_ARGS)
+      cli.FLAGS.unparse_flags()
+      cli._BEAM_ARGS[:] = []
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    return code, err, beam_args, rest
+  return run
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_misspelled_flags_fail_naming_the_known_ones(parse, command):
+  code, err, _, _ = parse(command, "--epoch=1", "--batchsize=64", "--data_dir=x")
+  assert code == 2
+  assert len(err) == 1, err
+  assert err[0].startswith(f"hmdn {command}: error: unknown flags")
+  assert "--epoch (did you mean --epochs?)" in err[0]
+  assert "--batchsize (did you mean --batch_size?)" in err[0]
+
+
+def test_a_known_flag_still_parses(parse):
+  code, err, beam_args, rest = parse("train", "--epochs=1", "--batch_size=64",
+                                     "--data_dir=x", "--model_dir=y")
+  assert (code, err, beam_args, rest) == (None, [], [], ["hmdn", "train"])
+
+
+def test_a_bad_value_is_one_line(parse):
+  code, err, _, _ = parse("train", "--epochs=many")
+  assert code == 2 and len(err) == 1 and "--epochs" in err[0]
+
+
+@pytest.mark.parametrize("command", ["preprocess", "run"])
+def test_beam_options_go_to_beam_for_the_beam_commands(parse, command):
+  code, err, beam_args, rest = parse(
+      command, "--runner=DirectRunner", "--direct_running_mode", "in_memory", "--raw=r",
+      "--spec=s", "--data_dir=d", "--", "--anything_after_the_separator=1")
+  assert code is None, err
+  assert rest == ["hmdn", command]  # "in_memory" is an option's value, not an argument
+  assert beam_args == ["--runner=DirectRunner", "--direct_running_mode", "in_memory",
+                       "--anything_after_the_separator=1"]
+  # Beam itself takes every one of them (the part before `--`) without a leftover.
+  from apache_beam.options.pipeline_options import PipelineOptions
+  options = PipelineOptions(beam_args[:3]).get_all_options()
+  assert options["runner"] == "DirectRunner"
+  assert options["direct_running_mode"] == "in_memory"
+
+
+def test_an_option_beam_does_not_know_is_an_error(parse):
+  code, err, _, _ = parse("preprocess", "--runnr=DirectRunner", "--raw=r")
+  assert code == 2 and len(err) == 1
+  assert "--runnr (did you mean --runner?)" in err[0]
+  code, err, _, _ = parse("run", "--save_main_session=maybe")
+  assert code == 2 and len(err) == 1 and "save_main_session" in err[0]
+
+
+def test_beam_options_are_errors_for_other_commands(parse):
+  code, err, _, _ = parse("train", "--runner=DirectRunner")
+  assert code == 2 and "unknown flag --runner" in err[0]
+  code, err, _, _ = parse("train", "--data_dir=x", "--", "--runner=DirectRunner")
+  assert code == 2 and "--runner=DirectRunner" in err[0]
+
+
+def test_unexpected_positional_arguments_still_reach_main(parse):
+  code, err, _, rest = parse("train", "extra")
+  assert code is None and rest == ["hmdn", "train", "extra"]  # main: a usage error
+
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pipeline import cli
+    codes = []
+    for argv in (["hmdn", "train", "--epoch=1"], ["hmdn", "evaluate", "--data_dir=x"],
+                 ["hmdn", "predict", "--runner=DirectRunner"]):
+      try:
+        cli._parse_flags(argv)
+        codes.append(0)
+      except SystemExit as e:
+        codes.append(e.code)
+    print(json.dumps({"codes": codes, "beam": sorted(
+        m for m in sys.modules if m.split(".")[0] == "apache_beam")}))
+    """)
+
+
+def test_other_commands_never_import_beam():
+  proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out == {"codes": [2, 0, 2], "beam": []}
+
+
+def test_the_command_line_fails_in_one_line_and_helpfull_works(tmp_path):
+  hmdn = [sys.executable, "-m", "pipeline.cli"]
+  proc = subprocess.run(hmdn + ["train", "--epoch=1", "--batchsize=64", "--data_dir=x",
+                                "--model_dir=y"], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert "--epochs" in last and "--batch_size" in last and "Traceback" not in proc.stderr
+  proc = subprocess.run(hmdn + ["--helpfull"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert "--batch_size" in proc.stdout and "--codebook_warmup_steps" in proc.stdout
