@@ -16,6 +16,7 @@ setup(
         "tensorflow-recommenders==0.7.7",
         "tensorflow-datasets>=4.9",
         "apache-beam[tfrecord]>=2.60",
+        "google-crc32c>=1.5",  # TFRecord CRCs in C (Beam warns and is slow without it)
         "tensorboard>=2.16",  # TF >= 2.20 no longer pulls it in; Keras logs need it.
         # TF Serving's own protos for the warm-up file (assets.extra/...warmup_requests).
         "tensorflow-serving-api>=2.16,<2.22",

@@ -59,3 +59,42 @@ class PreprocessConfig:
                                                 "--eval_fraction).")
   tfds: bool = _field(True, "Also write the splits as a TFDS dataset "
                       "(tfds.builder_from_directory); --notfds skips it.")
+
+  def validate(self) -> "PreprocessConfig":
+    """Range-checks the numeric and enum flags before anything is read or cleared;
+    raises PreprocessError naming the flag and the value."""
+    def bad(flag, value, expected):
+      raise PreprocessError(f"--{flag}: expected {expected}, got {value!r}")
+
+    def number(flag, value):
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        bad(flag, value, "a number")
+      if value != value or value in (float("inf"), float("-inf")):
+        bad(flag, value, "a finite number")
+
+    for flag in ("raw", "output_dir", "spec_path"):
+      if not isinstance(getattr(self, flag), str) or not getattr(self, flag).strip():
+        bad(flag, getattr(self, flag), "a non-empty value")
+    number("eval_fraction", self.eval_fraction)
+    if not 0.0 < self.eval_fraction < 1.0:
+      bad("eval_fraction", self.eval_fraction, "a fraction in (0, 1) (both splits "
+          "need rows)")
+    if (isinstance(self.direct_num_workers, bool)
+        or not isinstance(self.direct_num_workers, int) or self.direct_num_workers < 1):
+      bad("direct_num_workers", self.direct_num_workers, "an integer >= 1")
+    if self.source not in SOURCES:
+      bad("source", self.source, f"one of {SOURCES}")
+    if self.input_format not in INPUT_FORMATS:
+      bad("input_format", self.input_format, f"one of {INPUT_FORMATS}")
+    if not isinstance(self.delimiter, str) or len(self.delimiter) != 1:
+      bad("delimiter", self.delimiter, "one character")
+    if self.delimiter in ('"', "\n", "\r"):
+      bad("delimiter", self.delimiter, "a character other than a quote or a line "
+          "break")
+    if self.split_time_quantile is not None:
+      number("split_time_quantile", self.split_time_quantile)
+      if not 0.0 < self.split_time_quantile < 1.0:
+        bad("split_time_quantile", self.split_time_quantile, "a quantile in (0, 1)")
+    if self.split_time_cutoff is not None:
+      number("split_time_cutoff", self.split_time_cutoff)
+    return self

@@ -22,14 +22,24 @@ one, so a reader can see part of the outputs while they move, but never the meta
 which is one object created last (object creation is atomic), and every reader checks
 it (`PreprocessedData.check_complete`). A run killed at any point leaves no metadata,
 and the next run removes what it left.
+
+The flags are range-checked first (`PreprocessConfig.validate`). While the Beam job
+runs, a line with rows read / written / rejected and rows/s is printed every few
+seconds (`ProgressPrinter`), then one final line; Beam's own log lines are silenced
+at their loggers unless absl's --verbosity asks for INFO.
 """
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
 import shutil
+import sys
+import threading
+import time
 import uuid
+import warnings
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import apache_beam as beam
@@ -88,6 +98,7 @@ def write_tfds_metadata(data: PreprocessedData, spec: spec_lib.FeatureSpec,
 # and the temporary directories Beam's file sinks write beside their outputs. (Layout
 # names: candidates for features/preprocessed.PreprocessedData.)
 STAGING_PREFIX = PreprocessedData.STAGING_PREFIX
+PROGRESS_EVERY_S = 5.0  # a progress line while the Beam job runs
 BEAM_TEMP_PREFIX = "beam-temp-"
 _STALE_PREFIXES = (STAGING_PREFIX, BEAM_TEMP_PREFIX)
 
@@ -240,10 +251,14 @@ def _scratch(data: PreprocessedData, name: str) -> str:
 
 def build_pipeline(p: beam.Pipeline, config: PreprocessConfig,
                    spec: spec_lib.FeatureSpec, source: sources.Source,
-                   inputs: sources.Inputs) -> None:
+                   inputs: sources.Inputs, progress_prefix: str = "") -> None:
+  """Record batches (beam_jobs/transforms.py `Batch`) from the source through the
+  derived features to the TFRecords, the vocabularies and the statistics."""
   data = PreprocessedData(config.output_dir)
-  parsed = source.read(p, inputs, spec, config)
+  parsed = source.read(p, inputs, spec, config, progress_prefix)
   records = parsed[T.RECORDS]
+  if not source.batched:
+    records = records | "BatchRecords" >> T.Batched()
   _ = parsed[T.DEAD_LETTER] | "DeadLetter" >> T.WriteDeadLetter(data.dead_letter_prefix)
   if config.split_time_field:
     quantile = config.split_time_quantile
@@ -254,17 +269,16 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig,
     _ = cutoff | "CutoffOut" >> T.WriteJsonLines(_scratch(data, "time_cutoff"))
   records = records | "DerivedFeatures" >> T.AddDerivedFeatures(spec, data)
   splits = records | "Split" >> beam.Partition(
-      lambda kv, _: 0 if kv[0] == TRAIN else 1, 2)
+      lambda batch, _: 0 if batch[0] == TRAIN else 1, 2)
   for split, part in zip((TRAIN, EVAL), splits):
     tfds_prefix = (f"{data.tfds_dir}/{tfds_name(spec)}-{split}.tfrecord" if config.tfds
                    else None)
-    shards = (part | f"{split}Records" >> beam.Values()
-              | f"Write{split}" >> T.WriteExamples(spec, data.split_prefix(split), split,
-                                                   tfds_prefix))
+    shards = part | f"Write{split}" >> T.WriteExamples(
+        spec, data.split_prefix(split), split, tfds_prefix, progress_prefix)
     if shards is not None:
       _ = shards | f"{split}TfdsShardsOut" >> T.WriteJsonLines(
           _scratch(data, f"tfds_{split}"))
-  train = splits[0] | "TrainRecords" >> beam.Values()
+  train = splits[0]
   sizes, distinct = train | "Vocabularies" >> T.ComputeVocabularies(spec, data)
   _ = sizes | "VocabSizesOut" >> T.WriteJsonLines(_scratch(data, "vocab_sizes"))
   _ = distinct | "DistinctOut" >> T.WriteJsonLines(_scratch(data, "distinct"))
@@ -305,11 +319,45 @@ def reconcile(counters: Mapping[str, int]) -> Dict:
 
 def run(config: PreprocessConfig, beam_args: Optional[Sequence[str]] = None) -> Dict:
   """Runs the job; returns the metadata also written as the completion marker."""
-  # Beam's INFO logs (one line per bundle and worker) would bury the job's own output.
-  logging.getLogger("apache_beam").setLevel(logging.WARNING)
+  config.validate()  # before anything is read or touched
+  with quiet_libraries(verbose()):
+    return _run(config, beam_args)
+
+
+def verbose() -> bool:
+  """Library logs wanted: absl's --verbosity at INFO or above (the CLI's default is
+  WARNING)."""
+  from absl import logging as absl_logging
+  return absl_logging.get_verbosity() >= absl_logging.INFO
+
+
+@contextlib.contextmanager
+def quiet_libraries(verbose: bool = False):
+  """Beam's INFO/WARNING lines (per bundle and worker, harness start-up, pickling
+  notes) and Python warnings from its modules would bury the job's own output: they
+  are silenced at their loggers for the run, unless `verbose`."""
+  if verbose:
+    yield
+    return
+  loggers = {name: logging.getLogger(name) for name in _NOISY_LOGGERS}
+  levels = {name: lg.level for name, lg in loggers.items()}
+  for lg in loggers.values():
+    lg.setLevel(logging.ERROR)
+  with warnings.catch_warnings():
+    for module in ("apache_beam", "google", "tensorflow_datasets"):
+      warnings.filterwarnings("ignore", module=module)
+    try:
+      yield
+    finally:
+      for name, lg in loggers.items():
+        lg.setLevel(levels[name])
+
+
+_NOISY_LOGGERS = ("apache_beam", "google", "tensorflow_datasets")
+
+
+def _run(config: PreprocessConfig, beam_args: Optional[Sequence[str]]) -> Dict:
   spec = spec_lib.load_spec(config.spec_path)
-  if not 0.0 <= config.eval_fraction < 1.0:
-    raise PreprocessError(f"--eval_fraction must be in [0, 1), got {config.eval_fraction}")
   if config.split_key and config.split_key not in spec.names:
     raise PreprocessError(f"--split_key {config.split_key!r} is not a field of "
                           f"{spec.source}")
@@ -355,17 +403,20 @@ def _run_staged(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
   if config.direct_num_workers > 1 and not any("direct_num_workers" in a for a in args):
     args += ["--direct_running_mode=multi_processing",
              f"--direct_num_workers={config.direct_num_workers}"]
-  if not any("sdk_harness_log_level" in a for a in args):
-    args.append("--default_sdk_harness_log_level=WARNING")
+  if not any("sdk_harness_log_level" in a for a in args) and not verbose():
+    args.append("--default_sdk_harness_log_level=ERROR")
   options = PipelineOptions(args)
   pipeline = beam.Pipeline(options=options)
+  progress_prefix = _scratch(data, "progress")
   build_pipeline(pipeline, dataclasses.replace(config, output_dir=data.data_dir), spec,
-                 source, inputs)
-  result = pipeline.run()
-  result.wait_until_finish()
+                 source, inputs, progress_prefix)
+  with ProgressPrinter(progress_prefix) as progress:
+    result = pipeline.run()
+    result.wait_until_finish()
 
   counters = _counters(result)
   counts = reconcile(counters)
+  progress.final(counts)
   time_cutoff = None
   if config.split_time_field:
     time_cutoff = _read_json_lines(_scratch(data, "time_cutoff*"))[0]
@@ -394,6 +445,66 @@ def _run_staged(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
   }
   spec_lib.write_text(data.stats_path, json.dumps(stats, indent=1, sort_keys=True))
   return metadata
+
+
+class ProgressPrinter:
+  """Prints rows read / written / rejected and rows/s every `every_s` seconds while the
+  Beam job runs, from the files the workers' `Progress` writes (the DirectRunner's
+  counters are only known at the end), then one final line from the counters."""
+
+  def __init__(self, prefix: str, every_s: Optional[float] = None, out=None):
+    self._prefix = prefix
+    self._every = PROGRESS_EVERY_S if every_s is None else every_s
+    self._out = out or sys.stdout
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._loop, daemon=True,
+                                    name="preprocess-progress")
+
+  def __enter__(self):
+    self._start = time.monotonic()
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join(timeout=5)
+    self.seconds = time.monotonic() - self._start
+
+  def counts(self) -> Dict[str, int]:
+    totals: Dict[str, int] = {}
+    try:
+      found = FileSystems.match([f"{self._prefix}-*.json"])[0].metadata_list
+    except Exception:  # nothing written yet
+      return totals
+    for m in found:
+      try:
+        with FileSystems.open(m.path) as f:
+          counts = json.loads(f.read().decode("utf-8"))
+      except (OSError, ValueError):  # being rewritten: the next poll reads it
+        continue
+      for k, v in counts.items():
+        totals[k] = totals.get(k, 0) + int(v)
+    return totals
+
+  def _loop(self):
+    while not self._stop.wait(self._every):
+      c = self.counts()
+      if not c:
+        continue
+      elapsed = time.monotonic() - self._start
+      self._print(f"preprocess: {elapsed:5.0f}s  read {c.get('read', 0):,}  written "
+                  f"{c.get('written', 0):,}  rejected {c.get('rejected', 0):,}  "
+                  f"{c.get('read', 0) / max(elapsed, 1e-9):,.0f} rows/s")
+
+  def final(self, counts: Mapping) -> None:
+    read = counts["rows_read"]
+    written = sum(counts["rows_written"].values())
+    self._print(f"preprocess: Beam job done in {self.seconds:.1f}s: read {read:,}  "
+                f"written {written:,}  rejected {counts['rows_rejected']:,}  "
+                f"{read / max(self.seconds, 1e-9):,.0f} rows/s")
+
+  def _print(self, line: str) -> None:
+    print(line, file=self._out, flush=True)
 
 
 def _check_split_flags(config: PreprocessConfig, spec: spec_lib.FeatureSpec) -> None:

@@ -1,14 +1,22 @@
 """Composable Beam transforms of the preprocessing job, each one step of the data flow.
 
 Parsing (beam_jobs/sources/) returns tagged outputs, so a bad row is data (the dead
-letter), not an exception. Every transform takes the `FeatureSpec` explicitly; DoFns hold
+letter), not an exception. Records travel in batches, (split, {field: column}): the
+derived features, the combiners (Counters, numpy moments, summed cells) and the
+tf.Example serializer (the wire format written directly) work a column at a time, and
+the TFRecord sink writes a batch with one call; only a count_bucket join goes row by
+row. Every transform takes the `FeatureSpec` explicitly; DoFns hold
 no global state. Output paths come from `features.preprocessed.PreprocessedData`.
 """
+import collections
 import hashlib
+import itertools
 import json
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+import struct
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from features import spec as spec_lib
@@ -23,8 +31,85 @@ Record = Dict[str, Any]
 
 def split_of(key: str, eval_fraction: float) -> str:
   """Deterministic train/eval assignment from a key (stable across runs and runners)."""
-  bucket = int(hashlib.md5(key.encode("utf-8")).hexdigest()[:8], 16) % 10_000
+  return split_of_bytes(key.encode("utf-8"), eval_fraction)
+
+
+def split_of_bytes(key: bytes, eval_fraction: float) -> str:
+  """`split_of` of a key's UTF-8 bytes (the first 32 bits of its MD5, mod 10,000)."""
+  bucket = int.from_bytes(hashlib.md5(key).digest()[:4], "big") % 10_000
   return EVAL if bucket < eval_fraction * 10_000 else TRAIN
+
+
+# --- Record batches ---------------------------------------------------------------------
+# The hot path carries rows a batch at a time: (split, {field: column}), every column
+# of one length, one split a batch. Per-row Beam elements cost more than the work done
+# on them; a batch is typed, mapped, counted and serialized column by column.
+Batch = Tuple[str, Dict[str, list]]
+BATCH_ROWS = 1024
+
+
+def batch_len(batch: Batch) -> int:
+  return len(next(iter(batch[1].values()), []))
+
+
+def rows_to_batches(split_records: Iterable[Tuple[str, Record]]) -> List[Batch]:
+  """(split, record) pairs -> one batch per split (records of one split share keys)."""
+  by_split: Dict[str, Dict[str, list]] = {}
+  for split, record in split_records:
+    columns = by_split.get(split)
+    if columns is None:
+      columns = by_split[split] = {k: [] for k in record}
+    for k, v in record.items():
+      columns[k].append(v)
+  return list(by_split.items())
+
+
+def merge_batches(batches: Iterable[Batch]) -> List[Batch]:
+  """Batches of the same split concatenated (at most one batch per split)."""
+  out: Dict[str, Dict[str, list]] = {}
+  for split, columns in batches:
+    if not batch_len((split, columns)):
+      continue
+    if split not in out:
+      out[split] = {k: list(v) for k, v in columns.items()}
+    else:
+      for k, v in columns.items():
+        out[split][k].extend(v)
+  return list(out.items())
+
+
+def batch_rows(batch: Batch) -> Iterable[Tuple[str, Record]]:
+  split, columns = batch
+  names = list(columns)
+  for values in zip(*columns.values()):
+    yield split, dict(zip(names, values))
+
+
+def _regroup(batch: Batch, splits: List[str]) -> List[Batch]:
+  """A batch's rows re-split by `splits` (one per row)."""
+  _, columns = batch
+  index: Dict[str, List[int]] = {}
+  for i, s in enumerate(splits):
+    index.setdefault(s, []).append(i)
+  if len(index) == 1:
+    return [(next(iter(index)), columns)]
+  return [(s, {k: [v[i] for i in idx] for k, v in columns.items()})
+          for s, idx in index.items()]
+
+
+@beam.ptransform_fn
+def Batched(split_records, max_rows: int = BATCH_ROWS):
+  """(split, record) pairs -> record batches (for the per-row sources' joins)."""
+  return (split_records
+          | "BatchRows" >> beam.BatchElements(min_batch_size=min(64, max_rows),
+                                              max_batch_size=max_rows)
+          | "ToColumns" >> beam.FlatMap(rows_to_batches))
+
+
+@beam.ptransform_fn
+def Unbatched(batches):
+  """Record batches -> (split, record) pairs."""
+  return batches | "ToRows" >> beam.FlatMap(batch_rows)
 
 
 def parse_record(spec: spec_lib.FeatureSpec, cells: Mapping[str, Any],
@@ -59,30 +144,25 @@ def _checked(feature: spec_lib.Feature, value: Any) -> Any:
 
 
 # --- Time split -----------------------------------------------------------------------
-def _time_of(record: Record, field: str) -> float:
-  return float(record[field])
-
-
 @beam.ptransform_fn
-def SplitByTime(split_records, field, cutoff=None, quantile=None):
-  """Re-splits (split, record) pairs by a time field: eval = time >= cutoff.
+def SplitByTime(batches, field, cutoff=None, quantile=None):
+  """Re-splits record batches by a time field: eval = time >= cutoff.
 
   The cutoff is given, or the `quantile` of the field over all rows, computed by a
   distributed approximate-quantiles combine (one value reaches the workers as a side
-  input, never the data). Returns (split records, a PCollection of the one cutoff).
+  input, never the data). Returns (record batches, a PCollection of the one cutoff).
   """
-  records = split_records | "DropHashSplit" >> beam.Values()
   if cutoff is not None:
-    cut = records.pipeline | "Cutoff" >> beam.Create([float(cutoff)])
+    cut = batches.pipeline | "Cutoff" >> beam.Create([float(cutoff)])
   else:
     steps = 1000
-    cut = (records
-           | "TimeValues" >> beam.Map(_time_of, field)
+    cut = (batches
+           | "TimeValues" >> beam.FlatMap(lambda b: [float(t) for t in b[1][field]])
            | "TimeQuantiles" >> beam.ApproximateQuantiles.Globally(steps + 1)
            | "PickCutoff" >> beam.Map(lambda qs: float(qs[round(quantile * steps)])
                                       if qs else 0.0))
-  split = records | "SplitAtCutoff" >> beam.Map(
-      lambda r, c: (EVAL if _time_of(r, field) >= c else TRAIN, r),
+  split = batches | "SplitAtCutoff" >> beam.FlatMap(
+      lambda b, c: _regroup(b, [EVAL if float(t) >= c else TRAIN for t in b[1][field]]),
       beam.pvalue.AsSingleton(cut))
   return split, cut
 
@@ -111,93 +191,137 @@ class _AttachBucketFn(beam.DoFn):
       yield _with_value(split_record, self._name, bucket)
 
 
-def _row_derived(split_record, features):
-  split, record = split_record
-  out = dict(record)
+def _batch_derived(batch: Batch, features) -> Batch:
+  """Crosses and numeric buckets of a batch, column by column (a cross may read a
+  field derived before it)."""
+  split, columns = batch
+  out = dict(columns)
   for f in features:
     d = f.derived
     if d.kind == spec_lib.CROSS:
-      out[f.name] = d.separator.join(str(out[s]) for s in d.sources)
+      out[f.name] = [d.separator.join(map(str, vs))
+                     for vs in zip(*[out[s] for s in d.sources])]
     elif d.kind == spec_lib.BUCKET:
-      out[f.name] = d.bucket_of(out[d.source])
+      out[f.name] = [d.bucket_of(x) for x in out[d.source]]
   return split, out
 
 
-@beam.ptransform_fn
-def AddDerivedFeatures(split_records, spec, data: PreprocessedData):
-  """Adds the spec's derived fields to (split, record) pairs.
+def _train_counts(batch: Batch, source: str):
+  if batch[0] != TRAIN:
+    return []
+  return list(collections.Counter(batch[1][source]).items())
 
-  count_bucket: counts each source value in the TRAINING split (a combine per key),
-  writes `data.table_path(field)` (escaped value TAB bucket: the asset the model looks it
-  up in, `features.preprocessed.escape_value`) and
-  joins the bucket back onto every row, train and eval, with a CoGroupByKey; crosses
-  and numeric buckets are computed row by row afterwards (a cross may read a count
-  bucket). The values are the ones the model recomputes from the raw ids.
+
+@beam.ptransform_fn
+def AddDerivedFeatures(batches, spec, data: PreprocessedData):
+  """Adds the spec's derived fields to record batches.
+
+  count_bucket: counts each source value in the TRAINING split (a batch's Counter,
+  summed per value), writes `data.table_path(field)` (escaped value TAB bucket: the
+  asset the model looks it up in, `features.preprocessed.escape_value`) and joins the
+  bucket back onto every row, train and eval, with a CoGroupByKey (row by row: the
+  table may be too large for a side input); crosses and numeric buckets are computed
+  per batch afterwards (a cross may read a count bucket). The values are the ones the
+  model recomputes from the raw ids.
   """
-  for f in spec.derived_fields:
-    if f.derived.kind != spec_lib.COUNT_BUCKET:
-      continue
-    source, d = f.derived.source, f.derived
-    table = (split_records
-             | f"{f.name}TrainValues" >> beam.FlatMap(
-                 lambda sr, s=source: [sr[1][s]] if sr[0] == TRAIN else [])
-             | f"{f.name}Count" >> beam.combiners.Count.PerElement()
-             | f"{f.name}Bucket" >> beam.Map(lambda kv, d=d: (kv[0], d.bucket_of(kv[1]))))
-    _ = (table
-         | f"{f.name}TableLines" >> beam.MapTuple(
-             lambda k, b: f"{escape_value(k)}\t{b}")
-         | f"{f.name}WriteTable" >> beam.io.WriteToText(
-             data.table_path(f.name), shard_name_template=""))
-    rows = split_records | f"{f.name}KeyRows" >> beam.Map(lambda sr, s=source: (sr[1][s], sr))
-    split_records = ({"rows": rows, "table": table}
-                     | f"{f.name}Join" >> beam.CoGroupByKey()
-                     | f"{f.name}Attach" >> beam.ParDo(_AttachBucketFn(f)))
+  count_fields = [f for f in spec.derived_fields
+                  if f.derived.kind == spec_lib.COUNT_BUCKET]
+  if count_fields:
+    split_records = batches | "CountBucketRows" >> Unbatched()
+    for f in count_fields:
+      source, d = f.derived.source, f.derived
+      table = (batches
+               | f"{f.name}TrainValues" >> beam.FlatMap(_train_counts, source)
+               | f"{f.name}Count" >> beam.CombinePerKey(sum)
+               | f"{f.name}Bucket" >> beam.Map(lambda kv, d=d: (kv[0],
+                                                                 d.bucket_of(kv[1]))))
+      _ = (table
+           | f"{f.name}TableLines" >> beam.MapTuple(
+               lambda k, b: f"{escape_value(k)}\t{b}")
+           | f"{f.name}WriteTable" >> beam.io.WriteToText(
+               data.table_path(f.name), shard_name_template=""))
+      rows = split_records | f"{f.name}KeyRows" >> beam.Map(
+          lambda sr, s=source: (sr[1][s], sr))
+      split_records = ({"rows": rows, "table": table}
+                       | f"{f.name}Join" >> beam.CoGroupByKey()
+                       | f"{f.name}Attach" >> beam.ParDo(_AttachBucketFn(f)))
+    batches = split_records | "Rebatch" >> Batched()
   row_wise = [f for f in spec.derived_fields if f.derived.kind != spec_lib.COUNT_BUCKET]
   if row_wise:
-    split_records = split_records | "RowDerived" >> beam.Map(_row_derived, row_wise)
-  return split_records
+    batches = batches | "RowDerived" >> beam.Map(_batch_derived, row_wise)
+  return batches
 
 
 def _values(feature: spec_lib.Feature, value: Any) -> List[str]:
   return list(value) if feature.kind == spec_lib.MULTI_CATEGORICAL else [value]
 
 
-class WriteVocabularyFn(beam.DoFn):
-  """(field, [(value, count)]) -> the vocabulary file, most frequent first, one
-  escaped value a line (`escape_value`: a tab or newline in an id cannot split it)."""
+def _column_values(feature: spec_lib.Feature, column: Sequence) -> Iterable:
+  """A batch's values of a field, each value of a list on its own."""
+  if feature.kind == spec_lib.MULTI_CATEGORICAL:
+    return list(itertools.chain.from_iterable(column))
+  return column
 
-  def __init__(self, data: PreprocessedData):
+
+class _MergeCountsFn(beam.CombineFn):
+  """A field's values (a batch's column, counted into the accumulator by
+  Counter.update's C loop) or partial Counters -> the field's Counter."""
+
+  def create_accumulator(self):
+    return collections.Counter()
+
+  def add_input(self, acc, values):
+    acc.update(values)  # a column: counted in C; a Counter: merged
+    return acc
+
+  def merge_accumulators(self, accs):
+    accs = iter(accs)
+    out = next(accs, collections.Counter())
+    for acc in accs:
+      out.update(acc)
+    return out
+
+  def extract_output(self, acc):
+    return acc
+
+
+class WriteVocabularyFn(beam.DoFn):
+  """(field, Counter) -> the vocabulary file of the values >= vocab_min_count, most
+  frequent first, one escaped value a line (`escape_value`: a tab or newline in an id
+  cannot split it); yields (field, vocabulary size)."""
+
+  def __init__(self, data: PreprocessedData, min_count: Mapping[str, int]):
     self._data = data
+    self._min_count = dict(min_count)
 
   def process(self, element):
     field, counts = element
-    ordered = sorted(counts, key=lambda vc: (-vc[1], vc[0]))
+    keep = self._min_count[field]
+    ordered = sorted(((v, c) for v, c in counts.items() if c >= keep),
+                     key=lambda vc: (-vc[1], vc[0]))
     with FileSystems.create(self._data.vocab_path(field)) as f:
       f.write("".join(f"{escape_value(v)}\n" for v, _ in ordered).encode("utf-8"))
     yield field, len(ordered)
 
 
 @beam.ptransform_fn
-def ComputeVocabularies(train_records, spec, data: PreprocessedData):
+def ComputeVocabularies(train_batches, spec, data: PreprocessedData):
   """Counts categorical values in the training split; keeps those >= vocab_min_count.
 
-  Writes one `data.vocab_path(field)` per vocabulary field and returns (field, vocab size) pairs
-  and (field, distinct values) pairs, the latter counted before the threshold.
+  Counts per batch (a Counter of each column), merges per field, writes one
+  `data.vocab_path(field)` per vocabulary field and returns (field, vocab size) pairs
+  and (field, distinct values) pairs, the latter counted before the threshold. A
+  field's vocabulary is one file, so its counts meet on one worker (as they did with a
+  GroupByKey per field).
   """
   fields = spec.vocabulary_fields
   min_count = {f.name: f.vocab_min_count for f in fields}
-  counts = (train_records
-            | "FieldValues" >> beam.FlatMap(
-                lambda r: [(f.name, v) for f in fields for v in _values(f, r[f.name])])
-            | "CountValues" >> beam.combiners.Count.PerElement())
-  sizes = (counts
-           | "KeepFrequent" >> beam.Filter(lambda kv: kv[1] >= min_count[kv[0][0]])
-           | "ByField" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
-           | "GroupByField" >> beam.GroupByKey()
-           | "WriteVocab" >> beam.ParDo(WriteVocabularyFn(data)))
-  distinct = (counts
-              | "OnePerValue" >> beam.Map(lambda kv: (kv[0][0], 1))
-              | "CountDistinct" >> beam.CombinePerKey(sum))
+  counts = (train_batches
+            | "Columns" >> beam.FlatMap(
+                lambda b: [(f.name, _column_values(f, b[1][f.name])) for f in fields])
+            | "CountValues" >> beam.CombinePerKey(_MergeCountsFn()))
+  sizes = counts | "WriteVocab" >> beam.ParDo(WriteVocabularyFn(data, min_count))
+  distinct = counts | "CountDistinct" >> beam.MapTuple(lambda field, c: (field, len(c)))
   return sizes, distinct
 
 
@@ -238,80 +362,257 @@ class _MomentsFn(beam.CombineFn):
     return {"count": n, "mean": mean, "std": max(m2 / n, 0.0) ** 0.5}
 
 
+def column_moments(column: Sequence[float]) -> Tuple[int, float, float]:
+  """A batch's (count, mean, sum of squared deviations), with numpy: the partial
+  accumulator `_BatchMomentsFn` merges with Chan's formula."""
+  x = np.asarray(column, dtype=np.float64)
+  if not x.size:
+    return (0, 0.0, 0.0)
+  mean = float(x.mean())
+  return (int(x.size), mean, float(np.square(x - mean).sum()))
+
+
+class _BatchMomentsFn(_MomentsFn):
+  """`_MomentsFn` whose inputs are batches' partial accumulators (`column_moments`)."""
+
+  def add_input(self, acc, partial):
+    return self.merge_accumulators([acc, partial])
+
+
 @beam.ptransform_fn
-def NumericMoments(train_records, spec):
+def NumericMoments(train_batches, spec):
   """(field, {count, mean, std}) of every numeric model input, on the training split."""
   numeric = [f.name for f in spec.model_inputs if f.kind == spec_lib.NUMERIC]
-  return (train_records
-          | "NumericValues" >> beam.FlatMap(lambda r: [(n, r[n]) for n in numeric])
-          | "Moments" >> beam.CombinePerKey(_MomentsFn()))
+  return (train_batches
+          | "BatchMoments" >> beam.FlatMap(
+              lambda b: [(n, column_moments(b[1][n])) for n in numeric])
+          | "Moments" >> beam.CombinePerKey(_BatchMomentsFn()))
+
+
+def distribution_counts(batch: Batch, fields: Sequence[str], label: str):
+  """A batch's ((split, field), {value: [rows, clicks]}) for each distribution field
+  (and "__all__")."""
+  split, columns = batch
+  clicks = columns[label]
+  out = [((split, "__all__"), {"__all__": [len(clicks), sum(clicks)]})]
+  for name in fields:
+    cells: Dict[Any, list] = {}
+    for value, click in zip(columns[name], clicks):
+      cell = cells.get(value)
+      if cell is None:
+        cells[value] = [1, click]
+      else:
+        cell[0] += 1
+        cell[1] += click
+    out.append(((split, name), cells))
+  return out
+
+
+class _MergeCellsFn(beam.CombineFn):
+  """{value: [rows, clicks]} dicts summed value by value."""
+
+  def create_accumulator(self):
+    return {}
+
+  def add_input(self, acc, cells):
+    for value, (rows, clicks) in cells.items():
+      cell = acc.get(value)
+      if cell is None:
+        acc[value] = [rows, clicks]
+      else:
+        cell[0] += rows
+        cell[1] += clicks
+    return acc
+
+  def merge_accumulators(self, accs):
+    out = {}
+    for acc in accs:
+      self.add_input(out, acc)
+    return out
+
+  def extract_output(self, acc):
+    return acc
 
 
 @beam.ptransform_fn
-def DistributionStatistics(split_records, spec):
+def DistributionStatistics(batches, spec):
   """((split, field, value), (rows, clicks)) for every distribution field value."""
   fields = [f.name for f in spec.distribution_fields]
   label = spec.label.name
+  return (batches
+          | "DistributionCounts" >> beam.FlatMap(distribution_counts, fields, label)
+          | "SumRowsClicks" >> beam.CombinePerKey(_MergeCellsFn())
+          | "PerValue" >> beam.FlatMap(
+              lambda kv: [((kv[0][0], kv[0][1], v), (rc[0], rc[1]))
+                          for v, rc in kv[1].items()]))
 
-  def emit(split_record):
-    split, r = split_record
-    for name in fields:
-      yield (split, name, r[name]), (1, r[label])
-    yield (split, "__all__", "__all__"), (1, r[label])
 
-  return (split_records
-          | "DistributionKeys" >> beam.FlatMap(emit)
-          | "SumRowsClicks" >> beam.CombinePerKey(
-              lambda pairs: tuple(map(sum, zip(*pairs))) if pairs else (0, 0)))
+# --- tf.Example serialization -----------------------------------------------------------
+def _varint(n: int) -> bytes:
+  out = bytearray()
+  while n > 0x7F:
+    out.append((n & 0x7F) | 0x80)
+    n >>= 7
+  out.append(n)
+  return bytes(out)
+
+
+_VARINTS = [_varint(n) for n in range(1 << 14)]
+
+
+def varint(n: int) -> bytes:
+  return _VARINTS[n] if n < 16384 else _varint(n)
+
+
+def _length_delimited(field_tag: bytes, payload: bytes) -> bytes:
+  return field_tag + varint(len(payload)) + payload
+
+
+class ExampleEncoder:
+  """Serializes record batches as tf.Example protos by writing the wire format
+  directly (what `tf.train.Example(...).SerializeToString()` writes, parsed back
+  identically): a field's encoded entry is cached per distinct value, so a batch costs
+  a dictionary look-up per categorical cell and one `struct.pack` per number.
+
+  Example{1: Features{1: map entry{1: name, 2: Feature{1: BytesList{1: bytes...} |
+  2: FloatList{1: packed float32}}}}}.
+  """
+  MAX_CACHED = 200_000  # distinct values cached per field (ids can be many)
+
+  def __init__(self, spec: spec_lib.FeatureSpec):
+    self._fields = []
+    for f in spec.features:
+      key = _length_delimited(b"\x0a", f.name.encode("utf-8"))
+      if f.kind == spec_lib.NUMERIC:
+        entry_len = len(key) + 10
+        prefix = (b"\x0a" + varint(entry_len) + key + b"\x12\x08\x12\x06\x0a\x04")
+        self._fields.append((f.name, "numeric", prefix))
+      else:
+        kind = "multi" if f.kind == spec_lib.MULTI_CATEGORICAL else "single"
+        self._fields.append((f.name, kind, key))
+    self._caches: Dict[str, Dict[Any, bytes]] = {name: {} for name, _, _ in self._fields}
+    self._pack = struct.Struct("<f").pack
+
+  @staticmethod
+  def _entry(key: bytes, values: Sequence[str]) -> bytes:
+    bytes_list = b"".join(_length_delimited(b"\x0a", v.encode("utf-8")) for v in values)
+    feature = _length_delimited(b"\x0a", bytes_list)
+    return _length_delimited(b"\x0a", key + _length_delimited(b"\x12", feature))
+
+  def _column(self, name: str, kind: str, prefix: bytes, column: list) -> List[bytes]:
+    if kind == "numeric":
+      pack = self._pack
+      return [prefix + pack(x) for x in column]
+    cache = self._caches[name]
+    if len(cache) > self.MAX_CACHED:
+      cache.clear()
+    keys = list(map(tuple, column)) if kind == "multi" else column
+    out = list(map(cache.get, keys))
+    if None in out:  # values not seen yet (by this worker): encoded once each
+      for i, encoded in enumerate(out):
+        if encoded is None:
+          k = keys[i]
+          encoded = cache.get(k)
+          if encoded is None:
+            encoded = cache[k] = self._entry(prefix, k if kind == "multi" else (k,))
+          out[i] = encoded
+    return out
+
+  def encode(self, columns: Mapping[str, list]) -> List[bytes]:
+    """A batch's columns -> one serialized tf.Example per row."""
+    parts = [self._column(name, kind, prefix, columns[name])
+             for name, kind, prefix in self._fields]
+    return [b"\x0a" + varint(len(body)) + body  # Example{1: Features{entries}}
+            for body in map(b"".join, zip(*parts))]
 
 
 class ToExampleFn(beam.DoFn):
-  """record -> serialized tf.Example, every field of the spec typed as it declares."""
+  """Record batch -> its serialized tf.Examples (a list), every field of the spec
+  typed as it declares; counts the rows."""
 
-  def __init__(self, spec: spec_lib.FeatureSpec, counter_name: str):
+  def __init__(self, spec: spec_lib.FeatureSpec, counter_name: str,
+               progress_prefix: str = ""):
     self._spec = spec
     self._counter_name = counter_name
+    self._progress_prefix = progress_prefix
 
   def setup(self):
-    import tensorflow as tf  # heavy: once per worker, not per element.
-    self._tf = tf
+    from beam_jobs.sources.base import Progress  # (sources import this module)
+    self._encoder = ExampleEncoder(self._spec)
     self._written = beam.metrics.Metrics.counter(NAMESPACE, self._counter_name)
+    self._progress = Progress(self._progress_prefix, "written")
 
-  def process(self, record: Record):
-    tf = self._tf
-    feature = {}
-    for f in self._spec.features:
-      value = record[f.name]
-      if f.kind == spec_lib.NUMERIC:
-        feature[f.name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
-      else:
-        values = value if isinstance(value, list) else [value]
-        feature[f.name] = tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[v.encode("utf-8") for v in values]))
-    self._written.inc()
-    yield tf.train.Example(
-        features=tf.train.Features(feature=feature)).SerializeToString()
+  def process(self, batch: Batch):
+    serialized = self._encoder.encode(batch[1])
+    self._written.inc(len(serialized))
+    self._progress.add(written=len(serialized))
+    yield serialized
+
+  def finish_bundle(self):
+    self._progress.flush()
+
+
+def _masked_crc32c(data: bytes) -> int:
+  crc = _crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _crc32c(data: bytes) -> int:
+  global _crc32c
+  try:
+    import google_crc32c
+    _crc32c = google_crc32c.value
+  except ImportError:  # pure Python (slow): google-crc32c is a dependency.
+    from apache_beam.io.tfrecordio import _default_crc32c_fn
+    _crc32c = _default_crc32c_fn
+  return _crc32c(data)
+
+
+def tfrecord_frames(records: Sequence[bytes]) -> bytes:
+  """TFRecord framing of many records at once: length, masked CRC32C of the length,
+  data, masked CRC32C of the data."""
+  pack_q, pack_i = struct.Struct("<Q").pack, struct.Struct("<I").pack
+  out = []
+  for data in records:
+    length = pack_q(len(data))
+    out += (length, pack_i(_masked_crc32c(length)), data, pack_i(_masked_crc32c(data)))
+  return b"".join(out)
+
+
+class _BatchTFRecordSink(beam.io.tfrecordio._TFRecordSink):
+  """Beam's TFRecord sink (sharding, temporary files, finalization) whose elements
+  are lists of serialized records, framed and written with one call each."""
+
+  def write_record(self, file_handle, value):
+    file_handle.write(tfrecord_frames(value))
+
+
+def _batch_sink(prefix, suffix="", template=None, compression=None):
+  from apache_beam.io.filesystem import CompressionTypes
+  return beam.io.iobase.Write(_BatchTFRecordSink(
+      prefix, beam.coders.BytesCoder(), suffix, 0, template,
+      compression or CompressionTypes.AUTO))
 
 
 @beam.ptransform_fn
-def WriteExamples(records, spec, prefix, split, tfds_prefix=None):
-  """Records -> sharded gzip TFRecords `<prefix>-SSSSS-of-NNNNN<SHARD_SUFFIX>`.
+def WriteExamples(batches, spec, prefix, split, tfds_prefix=None, progress_prefix=""):
+  """Record batches -> sharded gzip TFRecords `<prefix>-SSSSS-of-NNNNN<SHARD_SUFFIX>`.
 
   With `tfds_prefix` (`<dir>/<dataset>-<split>.tfrecord`), the same examples are also
   written uncompressed in TFDS' shard naming (TFDS reads neither gzip nor our names),
   and the result is one (split, shard, examples, bytes) per TFDS shard, counted by the
   workers that read the shards back: TFDS' split info needs per-shard lengths.
   """
-  serialized = records | "ToExample" >> beam.ParDo(
-      ToExampleFn(spec, f"rows_written_{split}"))
-  _ = serialized | "WriteTFRecord" >> beam.io.WriteToTFRecord(
-      prefix, file_name_suffix=PreprocessedData.SHARD_SUFFIX,
-      compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+  from apache_beam.io.filesystem import CompressionTypes
+  serialized = batches | "ToExample" >> beam.ParDo(
+      ToExampleFn(spec, f"rows_written_{split}", progress_prefix))
+  _ = serialized | "WriteTFRecord" >> _batch_sink(
+      prefix, PreprocessedData.SHARD_SUFFIX, None, CompressionTypes.GZIP)
   if tfds_prefix is None:
     return None
   return (serialized
-          | "WriteTfdsShards" >> beam.io.WriteToTFRecord(
-              tfds_prefix, shard_name_template="-SSSSS-of-NNNNN")
+          | "WriteTfdsShards" >> _batch_sink(tfds_prefix, "", "-SSSSS-of-NNNNN",
+                                             CompressionTypes.UNCOMPRESSED)
           | "CountTfdsShard" >> beam.ParDo(_CountShardFn(split)))
 
 

@@ -1,25 +1,41 @@
-"""Beam preprocessing throughput: rows/s and peak memory on the DirectRunner.
+"""Beam preprocessing throughput: rows/s per stage, then whole runs per worker count.
 
-  python -m benchmarks.beam_bench [--rows=1000000] [--workers=1,2] [--out=bench_out]
+  python -m benchmarks.beam_bench [--rows=1000000] [--workers=1,2] [--tfds]
+                                  [--stage_rows=200000] [--out=bench_out]
 
-Generates a synthetic raw log once (cached in <out>/beam_raw_<rows>), then runs
-`hmdn preprocess` on it in a fresh process per worker count, sampling the resident
-memory of that process and all its descendants (the DirectRunner's worker processes)
-every 0.2 s. Peak memory is the largest SUM over the process tree. Prints a table and
-writes <out>/beam_bench.json. A benchmark, not a test: numbers depend on the machine.
+Generates a synthetic raw log once (cached in <out>/beam_raw_<rows>). Then:
+
+1. Stages, in this process and without a runner: each step of the hot path applied to
+   the same batches the job's DoFns get (read ranges -> line batches, parse a batch,
+   derived features, the vocabulary / moments / distribution combiners' per-batch
+   work, tf.Example serialization, TFRecord framing + gzip), each timed alone on the
+   first `--stage_rows` rows, so the slowest stage is visible. The per-row reference
+   (`LineParserFn.process` and `tf.train.Example` per row, the path before batching) is
+   timed beside them.
+2. Runs: `hmdn preprocess` in a fresh process per worker count (DirectRunner,
+   multi_processing when workers > 1; no TFDS copy unless --tfds), sampling the
+   resident memory of every process of its tree every 0.2 s: the peak of the driver
+   and the peak of the largest worker process are reported, and the peak of their sum.
+
+Prints tables and writes <out>/beam_bench.json. A benchmark, not a test: numbers
+depend on the machine and its load (the load average is recorded); compare ratios
+within one run.
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Dict, List
+import zlib
+from typing import Callable, Dict, List
 
 from benchmarks import common
 from benchmarks.common import REPO_ROOT
 
 
+# --- Memory of a process tree -----------------------------------------------------------
 def _children(pid: int) -> List[int]:
   out = []
   try:
@@ -42,37 +58,195 @@ def _rss_mb(pid: int) -> float:
   return 0.0
 
 
-def tree_rss_mb(root: int) -> float:
-  """Resident memory of a process and all its descendants, in MiB."""
-  total, stack, seen = 0.0, [root], set()
+def tree_rss_mb(root: int) -> Dict[int, float]:
+  """Resident memory (MiB) of a process and each of its descendants, by pid."""
+  out, stack = {}, [root]
   while stack:
     pid = stack.pop()
-    if pid in seen:
+    if pid in out:
       continue
-    seen.add(pid)
-    total += _rss_mb(pid)
+    out[pid] = _rss_mb(pid)
     stack += _children(pid)
-  return total
+  return out
 
 
-def run_preprocess(raw: str, spec: str, data_dir: str, workers: int) -> Dict:
+# --- 1. Stages --------------------------------------------------------------------------
+def _timed(fn: Callable[[], int], repeat: int = 1) -> float:
+  """Best rows/s of `repeat` runs of fn (which returns the rows it processed)."""
+  best = 0.0
+  for _ in range(repeat):
+    start = time.perf_counter()
+    rows = fn()
+    best = max(best, rows / max(time.perf_counter() - start, 1e-9))
+  return best
+
+
+def stage_rates(raw_glob: str, spec_path: str, stage_rows: int) -> List[Dict]:
+  """rows/s of each step of the hot path, on the same batches the DoFns get."""
+  import glob
+  import itertools
+  from beam_jobs import config as C
+  from beam_jobs import transforms as T
+  from beam_jobs.sources import base, generic
+  from features import spec as spec_lib
+  spec = spec_lib.load_spec(spec_path)
+  paths = sorted(glob.glob(raw_glob))
+  headers = generic.read_headers(paths, spec, ",")
+  reader = base.ReadRangeFn()
+  line_batches = []
+
+  def read():
+    line_batches.clear()
+    n = 0
+    for rng in base.byte_ranges(paths, skip_header_lines=1):
+      for path, lines in reader.process(rng):
+        if n >= stage_rows:
+          break
+        line_batches.append((path, lines))
+        n += len(lines)
+    return n
+
+  results = []
+
+  def add(stage, rate, note=""):
+    results.append({"stage": stage, "rows_per_s": rate, "note": note})
+
+  add("read ranges -> line batches", _timed(read))
+  n_rows = sum(len(lines) for _, lines in line_batches)
+  parser = generic.ParseRowFn(spec, C.CSV, headers, ",", "", 0.2)
+  batches = []
+
+  def parse():
+    batches.clear()
+    for path, lines in line_batches:
+      out, _ = parser.parse_batch(path, lines)
+      batches.extend(out)
+    return n_rows
+
+  add("parse a batch (decode, split, type, hash split)", _timed(parse, 2))
+  sample = line_batches[:max(1, len(line_batches) // 10)]
+  n_sample = sum(len(lines) for _, lines in sample)
+  add("  reference: parse row by row (LineParserFn.process)", _timed(
+      lambda: sum(1 for path, lines in sample for line in lines
+                  for _ in parser.process((path, line)))), "the path before batching")
+  row_wise = [f for f in spec.derived_fields if f.derived.kind != spec_lib.COUNT_BUCKET]
+  if row_wise:
+    add("derived features (crosses, buckets)", _timed(
+        lambda: sum(T.batch_len(T._batch_derived(b, row_wise)) for b in batches)))
+  else:
+    add("derived features", 0.0, f"spec {spec.name} has none")
+  if any(f.derived.kind == spec_lib.COUNT_BUCKET for f in spec.derived_fields):
+    add("count_bucket join", 0.0, "row by row (CoGroupByKey); not timed here")
+  train = [b for b in batches if b[0] == T.TRAIN]
+  n_train = sum(T.batch_len(b) for b in train)
+  fields = spec.vocabulary_fields
+  merge = T._MergeCountsFn()
+
+  def vocab():
+    accs = {f.name: merge.create_accumulator() for f in fields}
+    for b in train:
+      for f in fields:
+        merge.add_input(accs[f.name], T._column_values(f, b[1][f.name]))
+    return n_train
+
+  add("vocabulary counts (Counter.update per column)", _timed(vocab, 2))
+  numeric = [f.name for f in spec.model_inputs if f.kind == spec_lib.NUMERIC]
+  moments = T._BatchMomentsFn()
+
+  def moments_stage():
+    accs = {n: moments.create_accumulator() for n in numeric}
+    for b in train:
+      for n in numeric:
+        accs[n] = moments.add_input(accs[n], T.column_moments(b[1][n]))
+    return n_train
+
+  add("numeric moments (numpy per column)", _timed(moments_stage, 2))
+  dist_fields = [f.name for f in spec.distribution_fields]
+  cells = T._MergeCellsFn()
+
+  def distribution():
+    accs: Dict = {}
+    for b in batches:
+      for key, c in T.distribution_counts(b, dist_fields, spec.label.name):
+        accs[key] = cells.add_input(accs.get(key, {}), c)
+    return n_rows
+
+  add("distribution statistics", _timed(distribution, 2))
+  encoder = T.ExampleEncoder(spec)
+  serialized = []
+
+  def serialize():
+    serialized.clear()
+    for b in batches:
+      serialized.append(encoder.encode(b[1]))
+    return n_rows
+
+  add("tf.Example serialize (wire format, per batch)", _timed(serialize, 2))
+  sample_rows = list(itertools.islice(
+      (r for b in batches for _, r in T.batch_rows(b)), n_sample))
+  add("  reference: tf.train.Example per row", _timed(
+      lambda: _per_row_examples(spec, sample_rows)), "the path before batching")
+
+  def write():
+    with tempfile.TemporaryFile() as f:
+      compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 31)
+      for records in serialized:
+        f.write(compressor.compress(T.tfrecord_frames(records)))
+      f.write(compressor.flush())
+    return n_rows
+
+  add("TFRecord framing (crc32c) + gzip + write", _timed(write, 2))
+  return results
+
+
+def _per_row_examples(spec, rows) -> int:
+  import tensorflow as tf
+  from features import spec as spec_lib
+  for record in rows:
+    feature = {}
+    for f in spec.features:
+      value = record[f.name]
+      if f.kind == spec_lib.NUMERIC:
+        feature[f.name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+      else:
+        values = value if isinstance(value, list) else [value]
+        feature[f.name] = tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[v.encode("utf-8") for v in values]))
+    tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+  return len(rows)
+
+
+# --- 2. Whole runs ----------------------------------------------------------------------
+def run_preprocess(raw: str, spec: str, data_dir: str, workers: int,
+                   tfds: bool) -> Dict:
   cmd = [sys.executable, "-m", "pipeline.cli", "preprocess", f"--raw={raw}",
-         f"--spec={spec}", f"--data_dir={data_dir}", f"--direct_num_workers={workers}"]
+         f"--spec={spec}", f"--data_dir={data_dir}", f"--direct_num_workers={workers}",
+         "--tfds" if tfds else "--notfds"]
   start = time.perf_counter()
   proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
-  peak = 0.0
+  peak_total, peak = 0.0, {}
   while proc.poll() is None:
-    peak = max(peak, tree_rss_mb(proc.pid))
+    rss = tree_rss_mb(proc.pid)
+    peak_total = max(peak_total, sum(rss.values()))
+    for pid, mb in rss.items():
+      peak[pid] = max(peak.get(pid, 0.0), mb)
     time.sleep(0.2)
   seconds = time.perf_counter() - start
-  _, err = proc.communicate()
+  out, err = proc.communicate()
   if proc.returncode != 0:
     raise RuntimeError(f"preprocess failed ({proc.returncode}):\n{err[-3000:]}")
+  job = [l for l in out.splitlines() if "Beam job done in" in l]
+  beam_seconds = float(job[-1].split("done in ")[1].split("s:")[0]) if job else seconds
   from features.preprocessed import PreprocessedData
   meta = PreprocessedData(data_dir).metadata
-  return {"workers": workers, "seconds": seconds, "rows_read": meta["rows_read"],
-          "rows_per_s": meta["rows_read"] / seconds, "peak_rss_mb": peak,
+  others = [mb for pid, mb in peak.items() if pid != proc.pid]
+  return {"workers": workers, "seconds": seconds, "beam_seconds": beam_seconds,
+          "rows_read": meta["rows_read"], "rows_per_s": meta["rows_read"] / seconds,
+          "beam_rows_per_s": meta["rows_read"] / beam_seconds,
+          "peak_driver_mb": peak.get(proc.pid, 0.0),
+          "peak_worker_mb": max(others) if others else 0.0,
+          "peak_total_mb": peak_total, "progress_lines": len(out.splitlines()),
           "rows_written": meta["rows_written"], "rows_rejected": meta["rows_rejected"]}
 
 
@@ -80,6 +254,8 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rows", type=int, default=1_000_000)
   parser.add_argument("--workers", default="1,2")
+  parser.add_argument("--stage_rows", type=int, default=200_000)
+  parser.add_argument("--tfds", action="store_true", help="also write the TFDS copy")
   parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench_out"))
   args = parser.parse_args(argv)
   from beam_jobs import synthetic_logs
@@ -91,22 +267,42 @@ def main(argv=None) -> None:
                                                                     seed=0))
   raw = common.generated_raw(raw_dir)
   spec = synthetic_logs.SPEC_PATH  # what the generator copies beside its CSV files
+  load_before = common.load_average()
+  stages = stage_rates(raw, spec, args.stage_rows) if args.stage_rows > 0 else []
+  if stages:
+    slowest = min((s for s in stages if s["rows_per_s"] > 0
+                   and not s["stage"].startswith(" ")), key=lambda s: s["rows_per_s"])
+    print(f"\nstages (one process, {args.stage_rows} rows; slowest: "
+          f"{slowest['stage']})")
+    print(common.format_table(["stage", "rows/s", "note"], [
+        [s["stage"], f"{s['rows_per_s']:,.0f}" if s["rows_per_s"] else "-", s["note"]]
+        for s in stages]))
   results = []
   for workers in [int(w) for w in args.workers.split(",")]:
     data_dir = os.path.join(args.out, f"beam_data_{args.rows}_w{workers}")
-    print(f"preprocess {args.rows} rows, DirectRunner, {workers} worker(s) ...",
+    print(f"\npreprocess {args.rows} rows, DirectRunner, {workers} worker(s) ...",
           flush=True)
-    results.append(run_preprocess(raw, spec, data_dir, workers))
-  lines = [f"{'workers':>7} {'rows':>9} {'seconds':>8} {'rows/s':>8} {'peak MiB':>9}"]
-  for r in results:
-    lines.append(f"{r['workers']:>7d} {r['rows_read']:>9d} {r['seconds']:>8.1f} "
-                 f"{r['rows_per_s']:>8.0f} {r['peak_rss_mb']:>9.0f}")
-  print("\n".join(lines))
+    results.append(run_preprocess(raw, spec, data_dir, workers, args.tfds))
+  base = results[0]["beam_rows_per_s"] if results else 0.0
+  print(f"\nruns ({args.rows} rows, {'with' if args.tfds else 'no'} TFDS copy; "
+        "'beam' = the Beam job alone, from its final line; wall = the whole command)")
+  print(common.format_table(
+      ["workers", "rows", "wall s", "rows/s wall", "beam s", "rows/s beam",
+       f"x {results[0]['workers'] if results else 1}w", "driver MiB",
+       "worker MiB", "total MiB"],
+      [[r["workers"], r["rows_read"], f"{r['seconds']:.1f}", f"{r['rows_per_s']:,.0f}",
+        f"{r['beam_seconds']:.1f}", f"{r['beam_rows_per_s']:,.0f}",
+        f"{r['beam_rows_per_s'] / base:.2f}" if base else "-",
+        f"{r['peak_driver_mb']:.0f}", f"{r['peak_worker_mb']:.0f}",
+        f"{r['peak_total_mb']:.0f}"] for r in results]))
   report = {"benchmark": "beam_preprocess", "runner": "DirectRunner "
             "(multi_processing when workers > 1)", "rows": args.rows,
-            "cpu_count": os.cpu_count(), "results": results,
-            "note": "peak_rss_mb sums the driver and its worker processes; the job "
-                    "writes gzip TFRecords, the TFDS copy, vocabularies and stats"}
+            "tfds": args.tfds, "cpu_count": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": common.load_average(),
+            "stages": stages, "results": results,
+            "note": "peak_worker_mb: the largest worker process (with 1 worker the job "
+                    "runs in the driver); peak_total_mb sums the process tree"}
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "beam_bench.json"), "w") as f:
     json.dump(report, f, indent=1)

@@ -145,6 +145,6 @@ class AliCcpRawSource(base.Source):
     return base.Inputs(tuple(paths), C.ALI_CCP_RAW,
                        duplicates=tuple(base.duplicate_paths(config.raw)))
 
-  def read(self, p, inputs, spec, config):
+  def read(self, p, inputs, spec, config, progress_prefix=""):
     return p | self.label >> ReadAliCcpRaw(list(inputs.paths), spec, config.split_key,
                                            config.eval_fraction)

@@ -126,6 +126,6 @@ class MovieLensSource(base.Source):
     return base.Inputs(tuple(files.values()), C.MOVIELENS,
                        folders=(os.path.dirname(files[ml.RATINGS]),))
 
-  def read(self, p, inputs, spec, config):
+  def read(self, p, inputs, spec, config, progress_prefix=""):
     return p | self.label >> ReadMovieLens(ml.layout_files(config.raw), spec,
                                            config.split_key, config.eval_fraction)

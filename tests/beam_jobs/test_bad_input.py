@@ -132,7 +132,8 @@ def csv_run(tmp_path_factory):
     refused.append(str(e.value))
   metadata = preprocess.run(PreprocessConfig(
       raw=f"{raw}/log.csv,{raw}/*.csv", output_dir=out, spec_path=spec_path,
-      eval_fraction=0.0, direct_num_workers=1, tfds=False))
+      split_time_field="x", split_time_cutoff=1e9,  # every row in train
+      direct_num_workers=1, tfds=False))
   return {"out": out, "raw": raw, "metadata": metadata, "dead": _dead(out),
           "stale": stale, "refused": refused, "good": good, "odd": odd}
 
@@ -224,8 +225,8 @@ def jsonl_run(tmp_path_factory):
   path.write_bytes(b"\n".join(lines) + b"\n")
   out = str(root / "out")
   metadata = preprocess.run(PreprocessConfig(
-      raw=str(path), output_dir=out, spec_path=spec_path, eval_fraction=0.0,
-      direct_num_workers=1, tfds=False))
+      raw=str(path), output_dir=out, spec_path=spec_path, split_time_field="x",
+      split_time_cutoff=1e9, direct_num_workers=1, tfds=False))  # every row in train
   return {"out": out, "metadata": metadata, "dead": _dead(out), "bad": bad,
           "good": good, "odd_ids": odd_ids}
 

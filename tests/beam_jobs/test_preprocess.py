@@ -453,12 +453,26 @@ def test_no_matching_file_is_a_clear_error(log, tmp_path):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(split_key="user"), "--split_key 'user' is not a field"),
-    (dict(eval_fraction=1.0), r"--eval_fraction must be in \[0, 1\), got 1.0"),
+    (dict(eval_fraction=1.0), r"--eval_fraction: expected a fraction in \(0, 1\).*1.0"),
+    (dict(eval_fraction=0.0), r"--eval_fraction: expected a fraction in \(0, 1\).*0.0"),
+    (dict(eval_fraction=float("nan")), r"--eval_fraction: expected a finite number"),
+    (dict(direct_num_workers=0), r"--direct_num_workers: expected an integer >= 1, "
+     "got 0"),
+    (dict(split_time_field="ts", split_time_quantile=1.0),
+     r"--split_time_quantile: expected a quantile in \(0, 1\), got 1.0"),
+    (dict(split_time_field="ts", split_time_quantile=0.0),
+     r"--split_time_quantile: expected a quantile in \(0, 1\), got 0.0"),
+    (dict(delimiter=";;"), "--delimiter: expected one character, got ';;'"),
+    (dict(source="parquet"), "--source: expected one of .*'parquet'"),
     (dict(input_format="parquet"), "--input_format.*'parquet'"),
 ])
 def test_bad_flags_are_clear_errors(log, tmp_path, kwargs, match):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "keep.txt").write_text("not the job's")
   with pytest.raises(PreprocessError, match=match):
-    preprocess.run(_config(log, tmp_path / "out", **kwargs))
+    preprocess.run(_config(log, out, **kwargs))
+  assert sorted(os.listdir(out)) == ["keep.txt"]  # refused before anything is touched
 
 
 def test_load_metadata_on_empty_dir(tmp_path):
