@@ -1,0 +1,86 @@
+"""`hmdn compare`: model variants, paired deltas, and the report directory."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pipeline import compare
+
+
+def test_variants_are_parsed_and_typed_like_their_config_fields():
+  assert compare.parse_variant("moe") == ("moe", {})
+  name, options = compare.parse_variant(
+      "hmdn_moe:num_levels=6:shared_codebook=true:implicit_fields=user_id|device")
+  assert name == "hmdn_moe"
+  assert options == {"num_levels": 6, "shared_codebook": True,
+                     "implicit_fields": ("user_id", "device")}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("hmdn_moe:levels=6", r"'levels=6' .* is not key=value of a model option"),
+    ("hmdn_moe:num_levels", r"is not key=value"),
+    ("hmdn_moe:num_levels=six", r"num_levels='six' .* is not a int"),
+    ("hmdn_moe:shared_codebook=maybe", r"is not a bool"),
+    ("no_such_model", r"unknown model 'no_such_model'"),
+    ("hmdn_moe:seed=3", r"is not key=value of a model option"),
+])
+def test_bad_variants_are_refused_naming_the_option(text, message):
+  with pytest.raises(ValueError, match=message):
+    compare.parse_variant(text)
+
+
+def test_deltas_are_paired_by_seed_and_against_every_variant_of_the_backbone():
+  results = {
+      "moe": [{"seed": 0, "auc": 0.70}, {"seed": 1, "auc": 0.72}],
+      "moe:condition=all": [{"seed": 0, "auc": 0.71}, {"seed": 1, "auc": 0.70}],
+      "apg": [{"seed": 0, "auc": 0.5}, {"seed": 1, "auc": 0.5}],
+      "hmdn_moe": [{"seed": 1, "auc": 0.73}, {"seed": 0, "auc": 0.72}],
+  }
+  rows = compare.paired_deltas(results, list(results))
+  assert [(r["model"], r["baseline"]) for r in rows] == [
+      ("hmdn_moe", "moe"), ("hmdn_moe", "moe:condition=all")]
+  d = np.array([0.72 - 0.70, 0.73 - 0.72])  # seed 0 with seed 0, seed 1 with seed 1
+  assert rows[0]["mean"] == pytest.approx(d.mean())
+  assert rows[0]["std"] == pytest.approx(d.std(ddof=1))
+  assert rows[0]["wins"] == 2
+  assert rows[1]["mean"] == pytest.approx(np.mean([0.72 - 0.71, 0.73 - 0.70]))
+
+
+def test_leaf_key_is_the_cross_of_distribution_field_values(planted_data_dir):
+  from features.preprocessed import PreprocessedData
+  spec = PreprocessedData(planted_data_dir).spec
+  names = [f.name for f in spec.distribution_fields]
+  columns = {n: np.array([b"a", b"b"]) for n in names}
+  columns[names[-1]] = np.array([b"x", b"y"])
+  keys = compare.leaf_key(columns, spec)
+  assert keys.tolist() == ["|".join(["a"] * (len(names) - 1) + ["x"]),
+                           "|".join(["b"] * (len(names) - 1) + ["y"])]
+
+
+def test_compare_writes_a_report_with_paired_deltas_deciles_and_plots(
+    planted_data_dir, tmp_path):
+  from pipeline.train import TrainConfig
+  report = str(tmp_path / "report")
+  base = TrainConfig(data_dir=planted_data_dir, model_dir=report, epochs=1,
+                     steps_per_epoch=4, batch_size=256)
+  summary = compare.run(base, ["moe", "hmdn_moe:codebook_warmup_steps=1"], [0, 1],
+                        report, log=lambda *_: None)
+  assert set(summary["results"]) == {"moe", "hmdn_moe:codebook_warmup_steps=1"}
+  assert [r["seed"] for r in summary["results"]["moe"]] == [0, 1]
+  (delta,) = summary["deltas"]
+  got = [h["auc"] - m["auc"] for h, m in zip(
+      summary["results"]["hmdn_moe:codebook_warmup_steps=1"], summary["results"]["moe"])]
+  assert delta["mean"] == pytest.approx(np.mean(got))
+  deciles = summary["results"]["moe"][0]["deciles"]
+  assert sum(b["rows"] for b in deciles) == summary["eval_rows"]
+  codes = summary["results"]["hmdn_moe:codebook_warmup_steps=1"][0]["codes"]
+  assert "explicit/level_1" in codes and "scenario" in codes["explicit/level_1"]["nmi"]
+  text = open(os.path.join(report, "report.md")).read()
+  assert "Paired ΔAUC" in text and "leaf-size decile" in text and "NMI" in text
+  for plot in summary["plots"]:
+    with open(os.path.join(report, plot), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert "paired_delta.png" in summary["plots"]
+  with open(os.path.join(report, "results.json")) as f:
+    assert json.load(f)["deltas"][0]["baseline"] == "moe"
