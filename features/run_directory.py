@@ -120,6 +120,11 @@ class RunDirectory:
   def has_checkpoint(self, name: str) -> bool:
     return self._exists(self.checkpoint(name) + ".index")
 
+  def has_outputs(self) -> bool:
+    """Checkpoints, a backup or a record: what `clear` removes."""
+    return any(self._exists(self.path(name)) for name in (
+        self.CONFIG_FILE, self.CHECKPOINTS_DIR, self.BACKUP_DIR))
+
   def is_unfinished(self) -> bool:
     """Started and not finished: BackupAndRestore state is there, no final weights."""
     return self._exists(self.backup_dir) and not self.has_checkpoint(
@@ -159,9 +164,11 @@ class RunDirectory:
         tf.io.gfile.rmtree(self.path(name))
 
   # --- Checks -----------------------------------------------------------------------
-  def check_model(self, given: Mapping[str, Any]) -> Dict[str, Any]:
+  def check_model(self, given: Mapping[str, Any], remedy: Optional[str] = None
+                  ) -> Dict[str, Any]:
     """The recorded model config; `given` holds the model options the user set
-    explicitly, each of which must equal the recorded value."""
+    explicitly, each of which must equal the recorded value. `remedy` replaces the
+    advice at the end of the error."""
     recorded = self.record()["model"]
     for key, value in given.items():
       if key not in recorded:
@@ -170,11 +177,13 @@ class RunDirectory:
         flag = "--model" if key == "name" else f"--{key}"
         raise RunMismatchError(
             f"{flag}={_show(value)} contradicts the run in {self.model_dir}, trained "
-            f"with {flag}={_show(recorded[key])}; drop the flag (the run's config is "
-            "used) or point --model_dir at another run")
+            f"with {flag}={_show(recorded[key])}; " + (remedy or
+            "drop the flag (the run's config is used) or point --model_dir at another "
+            "run"))
     return dict(recorded)
 
-  def check_data(self, data_dir: str, data_fingerprints: Mapping[str, str]) -> None:
+  def check_data(self, data_dir: str, data_fingerprints: Mapping[str, str],
+                 remedy: Optional[str] = None) -> None:
     """The data directory must hold the spec and vocabularies the run was trained on:
     another vocabulary would silently re-map embedding rows."""
     recorded = self.record().get("fingerprints", {})
@@ -183,7 +192,8 @@ class RunDirectory:
         raise RunMismatchError(
             f"--data_dir={data_dir} has other {key} (fingerprint "
             f"{data_fingerprints.get(key)}) than the data the run in {self.model_dir} was "
-            f"trained on ({self.record().get('data_dir')}, fingerprint {recorded[key]})")
+            f"trained on ({self.record().get('data_dir')}, fingerprint {recorded[key]})"
+            + (f"; {remedy}" if remedy else ""))
 
 
 def _normalise(value: Any) -> Any:

@@ -1,43 +1,114 @@
-"""Keras callbacks of the trainer: exact per-distribution evaluation and checkpoints.
+"""Keras callbacks of the trainer: exact per-distribution evaluation, the run's history
+across resumes, the best checkpoint, throughput, the progress line and divergence.
 
 Keras' streaming AUC is approximate (thresholds) and gives no breakdown, so at the end of
 every epoch `DistributionEvaluation` scores the eval split exactly (pipeline/metrics.py)
 and logs overall, per-distribution and HMDN code-usage figures to TensorBoard and to the
-epoch logs (`val_exact_auc`), where early stopping and best checkpoints read them.
+epoch logs (`val_exact_auc`), where early stopping and the best checkpoint read them.
+Its history starts with the epochs of the run before a kill (history.json), so the best
+checkpoint is the best epoch of the whole run, not of the last process.
 """
+import math
 import os
-from typing import Dict, List, Optional
+import time
+from typing import Callable, Dict, List, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from features.preprocessed import PreprocessedData, as_data
 from pipeline import evaluate
 
 
+class TrainingError(ValueError):
+  """Training cannot go on or its result must not be kept (a non-finite loss or
+  weights): bad options or data, reported in one line with exit status 2."""
+
+
+def _finite(value) -> bool:
+  try:
+    return value is not None and math.isfinite(float(value))
+  except (TypeError, ValueError):
+    return False
+
+
+def weights_are_finite(model: tf.keras.Model) -> bool:
+  return all(np.all(np.isfinite(v.numpy())) for v in model.weights
+             if v.dtype.is_floating)
+
+
+def _epoch_entry(epoch: int, result: Dict, logs: Optional[Dict]) -> Dict:
+  """One epoch of history.json: plain floats (JSON), the figures worth comparing."""
+  entry = {"epoch": epoch + 1, "auc": float(result["auc"]),
+           "logloss": float(result["logloss"])}
+  if "gauc" in result:
+    entry["gauc"] = float(result["gauc"])
+  entry["per_distribution"] = {
+      field: {str(value): float(m["auc"]) for value, m in values.items()}
+      for field, values in result["per_distribution"].items()}
+  if result.get("codes"):
+    entry["codes"] = {name: {"perplexity": float(u["perplexity"]),
+                             "dead_share": float(u["dead_share"])}
+                      for name, u in result["codes"].items()}
+  for key in ("loss", "examples_per_sec", "step_time_ms", "train_seconds"):
+    if logs is not None and _finite(logs.get(key)):
+      entry[key] = float(logs[key])
+  return entry
+
+
 class DistributionEvaluation(tf.keras.callbacks.Callback):
-  """Exact eval metrics each epoch -> logs["val_exact_auc"] and TensorBoard scalars."""
+  """Exact eval metrics each epoch -> logs["val_exact_auc"], TensorBoard scalars and
+  the run's history (`history`: earlier epochs of a resumed run; `on_history` is
+  called with the whole history as each epoch ends, to persist it)."""
 
   def __init__(self, data_dir: "str | PreprocessedData", log_dir: str,
                codebook_size: Optional[int] = None, code_views: Optional[List] = None,
-               write_summaries: bool = True):
+               write_summaries: bool = True, history: Optional[List[Dict]] = None,
+               on_history: Optional[Callable[[List[Dict]], None]] = None):
     super().__init__()
     self._data = as_data(data_dir)
     self._codebook_size = codebook_size
     self._code_views = code_views or []
     self._writer = (tf.summary.create_file_writer(os.path.join(log_dir, "eval"))
                     if write_summaries else None)
-    self.history: List[Dict] = []
+    self._on_history = on_history
+    self.history: List[Dict] = list(history or [])
+    self.recovered: Optional[Dict] = None  # an epoch evaluated only after a resume
+    self._resumed = False
+
+  def best_before(self, epoch: int) -> Optional[float]:
+    """The best finite eval AUC of the epochs numbered below `epoch` (1-based)."""
+    aucs = [h["auc"] for h in self.history if h["epoch"] < epoch and _finite(h["auc"])]
+    return max(aucs) if aucs else None
+
+  def on_epoch_begin(self, epoch: int, logs: Optional[Dict] = None):
+    # A resumed run may redo an epoch whose metrics were recorded before the kill.
+    self.history = [h for h in self.history if h["epoch"] <= epoch]
+    self.recovered = None
+    if self._resumed:
+      return
+    self._resumed = True
+    if epoch > 0 and not any(h["epoch"] == epoch for h in self.history):
+      # Killed after the backup of epoch `epoch`'s last step, before its evaluation:
+      # the restored weights are that epoch's, so it is scored now.
+      self.on_epoch_end(epoch - 1, {})
+      self.recovered = self.history[-1]
 
   def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
     result = evaluate.run(evaluate.model_predictor(self.model, self._data.spec),
                           self._data, self._codebook_size, self._code_views)
-    self.history.append(result)
+    entry = _epoch_entry(epoch, result, logs)
+    self.history.append(entry)
     if logs is not None:
       logs["val_exact_auc"] = result["auc"]
       logs["val_exact_logloss"] = result["logloss"]
+    if self._on_history is not None:
+      self._on_history(self.history)
     if self._writer is None:
       return
-    with self._writer.as_default(step=epoch + 1):
+    # Keras' TensorBoard callback leaves a record_if(False) condition active at epoch
+    # end; without this the eval event file stays empty.
+    with tf.summary.record_if(True), self._writer.as_default(step=epoch + 1):
       for key in ("auc", "logloss", "gauc"):
         if key in result:
           tf.summary.scalar(f"eval/{key}", result[key])
@@ -47,7 +118,159 @@ class DistributionEvaluation(tf.keras.callbacks.Callback):
       for name, usage in result.get("codes", {}).items():
         tf.summary.scalar(f"codes/{name}/perplexity", usage["perplexity"])
         tf.summary.scalar(f"codes/{name}/dead_share", usage["dead_share"])
+      for key in ("examples_per_sec", "step_time_ms"):
+        if key in entry:
+          tf.summary.scalar(f"throughput/{key}", entry[key])
     self._writer.flush()
+
+
+class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
+  """Raises TrainingError at the first non-finite loss (and at the end of an epoch
+  whose weights are not finite), before any checkpoint of the diverged weights is
+  written: it comes first in the callback list."""
+
+  def __init__(self, per_step: bool = True):
+    super().__init__()
+    self._epoch = 0
+    self._per_step = per_step  # off under ParameterServerStrategy (no batch hooks)
+
+  def _implements_train_batch_hooks(self) -> bool:
+    return self._per_step
+
+  def on_epoch_begin(self, epoch: int, logs: Optional[Dict] = None):
+    self._epoch = epoch
+
+  def _check(self, logs: Optional[Dict], where: str) -> None:
+    loss = (logs or {}).get("loss")
+    try:
+      loss = float(loss)
+    except (TypeError, ValueError):  # not available (parameter-server batches)
+      return
+    if not math.isfinite(loss):
+      raise TrainingError(f"training diverged: the loss is {loss} at {where}; nothing "
+                          "was saved as best or final (lower --learning_rate)")
+
+  def on_train_batch_end(self, batch: int, logs: Optional[Dict] = None):
+    self._check(logs, f"epoch {self._epoch + 1}, step {batch + 1}")
+
+  def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
+    self._check(logs, f"the end of epoch {epoch + 1}")
+    # A saturated loss can stay finite while the weights overflow.
+    if not weights_are_finite(self.model):
+      raise TrainingError(f"training diverged: the weights hold non-finite values at "
+                          f"the end of epoch {epoch + 1}; nothing was saved as best or "
+                          "final (lower --learning_rate)")
+
+
+class Throughput(tf.keras.callbacks.Callback):
+  """Training examples/s and mean step time of each epoch (evaluation excluded) ->
+  logs["examples_per_sec"], logs["step_time_ms"], logs["train_seconds"]."""
+
+  def __init__(self, global_batch_size: int, steps_per_epoch: int,
+               per_step: bool = True):
+    super().__init__()
+    self._batch = global_batch_size
+    self._steps_per_epoch = steps_per_epoch
+    # Without batch hooks (ParameterServerStrategy) the epoch's training time stands
+    # for the steps': this callback's epoch end comes before the evaluation's.
+    self._per_step = per_step
+
+  def _implements_train_batch_hooks(self) -> bool:
+    return self._per_step
+
+  def on_epoch_begin(self, epoch: int, logs: Optional[Dict] = None):
+    self._start = self._end = time.perf_counter()
+    self._steps, self._step_seconds = 0, 0.0
+
+  def on_train_batch_begin(self, batch: int, logs: Optional[Dict] = None):
+    self._step_start = time.perf_counter()
+
+  def on_train_batch_end(self, batch: int, logs: Optional[Dict] = None):
+    self._end = time.perf_counter()
+    self._step_seconds += self._end - self._step_start
+    self._steps += 1
+
+  def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
+    if not self._per_step:
+      self._end = time.perf_counter()
+      self._steps = self._steps_per_epoch
+      self._step_seconds = self._end - self._start
+    seconds = self._end - self._start
+    if logs is None or not self._steps or seconds <= 0:
+      return
+    logs["examples_per_sec"] = self._steps * self._batch / seconds
+    logs["step_time_ms"] = 1000.0 * self._step_seconds / self._steps
+    logs["train_seconds"] = seconds
+
+
+def _rate(examples_per_sec: Optional[float]) -> str:
+  if examples_per_sec is None:
+    return "? ex/s"
+  if examples_per_sec >= 10_000:
+    return f"{examples_per_sec / 1000:.0f}k ex/s"
+  if examples_per_sec >= 1000:
+    return f"{examples_per_sec / 1000:.1f}k ex/s"
+  return f"{examples_per_sec:.0f} ex/s"
+
+
+class ProgressLine(tf.keras.callbacks.Callback):
+  """One line per epoch, instead of Keras' progress bars:
+  `epoch 2/3  loss 0.4100  eval AUC 0.7810  38k ex/s  12 s  ~24 s left`."""
+
+  def __init__(self, epochs: int, evaluation: Optional[DistributionEvaluation] = None,
+               print_fn: Callable[[str], None] = None):
+    super().__init__()
+    self._epochs = epochs
+    self._evaluation = evaluation
+    self._print = print_fn or (lambda line: print(line, flush=True))
+    self._walls: List[float] = []
+
+  def on_epoch_begin(self, epoch: int, logs: Optional[Dict] = None):
+    self._t0 = time.perf_counter()
+
+  def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
+    logs = logs or {}
+    wall = time.perf_counter() - self._t0
+    self._walls.append(wall)
+    parts = [f"epoch {epoch + 1}/{self._epochs}"]
+    if _finite(logs.get("loss")):
+      parts.append(f"loss {float(logs['loss']):.4f}")
+    if _finite(logs.get("val_exact_auc")):
+      parts.append(f"eval AUC {float(logs['val_exact_auc']):.4f}")
+    parts += [_rate(logs.get("examples_per_sec")), f"{wall:.0f} s"]
+    if self.model is not None and self.model.stop_training:
+      parts.append("early stop")
+    elif epoch + 1 < self._epochs:
+      parts.append(f"~{np.mean(self._walls) * (self._epochs - epoch - 1):.0f} s left")
+    self._print("  ".join(parts))
+
+
+class BestCheckpoint(tf.keras.callbacks.Callback):
+  """Saves the weights when an epoch's exact eval AUC beats every earlier epoch of the
+  run, including epochs before a kill (read from the evaluation's history). Weights
+  holding NaN/inf are never saved."""
+
+  def __init__(self, path: str, evaluation: DistributionEvaluation):
+    super().__init__()
+    self._path = path
+    self._evaluation = evaluation
+
+  def on_epoch_begin(self, epoch: int, logs: Optional[Dict] = None):
+    recovered = self._evaluation.recovered  # (after it in the callback list)
+    if recovered is not None:
+      self.on_epoch_end(recovered["epoch"] - 1, {"val_exact_auc": recovered["auc"]})
+
+  def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
+    auc = (logs or {}).get("val_exact_auc")
+    if not _finite(auc):
+      return
+    best = self._evaluation.best_before(epoch + 1)
+    if best is not None and float(auc) <= best:
+      return
+    if not weights_are_finite(self.model):
+      raise TrainingError(f"epoch {epoch + 1}: the weights hold non-finite values; "
+                          "nothing was saved as best (lower --learning_rate)")
+    self.model.save_weights(self._path)
 
 
 class KeepCheckpoints(tf.keras.callbacks.Callback):
@@ -60,6 +283,8 @@ class KeepCheckpoints(tf.keras.callbacks.Callback):
     self._manager = None
 
   def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
+    if not self._keep:
+      return
     if self._manager is None:
       checkpoint = tf.train.Checkpoint(model=self.model)
       self._manager = tf.train.CheckpointManager(checkpoint, self._directory,

@@ -2,7 +2,7 @@
 
   hmdn generate   --output_dir=DIR [--rows=N --seed=S]      synthetic raw logs + spec
   hmdn preprocess --raw=GLOB --spec=SPEC --data_dir=DIR      Beam: raw -> TFRecords
-  hmdn train      --data_dir=DIR --model_dir=DIR --model=NAME
+  hmdn train      --data_dir=DIR --model_dir=DIR --model=NAME [--overwrite]
   hmdn evaluate   --data_dir=DIR (--model_dir=DIR | --saved_model=DIR) [--output=FILE]
   hmdn export     --data_dir=DIR --model_dir=DIR --export_dir=DIR
   hmdn predict    --saved_model=DIR --input=REQUEST.json     TF Serving REST format
@@ -15,11 +15,18 @@
 features files) or movielens (the folder holding u.data, u.user, u.item).
 
 The flags of the stages are generated from their config dataclasses (TrainConfig,
-ModelConfig, PreprocessConfig; pipeline/config_flags.py): a default or
-a list of choices is stated on the config field, once. Flags this program does not know
-are passed unchanged to Beam (e.g. --runner=...). Bad input ends with one line naming
-the file, field and value, and exit status 2.
+ModelConfig, PreprocessConfig; pipeline/config_flags.py): a default or a list of
+choices is stated on the config field, once. An unknown flag is an error naming the
+closest known one; `preprocess` and `run` also take the pipeline options Beam
+recognises (e.g. --runner=...) and pass anything after a bare `--` to Beam unchecked.
+Bad input ends with one line naming the file, field and value, and exit status 2.
+
+The run directory (--model_dir, features/run_directory.py) records the model config:
+`evaluate`, `export` and a resumed `train` take it from there (no --model needed); a
+model flag given explicitly must agree with it. Every path flag is made absolute at
+start, so a relative path means the same in every stage and subprocess.
 """
+import dataclasses
 import json
 import os
 import sys
@@ -33,6 +40,7 @@ from absl import app, flags, logging  # noqa: E402
 from beam_jobs import generators  # noqa: E402  (no Beam)
 from beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402  (no Beam)
 from features.preprocessed import EVAL, PreprocessedData  # noqa: E402
+from features.run_directory import RunDirectory, absolute  # noqa: E402
 from features.spec import SpecError  # noqa: E402
 from models.registry import ModelConfig  # noqa: E402
 from pipeline import config_flags, stages  # noqa: E402
@@ -77,8 +85,44 @@ def model_config() -> ModelConfig:
 
 
 def train_config(data_dir: str, model_dir: str) -> TrainConfig:
+  """From the flags, range-checked before any work."""
   return config_flags.from_flags(TrainConfig, data_dir=data_dir, model_dir=model_dir,
-                                 model=model_config())
+                                 model=model_config()).validate()
+
+
+def given_model_options() -> Dict:
+  """The model options set explicitly on the command line ({field: value}): those a
+  run directory's recorded config is checked against."""
+  names = config_flags.flag_names(ModelConfig, MODEL_FLAGS)
+  present = [field for field, flag in names.items() if FLAGS[flag].present]
+  if not present:
+    return {}
+  values = dataclasses.asdict(config_flags.from_flags(ModelConfig, MODEL_FLAGS))
+  return {field: values[field] for field in present}
+
+
+# Flags holding a local path (or comma-separated globs: --raw): made absolute at start.
+PATH_FLAGS = ("data_dir", "model_dir", "export_dir", "output_dir", "saved_model",
+              "input", "output", "report_dir", "raw", "spec")
+
+
+def absolute_path_flags() -> None:
+  """Every path flag made absolute, so that it means the same from any working
+  directory (and in the fresh processes `run` starts elsewhere)."""
+  from features import spec as spec_lib
+  for name in PATH_FLAGS:
+    if name not in FLAGS or not FLAGS[name].value:
+      continue
+    value = FLAGS[name].value
+    if name == "raw":
+      value = ",".join(absolute(p.strip()) for p in value.split(",") if p.strip())
+    elif name == "spec" and os.path.sep not in value and not value.endswith(
+        (".yaml", ".yml")) and os.path.exists(
+            os.path.join(spec_lib.SPECS_DIR, value + ".yaml")):
+      continue  # the name of a shipped spec
+    else:
+      value = absolute(value)
+    FLAGS[name].value = value
 
 
 def preprocess_config(raw: str, spec: str, data_dir: str) -> PreprocessConfig:
@@ -115,7 +159,15 @@ def cmd_train() -> None:
   from pipeline import strategies, train
   # Parameter-server training: worker and PS tasks only serve.
   strategies.serve_forever_if_server_task(FLAGS.strategy)
-  train.train(train_config(FLAGS.data_dir, FLAGS.model_dir))
+  config = train_config(FLAGS.data_dir, FLAGS.model_dir)
+  run = RunDirectory(config.model_dir)
+  if not config.overwrite and run.has_run():
+    # Resuming: the run's model config, not the flags' defaults (no --model needed).
+    recorded = run.check_model(given_model_options(), remedy=(
+        "pass --overwrite to replace that run, or use another --model_dir"))
+    config = dataclasses.replace(config,
+                                 model=train.model_config_from_record(recorded))
+  train.train(config)
 
 
 def cmd_evaluate() -> None:
@@ -127,17 +179,19 @@ def cmd_evaluate() -> None:
                                export.read_model_config(version), FLAGS.output)
     return
   _require("model_dir")
-  config = model_config()
-  model = train.load_trained(FLAGS.data_dir, FLAGS.model_dir, config)
+  # The model config is the run's (checked against the model flags given).
+  model = train.load_trained(FLAGS.data_dir, FLAGS.model_dir,
+                             given=given_model_options())
   spec = PreprocessedData(FLAGS.data_dir).spec
   stages.evaluate_and_report(evaluate.model_predictor(model, spec), FLAGS.data_dir,
-                             config, FLAGS.output)
+                             model.config, FLAGS.output)
 
 
 def cmd_export() -> None:
   _require("data_dir", "model_dir", "export_dir")
   from pipeline import data, export, train
-  model = train.load_trained(FLAGS.data_dir, FLAGS.model_dir, model_config())
+  model = train.load_trained(FLAGS.data_dir, FLAGS.model_dir,
+                             given=given_model_options())
   rows = data.first_records(FLAGS.data_dir, EVAL, stages.WARMUP_ROWS)
   spec = PreprocessedData(FLAGS.data_dir).spec
   print(f"exported: {export.export(model, spec, FLAGS.export_dir, rows)}")
@@ -218,6 +272,7 @@ def main(argv: List[str]) -> None:
   command, args = argv[1], argv[2:]
   if not FLAGS["verbosity"].present:  # TF's and Beam's INFO lines bury the results.
     logging.set_verbosity(logging.WARNING)
+  absolute_path_flags()
   if command in WITH_ARGS:
     COMMANDS[command](args)
     return
@@ -234,18 +289,98 @@ def main(argv: List[str]) -> None:
     sys.exit(2)
 
 
+# Commands that run a Beam pipeline: they also take Beam's pipeline options.
+BEAM_COMMANDS = ("preprocess", "run")
+
+
+def _beam_option_parser():
+  """An argparse parser of every option Beam's PipelineOptions recognises, built as
+  `PipelineOptions.get_all_options` builds it; an error raises instead of exiting."""
+  import logging as std_logging
+  std_logging.disable(std_logging.WARNING)  # Beam's import warns about optional GCP libs
+  try:
+    import apache_beam  # noqa: F401  (registers the PipelineOptions of every module)
+    from apache_beam.options import pipeline_options
+  finally:
+    std_logging.disable(std_logging.NOTSET)
+
+  class Parser(pipeline_options._BeamArgumentParser):  # pylint: disable=protected-access
+    def error(self, message):
+      if not message.startswith("ambiguous option: "):  # as Beam's parser
+        raise flags.Error(f"Beam pipeline option: {message}")
+
+  parser = Parser(allow_abbrev=False)
+  classes = {}
+  for cls in pipeline_options.PipelineOptions.__subclasses__():
+    classes.setdefault(str(cls), cls)  # as Beam: a class defined twice is added once
+  for cls in classes.values():
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  return parser
+
+
+def _unknown_flags_message(unknown: List[str], known: List[str]) -> str:
+  """"unknown flag --epoch (did you mean --epochs?)", for each unknown flag."""
+  import difflib
+  parts = []
+  for arg in unknown:
+    name = arg.split("=", 1)[0].lstrip("-")
+    close = difflib.get_close_matches(name, known, n=1)
+    if not close and name.startswith("no"):  # --noflag, a boolean set false
+      close = difflib.get_close_matches(name[2:], known, n=1)
+    parts.append(f"--{name}" + (f" (did you mean --{close[0]}?)" if close else ""))
+  return f"unknown flag{'s' * (len(parts) > 1)} {', '.join(parts)}; see --helpfull"
+
+
 def _parse_flags(argv: List[str]) -> List[str]:
-  """Parses our flags; unknown --flags are kept for Beam's PipelineOptions. A bad value
-  (e.g. --model=no_such_model) is one line and exit status 2, like other bad input."""
+  """Parses our flags. An unknown flag is an error naming the closest known one, except
+  that `preprocess` and `run` pass Beam the pipeline options Beam itself recognises
+  (e.g. --runner=DataflowRunner), and anything after a bare `--` unchecked; no other
+  command imports Beam. A bad value (e.g. --model=no_such_model) is one line and exit
+  status 2, like other bad input."""
+  command = next((a for a in argv[1:] if a in COMMANDS), None)
+
+  def fail(message) -> None:
+    print(f"{' '.join(['hmdn'] + [command] * bool(command))}: error: {message}",
+          file=sys.stderr)
+    sys.exit(2)
+
+  passthrough: List[str] = []
+  if "--" in argv[1:]:
+    cut = argv.index("--", 1)
+    argv, passthrough = argv[:cut], argv[cut + 1:]
   try:
     rest = FLAGS(argv, known_only=True)
   except flags.Error as e:
-    command = next((a for a in argv[1:] if a in COMMANDS), None)
-    print(f"{' '.join(['hmdn'] + [command] * bool(command))}: error: {e}",
-          file=sys.stderr)
-    sys.exit(2)
-  _BEAM_ARGS[:] = [a for a in rest[1:] if a.startswith("--")]
-  return [rest[0]] + [a for a in rest[1:] if not a.startswith("--")]
+    fail(e)
+  # The command as parsed: a word that is the value of a flag (--input run) is not it.
+  command = next((a for a in rest[1:] if a in COMMANDS), None)
+  positional = [a for a in rest[1:] if not a.startswith("-")]
+  unknown = [a for a in rest[1:] if a.startswith("-")]
+  known = list(FLAGS)
+  beam_args: List[str] = []
+  if unknown and command in BEAM_COMMANDS:  # the only commands that import Beam
+    parser = _beam_option_parser()
+    candidates = list(rest[1:])
+    candidates.remove(command)  # Beam takes options only, some with a separate value
+    try:
+      _, not_beam = parser.parse_known_args(candidates)
+    except flags.Error as e:
+      fail(e)
+    beam_args = candidates
+    unknown = [a for a in not_beam if a.startswith("-")]
+    positional = [command] + [a for a in not_beam if not a.startswith("-")]
+    known += [o.lstrip("-") for action in parser._actions  # pylint: disable=protected-access
+              for o in action.option_strings if o.startswith("--")]
+  if unknown:
+    message = _unknown_flags_message(unknown, known)
+    if command not in BEAM_COMMANDS and message.count("did you mean") < len(unknown):
+      message += f" (Beam pipeline options are for {' and '.join(BEAM_COMMANDS)} only)"
+    fail(message)
+  if passthrough and command not in BEAM_COMMANDS:
+    fail(f"arguments after -- go to Beam, and only {' and '.join(BEAM_COMMANDS)} run "
+         f"a Beam pipeline: {passthrough}")
+  _BEAM_ARGS[:] = beam_args + passthrough
+  return [rest[0]] + positional
 
 
 def run_main() -> None:

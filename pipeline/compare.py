@@ -119,8 +119,8 @@ def run_one(base, label: str, seed: int, report_dir: str, sizes: Dict[str, int])
   from pipeline import evaluate, train
   name, overrides = parse_variant(label)
   model_config = ModelConfig(name=name, seed=seed, **overrides)
-  config = dataclasses.replace(
-      base, model=model_config, seed=seed,
+  config = dataclasses.replace(  # the run directories are the report's own outputs
+      base, model=model_config, seed=seed, overwrite=True,
       model_dir=os.path.join(report_dir, "runs", label.replace(":", "__"),
                              f"seed_{seed}"))
   tf.keras.backend.clear_session()

@@ -70,7 +70,9 @@ def train_evaluate_export(config, out: str, generator_summary: Optional[Dict] = 
   """After preprocessing: train (pipeline.train.TrainConfig), evaluate, export into
   `out/export`, write `out/metrics.json`, and check the export in a fresh process."""
   import tensorflow as tf
+  from features.run_directory import absolute
   from pipeline import data, evaluate, export, serving, train
+  out = absolute(out)  # the fresh-process check runs from another directory
   model = train.train(config)
   spec = PreprocessedData(config.data_dir).spec
   result = {"model": config.model.name, "seed": config.seed}

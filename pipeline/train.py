@@ -4,29 +4,36 @@ Batch-size semantics: `batch_size` is the GLOBAL batch (split across replicas by
 tf.distribute); the learning rate applies to the mean loss over that global batch, so a
 run on 1 or N replicas with the same global batch takes the same steps.
 
-Run directory (`model_dir`): `run_config.json` (config and versions), `logs/`
-(TensorBoard), `backup/` (BackupAndRestore: a killed run restarted with the same command
-resumes there), `checkpoints/epoch/` (the newest `keep_checkpoints`),
-`checkpoints/best` (best exact eval AUC) and `checkpoints/final` (the weights returned).
+The run directory (`model_dir`) is `features.run_directory.RunDirectory`: its record
+(`run_config.json`) is checked before anything is written, so a command never trains
+over, resumes or reads a run it was not meant for. A killed run restarted with the same
+command resumes from `backup/`; `history.json` keeps every epoch's exact eval metrics,
+so `best` stays the best epoch of the whole run and the summary covers every epoch.
 """
 import dataclasses
 import importlib.metadata
-import json
+import math
 import os
 import platform
 import sys
 import tempfile
-from typing import Optional
+from typing import Any, Dict, Optional
 
+import numpy as np
 import tensorflow as tf
 
+from features import preprocessed
 from features.preprocessed import PreprocessedData
+from features.run_directory import RunDirectory, RunMismatchError, absolute
 from models.ctr_model import CTRModel
 from models.registry import ModelConfig
 from pipeline import callbacks as callbacks_lib
 from pipeline import data, evaluate, strategies
 
 LR_SCHEDULES = ("constant", "cosine")
+
+
+TrainingError = callbacks_lib.TrainingError  # a non-finite loss or weights
 
 
 def _field(default, help_text: str, choices=None):
@@ -63,12 +70,41 @@ class TrainConfig:
   ps_min_shard_bytes: int = _field(256 << 10, "parameter_server: embedding tables "
                                    "larger than this are sharded across the PS tasks.")
   seed: int = _field(0, "Seed of data generation, initialisation and shuffling.")
+  overwrite: bool = _field(False, "Train into a --model_dir that holds a finished run "
+                           "or another run (other model or data): its outputs are "
+                           "removed first. Without it such a directory is refused; an "
+                           "unfinished run of the same model and data is resumed.")
+
+  def validate(self) -> "TrainConfig":
+    """Range checks, before any work; each error names the flag and its value."""
+    for name in ("data_dir", "model_dir"):
+      if not getattr(self, name):
+        raise ValueError(f"--{name} is required")
+    lr = self.learning_rate
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+      raise ValueError(f"--learning_rate={lr!r}: expected a finite number > 0")
+    for name in ("batch_size", "epochs"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"--{name}={getattr(self, name)!r}: expected an integer >= 1")
+    for name in ("num_devices", "steps_per_epoch", "warmup_steps",
+                 "early_stopping_patience", "keep_checkpoints", "backup_every_steps",
+                 "ps_min_shard_bytes", "seed"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"--{name}={getattr(self, name)!r}: expected an integer >= 0")
+    if self.lr_schedule not in LR_SCHEDULES:
+      raise ValueError(f"--lr_schedule={self.lr_schedule!r}: expected one of "
+                       f"{LR_SCHEDULES}")
+    if self.strategy not in strategies.STRATEGIES:
+      raise ValueError(f"--strategy={self.strategy!r}: expected one of "
+                       f"{tuple(strategies.STRATEGIES)}")
+    return self
 
 
-def build_model(data_dir: str, model_config: ModelConfig) -> CTRModel:
+def build_model(data_dir: "str | PreprocessedData", model_config: ModelConfig
+                ) -> CTRModel:
   """The model for a preprocessing output (its spec, vocabularies and moments), with
   its variables created by one call on two eval rows (inference: no codebook update)."""
-  data_files = PreprocessedData(data_dir)
+  data_files = preprocessed.as_data(data_dir)
   spec = data_files.spec
   model = CTRModel(spec, data_files.vocab_dir, data_files.numeric_moments, model_config,
                    tables_dir=data_files.tables_dir)
@@ -86,18 +122,57 @@ def _installed_version(distribution: str) -> str:
     return "not installed"
 
 
-def record_run(model_dir: str, config: TrainConfig) -> None:
-  """Writes the full config and the versions used into the run directory."""
-  tf.io.gfile.makedirs(model_dir)
+def run_record(config: TrainConfig, fingerprints: Dict[str, str]) -> Dict[str, Any]:
+  """What `run_config.json` holds: enough to rebuild the model and to recognise the
+  data it was trained on."""
   import tensorflow_recommenders as tfrs
-  record = {"config": dataclasses.asdict(config),
-            "versions": {"python": sys.version.split()[0], "tensorflow": tf.__version__,
-                         "tfrs": tfrs.__version__,
-                         "apache_beam": _installed_version("apache-beam"),
-                         "platform": platform.platform()},
-            "argv": sys.argv}
-  with tf.io.gfile.GFile(os.path.join(model_dir, "run_config.json"), "w") as f:
-    f.write(json.dumps(record, indent=1, default=str))
+  return {"model_name": config.model.name,
+          "model": dataclasses.asdict(config.model),
+          "config": dataclasses.asdict(config),
+          "fingerprints": dict(fingerprints),
+          "data_dir": absolute(config.data_dir),
+          "versions": {"python": sys.version.split()[0], "tensorflow": tf.__version__,
+                       "tfrs": tfrs.__version__,
+                       "apache_beam": _installed_version("apache-beam"),
+                       "platform": platform.platform()},
+          "argv": sys.argv}
+
+
+def model_config_from_record(recorded: Dict[str, Any]) -> ModelConfig:
+  """The recorded model options as a ModelConfig (an option this version does not
+  know is an error: the model could not be rebuilt as it was trained)."""
+  known = {f.name for f in dataclasses.fields(ModelConfig) if f.init}
+  unknown = sorted(set(recorded) - known)
+  if unknown:
+    raise RunMismatchError(f"the run's model config has options this version does not "
+                           f"know: {unknown}")
+  return ModelConfig(**recorded).validate()
+
+
+def prepare_run(run: RunDirectory, config: TrainConfig, fingerprints: Dict[str, str],
+                write: bool = True) -> bool:
+  """Checks what `run` holds before anything is written. True: resume the unfinished
+  run of the same model and data. False: a new run (with --overwrite the old run's
+  outputs are removed first, when `write`). Anything else is refused."""
+  if config.overwrite:
+    if write:
+      run.clear()
+    return False
+  if not run.has_run():
+    if run.has_outputs():
+      raise RunMismatchError(
+          f"--model_dir={run.model_dir} holds checkpoints or a backup but no "
+          f"{run.CONFIG_FILE}; pass --overwrite to replace them, or use another "
+          "--model_dir")
+    return False
+  remedy = "pass --overwrite to replace that run, or use another --model_dir"
+  run.check_model(dataclasses.asdict(config.model), remedy=remedy)
+  run.check_data(config.data_dir, fingerprints, remedy=remedy)
+  if run.has_checkpoint(run.FINAL_CHECKPOINT):
+    raise RunMismatchError(
+        f"--model_dir={run.model_dir} holds a finished run (checkpoints/final); "
+        + remedy)
+  return True
 
 
 def _learning_rate(config: TrainConfig, total_steps: int):
@@ -112,25 +187,41 @@ def _learning_rate(config: TrainConfig, total_steps: int):
   return config.learning_rate
 
 
-def _writable_dir(model_dir: str, sub: str) -> str:
-  """Only the chief writes into model_dir; other workers write to a scratch dir."""
+def _writable(run: RunDirectory, path: str) -> str:
+  """Only the chief writes into the run directory; other workers write the same
+  layout under a scratch directory."""
   if strategies.is_chief():
-    return os.path.join(model_dir, sub)
+    return path
   task = strategies.cluster_task()
-  return os.path.join(tempfile.gettempdir(),
-                      f"hmdn-{task['type']}-{task['index']}-{os.getpid()}", sub)
+  scratch = os.path.join(tempfile.gettempdir(),
+                         f"hmdn-{task['type']}-{task['index']}-{os.getpid()}")
+  return os.path.join(scratch, os.path.relpath(path, run.model_dir))
+
+
+def check_finite_weights(model: tf.keras.Model, what: str) -> None:
+  """Refuses weights holding NaN or inf (a diverged run is never kept or served)."""
+  for variable in model.weights:
+    if variable.dtype.is_floating and not np.all(np.isfinite(variable.numpy())):
+      raise TrainingError(f"{what}: variable {variable.name} holds non-finite values "
+                          "(training diverged); nothing was saved or exported (lower "
+                          "--learning_rate)")
 
 
 def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
           ) -> CTRModel:
-  """Trains; returns the model holding the best-eval-AUC weights (also saved as final)."""
+  """Trains (or resumes); returns the model holding the best-eval-AUC weights of the
+  whole run (also saved as final)."""
+  config.validate()
+  config.model.validate()
+  data_files = PreprocessedData(config.data_dir).check_complete()
+  run = RunDirectory(config.model_dir)
+  chief = strategies.is_chief()
+  fingerprints = preprocessed.fingerprints(data_files)
+  resume = prepare_run(run, config, fingerprints, write=chief)  # before any write
   tf.keras.utils.set_random_seed(config.seed)
   strategy = strategy or strategies.make_strategy(
       config.strategy, config.num_devices, config.tpu, config.ps_min_shard_bytes)
-  data_files = PreprocessedData(config.data_dir).check_complete()
   spec = data_files.spec
-  if strategies.is_chief():
-    record_run(config.model_dir, config)
   train_rows = data_files.rows(data.TRAIN)
   if config.batch_size < strategy.num_replicas_in_sync:
     raise ValueError(f"--batch_size={config.batch_size} is smaller than the "
@@ -138,6 +229,8 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   if train_rows < config.batch_size:
     raise ValueError(f"--batch_size={config.batch_size} is larger than the training "
                      f"split ({train_rows} rows)")
+  if chief and not resume:
+    run.write_record(run_record(config, fingerprints))
   steps = config.steps_per_epoch or max(1, train_rows // config.batch_size)
   is_ps = isinstance(strategy, tf.distribute.ParameterServerStrategy)
 
@@ -157,41 +250,47 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
     train_input = train_input.with_options(options)
 
   with strategy.scope():
-    model = build_model(config.data_dir, config.model)
+    model = build_model(data_files, config.model)
     model.compile(optimizer=tf.keras.optimizers.Adam(
         _learning_rate(config, steps * config.epochs)),
         steps_per_execution=1)
 
-  best_path = os.path.join(_writable_dir(config.model_dir, "checkpoints"), "best")
+  best_path = _writable(run, run.checkpoint(run.BEST_CHECKPOINT))
   evaluation = callbacks_lib.DistributionEvaluation(
-      data_files, os.path.join(config.model_dir, "logs"),
+      data_files, run.logs_dir,
       config.model.codebook_size if config.model.is_hmdn else None,
-      config.model.code_views, write_summaries=strategies.is_chief())
+      config.model.code_views, write_summaries=chief,
+      history=run.history() if resume else [],
+      on_history=run.write_history if chief else None)
   callbacks = [
-      tf.keras.callbacks.BackupAndRestore(
-          _writable_dir(config.model_dir, "backup"),
-          save_freq=config.backup_every_steps or "epoch"),
+      # First: nothing sees a diverged epoch. ParameterServerStrategy allows no batch
+      # hooks: the loss is checked at epoch end there.
+      callbacks_lib.StopOnNonFiniteLoss(per_step=not is_ps),
+      callbacks_lib.Throughput(config.batch_size, steps, per_step=not is_ps),
       evaluation,
-      tf.keras.callbacks.ModelCheckpoint(best_path, monitor="val_exact_auc", mode="max",
-                                         save_best_only=True, save_weights_only=True),
-      callbacks_lib.KeepCheckpoints(
-          os.path.join(_writable_dir(config.model_dir, "checkpoints"), "epoch"),
-          config.keep_checkpoints),
+      callbacks_lib.BestCheckpoint(best_path, evaluation),
+      callbacks_lib.KeepCheckpoints(_writable(run, run.epoch_checkpoints_dir),
+                                    config.keep_checkpoints),
   ]
   if not is_ps:
     callbacks.append(tf.keras.callbacks.TensorBoard(
-        _writable_dir(config.model_dir, "logs"), update_freq=max(1, steps // 10)))
+        _writable(run, run.logs_dir), update_freq=max(1, steps // 10)))
   if config.early_stopping_patience:
     callbacks.append(tf.keras.callbacks.EarlyStopping(
         monitor="val_exact_auc", mode="max", patience=config.early_stopping_patience))
+  if chief:
+    callbacks.append(callbacks_lib.ProgressLine(config.epochs, evaluation))
+  # Last: an epoch is backed up only once its metrics and checkpoints are written.
+  callbacks.append(tf.keras.callbacks.BackupAndRestore(
+      _writable(run, run.backup_dir), save_freq=config.backup_every_steps or "epoch"))
   model.fit(train_input, epochs=config.epochs, steps_per_epoch=steps,
-            callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+            callbacks=callbacks, verbose=0)
   if tf.io.gfile.exists(best_path + ".index"):
     model.load_weights(best_path)
-  model.save_weights(os.path.join(_writable_dir(config.model_dir, "checkpoints"),
-                                  "final"))
-  if strategies.is_chief():
-    _write_summary(config, strategy, model, evaluation, data_files)
+  check_finite_weights(model, "final weights")
+  model.save_weights(_writable(run, run.checkpoint(run.FINAL_CHECKPOINT)))
+  if chief:
+    _write_summary(run, config, strategy, model, evaluation, data_files)
   return model
 
 
@@ -206,24 +305,54 @@ def _sharded_tables(model: CTRModel):
   return out
 
 
-def _write_summary(config, strategy, model, evaluation, data_files) -> None:
-  """train_summary.json: what ran and the exact eval metrics of the final weights."""
+def _write_summary(run, config, strategy, model, evaluation, data_files) -> None:
+  """train_summary.json: every epoch of the run (across resumes), its throughput, and
+  the exact eval metrics of the final weights."""
   final = evaluate.run(evaluate.model_predictor(model, data_files.spec), data_files)
+  history = evaluation.history
+  aucs = [h["auc"] for h in history]
+  finite = [a for a in aucs if a is not None and math.isfinite(a)]
   summary = {"strategy": config.strategy,
              "replicas": strategy.num_replicas_in_sync,
-             "epochs_run": len(evaluation.history),
-             "eval_auc_per_epoch": [h["auc"] for h in evaluation.history],
+             "epochs_run": len(history),
+             "eval_auc_per_epoch": aucs,
+             "best_epoch": history[aucs.index(max(finite))]["epoch"] if finite else None,
+             "examples_per_sec_per_epoch": [h.get("examples_per_sec") for h in history],
+             "step_time_ms_per_epoch": [h.get("step_time_ms") for h in history],
+             "epochs": history,
              "final": {k: final[k] for k in ("auc", "logloss", "rows_eval")},
              "sharded_embeddings": _sharded_tables(model)}
-  with tf.io.gfile.GFile(os.path.join(config.model_dir, "train_summary.json"), "w") as f:
-    f.write(json.dumps(summary, indent=1))
+  from features.run_directory import write_json_atomic
+  write_json_atomic(run.summary_path, summary)
 
 
-def load_trained(data_dir: str, model_dir: str, model_config: ModelConfig) -> CTRModel:
-  """Rebuilds the model and restores the weights `train` saved."""
-  model = build_model(data_dir, model_config)
-  path = os.path.join(model_dir, "checkpoints", "final")
-  if not tf.io.gfile.exists(path + ".index"):
-    raise FileNotFoundError(f"no trained weights at {path}; run `hmdn train` first")
-  model.load_weights(path).expect_partial()
+def load_trained(data_dir: str, model_dir: str,
+                 model_config: Optional[ModelConfig] = None,
+                 given: Optional[Dict[str, Any]] = None) -> CTRModel:
+  """Rebuilds a run's model and restores its final weights, completely or not at all.
+
+  The model config is the run's record; `given` (options the user set explicitly) and
+  `model_config` (a whole config) must agree with it, and `data_dir` must hold the
+  spec and vocabularies the run was trained on (RunMismatchError otherwise)."""
+  run = RunDirectory(model_dir)
+  recorded = run.check_model(given or {})
+  if model_config is not None:
+    run.check_model(dataclasses.asdict(model_config))
+  config = model_config or model_config_from_record(recorded)
+  data_files = PreprocessedData(data_dir).check_complete()
+  run.check_data(data_dir, preprocessed.fingerprints(data_files))
+  path = run.checkpoint(run.FINAL_CHECKPOINT)
+  if not run.has_checkpoint(run.FINAL_CHECKPOINT):
+    raise FileNotFoundError(f"no trained weights at {path}; `hmdn train` has not "
+                            "finished this run")
+  model = build_model(data_files, config)
+  status = model.load_weights(path)
+  try:
+    # Every variable of the model restored; the optimizer's slots are not needed.
+    status.assert_existing_objects_matched().expect_partial()
+  except AssertionError as e:
+    first = str(e).strip().splitlines()[0][:300]
+    raise RunMismatchError(f"{path} does not restore every variable of the "
+                           f"{config.name!r} model ({first})") from None
+  check_finite_weights(model, path)
   return model

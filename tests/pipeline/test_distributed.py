@@ -114,7 +114,7 @@ def test_killed_training_resumes_from_backup(planted_data_dir, tmp_path):
     deadline = time.time() + 300
     # Kill mid-epoch 2: after the first epoch's evaluation and a later step backup.
     while time.time() < deadline and proc.poll() is None:
-      if "val_exact_auc" in open(log_path).read():
+      if "epoch 1/3" in open(log_path).read():
         time.sleep(1.0)
         break
       time.sleep(0.2)
@@ -123,12 +123,29 @@ def test_killed_training_resumes_from_backup(planted_data_dir, tmp_path):
     proc.wait()
   assert os.listdir(os.path.join(model_dir, "backup")), "no backup was written"
   assert not os.path.exists(os.path.join(model_dir, "train_summary.json"))
+  before_kill = json.load(open(os.path.join(model_dir, "history.json")))
+  assert [h["epoch"] for h in before_kill] == [1]
+  record = open(os.path.join(model_dir, "run_config.json")).read()
+
+  # Resuming with another model is refused, and the record is left as it was.
+  other = subprocess.run(_train_cmd(planted_data_dir, model_dir) + ["--model=moe"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=400)
+  assert other.returncode == 2 and "--model=hmdn_moe" in other.stderr, other.stderr
+  assert open(os.path.join(model_dir, "run_config.json")).read() == record
 
   resumed = subprocess.run(_train_cmd(planted_data_dir, model_dir), cwd=ROOT,
                            capture_output=True, text=True, timeout=400)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "Epoch 1/3" not in resumed.stdout + resumed.stderr  # resumed, not restarted
+  assert "epoch 1/3" not in resumed.stdout + resumed.stderr  # resumed, not restarted
   summary = json.load(open(os.path.join(model_dir, "train_summary.json")))
   assert abs(summary["final"]["auc"] - reference["final"]["auc"]) < 0.02
+  # The summary covers the epochs before the kill too, and best (= final) is the best
+  # epoch of the whole run.
+  assert summary["epochs_run"] == 3
+  assert summary["eval_auc_per_epoch"][0] == before_kill[0]["auc"]
+  assert summary["final"]["auc"] == pytest.approx(max(summary["eval_auc_per_epoch"]),
+                                                  abs=1e-6)
+  history = json.load(open(os.path.join(model_dir, "history.json")))
+  assert [h["epoch"] for h in history] == [1, 2, 3]
   backup = os.path.join(model_dir, "backup")
   assert not os.path.exists(backup) or not os.listdir(backup)  # removed once complete

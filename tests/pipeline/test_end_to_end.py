@@ -126,6 +126,10 @@ def test_run_on_users_own_csv_with_bad_rows(tmp_path):
      "/nonexistent/own.yaml"),
     (["train", "--data_dir=/nonexistent", "--model_dir=/tmp/x"], "/nonexistent"),
     (["run", "--model=no_such_model", "--rows=100"], "no_such_model"),
+    (["train", "--data_dir=/nonexistent", "--model_dir=/tmp/x", "--learning_rate=nan"],
+     "--learning_rate=nan"),
+    (["train", "--data_dir=/nonexistent", "--model_dir=/tmp/x", "--learning_rate=-1"],
+     "--learning_rate=-1.0"),
 ])
 def test_bad_input_is_one_clear_line(args, expected, tmp_path):
   if args[0] == "run" and not any(a.startswith("--output_dir") for a in args):

@@ -45,6 +45,8 @@ def test_run_config_records_config_and_versions(run):
   model_dir, data_dir = run
   record = json.load(open(os.path.join(model_dir, "run_config.json")))
   assert record["config"]["model"]["name"] == "hmdn_mmoe"
+  assert record["model"] == record["config"]["model"]  # what evaluate/export rebuild
+  assert set(record["fingerprints"]) == {"spec", "vocabularies", "tables"}
   assert record["config"]["data_dir"] == data_dir
   assert record["config"]["lr_schedule"] == "cosine"
   assert record["versions"]["tensorflow"] == tf.__version__
@@ -76,11 +78,20 @@ def test_early_stopping_rule(run):
 
 def test_tensorboard_has_per_distribution_and_code_scalars(run):
   model_dir, _ = run
+  summary = json.load(open(os.path.join(model_dir, "train_summary.json")))
   tags = _scalars(os.path.join(model_dir, "logs", "eval", "events.*"))
   assert "eval/auc" in tags and "eval/gauc" in tags
   assert {"eval_scenario/s0/auc", "eval_user_group/g1/auc"} <= set(tags)
   assert "codes/explicit/level_1/perplexity" in tags
   assert "codes/implicit/level_2/dead_share" in tags
+  # One value per epoch, equal to the exact AUCs the summary reports.
+  for tag in ("eval/auc", "eval_scenario/s0/auc", "codes/explicit/level_1/perplexity",
+              "throughput/examples_per_sec"):
+    assert len(tags[tag]) == summary["epochs_run"], tag
+  np.testing.assert_allclose(tags["eval/auc"], summary["eval_auc_per_epoch"], rtol=1e-6)
+  np.testing.assert_allclose(tags["throughput/examples_per_sec"],
+                             summary["examples_per_sec_per_epoch"], rtol=1e-5)
+  assert all(r > 0 for r in summary["examples_per_sec_per_epoch"])
   assert all(1.0 <= p <= 4.0 for p in tags["codes/explicit/level_1/perplexity"])
   train_tags = _scalars(os.path.join(model_dir, "logs", "train", "events.*"))
   assert [t for t in train_tags if "loss" in t]
@@ -104,10 +115,10 @@ def test_cosine_schedule_warms_up_then_decays():
 def test_evaluate_from_checkpoint_matches_training_summary(run, tmp_path):
   model_dir, data_dir = run
   out = tmp_path / "eval.json"
+  # No model flags: the run's recorded config (hmdn_mmoe, 2 levels of 4 codes).
   proc = subprocess.run(
       [sys.executable, "-m", "pipeline.cli", "evaluate", f"--data_dir={data_dir}",
-       f"--model_dir={model_dir}", "--model=hmdn_mmoe", "--num_levels=2",
-       "--codebook_size=4", f"--output={out}"],
+       f"--model_dir={model_dir}", f"--output={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.load(open(out))
