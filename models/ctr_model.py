@@ -31,6 +31,9 @@ class CTRModel(tfrs.Model):
                numeric_moments: Optional[Mapping[str, Mapping[str, float]]],
                config: ModelConfig, tables_dir: Optional[str] = None):
     super().__init__()
+    # Raw numeric features stay float32 under a mixed precision policy (each layer
+    # computes in the policy dtype; the embeddings normalise the raw values first).
+    self._autocast = False
     # Step outputs below are already global (metric results, all-reduced losses), so
     # Keras reports the first replica's copy instead of summing them ("auto" may sum).
     self.distribute_reduction_method = "first"
@@ -76,12 +79,14 @@ class CTRModel(tfrs.Model):
       if IMPLICIT in self.hierarchy.views and config.aux_weight > 0:
         # The implicit view's reason to encode distribution: its s_D alone must
         # predict the click, so its codes separate groups that click differently.
-        self.aux_head = tf.keras.layers.Dense(1, name="implicit_aux_logit")
+        self.aux_head = tf.keras.layers.Dense(1, name="implicit_aux_logit",
+                                              dtype="float32")
     self.backbone = backbone_cls(num_domains=self.num_domains,
                                  output_dim=config.output_dim,
                                  name=f"backbone_{config.backbone}",
                                  **config.backbone_kwargs)
-    self.head = tf.keras.layers.Dense(1, name="logit")
+    # Under a mixed precision policy the logit and the sigmoid stay float32.
+    self.head = tf.keras.layers.Dense(1, name="logit", dtype="float32")
     self.task = tfrs.tasks.Ranking(
         loss=tf.keras.losses.BinaryCrossentropy(
             from_logits=True, reduction=tf.keras.losses.Reduction.SUM),
@@ -129,9 +134,9 @@ class CTRModel(tfrs.Model):
     out = {}
     if self.hierarchy is not None:
       h = self.hierarchy(self._view_inputs(embedded), training=training)
-      condition = (h["representation"] if self.config.hmdn_condition ==
-                   "hierarchical_only" else tf.concat([condition,
-                                                       h["representation"]], -1))
+      representation = tf.cast(h["representation"], condition.dtype)  # float32 s_D
+      condition = (representation if self.config.hmdn_condition ==
+                   "hierarchical_only" else tf.concat([condition, representation], -1))
       out.update({k: v for k, v in h.items() if k.startswith("codes")})
       if self.aux_head is not None:  # called on every call so its weights exist
         # from the first (inference) call on, when the optimizer is built.
@@ -179,7 +184,13 @@ class CTRModel(tfrs.Model):
     with tf.GradientTape() as tape:
       bce, aux, regularization = self._loss_terms(inputs, training=True)
       total = bce + aux + regularization
+      # mixed_float16: compile() wraps the optimizer in a LossScaleOptimizer.
+      scaled = isinstance(self.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+      if scaled:
+        total = self.optimizer.get_scaled_loss(total)
     gradients = tape.gradient(total, self.trainable_variables)
+    if scaled:
+      gradients = self.optimizer.get_unscaled_gradients(gradients)
     self.optimizer.apply_gradients(
         (g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None)
     return self._report(bce, aux, regularization)

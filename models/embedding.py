@@ -43,7 +43,9 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
   def __init__(self, spec: Dict[str, Any], vocab_dir: str,
                numeric_moments: Optional[Mapping[str, Mapping[str, float]]] = None,
                tables_dir: Optional[str] = None, **kwargs):
-    super().__init__(**kwargs)
+    # Raw numeric inputs stay float32 (not cast to a mixed policy's bfloat16/float16
+    # before normalisation); the tables and projections compute in the policy dtype.
+    super().__init__(autocast=False, **kwargs)
     self._spec = spec_lib.spec_from_dict(spec)
     if self._spec.derived_fields and any(
         f.derived.kind == spec_lib.COUNT_BUCKET for f in self._spec.derived_fields
@@ -79,7 +81,8 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
         continue
       if f.kind == spec_lib.NUMERIC:
         self._lookup[f.name] = tf.keras.layers.Discretization(
-            bin_boundaries=list(f.boundaries), name=f"{f.name}_buckets")
+            bin_boundaries=list(f.boundaries), dtype="float32",  # raw values, any policy
+            name=f"{f.name}_buckets")
         self.num_ids[f.name] = len(f.boundaries) + 1
       elif f.hash_buckets:
         self._lookup[f.name] = tf.keras.layers.Hashing(
@@ -157,7 +160,7 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
         out[f.name] = self._projection[f.name](tf.clip_by_value(z, -5.0, 5.0)[:, None])
       elif f.kind == spec_lib.MULTI_CATEGORICAL:
         x = tf.convert_to_tensor(x)
-        mask = tf.cast(tf.not_equal(x, ""), tf.float32)[..., None]
+        mask = tf.cast(tf.not_equal(x, ""), self.compute_dtype)[..., None]
         vectors = self._table[f.name](self.ids(f.name, x)) * mask
         out[f.name] = tf.reduce_sum(vectors, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
       else:

@@ -70,7 +70,8 @@ class ViewEncoders(tf.keras.layers.Layer):
                                            initializer=init))
       self._biases.append(self.add_weight(f"bias_{i}", shape=(u * self.num_views,),
                                           initializer="zeros"))
-      self._masks.append(None if self.num_views == 1 else tf.constant(mask))
+      self._masks.append(None if self.num_views == 1 else
+                         tf.constant(mask, dtype=self.compute_dtype))
     super().build(input_shape)
 
   def view_weights(self, layer: int, view: int):
@@ -166,7 +167,9 @@ class HierarchicalDistributionRepresentation(tf.keras.layers.Layer):
         decay=decay, beta=beta, commitment_weight=commitment_weight,
         warmup_steps=warmup_steps, kmeans_iterations=kmeans_iterations,
         restart_after_steps=restart_after_steps, buffer_size=buffer_size,
-        seed=seed, name="quantizer")
+        # Distances, EMA statistics and codebooks stay float32 under a mixed
+        # precision policy (the quantizer casts its input).
+        seed=seed, dtype="float32", name="quantizer")
     self.num_levels = self.quantizer.num_levels
 
   def encode(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:

@@ -242,28 +242,56 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     return 0 if self.shared_codebook else level
 
   # -- the residual chain -----------------------------------------------------
-  def _quantize(self, x: tf.Tensor, books: tf.Tensor):
+  def _quantize(self, x: tf.Tensor, books: tf.Tensor, exact: bool = True):
     """Residual chain of x [B, V, d] with fixed books [V, books, K, d]: codes
     [B, V, D], level inputs r_0..r_{D-1} and partial sums s_1..s_D, each
-    [B, V, D, d]. One distance computation per level for all views."""
-    size, views = self.codebook_size, self._views
+    level-major [D, B, V, d] (stacked on the outer axis: plain copies), and
+    sum_l ||r_l||^2 (the commitment, gradient into x). One distance
+    computation per level for all views.
+
+    `exact` (inference, diagnostics): explicit differences, so each row's
+    codes do not depend on the other rows of the batch, bit for bit. Training
+    (`exact=False`) scores the codes by ||e||^2 - 2 r.e, one MatMul per level
+    against a block-diagonal matrix of every view's codes (no [B, V, K, d]
+    intermediate); it differs from the exact form only at rounding-level
+    near-ties.
+    """
+    size, views, dim = self.codebook_size, self._views, self._dim
     offsets = tf.range(views) * size  # row of view v's book in the flat books
     flat = tf.reshape(tf.transpose(books, (1, 0, 2, 3)),
-                      (self._num_books, views * size, self._dim))
-    residual, total = x, None
+                      (self._num_books, views * size, dim))
+    if not exact:
+      # weights[b]: [V*d, V*K], -2 e_{v,k} in block (v, v), zeros elsewhere.
+      # (A broadcast product, not an einsum: oneDNN's einsum is slow at
+      # these tiny shapes.)
+      weights = tf.transpose(books, (1, 0, 3, 2))  # [books, V, d, K]
+      if views > 1:
+        weights = (weights[:, :, :, None, :] *
+                   tf.eye(views, dtype=books.dtype)[:, None, :, None])
+      weights = tf.reshape(weights * -2.0,
+                           (self._num_books, views * dim, views * size))
+      norms = tf.reduce_sum(tf.square(flat), -1)  # [books, V*K]
+    residual, total, squares = x, None, 0.0
     codes, residuals, partial_sums = [], [], []
     for level in range(self.num_levels):  # D is small: an unrolled chain
-      book = books[:, self._book(level)]
-      code = tf.argmin(tf.reduce_sum(tf.math.squared_difference(
-          residual[:, :, None, :], book[None]), -1), -1, output_type=tf.int32)
-      chosen = tf.gather(flat[self._book(level)], code + offsets)
+      b = self._book(level)
+      if exact:
+        dist = tf.reduce_sum(tf.math.squared_difference(
+            residual[:, :, None, :], books[:, b][None]), -1)
+      else:
+        dist = tf.reshape(tf.nn.bias_add(tf.matmul(
+            tf.reshape(residual, (-1, views * dim)), weights[b]), norms[b]),
+                          (-1, views, size))
+      code = tf.argmin(dist, -1, output_type=tf.int32)
+      chosen = tf.gather(flat[b], code + offsets)
       codes.append(code)
       residuals.append(residual)
       residual = residual - chosen
+      squares += tf.reduce_sum(tf.square(residual))  # ||x - sg(s_l)||^2
       total = chosen if total is None else total + chosen
       partial_sums.append(total)
-    return (tf.stack(codes, -1), tf.stack(residuals, 2),
-            tf.stack(partial_sums, 2))
+    return (tf.stack(codes, -1), tf.stack(residuals),
+            tf.stack(partial_sums), squares)
 
   # -- seeding ----------------------------------------------------------------
   def _kmeans_init(self, points: tf.Tensor, valid: tf.Tensor, seed) -> tf.Tensor:
@@ -305,14 +333,21 @@ class ResidualQuantizer(tf.keras.layers.Layer):
   # -- training-time state ----------------------------------------------------
   def _statistics(self, codes, residuals):
     """Per-book assignment counts [V, books, K] and residual sums
-    [V, books, K, d] of the local batch."""
-    one_hot = tf.one_hot(codes, self.codebook_size, dtype=residuals.dtype)
-    counts = tf.reduce_sum(one_hot, 0)
-    sums = tf.einsum("bvlk,bvld->vlkd", one_hot, residuals)
-    if self.shared_codebook:
-      counts = tf.reduce_sum(counts, 1, keepdims=True)
-      sums = tf.reduce_sum(sums, 1, keepdims=True)
-    return counts, sums
+    [V, books, K, d] of the local batch (codes [B, V, D], level inputs
+    [D, B, V, d]): one segment sum over (view, book, code) for all levels (a
+    shared book adds up its levels)."""
+    size, books, views = self.codebook_size, self._num_books, self._views
+    level_book = tf.constant([self._book(l) for l in range(self.num_levels)])
+    ids = (tf.transpose(codes, (2, 0, 1)) + size * level_book[:, None, None] +
+           size * books * tf.range(views))  # [D, B, V]
+    segments = views * books * size
+    flat_ids = tf.reshape(ids, [-1])
+    counts = tf.math.unsorted_segment_sum(
+        tf.ones_like(flat_ids, residuals.dtype), flat_ids, segments)
+    sums = tf.math.unsorted_segment_sum(
+        tf.reshape(residuals, (-1, self._dim)), flat_ids, segments)
+    return (tf.reshape(counts, (views, books, size)),
+            tf.reshape(sums, (views, books, size, self._dim)))
 
   def _initial_state(self, books, num_rows, step):
     """State right after seeding: a uniform-usage prior of one global batch,
@@ -323,10 +358,10 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     counts = tf.fill(tf.shape(books)[:-1], share)
     return books, counts, books * share, tf.fill(tf.shape(books)[:-1], step)
 
-  def _updated_state(self, books, counts, sums, pool, step, seed):
+  def _updated_state(self, books, counts, sums, rows, step, seed):
     """EMA update with Laplace smoothing, then restarts of the codes unused
-    for `restart_after_steps` steps, from `pool` ([V, books, N, d] residuals
-    of the global batch)."""
+    for `restart_after_steps` steps, from `rows` (level inputs [D, N, V, d]
+    of rows of the global batch; rearranged only when a code restarts)."""
     decay, size = self.decay, self.codebook_size
     ema_counts = decay * self._read(self.ema_counts) + (1.0 - decay) * counts
     total = tf.reduce_sum(ema_counts, -1, keepdims=True)
@@ -345,6 +380,7 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     def restart():
       # A random permutation of the pool rows per book (without replacement
       # when the pool has at least K rows).
+      pool = self._pool(rows)
       pool_size = tf.shape(pool)[2]
       noise = tf.random.stateless_uniform(tf.shape(pool)[:3], seed=seed)
       picks = tf.gather(tf.argsort(noise, axis=-1),
@@ -359,10 +395,18 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     return tf.cond(tf.reduce_any(dead), restart,
                    lambda: (books, ema_counts, ema_sums, last_used))
 
+  def _pool(self, rows: tf.Tensor) -> tf.Tensor:
+    """Level inputs [D, N, V, d] -> restart pool per book [V, books, N', d]."""
+    if self.shared_codebook:
+      return tf.reshape(tf.transpose(rows, (2, 0, 1, 3)),
+                        (self._views, 1, -1, self._dim))
+    return tf.transpose(rows, (2, 0, 1, 3))
+
   def _train_step(self, x: tf.Tensor):
     """Warm-up (buffer), seeding or codebook update from the global batch;
     quantizes x with the codebooks as they were at the start of the step
-    (or as just seeded). Returns codes, residuals, partial sums, the live
+    (or as just seeded). Returns codes, residuals, partial sums, the
+    commitment sum, the live
     codebooks and whether x was quantized."""
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync == 1:
@@ -402,17 +446,16 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     books = tf.stop_gradient(tf.cond(
         seed_now, lambda: self._kmeans_init(buffer, valid, seed),
         lambda: variable))
-    codes, residuals, partial_sums = self._quantize(x, books)
+    codes, residuals, partial_sums, squares = self._quantize(
+        x, books, exact=False)
     # Value of `books`, gradient (loss mode) into the variable.
     live = variable + tf.stop_gradient(books - variable)
 
     counts, sums = all_reduce(self._statistics(codes, residuals))
-    global_residuals = all_gather(residuals)  # [N, V, D, d]
-    if self.shared_codebook:
-      pool = tf.reshape(tf.transpose(global_residuals, (1, 0, 2, 3)),
-                        (self._views, 1, -1, self._dim))
-    else:
-      pool = tf.transpose(global_residuals, (1, 2, 0, 3))
+    # Restart candidates: the global batch's level inputs [D, N, V, d]
+    # (rearranged per book only inside the restart branch).
+    pool = (residuals if context is None else
+            context.all_gather(tf.stop_gradient(residuals), axis=1))
     keep = lambda: (variable, self._read(self.ema_counts),  # noqa: E731
                     (self._read(self.ema_sums) if self.ema_sums is not None
                      else tf.zeros_like(variable)),
@@ -437,7 +480,7 @@ class ResidualQuantizer(tf.keras.layers.Layer):
       updates.append(self.ema_sums.assign(self._write(new_sums)))
     with tf.control_dependencies(updates):
       codes = tf.identity(codes)
-    return codes, residuals, partial_sums, live, active
+    return codes, residuals, partial_sums, squares, live, active
 
   def call(self, inputs: tf.Tensor,
            training: bool = None) -> Dict[str, tf.Tensor]:
@@ -465,41 +508,44 @@ class ResidualQuantizer(tf.keras.layers.Layer):
 
     def infer():
       variable = self._read(self.codebooks)
-      codes, residuals, partial_sums = self._quantize(
+      codes, residuals, partial_sums, squares = self._quantize(
           x, tf.stop_gradient(variable))
-      return (codes, residuals, partial_sums, variable,
+      return (codes, residuals, partial_sums, squares, variable,
               tf.convert_to_tensor(self.initialized))
 
     if tf.is_tensor(training):  # symbolic flag: default strategy only, as
       # MirroredStrategy cannot synchronise inside control flow.
-      codes, residuals, partial_sums, live, active = tf.cond(
+      codes, residuals, partial_sums, squares, live, active = tf.cond(
           training, lambda: self._train_step(x), infer)
     elif training:
-      codes, residuals, partial_sums, live, active = self._train_step(x)
+      codes, residuals, partial_sums, squares, live, active = self._train_step(x)
     else:
-      codes, residuals, partial_sums, live, active = infer()
+      codes, residuals, partial_sums, squares, live, active = infer()
 
     # Before seeding: x passes through, codes 0, partial sums 0, no loss.
+    # (Level-major partial sums [D, B, V, d]; the transposed output is pruned
+    # from a training step that does not read it.)
     codes = tf.where(active, codes, tf.zeros_like(codes))
-    partial_sums = tf.where(active, partial_sums, tf.zeros_like(partial_sums))
-    total = partial_sums[:, :, -1]
+    total = partial_sums[-1]
     batch = tf.cast(tf.shape(x)[0], x.dtype)
     # ||r_{l-1} - sg(e_l)||^2 = ||x - sg(s_l)||^2, gradient into x only;
     # mean over rows and levels, summed over views.
     on = tf.cast(active, x.dtype)
-    per_level = tf.square(x[:, :, None, :] - partial_sums)
-    commitment = on * tf.reduce_sum(per_level) / (batch * self.num_levels)
+    commitment = on * squares / (batch * self.num_levels)
     self.add_loss(self.commitment_weight * self.beta * commitment)
     if self.codebook_update == "loss":
       size, books = self.codebook_size, self._num_books
-      index = (codes + tf.range(self._views)[:, None] * books * size +
+      index = (tf.transpose(codes, (2, 0, 1)) +
+               tf.range(self._views) * books * size +
                tf.constant([self._book(l) * size
-                            for l in range(self.num_levels)]))
+                            for l in range(self.num_levels)])[:, None, None])
       chosen = tf.gather(tf.reshape(live, (-1, self._dim)), index)
       codebook_loss = on * tf.reduce_sum(tf.square(
           tf.stop_gradient(residuals) - chosen)) / (batch * self.num_levels)
       self.add_loss(self.commitment_weight * codebook_loss)
     quantized = tf.where(active, x + tf.stop_gradient(total - x), x)
+    partial_sums = tf.where(active, tf.transpose(partial_sums, (1, 2, 0, 3)),
+                            0.0)
     out = {"quantized": quantized,
            "partial_sums": tf.stop_gradient(partial_sums),
            "codes": codes}
@@ -530,8 +576,9 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     self._check_shape(x.shape)
     if self._single:
       x = x[:, None]
-    codes, _, partial_sums = self._quantize(x, self._read(self.codebooks))
-    codes, partial_sums, x = codes.numpy(), partial_sums.numpy(), x.numpy()
+    codes, _, partial_sums, _ = self._quantize(x, self._read(self.codebooks))
+    codes, x = codes.numpy(), x.numpy()
+    partial_sums = np.transpose(partial_sums.numpy(), (1, 2, 0, 3))
     norm = np.sqrt((x ** 2).sum((0, 2)))  # [V]
     left = np.sqrt(((x[:, :, None] - partial_sums) ** 2).sum((0, 3)))  # [V, D]
     ratio = left / np.maximum(norm[:, None], 1e-12)

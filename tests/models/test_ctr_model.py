@@ -275,3 +275,72 @@ def test_code_diagnostics_on_a_probe(data_dir, batches):
     np.testing.assert_array_equal(view["flip_share"], 0.0)
   assert train.build_model(data_dir, ModelConfig(name="moe")).code_diagnostics(
       probe) == {}
+
+
+@pytest.mark.parametrize("name", ["moe", "hmdn_moe"])
+def test_one_step_on_two_replicas_equals_one_replica(name, data_dir, batches,
+                                                     mirrored_strategy):
+  """Same weights, same global batch: one SGD step on the default strategy and on two
+  replicas (half the batch each) gives the same loss and the same weights. Fails if
+  the loss is divided by the per-replica instead of the global batch (SGD, unlike
+  Adam's first step, keeps the gradient's scale)."""
+  features, labels = batches[0]
+  config = ModelConfig(name=name, **dict(SMALL, codebook_warmup_steps=0))
+  tf.keras.utils.set_random_seed(0)
+  single = train.build_model(data_dir, config)
+  single(features)
+  start = single.get_weights()
+  with mirrored_strategy.scope():
+    mirrored = train.build_model(data_dir, config)
+    mirrored(features)
+    mirrored.compile(optimizer=tf.keras.optimizers.SGD(0.5))
+  mirrored.set_weights(start)
+  single.compile(optimizer=tf.keras.optimizers.SGD(0.5))
+  one_batch = tf.data.Dataset.from_tensors((features, labels))
+  loss_single = single.fit(one_batch, epochs=1, verbose=0).history["loss"][0]
+  loss_mirrored = mirrored.fit(one_batch, epochs=1, verbose=0).history["loss"][0]
+  np.testing.assert_allclose(loss_mirrored, loss_single, rtol=1e-4)
+  moved = 0.0
+  for before, a, b in zip(start, single.get_weights(), mirrored.get_weights()):
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
+    if a.dtype.kind == "f":
+      moved = max(moved, float(np.abs(a - before).max()))
+  assert moved > 1e-3  # the step did move the weights
+
+
+def test_mixed_bfloat16_model_matches_float32_and_trains(data_dir, batches):
+  """mixed_bfloat16: float32 variables, bfloat16 layers, but the quantizer (distances,
+  codebooks), the logit and the losses in float32; the same weights predict what the
+  float32 model does (bf16 tolerance), and training gives finite losses."""
+  features, labels = batches[0]
+  config = ModelConfig(name="hmdn_moe", **dict(SMALL, codebook_warmup_steps=0))
+  tf.keras.utils.set_random_seed(0)
+  reference = train.build_model(data_dir, config)
+  reference.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
+  reference.fit(features, labels, epochs=1, verbose=0)  # seeds the codebooks
+  try:
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    model = train.build_model(data_dir, config)
+    model(features)
+  finally:
+    tf.keras.mixed_precision.set_global_policy("float32")
+  model.set_weights(reference.get_weights())
+  assert all(v.dtype == tf.float32 for v in model.trainable_variables)
+  assert model.backbone.compute_dtype == "bfloat16"
+  assert model.hierarchy.encoders.compute_dtype == "bfloat16"
+  quantizer = model.hierarchy.quantizer
+  assert quantizer.compute_dtype == "float32"
+  eval_features = batches[1][0]
+  expected = reference(eval_features)
+  out = model(eval_features)
+  h = model.hierarchy(model._view_inputs(model.embeddings(eval_features)))
+  assert h["partial_sums_implicit"].dtype == tf.float32  # distances' inputs
+  assert out["logits"].dtype == tf.float32 and out["probability"].dtype == tf.float32
+  assert out["codes"].dtype == tf.int32
+  np.testing.assert_allclose(out["probability"].numpy(),
+                             expected["probability"].numpy(), atol=0.03)
+  assert np.abs(out["probability"].numpy() - expected["probability"].numpy()).max() > 0
+  model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
+  history = model.fit(_as_dataset(batches[:4]), epochs=1, verbose=0).history
+  assert all(np.isfinite(history[k][-1]) for k in ("loss", "total_loss", "aux_loss"))
+  assert all(v.dtype == tf.float32 for v in quantizer.weights if v.dtype.is_floating)
