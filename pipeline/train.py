@@ -31,6 +31,7 @@ from pipeline import callbacks as callbacks_lib
 from pipeline import data, evaluate, strategies
 
 LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 TrainingError = callbacks_lib.TrainingError  # a non-finite loss or weights
@@ -70,6 +71,13 @@ class TrainConfig:
   ps_min_shard_bytes: int = _field(256 << 10, "parameter_server: embedding tables "
                                    "larger than this are sharded across the PS tasks.")
   seed: int = _field(0, "Seed of data generation, initialisation and shuffling.")
+  mixed_precision: str = _field(
+      "float32", "Keras dtype policy: mixed_float16 (GPU) or mixed_bfloat16 (TPU, recent "
+      "CPUs) compute in 16 bits with float32 variables; the quantizer's distances, "
+      "codebooks, the logit head and the losses stay float32.", PRECISIONS)
+  jit_compile: bool = _field(False, "XLA auto-clustering: compile the numeric parts of "
+                             "the step (string lookups stay outside). GPU/TPU; on CPU "
+                             "only with TF_XLA_FLAGS=--tf_xla_cpu_global_jit.")
   overwrite: bool = _field(False, "Train into a --model_dir that holds a finished run "
                            "or another run (other model or data): its outputs are "
                            "removed first. Without it such a directory is refused; an "
@@ -94,6 +102,9 @@ class TrainConfig:
     if self.lr_schedule not in LR_SCHEDULES:
       raise ValueError(f"--lr_schedule={self.lr_schedule!r}: expected one of "
                        f"{LR_SCHEDULES}")
+    if self.mixed_precision not in PRECISIONS:
+      raise ValueError(f"--mixed_precision={self.mixed_precision!r}: expected one of "
+                       f"{PRECISIONS}")
     if self.strategy not in strategies.STRATEGIES:
       raise ValueError(f"--strategy={self.strategy!r}: expected one of "
                        f"{tuple(strategies.STRATEGIES)}")
@@ -249,11 +260,22 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
         tf.data.experimental.AutoShardPolicy.DATA)
     train_input = train_input.with_options(options)
 
+  if config.jit_compile:
+    tf.config.optimizer.set_jit("autoclustering")
+  # The policy is global in Keras: set for this model only, restored when it is built
+  # (layers keep the policy they were created with).
+  previous_policy = tf.keras.mixed_precision.global_policy()
+  tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
+  try:
+    with strategy.scope():
+      model = build_model(data_files, config.model)
+  finally:
+    tf.keras.mixed_precision.set_global_policy(previous_policy)
   with strategy.scope():
-    model = build_model(data_files, config.model)
-    model.compile(optimizer=tf.keras.optimizers.Adam(
-        _learning_rate(config, steps * config.epochs)),
-        steps_per_execution=1)
+    optimizer = tf.keras.optimizers.Adam(_learning_rate(config, steps * config.epochs))
+    if config.mixed_precision == "mixed_float16":  # float16 gradients underflow unscaled
+      optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, steps_per_execution=1)
 
   best_path = _writable(run, run.checkpoint(run.BEST_CHECKPOINT))
   evaluation = callbacks_lib.DistributionEvaluation(
