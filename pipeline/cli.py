@@ -32,9 +32,11 @@ import os
 import sys
 from typing import Callable, Dict, List
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import features  # noqa: E402,F401  (selects legacy Keras before TensorFlow loads)
+from pipeline import quiet  # noqa: E402
+
+quiet.silence_libraries(sys.argv)  # before TensorFlow loads; --verbosity keeps it all
+
 from absl import app, flags, logging  # noqa: E402
 
 from beam_jobs import generators  # noqa: E402  (no Beam)
