@@ -25,7 +25,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from beam_jobs import synthetic_logs
+from beam_jobs import generated_logs
 from features import spec as spec_lib
 
 SPEC_PATH = os.path.join(spec_lib.SPECS_DIR, "longtail.yaml")
@@ -276,11 +276,11 @@ def generate(output_dir: str, config: LongTailConfig) -> Dict:
   """
   config.validate()
   spec = spec_lib.load_spec(SPEC_PATH)
-  raw_dir = os.path.join(output_dir, "raw")
-  os.makedirs(raw_dir, exist_ok=True)
+  shards = generated_logs.CsvShards(os.path.join(output_dir, "raw"), spec.names,
+                                    config.rows_per_file, config.rows)
   world = _World(config)
-  oracle_auc = synthetic_logs._BinnedAuc()
-  agnostic_auc = synthetic_logs._BinnedAuc()
+  oracle_auc = generated_logs.BinnedAuc()
+  agnostic_auc = generated_logs.BinnedAuc()
   leaf_rows = np.zeros(world.num_leaves, dtype=np.int64)
   leaf_clicks = np.zeros(world.num_leaves)
   leaf_prob = np.zeros(world.num_leaves)
@@ -290,33 +290,13 @@ def generate(output_dir: str, config: LongTailConfig) -> Dict:
   clicks = 0
   written = 0
   block = 0
-  file_index = 0
-  out = None
-  paths: List[str] = []
   while written < config.rows:
     n = min(blocks_per_chunk * BLOCK_ROWS, config.rows - written)
     blocks = -(-n // BLOCK_ROWS)
     rows = _rows(world, config.seed, block, blocks, n)
     block += blocks
     columns = _columns(world, rows)
-    formatted = [synthetic_logs._format(columns[name]) for name in spec.names]
-    lines = [",".join(row) + "\n" for row in zip(*formatted)]
-    start = 0
-    while start < n:
-      if out is None:
-        path = os.path.join(raw_dir, f"part-{file_index:05d}.csv")
-        paths.append(path)
-        out = open(path + ".tmp", "w")
-        out.write(",".join(spec.names) + "\n")
-      room = config.rows_per_file - (written + start) % config.rows_per_file
-      take = min(n - start, room)
-      out.write("".join(lines[start:start + take]))
-      start += take
-      done = written + start
-      if done % config.rows_per_file == 0 or done == config.rows:
-        out.close()
-        out = None
-        file_index += 1
+    shards.write(columns)
     click = rows["click"]
     oracle_auc.update(click, rows["true_ctr"])
     agnostic_auc.update(click, _sigmoid(rows["agnostic"]))
@@ -332,13 +312,7 @@ def generate(output_dir: str, config: LongTailConfig) -> Dict:
     latent_clicks += np.bincount(rows["latent"], weights=click,
                                  minlength=config.latent_groups)
     written += n
-  for path in paths:
-    os.replace(path + ".tmp", path)
-  # Drop files of an earlier, larger run into the same directory (see synthetic_logs).
-  for name in os.listdir(raw_dir):
-    path = os.path.join(raw_dir, name)
-    if name.startswith("part-") and name.endswith(".csv") and path not in paths:
-      os.remove(path)
+  paths = shards.publish()
   spec.save(os.path.join(output_dir, "spec.yaml"))
   seen = leaf_rows > 0
   summary = {

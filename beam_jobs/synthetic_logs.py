@@ -13,10 +13,11 @@ Rows are generated in chunks and streamed to CSV files, so memory stays flat fro
 import dataclasses
 import json
 import os
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 
+from beam_jobs import generated_logs
 from features import spec as spec_lib
 
 SPEC_PATH = os.path.join(spec_lib.SPECS_DIR, "synthetic.yaml")
@@ -128,32 +129,6 @@ def _chunk(world: _World, rng: np.random.Generator, n: int) -> Dict[str, np.ndar
   }
 
 
-def _format(column: np.ndarray) -> List[str]:
-  if column.dtype.kind == "f":
-    return [f"{v:.6g}" for v in column]
-  return [str(v) for v in column]
-
-
-class _BinnedAuc:
-  """Streaming AUC over probabilities in [0, 1]: counts per fine bin, memory flat."""
-
-  def __init__(self, bins: int = 200_000):
-    self.pos = np.zeros(bins)
-    self.neg = np.zeros(bins)
-
-  def update(self, labels: np.ndarray, probs: np.ndarray):
-    idx = np.minimum((probs * len(self.pos)).astype(int), len(self.pos) - 1)
-    self.pos += np.bincount(idx, weights=labels, minlength=len(self.pos))
-    self.neg += np.bincount(idx, weights=1 - labels, minlength=len(self.pos))
-
-  def result(self) -> float:
-    neg_below = np.cumsum(self.neg) - self.neg
-    total = self.pos.sum() * self.neg.sum()
-    if total == 0:
-      return float("nan")
-    return float((self.pos * (neg_below + 0.5 * self.neg)).sum() / total)
-
-
 def generate(output_dir: str, config: GeneratorConfig) -> Dict:
   """Writes `raw/part-*.csv`, `spec.yaml` and `generator.json` under output_dir.
 
@@ -165,18 +140,15 @@ def generate(output_dir: str, config: GeneratorConfig) -> Dict:
   if config.rows_per_file < 1:
     raise ValueError(f"rows_per_file must be >= 1, got {config.rows_per_file}")
   spec = spec_lib.load_spec(SPEC_PATH)
-  raw_dir = os.path.join(output_dir, "raw")
-  os.makedirs(raw_dir, exist_ok=True)
+  shards = generated_logs.CsvShards(os.path.join(output_dir, "raw"), spec.names,
+                                    config.rows_per_file, config.rows)
   world = _World(config.rows, config.seed)
-  auc = _BinnedAuc()
+  auc = generated_logs.BinnedAuc()
   leaf_rows: Dict[str, int] = {}
   leaf_clicks: Dict[str, float] = {}
   leaf_prob: Dict[str, float] = {}
   clicks = 0
   written = 0
-  file_index = 0
-  out = None
-  tmp_paths = []
   chunk_index = 0
   while written < config.rows:
     # Chunks are cut independently of the files, so rows_per_file only shards the
@@ -185,24 +157,7 @@ def generate(output_dir: str, config: GeneratorConfig) -> Dict:
     rng = np.random.default_rng([config.seed, 1, chunk_index])
     chunk_index += 1
     columns = _chunk(world, rng, n)
-    formatted = [_format(columns[name]) for name in spec.names]
-    lines = [",".join(row) + "\n" for row in zip(*formatted)]
-    start = 0
-    while start < n:
-      if out is None:
-        path = os.path.join(raw_dir, f"part-{file_index:05d}.csv")
-        tmp_paths.append(path)
-        out = open(path + ".tmp", "w")
-        out.write(",".join(spec.names) + "\n")
-      room = config.rows_per_file - (written + start) % config.rows_per_file
-      take = min(n - start, room)
-      out.write("".join(lines[start:start + take]))
-      start += take
-      done = written + start
-      if done % config.rows_per_file == 0 or done == config.rows:
-        out.close()
-        out = None
-        file_index += 1
+    shards.write(columns)
     auc.update(columns["click"], columns["true_ctr"])
     clicks += int(columns["click"].sum())
     leaves, inverse = np.unique(columns["subgroup"], return_inverse=True)
@@ -212,21 +167,14 @@ def generate(output_dir: str, config: GeneratorConfig) -> Dict:
       leaf_clicks[leaf] = leaf_clicks.get(leaf, 0) + float(columns["click"][mask].sum())
       leaf_prob[leaf] = leaf_prob.get(leaf, 0) + float(columns["true_ctr"][mask].sum())
     written += n
-  for path in tmp_paths:
-    os.replace(path + ".tmp", path)
-  # A previous run into the same directory may have written more files: drop them, or
-  # a `raw/*.csv` glob would mix the old rows with the new ones.
-  for name in os.listdir(raw_dir):
-    path = os.path.join(raw_dir, name)
-    if name.startswith("part-") and name.endswith(".csv") and path not in tmp_paths:
-      os.remove(path)
+  paths = shards.publish()
   spec.save(os.path.join(output_dir, "spec.yaml"))
   summary = {
       "rows": written,
       "clicks": clicks,
       "ctr": clicks / written,
       "seed": config.seed,
-      "files": len(tmp_paths),
+      "files": len(paths),
       "oracle_auc": auc.result(),
       "num_users": world.num_users,
       "num_items": world.num_items,
