@@ -10,14 +10,20 @@ process. The configurations alternate over `--rounds` and the medians are report
 noise from other processes on the machine is shared out rather than landing on one.
 
   train   `model.fit` as `pipeline.train.train` sets it up (strategy, build_model, Adam,
-          the training `make_dataset` with DATA auto-sharding), without evaluation and
-          checkpoint callbacks; examples/s over the steps after the warm-up, timed by a
-          callback at the end of each step. 2 replicas: MirroredStrategy over the CPU
-          split into 2 logical devices (both share the same 2 cores). Round 1 of the
-          1-replica run exports the trained model with `pipeline.export.export`.
-  input   `pipeline.data.make_dataset(training=True)` alone: batches read, decompressed,
-          shuffled and parsed per second after a warm-up (which fills the shuffle
-          buffer), compared with the training throughput.
+          `--steps_per_execution`, the training `make_dataset` with DATA auto-sharding
+          and `--cache_input`, the in-graph non-finite-loss check), without evaluation
+          and checkpoint callbacks. Epochs of `--warmup_steps` steps: the first is the
+          warm-up, the others are timed by wall clock at their start and end (no batch
+          hook: a per-step callback would itself read the logs back every step).
+          examples/s = timed steps x batch / their time. `--loss_check=per_step` times
+          the previous check instead (a batch hook reading logs["loss"]), `none` none.
+          2 replicas: MirroredStrategy over the CPU split into 2 logical devices (both
+          share the same 2 cores). Round 1 of the 1-replica run exports the trained
+          model with `pipeline.export.export`.
+  input   `pipeline.data.make_dataset(training=True)` alone, streamed from the files and
+          cached in memory (`cache=True`): batches read, decompressed, shuffled and
+          parsed per second after a warm-up (which fills the shuffle window or the
+          cache), compared with the training throughput.
   serve   `tf.saved_model.load` of the export, `signatures["serving_default"]` on
           serialized tf.Example from the eval split at each batch size: per-call latency
           (result fetched to the host) after warm-up calls, p50 / p99.
@@ -26,6 +32,7 @@ Results: a table on stdout and `<out_dir>/pipeline_bench.json`. Not a test.
 """
 import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -47,7 +54,12 @@ flags.DEFINE_string("model", "hmdn_moe", "Model trained and served.")
 flags.DEFINE_integer("rows", 50_000, "Synthetic rows (generated once, cached).")
 flags.DEFINE_integer("batch_size", 512, "GLOBAL training batch (and input batch).")
 flags.DEFINE_integer("train_steps", 60, "Timed training steps per run.")
-flags.DEFINE_integer("warmup_steps", 10, "Untimed training steps before them.")
+flags.DEFINE_integer("warmup_steps", 10, "Untimed training steps before them; also "
+                     "the length of each timed epoch.")
+flags.DEFINE_integer("steps_per_execution", 1, "TrainConfig.steps_per_execution.")
+flags.DEFINE_bool("cache_input", False, "TrainConfig.cache_input of the train runs.")
+flags.DEFINE_enum("loss_check", "graph", ["graph", "per_step", "none"], "train: the "
+                  "non-finite loss check timed with the steps.")
 flags.DEFINE_integer("input_batches", 200, "Timed input-pipeline batches per run.")
 flags.DEFINE_integer("input_warmup_batches", 20, "Untimed input batches before them.")
 flags.DEFINE_string("serve_batches", "1,64,256,512", "Serving batch sizes.")
@@ -114,6 +126,7 @@ def _worker_train() -> dict:
   strategies.split_cpu(FLAGS.replicas)  # before anything initialises TensorFlow
   import tensorflow as tf
   from models.registry import ModelConfig
+  from pipeline import callbacks as callbacks_lib
   from pipeline import data, export, train
 
   tf.keras.utils.set_random_seed(0)
@@ -121,31 +134,51 @@ def _worker_train() -> dict:
               if FLAGS.replicas > 1 else strategies.make_strategy("default"))
   spec = PreprocessedData(FLAGS.data_dir).spec
   dataset = data.make_dataset(FLAGS.data_dir, TRAIN, spec, FLAGS.batch_size,
-                              training=True, seed=0)
+                              training=True, seed=0, cache=FLAGS.cache_input)
   options = tf.data.Options()
   options.experimental_distribute.auto_shard_policy = (
       tf.data.experimental.AutoShardPolicy.DATA)
   dataset = dataset.with_options(options)
   with strategy.scope():
     model = train.build_model(FLAGS.data_dir, ModelConfig(name=FLAGS.model))
-    model.compile(optimizer=tf.keras.optimizers.Adam(2e-3), steps_per_execution=1)
+    model.compile(optimizer=tf.keras.optimizers.Adam(2e-3),
+                  steps_per_execution=FLAGS.steps_per_execution)
 
-  ends: List[float] = []
+  seconds: List[float] = []  # of each epoch
 
-  class StepClock(tf.keras.callbacks.Callback):
-    """Wall time at the end of each step (Keras has fetched the step's logs by then)."""
+  class EpochClock(tf.keras.callbacks.Callback):
+    """Wall time of each epoch (Keras has fetched its last step's logs at its end)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+      self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+      seconds.append(time.perf_counter() - self._start)
+
+  class PerStepCheck(callbacks_lib.StopOnNonFiniteLoss):
+    """The check this benchmark compares against: the loss read back every step."""
+
+    def __init__(self):
+      super().__init__(in_graph=False)
 
     def on_train_batch_end(self, batch, logs=None):
-      ends.append(time.perf_counter())
+      if not math.isfinite(float(logs["loss"])):
+        raise ValueError(f"non-finite loss at step {batch + 1}")
 
-  model.fit(dataset, epochs=1, steps_per_epoch=FLAGS.warmup_steps + FLAGS.train_steps,
-            callbacks=[StepClock()], verbose=0)
-  timed = ends[FLAGS.warmup_steps - 1:]  # from the end of the last warm-up step
-  steps = [b - a for a, b in zip(timed, timed[1:])]
+  stop = callbacks_lib.StopOnNonFiniteLoss()
+  checks = {"graph": [stop], "per_step": [PerStepCheck()], "none": []}[FLAGS.loss_check]
+  epoch_steps = max(1, FLAGS.warmup_steps)
+  epochs = 1 + max(1, FLAGS.train_steps // epoch_steps)
+  with stop.raising_training_error():
+    model.fit(dataset, epochs=epochs, steps_per_epoch=epoch_steps,
+              callbacks=[EpochClock()] + checks, verbose=0)
+  timed = seconds[1:]  # after the warm-up epoch
+  step_seconds = [t / epoch_steps for t in timed]
   run = TrainRun(replicas=strategy.num_replicas_in_sync,
-                 examples_per_sec=len(steps) * FLAGS.batch_size / (timed[-1] - timed[0]),
-                 step_ms_median=common.median(steps) * 1e3,
-                 step_ms_p90=common.percentile(steps, 90) * 1e3,
+                 examples_per_sec=(len(timed) * epoch_steps * FLAGS.batch_size
+                                   / sum(timed)),
+                 step_ms_median=common.median(step_seconds) * 1e3,
+                 step_ms_p90=common.percentile(step_seconds, 90) * 1e3,
                  max_rss_mb=common.max_rss_mb())
   if FLAGS.export_root:
     rows = data.first_records(FLAGS.data_dir, EVAL, 8)
@@ -159,7 +192,7 @@ def _worker_input() -> dict:
   from pipeline import data
   spec = PreprocessedData(FLAGS.data_dir).spec
   it = iter(data.make_dataset(FLAGS.data_dir, TRAIN, spec, FLAGS.batch_size,
-                              training=True, seed=0))
+                              training=True, seed=0, cache=FLAGS.cache_input))
   for _ in range(FLAGS.input_warmup_batches):
     next(it)
   times = []
@@ -226,7 +259,8 @@ def _spawn(worker: str, data_dir: str, **flags_) -> dict:
           f"--data_dir={data_dir}", f"--result={result}", f"--model={FLAGS.model}",
           f"--batch_size={FLAGS.batch_size}"]
   for name in ("train_steps", "warmup_steps", "input_batches", "input_warmup_batches",
-               "serve_batches", "latency_calls", "latency_warmup"):
+               "serve_batches", "latency_calls", "latency_warmup",
+               "steps_per_execution", "loss_check"):
     args.append(f"--{name}={getattr(FLAGS, name)}")
   args += [f"--{k}={v}" for k, v in flags_.items()]
   start = time.perf_counter()
@@ -263,7 +297,7 @@ def main(argv):
     shutil.rmtree(export_root)
   load_before = common.load_average()
   train_runs: Dict[int, List[dict]] = {1: [], 2: []}
-  input_runs: List[dict] = []
+  input_runs: Dict[str, List[dict]] = {"streamed": [], "cached": []}
   export_dir = ""
   for r in range(FLAGS.rounds):
     print(f"round {r + 1}/{FLAGS.rounds}", flush=True)
@@ -271,34 +305,41 @@ def main(argv):
     order = [1, 2] if r % 2 == 0 else [2, 1]
     for replicas in order:
       extra = {"export_root": export_root} if replicas == 1 and not export_dir else {}
-      run = _spawn("train", data_dir, replicas=replicas, **extra)
+      run = _spawn("train", data_dir, replicas=replicas,
+                   cache_input=FLAGS.cache_input, **extra)
       export_dir = export_dir or run.get("export_dir", "")
       train_runs[replicas].append(run)
-    input_runs.append(_spawn("input", data_dir))
+    for kind in ("streamed", "cached"):
+      input_runs[kind].append(_spawn("input", data_dir,
+                                     cache_input=kind == "cached"))
   serve = _spawn("serve", data_dir, saved_model=export_dir)
 
   def med(runs, key):
     return common.median(r[key] for r in runs)
 
   train_eps = {n: med(runs, "examples_per_sec") for n, runs in train_runs.items()}
-  input_eps = med(input_runs, "examples_per_sec")
-  ratio_1 = input_eps / train_eps[1]
-  ratio_2 = input_eps / train_eps[2]
+  input_eps = {k: med(runs, "examples_per_sec") for k, runs in input_runs.items()}
+  ratios = {k: {str(n): eps / train_eps[n] for n in train_eps}
+            for k, eps in input_eps.items()}
   summary = {
       "train_examples_per_sec": {str(n): v for n, v in train_eps.items()},
       "train_step_ms_median": {str(n): med(runs, "step_ms_median")
                                for n, runs in train_runs.items()},
       "speedup_2_replicas": train_eps[2] / train_eps[1],
       "input_examples_per_sec": input_eps,
-      "input_to_train_ratio": {"1": ratio_1, "2": ratio_2},
-      "input_meets_target": min(ratio_1, ratio_2) >= TARGET_INPUT_RATIO,
+      "input_to_train_ratio": ratios,
+      "input_meets_target": {k: min(r.values()) >= TARGET_INPUT_RATIO
+                             for k, r in ratios.items()},
       "max_rss_mb": {"train_1_replica": max(r["max_rss_mb"] for r in train_runs[1]),
                      "train_2_replicas": max(r["max_rss_mb"] for r in train_runs[2]),
-                     "input": max(r["max_rss_mb"] for r in input_runs),
+                     **{f"input_{k}": max(r["max_rss_mb"] for r in runs)
+                        for k, runs in input_runs.items()},
                      "serve": serve["max_rss_mb"]},
   }
 
   print(f"\n{FLAGS.model}, global batch {FLAGS.batch_size}, {FLAGS.rows} rows, "
+        f"steps_per_execution {FLAGS.steps_per_execution}, cache_input "
+        f"{FLAGS.cache_input}, loss check {FLAGS.loss_check}, "
         f"{FLAGS.rounds} rounds (medians); TF {_tf_version()}, {os.cpu_count()} CPUs, "
         f"load average {load_before[0]} before / {common.load_average()[0]} after")
   rows = []
@@ -308,12 +349,14 @@ def main(argv):
                  " ".join(f"{r['examples_per_sec']:,.0f}" for r in train_runs[n]),
                  f"{summary['max_rss_mb'][f'train_{n}_replica' + ('s' if n > 1 else '')]:,.0f}",
                  "" if n == 1 else f"x{summary['speedup_2_replicas']:.2f} vs 1"])
-  rows.append(["input pipeline alone", f"{input_eps:,.0f}",
-               f"{med(input_runs, 'batch_ms_median'):.1f}",
-               " ".join(f"{r['examples_per_sec']:,.0f}" for r in input_runs),
-               f"{summary['max_rss_mb']['input']:,.0f}",
-               f"x{ratio_1:.1f} / x{ratio_2:.1f} of train 1/2 (>= x"
-               f"{TARGET_INPUT_RATIO:.0f}: {_fmt_bool(summary['input_meets_target'])})"])
+  for kind, runs in input_runs.items():
+    rows.append([f"input alone, {kind}", f"{input_eps[kind]:,.0f}",
+                 f"{med(runs, 'batch_ms_median'):.1f}",
+                 " ".join(f"{r['examples_per_sec']:,.0f}" for r in runs),
+                 f"{summary['max_rss_mb'][f'input_{kind}']:,.0f}",
+                 f"x{ratios[kind]['1']:.1f} / x{ratios[kind]['2']:.1f} of train 1/2 "
+                 f"(>= x{TARGET_INPUT_RATIO:.0f}: "
+                 f"{_fmt_bool(summary['input_meets_target'][kind])})"])
   print(common.format_table(["throughput", "ex/s", "step ms", "per-run ex/s",
                              "peak RSS MB", "note"], rows))
   print(f"\nserving_default of {export_dir} in a fresh process (load "
@@ -331,7 +374,7 @@ def main(argv):
       "config": {k: getattr(FLAGS, k) for k in (
           "model", "rows", "batch_size", "train_steps", "warmup_steps", "input_batches",
           "input_warmup_batches", "serve_batches", "latency_calls", "latency_warmup",
-          "rounds")},
+          "rounds", "steps_per_execution", "cache_input", "loss_check")},
       "environment": {"tensorflow": _tf_version(), "cpus": os.cpu_count(),
                       "platform": platform.platform(),
                       "load_average_before_after": [load_before, common.load_average()]},

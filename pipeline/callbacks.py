@@ -8,8 +8,10 @@ epoch logs (`val_exact_auc`), where early stopping and the best checkpoint read 
 Its history starts with the epochs of the run before a kill (history.json), so the best
 checkpoint is the best epoch of the whole run, not of the last process.
 """
+import contextlib
 import math
 import os
+import re
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -33,7 +35,8 @@ def _finite(value) -> bool:
 
 
 def weights_are_finite(model: tf.keras.Model) -> bool:
-  return all(np.all(np.isfinite(v.numpy())) for v in model.weights
+  """Checked where the weights live (no copy of every table to the host)."""
+  return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.weights
              if v.dtype.is_floating)
 
 
@@ -124,82 +127,122 @@ class DistributionEvaluation(tf.keras.callbacks.Callback):
     self._writer.flush()
 
 
+NON_FINITE_LOSS = "hmdn: non-finite training loss"  # the in-graph check's message
+
+
+def _diverged(loss, where: str) -> TrainingError:
+  return TrainingError(f"training diverged: the loss is {loss} at {where}; nothing was "
+                       "saved as best or final (lower --learning_rate)")
+
+
 class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
-  """Raises TrainingError at the first non-finite loss (and at the end of an epoch
-  whose weights are not finite), before any checkpoint of the diverged weights is
-  written: it comes first in the callback list."""
+  """Stops training at the first non-finite loss (and at the end of an epoch whose
+  weights are not finite), before any checkpoint of the diverged weights is written:
+  it comes first in the callback list.
 
-  def __init__(self, per_step: bool = True):
+  The loss is checked inside the training step (`set_model` wraps the model's
+  `train_step` with an assertion), not in a batch hook: reading the loss back each
+  step would stall the device and run Python between steps, and with
+  `steps_per_execution` > 1 a batch hook would not even see every step. The assertion
+  fails the step as a tf.errors.InvalidArgumentError; run `fit` inside
+  `with callback.raising_training_error():` to get a one-line TrainingError naming the
+  epoch and step. `in_graph=False` (ParameterServerStrategy) checks at epoch end only.
+  """
+
+  def __init__(self, in_graph: bool = True):
     super().__init__()
+    self._in_graph = in_graph
     self._epoch = 0
-    self._per_step = per_step  # off under ParameterServerStrategy (no batch hooks)
+    self._first_step = 0  # the optimizer's iterations when the epoch began
 
-  def _implements_train_batch_hooks(self) -> bool:
-    return self._per_step
+  def set_model(self, model: tf.keras.Model):
+    super().set_model(model)
+    if self._in_graph and not getattr(model, "_hmdn_checks_loss", False):
+      model.train_step = _checking_loss(model.train_step, model)
+      model._hmdn_checks_loss = True
+      model.train_function = None  # rebuilt by fit around the checked step
 
   def on_epoch_begin(self, epoch: int, logs: Optional[Dict] = None):
     self._epoch = epoch
-
-  def _check(self, logs: Optional[Dict], where: str) -> None:
-    loss = (logs or {}).get("loss")
-    try:
-      loss = float(loss)
-    except (TypeError, ValueError):  # not available (parameter-server batches)
-      return
-    if not math.isfinite(loss):
-      raise TrainingError(f"training diverged: the loss is {loss} at {where}; nothing "
-                          "was saved as best or final (lower --learning_rate)")
-
-  def on_train_batch_end(self, batch: int, logs: Optional[Dict] = None):
-    self._check(logs, f"epoch {self._epoch + 1}, step {batch + 1}")
+    self._first_step = _iterations(self.model)
 
   def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
-    self._check(logs, f"the end of epoch {epoch + 1}")
+    loss = (logs or {}).get("loss")
+    if loss is not None and not _finite(loss):
+      raise _diverged(loss, f"the end of epoch {epoch + 1}")
     # A saturated loss can stay finite while the weights overflow.
     if not weights_are_finite(self.model):
       raise TrainingError(f"training diverged: the weights hold non-finite values at "
                           f"the end of epoch {epoch + 1}; nothing was saved as best or "
                           "final (lower --learning_rate)")
 
+  @contextlib.contextmanager
+  def raising_training_error(self):
+    """Turns the in-graph check's failure into TrainingError (other errors pass)."""
+    try:
+      yield
+    except tf.errors.InvalidArgumentError as e:
+      found = re.search(
+          re.escape(NON_FINITE_LOSS) + r"\] \[step\] \[(-?\d+)\] \[loss\] \[([^\]]+)\]",
+          e.message or "")
+      if found is None:
+        raise
+      step = int(found.group(1)) - self._first_step
+      raise _diverged(found.group(2), f"epoch {self._epoch + 1}, step {step}") from None
+
+
+def _iterations(model: Optional[tf.keras.Model]) -> int:
+  optimizer = getattr(model, "optimizer", None)
+  iterations = getattr(optimizer, "iterations", None)
+  return int(iterations.numpy()) if iterations is not None else 0
+
+
+def _checking_loss(train_step: Callable, model: tf.keras.Model) -> Callable:
+  """`train_step` whose returned "loss" must be finite (an assertion in the graph,
+  after the step's updates: the optimizer's iterations then number the step)."""
+
+  def checked(data):
+    logs = train_step(data)
+    loss = logs.get("loss") if isinstance(logs, dict) else None
+    if loss is None:
+      return logs
+    step = model.optimizer.iterations if model.optimizer is not None else -1
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.math.is_finite(loss)),
+        [NON_FINITE_LOSS, "step", step, "loss", loss], summarize=1)
+    with tf.control_dependencies([check]):
+      return dict(logs, loss=tf.identity(loss))
+  return checked
+
 
 class Throughput(tf.keras.callbacks.Callback):
   """Training examples/s and mean step time of each epoch (evaluation excluded) ->
-  logs["examples_per_sec"], logs["step_time_ms"], logs["train_seconds"]."""
+  logs["examples_per_sec"], logs["step_time_ms"], logs["train_seconds"].
 
-  def __init__(self, global_batch_size: int, steps_per_epoch: int,
-               per_step: bool = True):
+  Wall clock between the epoch's start and end, no batch hook (a per-step hook runs
+  Python between steps and reads the step's logs back); the steps are counted by the
+  optimizer (a resumed epoch may run fewer than `steps_per_epoch`). It comes before
+  every other callback's epoch end (they evaluate and save, which is not training).
+  """
+
+  def __init__(self, global_batch_size: int, steps_per_epoch: int):
     super().__init__()
     self._batch = global_batch_size
     self._steps_per_epoch = steps_per_epoch
-    # Without batch hooks (ParameterServerStrategy) the epoch's training time stands
-    # for the steps': this callback's epoch end comes before the evaluation's.
-    self._per_step = per_step
-
-  def _implements_train_batch_hooks(self) -> bool:
-    return self._per_step
 
   def on_epoch_begin(self, epoch: int, logs: Optional[Dict] = None):
-    self._start = self._end = time.perf_counter()
-    self._steps, self._step_seconds = 0, 0.0
-
-  def on_train_batch_begin(self, batch: int, logs: Optional[Dict] = None):
-    self._step_start = time.perf_counter()
-
-  def on_train_batch_end(self, batch: int, logs: Optional[Dict] = None):
-    self._end = time.perf_counter()
-    self._step_seconds += self._end - self._step_start
-    self._steps += 1
+    self._first_step = _iterations(self.model)
+    self._start = time.perf_counter()
 
   def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
-    if not self._per_step:
-      self._end = time.perf_counter()
-      self._steps = self._steps_per_epoch
-      self._step_seconds = self._end - self._start
-    seconds = self._end - self._start
-    if logs is None or not self._steps or seconds <= 0:
+    seconds = time.perf_counter() - self._start
+    steps = _iterations(self.model) - self._first_step
+    if steps <= 0:  # no optimizer step count (or a schedule-free optimizer)
+      steps = self._steps_per_epoch
+    if logs is None or not steps or seconds <= 0:
       return
-    logs["examples_per_sec"] = self._steps * self._batch / seconds
-    logs["step_time_ms"] = 1000.0 * self._step_seconds / self._steps
+    logs["examples_per_sec"] = steps * self._batch / seconds
+    logs["step_time_ms"] = 1000.0 * seconds / steps
     logs["train_seconds"] = seconds
 
 

@@ -1,8 +1,11 @@
 """tf.data input over the preprocessing job's TFRecords, parsed with the spec.
 
-Files are read with a parallel interleave, batched, then parsed a whole batch at a time
-(`parse_example` on a vector is far cheaper than per-example parsing), and prefetched.
+Files are read with a parallel interleave (gzip decompression is most of the cost of
+a streamed pass), training records shuffled in a buffer, or with `cache` held in memory
+and permuted whole each epoch by vectorised ops; every batch is parsed at once
+(`parse_example` on a vector is far cheaper than per-example parsing) and prefetched.
 """
+import os
 from typing import Dict, List, Optional, Tuple, Union
 
 import tensorflow as tf
@@ -44,14 +47,44 @@ def split_label(parsed: Dict[str, tf.Tensor], spec: spec_lib.FeatureSpec
   return features, label
 
 
+READ_BUFFER_BYTES = 4 << 20  # per gzip reader: reading alone ~1.6x faster than 256 KiB
+
+
+def _options(training: bool) -> tf.data.Options:
+  """Autotuned parallelism; training gives up element order for throughput."""
+  options = tf.data.Options()
+  options.autotune.enabled = True
+  options.deterministic = not training
+  options.experimental_optimization.map_parallelization = True
+  options.experimental_optimization.parallel_batch = True
+  return options
+
+
+def _cached_epochs(records: tf.data.Dataset, batch_size: int, seed: int
+                   ) -> tf.data.Dataset:
+  """Batches of a split held in memory: each epoch a uniform permutation of every
+  record (full batches only), gathered a batch at a time."""
+  everything = records.batch(2 ** 62).cache()  # one element: the serialized split
+
+  def epoch(split):
+    batches = tf.shape(split)[0] // batch_size
+    order = tf.random.shuffle(tf.range(tf.shape(split)[0]), seed=seed)
+    order = tf.reshape(order[:batches * batch_size], [batches, batch_size])
+    return tf.data.Dataset.from_tensor_slices(order).map(
+        lambda idx: tf.gather(split, idx))
+  return everything.repeat().flat_map(epoch)
+
+
 def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
                  batch_size: int, training: bool, seed: int = 0,
                  input_context: Optional[tf.distribute.InputContext] = None,
-                 shuffle_buffer: int = 50_000) -> tf.data.Dataset:
+                 shuffle_buffer: int = 50_000, cache: bool = False) -> tf.data.Dataset:
   """(features, label) batches. Training: shuffled, repeated, full batches only.
 
   `batch_size` is the batch of this input pipeline (per worker when an input_context
-  shards the files across workers).
+  shards the files across workers). `cache` (training) keeps the split's serialized
+  records in memory after the first pass: no more reading or decompression, and each
+  epoch is a uniform shuffle of the whole split instead of a `shuffle_buffer` window.
   """
   files = files_of(data_dir, split)
   ds = tf.data.Dataset.from_tensor_slices(files)
@@ -61,18 +94,24 @@ def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
     ds = ds.shard(pipelines, input_context.input_pipeline_id)
   if training:
     ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-  ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
-                     cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
-                     deterministic=not training)
+  ds = ds.interleave(
+      lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP",
+                                        buffer_size=READ_BUFFER_BYTES),
+      cycle_length=min(len(files), max(8, os.cpu_count() or 1)),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
   if pipelines > 1 and not shard_files:  # fewer files than workers: shard the records
     ds = ds.shard(pipelines, input_context.input_pipeline_id)
-  if training:
+  if not training:
+    ds = ds.batch(batch_size)
+  elif cache:
+    ds = _cached_epochs(ds, batch_size, seed)
+  else:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-  ds = ds.batch(batch_size, drop_remainder=training)
+    ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.map(lambda s: split_label(
       parse_batch(s, spec, for_serving=True, with_label=True), spec),
-              num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.prefetch(tf.data.AUTOTUNE)
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(training))
 
 
 def count_records(data_dir: DataDir, split: str) -> int:

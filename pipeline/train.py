@@ -71,6 +71,14 @@ class TrainConfig:
   ps_min_shard_bytes: int = _field(256 << 10, "parameter_server: embedding tables "
                                    "larger than this are sharded across the PS tasks.")
   seed: int = _field(0, "Seed of data generation, initialisation and shuffling.")
+  cache_input: bool = _field(False, "Keep the training split's serialized records in "
+                             "memory after the first pass (no more reading or "
+                             "decompression; each epoch a uniform shuffle of the whole "
+                             "split). For data that fits in memory.")
+  steps_per_execution: int = _field(1, "Training steps per call into TensorFlow: fewer "
+                                    "Python round trips between steps (the callbacks "
+                                    "work per epoch; --backup_every_steps is rounded "
+                                    "down to a multiple of it).")
   mixed_precision: str = _field(
       "float32", "Keras dtype policy: mixed_float16 (GPU) or mixed_bfloat16 (TPU, recent "
       "CPUs) compute in 16 bits with float32 variables; the quantizer's distances, "
@@ -91,7 +99,7 @@ class TrainConfig:
     lr = self.learning_rate
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
       raise ValueError(f"--learning_rate={lr!r}: expected a finite number > 0")
-    for name in ("batch_size", "epochs"):
+    for name in ("batch_size", "epochs", "steps_per_execution"):
       if getattr(self, name) < 1:
         raise ValueError(f"--{name}={getattr(self, name)!r}: expected an integer >= 1")
     for name in ("num_devices", "steps_per_epoch", "warmup_steps",
@@ -249,7 +257,8 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
     batch = (input_context.get_per_replica_batch_size(config.batch_size)
              if input_context is not None else config.batch_size)
     return data.make_dataset(data_files, data.TRAIN, spec, batch, training=True,
-                             seed=config.seed, input_context=input_context)
+                             seed=config.seed, input_context=input_context,
+                             cache=config.cache_input)
 
   if is_ps:
     train_input = tf.keras.utils.experimental.DatasetCreator(dataset_fn)
@@ -275,7 +284,8 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
     optimizer = tf.keras.optimizers.Adam(_learning_rate(config, steps * config.epochs))
     if config.mixed_precision == "mixed_float16":  # float16 gradients underflow unscaled
       optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
-    model.compile(optimizer=optimizer, steps_per_execution=1)
+    model.compile(optimizer=optimizer,
+                  steps_per_execution=config.steps_per_execution)
 
   best_path = _writable(run, run.checkpoint(run.BEST_CHECKPOINT))
   evaluation = callbacks_lib.DistributionEvaluation(
@@ -284,11 +294,13 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
       config.model.code_views, write_summaries=chief,
       history=run.history() if resume else [],
       on_history=run.write_history if chief else None)
+  # The loss is checked inside each step (under ParameterServerStrategy at epoch end).
+  stop_on_non_finite = callbacks_lib.StopOnNonFiniteLoss(in_graph=not is_ps)
   callbacks = [
-      # First: nothing sees a diverged epoch. ParameterServerStrategy allows no batch
-      # hooks: the loss is checked at epoch end there.
-      callbacks_lib.StopOnNonFiniteLoss(per_step=not is_ps),
-      callbacks_lib.Throughput(config.batch_size, steps, per_step=not is_ps),
+      # First: its clock stops before anything evaluates or saves.
+      callbacks_lib.Throughput(config.batch_size, steps),
+      # Then: nothing sees a diverged epoch.
+      stop_on_non_finite,
       evaluation,
       callbacks_lib.BestCheckpoint(best_path, evaluation),
       callbacks_lib.KeepCheckpoints(_writable(run, run.epoch_checkpoints_dir),
@@ -304,9 +316,13 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
     callbacks.append(callbacks_lib.ProgressLine(config.epochs, evaluation))
   # Last: an epoch is backed up only once its metrics and checkpoints are written.
   callbacks.append(tf.keras.callbacks.BackupAndRestore(
-      _writable(run, run.backup_dir), save_freq=config.backup_every_steps or "epoch"))
-  model.fit(train_input, epochs=config.epochs, steps_per_epoch=steps,
-            callbacks=callbacks, verbose=0)
+      _writable(run, run.backup_dir),
+      # Keras counts its batch hooks, one per execution of steps_per_execution steps.
+      save_freq=(max(1, config.backup_every_steps // config.steps_per_execution)
+                 if config.backup_every_steps else "epoch")))
+  with stop_on_non_finite.raising_training_error():
+    model.fit(train_input, epochs=config.epochs, steps_per_epoch=steps,
+              callbacks=callbacks, verbose=0)
   if tf.io.gfile.exists(best_path + ".index"):
     model.load_weights(best_path)
   check_finite_weights(model, "final weights")

@@ -50,7 +50,8 @@ def _config(data_dir, model_dir, name="moe", **kwargs):
     ("learning_rate", float("nan")), ("learning_rate", -1.0), ("learning_rate", 0.0),
     ("learning_rate", float("inf")), ("batch_size", 0), ("epochs", 0),
     ("steps_per_epoch", -1), ("warmup_steps", -2), ("keep_checkpoints", -1),
-    ("backup_every_steps", -1), ("early_stopping_patience", -1)])
+    ("backup_every_steps", -1), ("early_stopping_patience", -1),
+    ("steps_per_execution", 0)])
 def test_out_of_range_options_name_the_flag_and_value(field, value):
   config = train.TrainConfig(data_dir="d", model_dir="m", **{field: value})
   with pytest.raises(ValueError, match=rf"--{field}={value!r}"):
@@ -75,7 +76,8 @@ def test_cli_refuses_bad_ranges_before_any_work(flag, planted_data_dir, tmp_path
 @pytest.fixture(scope="module")
 def moe_run(planted_data_dir, tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("contract") / "moe"
-  train.train(_config(planted_data_dir, model_dir, epochs=2))
+  # 3 steps in one execution: the callbacks and the summary work per epoch.
+  train.train(_config(planted_data_dir, model_dir, epochs=2, steps_per_execution=3))
   return str(model_dir)
 
 
@@ -240,19 +242,62 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_nothing(planted_data_dir,
   assert not os.path.exists(run.summary_path)
 
 
-def test_training_stops_at_the_first_non_finite_loss():
+def _fit_until_non_finite(x, y, steps_per_execution=1, on_epoch_begin=None):
+  """fit on batches of 8 with the check: (the error's message, batch ends seen)."""
   model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(2,))])
-  model.compile(optimizer="sgd", loss="mse")
-  x = np.ones((32, 2), np.float32)
-  x[20] = np.nan  # planted in the third batch of 8
+  model.compile(optimizer="sgd", loss="mse", steps_per_execution=steps_per_execution)
   seen = []
   record = tf.keras.callbacks.LambdaCallback(
-      on_train_batch_end=lambda batch, logs: seen.append(batch))
-  with pytest.raises(callbacks_lib.TrainingError,
-                     match=r"loss is nan at epoch 1, step 3"):
-    model.fit(x, np.zeros((32, 1)), batch_size=8, epochs=2, shuffle=False, verbose=0,
-              callbacks=[callbacks_lib.StopOnNonFiniteLoss(), record])
+      on_train_batch_end=lambda batch, logs: seen.append(batch),
+      on_epoch_begin=lambda epoch, logs: on_epoch_begin and on_epoch_begin(model, epoch))
+  stop = callbacks_lib.StopOnNonFiniteLoss()
+  with pytest.raises(callbacks_lib.TrainingError) as error:
+    with stop.raising_training_error():
+      model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+                callbacks=[stop, record])
+  return str(error.value), seen
+
+
+def test_training_stops_at_the_first_non_finite_loss():
+  x = np.ones((32, 2), np.float32)
+  x[20] = np.nan  # planted in the third batch of 8
+  message, seen = _fit_until_non_finite(x, np.zeros((32, 1)))
+  assert "loss is nan at epoch 1, step 3" in message, message
   assert seen == [0, 1]  # nothing after the non-finite step ran
+
+
+def test_the_check_sees_every_step_of_an_execution_and_names_the_epoch():
+  x = np.ones((32, 2), np.float32)
+  y = np.zeros((32, 1), np.float32)
+  y[25] = np.inf  # in the 4th batch: the second step of the second execution of 2
+  message, seen = _fit_until_non_finite(x, y, steps_per_execution=2)
+  assert "loss is inf at epoch 1, step 4" in message, message
+  assert seen == [1]  # one batch hook per execution, none for the failed one
+  # A finite first epoch, then weights that overflow the loss at once: the step is
+  # counted within the epoch.
+
+  def overflow(model, epoch):
+    if epoch == 1:
+      model.layers[0].kernel.assign([[1e30], [1e30]])
+  message, _ = _fit_until_non_finite(x, np.zeros((32, 1)), on_epoch_begin=overflow)
+  assert "loss is inf at epoch 2, step 1" in message, message
+
+
+def test_other_errors_are_not_turned_into_training_errors():
+  stop = callbacks_lib.StopOnNonFiniteLoss()
+  with pytest.raises(tf.errors.InvalidArgumentError, match="unrelated"):
+    with stop.raising_training_error():
+      raise tf.errors.InvalidArgumentError(None, None, "unrelated")
+
+
+def test_per_step_work_is_off_the_training_loop():
+  # No batch hook: Keras then neither calls back nor reads the logs between steps.
+  model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(2,))])
+  model.compile(optimizer="sgd", loss="mse")
+  for callback in (callbacks_lib.StopOnNonFiniteLoss(),
+                   callbacks_lib.Throughput(8, steps_per_epoch=4)):
+    callbacks = tf.keras.callbacks.CallbackList([callback], model=model)
+    assert not callbacks._should_call_train_batch_hooks, callback
 
 
 def test_non_finite_weights_are_never_saved_as_best(tmp_path):
