@@ -215,9 +215,11 @@ def test_tensor_specs_dtypes_and_shapes():
 
 # --- tf.Example round trip ------------------------------------------------------------
 def _serialize(spec, records):
+  """Through the Beam job's own writer, which takes a columnar batch (split, columns)."""
   fn = transforms.ToExampleFn(spec, "rows_written_test")
   fn.setup()
-  return [out for r in records for out in fn.process(r)]
+  columns = {name: [r[name] for r in records] for name in records[0]}
+  return [out for batch in fn.process(("train", columns)) for out in batch]
 
 
 def test_example_round_trip_every_kind():
