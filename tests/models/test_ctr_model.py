@@ -133,7 +133,8 @@ def test_explicit_codes_carry_the_planted_coarse_group(data_dir, spec, batches):
   rng = np.random.default_rng(0)
   random_nmi = max(metrics.normalized_mutual_information(
       rng.integers(0, 8, len(level1)), columns["scenario"]) for _ in range(5))
-  assert nmi > 0.3 and nmi > 10 * random_nmi, (nmi, random_nmi)
+  # 0.27-0.4 seen across runs (op scheduling changes code ties); random codes ~0.01.
+  assert nmi > 0.2 and nmi > 10 * random_nmi, (nmi, random_nmi)
 
 
 @pytest.mark.parametrize("name", [n for n in registry.model_names()
