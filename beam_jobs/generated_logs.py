@@ -6,6 +6,27 @@ from typing import List, Mapping, Sequence
 import numpy as np
 
 SHARD_PATTERN = "part-{:05d}.csv"
+# A generator's output directory: raw/part-*.csv, the spec beside them, its summary.
+RAW_DIR = "raw"
+SPEC_FILE = "spec.yaml"
+SUMMARY_FILE = "generator.json"
+
+
+def raw_dir(output_dir: str) -> str:
+  return os.path.join(output_dir, RAW_DIR)
+
+
+def raw_glob(output_dir: str) -> str:
+  """The CSV files a generator writes (the `--raw` of the preprocessing job)."""
+  return os.path.join(output_dir, RAW_DIR, "part-*.csv")
+
+
+def spec_path(output_dir: str) -> str:
+  return os.path.join(output_dir, SPEC_FILE)
+
+
+def summary_path(output_dir: str) -> str:
+  return os.path.join(output_dir, SUMMARY_FILE)
 
 
 def format_column(column: np.ndarray) -> List[str]:

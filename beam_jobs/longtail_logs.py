@@ -276,7 +276,7 @@ def generate(output_dir: str, config: LongTailConfig) -> Dict:
   """
   config.validate()
   spec = spec_lib.load_spec(SPEC_PATH)
-  shards = generated_logs.CsvShards(os.path.join(output_dir, "raw"), spec.names,
+  shards = generated_logs.CsvShards(generated_logs.raw_dir(output_dir), spec.names,
                                     config.rows_per_file, config.rows)
   world = _World(config)
   oracle_auc = generated_logs.BinnedAuc()
@@ -313,7 +313,7 @@ def generate(output_dir: str, config: LongTailConfig) -> Dict:
                                  minlength=config.latent_groups)
     written += n
   paths = shards.publish()
-  spec.save(os.path.join(output_dir, "spec.yaml"))
+  spec.save(generated_logs.spec_path(output_dir))
   seen = leaf_rows > 0
   summary = {
       "generator": "longtail",
@@ -346,6 +346,6 @@ def generate(output_dir: str, config: LongTailConfig) -> Dict:
           "observed_ctr": float(leaf_clicks[i] / leaf_rows[i])}
           for i in np.flatnonzero(seen)},
   }
-  with open(os.path.join(output_dir, "generator.json"), "w") as f:
+  with open(generated_logs.summary_path(output_dir), "w") as f:
     json.dump(summary, f, indent=1)
   return summary

@@ -140,7 +140,7 @@ def generate(output_dir: str, config: GeneratorConfig) -> Dict:
   if config.rows_per_file < 1:
     raise ValueError(f"rows_per_file must be >= 1, got {config.rows_per_file}")
   spec = spec_lib.load_spec(SPEC_PATH)
-  shards = generated_logs.CsvShards(os.path.join(output_dir, "raw"), spec.names,
+  shards = generated_logs.CsvShards(generated_logs.raw_dir(output_dir), spec.names,
                                     config.rows_per_file, config.rows)
   world = _World(config.rows, config.seed)
   auc = generated_logs.BinnedAuc()
@@ -168,7 +168,7 @@ def generate(output_dir: str, config: GeneratorConfig) -> Dict:
       leaf_prob[leaf] = leaf_prob.get(leaf, 0) + float(columns["true_ctr"][mask].sum())
     written += n
   paths = shards.publish()
-  spec.save(os.path.join(output_dir, "spec.yaml"))
+  spec.save(generated_logs.spec_path(output_dir))
   summary = {
       "rows": written,
       "clicks": clicks,
@@ -183,6 +183,6 @@ def generate(output_dir: str, config: GeneratorConfig) -> Dict:
                         "observed_ctr": leaf_clicks[leaf] / leaf_rows[leaf]}
                  for leaf in sorted(leaf_rows)},
   }
-  with open(os.path.join(output_dir, "generator.json"), "w") as f:
+  with open(generated_logs.summary_path(output_dir), "w") as f:
     json.dump(summary, f, indent=1)
   return summary

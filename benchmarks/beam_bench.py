@@ -260,7 +260,8 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   from beam_jobs import synthetic_logs
   raw_dir = os.path.join(args.out, f"beam_raw_{args.rows}")
-  if not os.path.exists(os.path.join(raw_dir, "generator.json")):
+  from beam_jobs import generated_logs
+  if not os.path.exists(generated_logs.summary_path(raw_dir)):
     print(f"generating {args.rows} synthetic rows into {raw_dir} (once; cached)",
           flush=True)
     synthetic_logs.generate(raw_dir, synthetic_logs.GeneratorConfig(rows=args.rows,

@@ -16,7 +16,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def generated_raw(generated_dir: str) -> str:
   """The CSV files `synthetic_logs.generate(generated_dir, ...)` writes."""
-  return os.path.join(generated_dir, "raw", "*.csv")
+  from beam_jobs import generated_logs
+  return generated_logs.raw_glob(generated_dir)
 
 
 def prepare_data(out_dir: str, rows: int) -> str:

@@ -47,7 +47,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
     tf.io.gfile.makedirs(parent)
   tmp = path + ".tmp"
   with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(obj, indent=1, default=str))
+    f.write(json.dumps(obj, indent=1, default=_jsonable))
   tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
@@ -194,6 +194,13 @@ class RunDirectory:
             f"{data_fingerprints.get(key)}) than the data the run in {self.model_dir} was "
             f"trained on ({self.record().get('data_dir')}, fingerprint {recorded[key]})"
             + (f"; {remedy}" if remedy else ""))
+
+
+def _jsonable(value: Any) -> Any:
+  """numpy scalars and arrays as numbers and lists; anything else as its text."""
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  return str(value)
 
 
 def _normalise(value: Any) -> Any:

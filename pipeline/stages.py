@@ -1,34 +1,26 @@
 """The stages `hmdn` runs, as functions of config objects (no flags): each does one
 stage and prints what a user reads at the end of it. `hmdn run` chains them.
 """
-import json
 import os
 from typing import Dict, Optional, Sequence
 
 from features.preprocessed import EVAL, PreprocessedData
+from features.run_directory import write_json_atomic
 
 WARMUP_ROWS = 8  # eval rows written into an export's warm-up requests
 VERIFY_ROWS = 3  # eval rows `run` asks the export about in a fresh process
 
 
-def write_json(path: str, obj) -> None:
-  """Written to a temporary file and renamed: a reader never sees half a result."""
-  import tensorflow as tf
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(obj, indent=1, default=float))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def generated_raw(output_dir: str) -> str:
-  """The CSV files `generate` writes (layout of beam_jobs/synthetic_logs.py)."""
-  return os.path.join(output_dir, "raw", "*.csv")
+  """The CSV files `generate` writes (beam_jobs/generated_logs.py owns the layout)."""
+  from beam_jobs import generated_logs
+  return generated_logs.raw_glob(output_dir)
 
 
 def generated_spec(output_dir: str) -> str:
-  """The copy of its spec `generate` writes beside them (named like a data
-  directory's)."""
-  return os.path.join(output_dir, PreprocessedData.SPEC_FILE)
+  """The spec a generator writes beside its CSV files."""
+  from beam_jobs import generated_logs
+  return generated_logs.spec_path(output_dir)
 
 
 def generate(output_dir: str, generator, config) -> Dict:
@@ -36,7 +28,7 @@ def generate(output_dir: str, generator, config) -> Dict:
   summary = generator.generate(output_dir, config)
   print(f"generated {summary['rows']} rows with {generator.name!r} (CTR "
         f"{summary['ctr']:.4f}, oracle AUC {summary['oracle_auc']:.4f}) in "
-        f"{output_dir}/raw; spec: {generated_spec(output_dir)}")
+        f"{generated_raw(output_dir)}; spec: {generated_spec(output_dir)}")
   return summary
 
 
@@ -45,9 +37,10 @@ def preprocess(config, beam_args: Sequence[str] = ()) -> Dict:
   that imports Beam."""
   from beam_jobs import preprocess as preprocess_lib
   metadata = preprocess_lib.run(config, beam_args=list(beam_args))
-  print(f"preprocess: read {metadata['rows_read']}, written "
-        f"{metadata['rows_written']}, rejected {metadata['rows_rejected']} "
-        f"(dead letter: {PreprocessedData(config.output_dir).dead_letter_prefix}-*)")
+  written = metadata["rows_written"]
+  print(f"preprocess: {written['train']} train / {written['eval']} eval rows in "
+        f"{config.output_dir}; dead letter: "
+        f"{PreprocessedData(config.output_dir).dead_letter_prefix}-*")
   return metadata
 
 
@@ -61,7 +54,7 @@ def evaluate_and_report(predict, data_dir: str, model_config=None,
                         model_config.code_views if model_config else [])
   print(evaluate.format_table(result))
   if output:
-    write_json(output, result)
+    write_json_atomic(output, result)
   return result
 
 
@@ -86,7 +79,7 @@ def train_evaluate_export(config, out: str, generator_summary: Optional[Dict] = 
   export_dir = export.export(model, spec, os.path.join(out, "export"),
                              data.first_records(config.data_dir, EVAL, WARMUP_ROWS))
   result["export_dir"] = export_dir
-  write_json(os.path.join(out, "metrics.json"), result)
+  write_json_atomic(os.path.join(out, "metrics.json"), result)
   print(f"metrics: {os.path.join(out, 'metrics.json')}")
   print(f"SavedModel for TF Serving: {export_dir}")
   if verify_export:
