@@ -175,6 +175,21 @@ def _inside(path: str, root: str) -> bool:
   return path == root or path.startswith(root + "/")
 
 
+def check_raw_outside_outputs(raw: str, data: PreprocessedData) -> None:
+  """The fixed part of each `--raw` glob (up to its first wildcard) must not lie in the
+  data directory: found before a header is read, so a glob pointing into the outputs
+  fails for the right reason."""
+  out = base.path_key(data.data_dir)
+  for pattern in [p for p in raw.split(",") if p]:
+    fixed = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    if fixed != pattern:  # a glob: its directory part
+      fixed = fixed.rsplit("/", 1)[0] if "/" in fixed else "."
+    if fixed and _inside(base.path_key(fixed), out):
+      raise PreprocessError(
+          f"--raw {pattern} points inside the output directory {data.data_dir}, whose "
+          "contents the job replaces; write the output elsewhere or move the input")
+
+
 def check_inputs_outside_outputs(inputs: sources.Inputs, data: PreprocessedData,
                                  spec_path: str = "") -> None:
   """Inputs are never deleted or overwritten: a `--raw` file inside the data directory,
@@ -363,8 +378,9 @@ def _run(config: PreprocessConfig, beam_args: Optional[Sequence[str]]) -> Dict:
                           f"{spec.source}")
   _check_split_flags(config, spec)
   source = sources.get(config.source)
-  inputs = source.resolve(config, spec)
   data = PreprocessedData(config.output_dir)
+  check_raw_outside_outputs(config.raw, data)  # before any input is even read
+  inputs = source.resolve(config, spec)
   check_inputs_outside_outputs(inputs, data, config.spec_path)
 
   # Nothing was touched so far. The completion marker goes first, then the leftovers.

@@ -279,6 +279,22 @@ def test_raw_inside_the_output_train_dir_is_an_error_and_survives(tmp_path):
   assert os.path.exists(layout.metadata_path)  # raised before anything was touched
 
 
+def test_a_glob_into_the_outputs_is_refused_before_any_file_is_read(tmp_path):
+  """A previous run's gzip shards matched by --raw: the overlap is the reason given,
+  not an undecodable header, and the shards are left as they were."""
+  spec_path = _write_spec(tmp_path)
+  out = tmp_path / "data"
+  layout = _complete_dir(out)
+  shard = layout.split_prefix("train") + "-00000-of-00001" + layout.SHARD_SUFFIX
+  with open(shard, "wb") as f:
+    f.write(b"\x1f\x8b\x08binary")
+  with pytest.raises(PreprocessError, match="points inside the output directory"):
+    preprocess.run(PreprocessConfig(raw=os.path.join(os.path.dirname(shard), "*"),
+                                    output_dir=str(out), spec_path=spec_path))
+  with open(shard, "rb") as f:
+    assert f.read() == b"\x1f\x8b\x08binary"
+
+
 def test_raw_reached_through_a_symlink_into_the_output_is_an_error(tmp_path):
   spec_path = _write_spec(tmp_path)
   out = tmp_path / "data"
