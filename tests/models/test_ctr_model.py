@@ -120,7 +120,11 @@ def test_model_trains_is_batch_independent_and_exports(name, data_dir, spec, bat
 
 
 def test_explicit_codes_carry_the_planted_coarse_group(data_dir, spec, batches):
-  """Level-1 explicit codes vs the planted scenario: NMI far above random codes."""
+  """Level-1 explicit codes vs the planted groups (scenario x user group, 12 of them,
+  more than K = 8 codes): NMI far above random codes. Which groups a code merges
+  varies with op scheduling, so the NMI with one field alone moves between runs
+  (0.12-0.4 with the scenario was seen); with the groups it is the codes' job to
+  summarise it does not."""
   tf.keras.utils.set_random_seed(0)
   model = train.build_model(data_dir, ModelConfig(
       name="hmdn_moe", extraction="explicit", num_levels=2, codebook_size=8, seed=0,
@@ -129,12 +133,12 @@ def test_explicit_codes_carry_the_planted_coarse_group(data_dir, spec, batches):
   model.fit(_as_dataset(batches), epochs=2, verbose=0)
   columns = evaluate.collect(evaluate.model_predictor(model, spec), data_dir, spec)
   level1 = columns["codes"][:, 0]
-  nmi = metrics.normalized_mutual_information(level1, columns["scenario"])
+  groups = np.char.add(columns["scenario"].astype(str), columns["user_group"].astype(str))
+  nmi = metrics.normalized_mutual_information(level1, groups)
   rng = np.random.default_rng(0)
   random_nmi = max(metrics.normalized_mutual_information(
-      rng.integers(0, 8, len(level1)), columns["scenario"]) for _ in range(5))
-  # 0.27-0.4 seen across runs (op scheduling changes code ties); random codes ~0.01.
-  assert nmi > 0.2 and nmi > 10 * random_nmi, (nmi, random_nmi)
+      rng.integers(0, 8, len(level1)), groups) for _ in range(5))
+  assert nmi > 0.3 and nmi > 10 * random_nmi, (nmi, random_nmi)
 
 
 @pytest.mark.parametrize("name", [n for n in registry.model_names()
