@@ -8,7 +8,6 @@ DEMO_DIR ?= runs/demo
 DEMO_MODEL ?= hmdn_moe
 DEMO_ROWS ?= 200000
 export TF_USE_LEGACY_KERAS := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: demo test bench install clean
 
