@@ -7,7 +7,6 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 DEMO_MODEL ?= hmdn_moe
 DEMO_ROWS ?= 200000
-export TF_USE_LEGACY_KERAS := 1
 
 .PHONY: demo test bench install clean
 
