@@ -14,6 +14,7 @@ batch to `LineParserFn.parse_batch`, which types it column by column and sends o
 the lines it is not sure of through the per-line `parse_line`, so a bad line is still
 rejected alone with the reason `process` gives it, and counted once.
 """
+import abc
 import csv
 import dataclasses
 import os
@@ -212,7 +213,7 @@ class Inputs:
   folders: Tuple[str, ...] = ()
 
 
-class Source:
+class Source(abc.ABC):
   """One input format: `resolve` checks `--raw` (clear `PreprocessError`s, no Beam job
   started); `read` applies the reader to the pipeline root and returns
   {RECORDS: (split, record), DEAD_LETTER: {source, row, reason}}."""
@@ -222,13 +223,15 @@ class Source:
   # the job batches after the source's joins.
   batched = False
 
+  @abc.abstractmethod
   def resolve(self, config: PreprocessConfig, spec: spec_lib.FeatureSpec) -> Inputs:
-    raise NotImplementedError
+    """The inputs of `--raw`, checked; a PreprocessError names what is wrong."""
 
+  @abc.abstractmethod
   def read(self, p: beam.Pipeline, inputs: Inputs, spec: spec_lib.FeatureSpec,
            config: PreprocessConfig,
            progress_prefix: str = "") -> Dict[str, beam.PCollection]:
-    raise NotImplementedError
+    """The reader applied to the pipeline root: {RECORDS: ..., DEAD_LETTER: ...}."""
 
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self.name!r})"
