@@ -9,7 +9,9 @@ plus noise whose scale shrinks with depth (bias and a preference vector dotted w
 item's latent vector), so a rare leaf is predictable from its ancestors and a leaf is more
 than a bias. The latent group adds its own shared effect; it is written as the
 passthrough column `latent_segment` (to score codes, never a model input) and shows in
-the features only through weak correlates (device, hour). The leaf path is kept as the
+a row only through weak correlates (device, hour); the Beam job's user profile fields
+(`user_top_device`, `user_top_hour` in the spec) summarise a user's device and hour
+over their training rows, which shows it much more clearly. The leaf path is kept as the
 passthrough column `leaf`, so evaluation can bucket rows by leaf size.
 
 Same contract as `synthetic_logs`: `generate(output_dir, config)` writes raw/part-*.csv,
@@ -276,7 +278,8 @@ def generate(output_dir: str, config: LongTailConfig) -> Dict:
   """
   config.validate()
   spec = spec_lib.load_spec(SPEC_PATH)
-  shards = generated_logs.CsvShards(generated_logs.raw_dir(output_dir), spec.names,
+  shards = generated_logs.CsvShards(generated_logs.raw_dir(output_dir),
+                                    [f.name for f in spec.raw_fields],  # not derived
                                     config.rows_per_file, config.rows)
   world = _World(config)
   oracle_auc = generated_logs.BinnedAuc()

@@ -4,9 +4,9 @@
 `features.preprocessed.PreprocessedData`, which owns the layout its readers (trainer,
 evaluation, export) read it through: the splits as gzip tf.Example shards, one
 vocabulary per categorical field (most frequent first), one lookup table per
-count_bucket field (from the training split), the dead letter (every rejected row with
-its reason), statistics, the spec, and the metadata (counters), written last so that
-its presence means "complete".
+count_bucket or mode field (from the training split), the dead letter (every rejected
+row with its reason), statistics, the spec, and the metadata (counters), written last
+so that its presence means "complete".
 
 Complete or absent. Before anything is touched, the inputs (`--raw` files, a MovieLens
 folder, the spec file) are checked to lie outside what the job clears. Then, in order:
@@ -457,7 +457,7 @@ def _run_staged(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
       "tfds": f"{data.TFDS_DIR}/" if config.tfds else None,
       "vocab_sizes": stats["vocab_sizes"],
       "tables": {f.name: data.table_relpath(f.name) for f in spec.derived_fields
-                 if f.derived.kind == spec_lib.COUNT_BUCKET},
+                 if f.derived.has_table},
   }
   spec_lib.write_text(data.stats_path, json.dumps(stats, indent=1, sort_keys=True))
   return metadata
@@ -562,7 +562,7 @@ def _assemble_stats(data: PreprocessedData, spec: spec_lib.FeatureSpec,
       vocab_sizes[f.name] = 0
   for f in spec.derived_fields:  # no training row at all: an empty table, all unseen.
     path = data.table_path(f.name)
-    if f.derived.kind == spec_lib.COUNT_BUCKET and not FileSystems.exists(path):
+    if f.derived.has_table and not FileSystems.exists(path):
       spec_lib.write_text(path, "")
   distribution: Dict = {}
   for (split, field, value), (rows, clicks) in _read_json_lines(

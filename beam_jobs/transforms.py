@@ -4,9 +4,9 @@ Parsing (beam_jobs/sources/) returns tagged outputs, so a bad row is data (the d
 letter), not an exception. Records travel in batches, (split, {field: column}): the
 derived features, the combiners (Counters, numpy moments, summed cells) and the
 tf.Example serializer (the wire format written directly) work a column at a time, and
-the TFRecord sink writes a batch with one call; only a count_bucket join goes row by
-row. Every transform takes the `FeatureSpec` explicitly; DoFns hold
-no global state. Output paths come from `features.preprocessed.PreprocessedData`.
+the TFRecord sink writes a batch with one call; only the join of a count_bucket or
+mode table goes row by row. Every transform takes the `FeatureSpec` explicitly; DoFns
+hold no global state. Output paths come from `features.preprocessed.PreprocessedData`.
 """
 import collections
 import hashlib
@@ -168,27 +168,25 @@ def SplitByTime(batches, field, cutoff=None, quantile=None):
 
 
 # --- Derived (whole-log) features -------------------------------------------------------
-def _with_value(split_record, name, value):
-  split, record = split_record
-  out = dict(record)  # never mutate an element another step may hold
-  out[name] = value
-  return split, out
+class _AttachTableValuesFn(beam.DoFn):
+  """(source value, {_rows, <field>: table entries}) -> each row with each field's
+  entry for the value (a count_bucket's bucket, a mode's value), or the field's
+  default for a value never seen in the training split (the bucket of a count of 0,
+  the mode "")."""
 
-
-class _AttachBucketFn(beam.DoFn):
-  """(source value, {rows, table}) -> each row with the value's bucket (or the bucket
-  of a count of 0 for a value never seen in the training split)."""
-
-  def __init__(self, feature: spec_lib.Feature):
-    self._name = feature.name
-    self._default = feature.derived.bucket_of(0)
+  def __init__(self, features: Sequence[spec_lib.Feature]):
+    self._defaults = {f.name: f.derived.table_default for f in features}
 
   def process(self, element):
     _, grouped = element
-    table = list(grouped["table"])
-    bucket = table[0] if table else self._default
-    for split_record in grouped["rows"]:
-      yield _with_value(split_record, self._name, bucket)
+    values = {}
+    for name, default in self._defaults.items():
+      entries = list(grouped[name])
+      values[name] = entries[0] if entries else default
+    for split, record in grouped["_rows"]:
+      out = dict(record)  # never mutate an element another step may hold
+      out.update(values)
+      yield split, out
 
 
 def _batch_derived(batch: Batch, features) -> Batch:
@@ -212,41 +210,108 @@ def _train_counts(batch: Batch, source: str):
   return list(collections.Counter(batch[1][source]).items())
 
 
+def _row_wise_chain(spec, name: str) -> List[spec_lib.Feature]:
+  """The row-wise derived fields (spec order) needed to compute field `name` from
+  the raw fields: a mode's `of` (the spec checks it reads raw fields only)."""
+  needed, pending = set(), [name]
+  while pending:
+    f = spec[pending.pop()]
+    if f.is_derived and f.name not in needed:
+      needed.add(f.name)
+      pending.extend(f.derived.reads)
+  return [f for f in spec.derived_fields if f.name in needed]
+
+
+def _train_pair_counts(batch: Batch, source: str, of: str, chain):
+  """A training batch's ((source value, `of` value), rows): `of` computed per batch
+  with `_batch_derived` when it is itself derived."""
+  if batch[0] != TRAIN:
+    return []
+  columns = _batch_derived(batch, chain)[1] if chain else batch[1]
+  return list(collections.Counter(zip(columns[source], columns[of])).items())
+
+
+class _ModeFn(beam.CombineFn):
+  """(count, value) pairs of one key -> the value of the largest count, ties broken by
+  the smallest value: associative and commutative, so any worker split agrees."""
+
+  def create_accumulator(self):
+    return None
+
+  @staticmethod
+  def _better(a, b):
+    if a is None:
+      return b
+    if b is None:
+      return a
+    return a if (a[0] > b[0] or (a[0] == b[0] and a[1] <= b[1])) else b
+
+  def add_input(self, acc, count_value):
+    return self._better(acc, tuple(count_value))
+
+  def merge_accumulators(self, accs):
+    out = None
+    for acc in accs:
+      out = self._better(out, acc)
+    return out
+
+  def extract_output(self, acc):
+    return acc[1]
+
+
+def _table(batches, spec, f: spec_lib.Feature):
+  """(source value, table value) of a count_bucket or mode field, from the TRAINING
+  split."""
+  d = f.derived
+  if d.kind == spec_lib.COUNT_BUCKET:
+    return (batches
+            | f"{f.name}TrainValues" >> beam.FlatMap(_train_counts, d.source)
+            | f"{f.name}Count" >> beam.CombinePerKey(sum)
+            | f"{f.name}Bucket" >> beam.Map(lambda kv, d=d: (kv[0],
+                                                              d.bucket_of(kv[1]))))
+  return (batches
+          | f"{f.name}TrainPairs" >> beam.FlatMap(
+              _train_pair_counts, d.source, d.of, _row_wise_chain(spec, d.of))
+          | f"{f.name}CountPairs" >> beam.CombinePerKey(sum)
+          | f"{f.name}ByKey" >> beam.MapTuple(lambda kv, c: (kv[0], (c, kv[1])))
+          | f"{f.name}Mode" >> beam.CombinePerKey(_ModeFn()))
+
+
 @beam.ptransform_fn
 def AddDerivedFeatures(batches, spec, data: PreprocessedData):
   """Adds the spec's derived fields to record batches.
 
   count_bucket: counts each source value in the TRAINING split (a batch's Counter,
-  summed per value), writes `data.table_path(field)` (escaped value TAB bucket: the
-  asset the model looks it up in, `features.preprocessed.escape_value`) and joins the
-  bucket back onto every row, train and eval, with a CoGroupByKey (row by row: the
-  table may be too large for a side input); crosses and numeric buckets are computed
-  per batch afterwards (a cross may read a count bucket). The values are the ones the
-  model recomputes from the raw ids.
+  summed per value); mode: counts each (source value, `of` value) pair there the same
+  way and keeps each source value's most frequent `of` value (ties: the smallest).
+  Each writes `data.table_path(field)` (escaped value TAB escaped bucket or mode: the
+  asset the model looks it up in, `features.preprocessed.escape_value`); the entries
+  are joined back onto every row, train and eval, with one CoGroupByKey per source
+  field (row by row: a table may be too large for a side input); crosses and numeric
+  buckets are computed per batch afterwards (a cross may read a count bucket or a
+  mode). The values are the ones the model recomputes from the raw ids.
   """
-  count_fields = [f for f in spec.derived_fields
-                  if f.derived.kind == spec_lib.COUNT_BUCKET]
-  if count_fields:
-    split_records = batches | "CountBucketRows" >> Unbatched()
-    for f in count_fields:
-      source, d = f.derived.source, f.derived
-      table = (batches
-               | f"{f.name}TrainValues" >> beam.FlatMap(_train_counts, source)
-               | f"{f.name}Count" >> beam.CombinePerKey(sum)
-               | f"{f.name}Bucket" >> beam.Map(lambda kv, d=d: (kv[0],
-                                                                 d.bucket_of(kv[1]))))
+  table_fields = [f for f in spec.derived_fields if f.derived.has_table]
+  if table_fields:
+    split_records = batches | "TableJoinRows" >> Unbatched()
+    by_source: Dict[str, Dict[str, Any]] = {}
+    for f in table_fields:
+      table = _table(batches, spec, f)
+      by_source.setdefault(f.derived.source, {})[f.name] = table
       _ = (table
            | f"{f.name}TableLines" >> beam.MapTuple(
-               lambda k, b: f"{escape_value(k)}\t{b}")
+               lambda k, v: f"{escape_value(k)}\t{escape_value(v)}")
            | f"{f.name}WriteTable" >> beam.io.WriteToText(
                data.table_path(f.name), shard_name_template=""))
-      rows = split_records | f"{f.name}KeyRows" >> beam.Map(
+    for source, tables in by_source.items():  # one join per source, all its tables
+      rows = split_records | f"KeyRowsBy_{source}" >> beam.Map(
           lambda sr, s=source: (sr[1][s], sr))
-      split_records = ({"rows": rows, "table": table}
-                       | f"{f.name}Join" >> beam.CoGroupByKey()
-                       | f"{f.name}Attach" >> beam.ParDo(_AttachBucketFn(f)))
+      fields = [spec[name] for name in tables]
+      split_records = (dict(tables, _rows=rows)  # (no field name starts with "_")
+                       | f"JoinBy_{source}" >> beam.CoGroupByKey()
+                       | f"AttachBy_{source}" >> beam.ParDo(_AttachTableValuesFn(fields)))
     batches = split_records | "Rebatch" >> Batched()
-  row_wise = [f for f in spec.derived_fields if f.derived.kind != spec_lib.COUNT_BUCKET]
+  row_wise = [f for f in spec.derived_fields if not f.derived.has_table]
   if row_wise:
     batches = batches | "RowDerived" >> beam.Map(_batch_derived, row_wise)
   return batches

@@ -129,14 +129,29 @@ def stage_rates(raw_glob: str, spec_path: str, stage_rows: int) -> List[Dict]:
   add("  reference: parse row by row (LineParserFn.process)", _timed(
       lambda: sum(1 for path, lines in sample for line in lines
                   for _ in parser.process((path, line)))), "the path before batching")
-  row_wise = [f for f in spec.derived_fields if f.derived.kind != spec_lib.COUNT_BUCKET]
+  for b in batches:  # the joined table entries (the join is not timed): the defaults
+    for f in spec.derived_fields:
+      if f.derived.has_table:
+        b[1][f.name] = [f.derived.table_default] * T.batch_len(b)
+  row_wise = [f for f in spec.derived_fields if not f.derived.has_table]
   if row_wise:
     add("derived features (crosses, buckets)", _timed(
         lambda: sum(T.batch_len(T._batch_derived(b, row_wise)) for b in batches)))
   else:
     add("derived features", 0.0, f"spec {spec.name} has none")
-  if any(f.derived.kind == spec_lib.COUNT_BUCKET for f in spec.derived_fields):
-    add("count_bucket join", 0.0, "row by row (CoGroupByKey); not timed here")
+  for f in spec.derived_fields:
+    if f.derived.kind != spec_lib.MODE:
+      continue
+
+    def pair_counts(d=f.derived, chain=T._row_wise_chain(spec, f.derived.of)):
+      for b in batches:  # eval batches return at once: as in the job
+        T._train_pair_counts(b, d.source, d.of, chain)
+      return n_rows
+
+    add(f"mode {f.name}: (source, of) pair counts per batch", _timed(pair_counts, 2))
+  if any(f.derived.has_table for f in spec.derived_fields):
+    add("count_bucket / mode join", 0.0, "row by row (CoGroupByKey); not timed here")
+  batches[:] = [T._batch_derived(b, row_wise) for b in batches]  # what is written
   train = [b for b in batches if b[0] == T.TRAIN]
   n_train = sum(T.batch_len(b) for b in train)
   fields = spec.vocabulary_fields

@@ -8,7 +8,8 @@ imports the Beam job (the pattern of TFT's `TFTransformOutput`):
   spec.yaml                   the spec the data was written with
   train/part-*.tfrecord.gz    eval/part-*.tfrecord.gz   gzip tf.Example shards
   vocab/<field>.txt           one value a line, most frequent first
-  tables/<field>.txt          count_bucket fields: `value<TAB>bucket` (SavedModel assets)
+  tables/<field>.txt          count_bucket and mode fields: `value<TAB>bucket` or
+                              `value<TAB>mode`, both escaped (SavedModel assets)
   dead_letter/rows-*.jsonl    every rejected row with its reason
   tfds/                       the splits as a TFDS dataset (optional)
   stats.json                  per-distribution rows/CTR, numeric moments, distinct values
@@ -27,7 +28,7 @@ EVAL = "eval"
 SPLITS = (TRAIN, EVAL)
 
 
-# Vocabulary and table files hold one value a line (tables: `value<TAB>bucket`), read
+# Vocabulary and table files hold one value a line (tables: `value<TAB>entry`), read
 # by TensorFlow's text-file initializers, which split on newlines and tabs. Values are
 # written escaped (backslash, newline, tab, carriage return) and the model escapes its
 # inputs the same way before the lookup (`escape_tensor`), so any string round-trips.
@@ -62,6 +63,25 @@ def escape_tensor(values):
     values = tf.strings.regex_replace(values, raw.replace("\\", "\\\\"),
                                       escaped.replace("\\", "\\\\"))
   return values
+
+
+def unescape_tensor(values):
+  """`unescape_value` in TensorFlow, for the escaped values a
+  mode table yields: split at escaped backslashes (left to right, as the escapes were
+  written), turn the other escapes back into their characters, rejoin with "\\".
+
+  Each piece is joined with a leading "\\" that is then cut from the front:
+  `reduce_join` of a ragged row drops its leading empty strings (TF 2.x)."""
+  import tensorflow as tf
+  pieces = tf.strings.split(values, sep="\\\\")
+
+  def unescape(x):
+    for escaped, raw in (("\\\\n", "\n"), ("\\\\t", "\t"), ("\\\\r", "\r")):
+      x = tf.strings.regex_replace(x, escaped, raw)
+    return "\\" + x
+
+  joined = tf.strings.reduce_join(tf.ragged.map_flat_values(unescape, pieces), axis=-1)
+  return tf.strings.regex_replace(joined, "^\\\\", "", replace_global=False)
 
 
 class IncompleteDataError(ValueError):

@@ -28,7 +28,9 @@ ROLES = (FEATURE, LABEL, PASSTHROUGH, ORACLE)
 COUNT_BUCKET = "count_bucket"  # bucketed count of the source value in the training split
 CROSS = "cross"  # the source values joined by `separator`
 BUCKET = "bucket"  # a numeric source bucketized at `boundaries`
-DERIVED_KINDS = (COUNT_BUCKET, CROSS, BUCKET)
+MODE = "mode"  # the most frequent `of` value of the source value in the training split
+DERIVED_KINDS = (COUNT_BUCKET, CROSS, BUCKET, MODE)
+TABLE_KINDS = (COUNT_BUCKET, MODE)  # computed over the whole log: a lookup table each
 
 SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 
@@ -100,6 +102,12 @@ class Derived:
   count_bucket: needs the whole log. The Beam job counts each `source` value in the
     training split and writes `tables/<field>.txt` (value \\t bucket); the model looks the
     bucket up in that table (a SavedModel asset), unseen values get the bucket of 0.
+  mode: a per-key profile (e.g. a user's usual device). The Beam job finds, for each
+    `source` value in the training split, the most frequent value of the field `of`
+    among its rows (ties: the smallest value, so any worker split gives the same
+    table) and writes `tables/<field>.txt` (value \\t mode); the model looks the mode up
+    there, a value unseen in training gets "" (the vocabulary's OOV). `of` is a raw
+    categorical field or a row-wise derived (bucket, cross) field of raw fields.
   cross: `sources` values joined by `separator` (e.g. scenario x user group).
   bucket: a numeric `source` bucketized at `boundaries` (e.g. an age bucket).
   Bucket values are the bucket index as a string: "0" .. str(len(boundaries)).
@@ -109,10 +117,21 @@ class Derived:
   sources: Tuple[str, ...] = ()
   boundaries: Tuple[float, ...] = ()
   separator: str = "_x_"
+  of: str = ""
 
   @property
   def reads(self) -> Tuple[str, ...]:
     return tuple(self.sources) if self.kind == CROSS else (self.source,)
+
+  @property
+  def has_table(self) -> bool:
+    """Computed by the Beam job over the training split, looked up by the model."""
+    return self.kind in TABLE_KINDS
+
+  @property
+  def table_default(self) -> str:
+    """The table's value for a source value unseen in training."""
+    return self.bucket_of(0) if self.kind == COUNT_BUCKET else ""
 
   def bucket_of(self, x: float) -> str:
     """The bucket of a count or numeric value, as TensorFlow's Bucketize computes it
@@ -410,8 +429,38 @@ def _validate_derived(spec: "FeatureSpec", f: Feature, where: str) -> None:
     if src.kind != wanted:
       raise SpecError(f"{where}: a {d.kind} reads a {wanted} field, {name!r} is "
                       f"{src.kind!r}")
-    if d.kind == COUNT_BUCKET and src.is_derived:
-      raise SpecError(f"{where}: count_bucket source {name!r} must be a raw field")
+    if d.kind in TABLE_KINDS and src.is_derived:
+      raise SpecError(f"{where}: {d.kind} source {name!r} must be a raw field")
+  if d.kind == MODE:
+    _validate_mode_of(d, earlier, where)
+  elif d.of:
+    raise SpecError(f"{where}: `of` is for a mode, not a {d.kind} (of={d.of!r})")
+
+
+def _validate_mode_of(d: Derived, earlier: Mapping[str, Feature], where: str) -> None:
+  """`of` is a categorical feature declared before the mode, other than its source, and
+  computed row by row from raw fields (the Beam job computes it before the join)."""
+  if not d.of:
+    raise SpecError(f"{where}: a mode needs `of`: the field whose most frequent value "
+                    "per source value it is")
+  if d.of == d.source:
+    raise SpecError(f"{where}: a mode's `of` {d.of!r} must differ from its source")
+  of = earlier.get(d.of)
+  if of is None:
+    raise SpecError(f"{where}: mode of {d.of!r}, which is not a field declared before "
+                    "it")
+  if of.role != FEATURE or of.kind != CATEGORICAL:
+    raise SpecError(f"{where}: a mode's `of` must be a categorical feature, {d.of!r} "
+                    f"has kind {of.kind!r} role {of.role!r}")
+  pending = [of]
+  while pending:
+    g = pending.pop()
+    if g.is_derived:
+      if g.derived.kind not in (BUCKET, CROSS):
+        raise SpecError(f"{where}: a mode's `of` {d.of!r} must be a raw field or a "
+                        f"bucket/cross of raw fields; it reads {g.name!r}, a "
+                        f"{g.derived.kind}")
+      pending.extend(earlier[n] for n in g.derived.reads)
 
 
 def _validate(spec: FeatureSpec) -> None:

@@ -3,9 +3,10 @@
 Lookups (vocabularies as files, hashing, bucketization, standardization) live inside the
 model, so the exported SavedModel takes raw values and training and serving can never
 disagree on an id. Derived fields (spec `derived`) are recomputed here from the raw
-inputs they read: count buckets by a lookup in the Beam job's `tables/<field>.txt`
-(a file-initialized hash table, so the SavedModel carries it as an asset), crosses by
-string join, numeric buckets by Bucketize; any derived value in the inputs is ignored.
+inputs they read: count buckets and modes by a lookup in the Beam job's
+`tables/<field>.txt` (a file-initialized hash table, so the SavedModel carries it as an
+asset), crosses by string join, numeric buckets by Bucketize; any derived value in the
+inputs is ignored.
 """
 import json
 import os
@@ -14,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional
 import tensorflow as tf
 
 from features import spec as spec_lib
-from features.preprocessed import escape_tensor
+from features.preprocessed import escape_tensor, unescape_tensor
 
 
 def _vocab_size(path: str) -> int:
@@ -35,7 +36,7 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     spec: the feature spec as a dict (`FeatureSpec.to_dict()`).
     vocab_dir: directory of the vocabularies (PreprocessedData.vocab_dir).
     numeric_moments: {field: {"mean", "std"}} of unbucketized numeric fields.
-    tables_dir: lookup tables of derived count-bucket fields
+    tables_dir: lookup tables of derived count_bucket and mode fields
       (PreprocessedData.tables_dir).
     **kwargs: base Layer arguments.
   """
@@ -47,11 +48,9 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     # before normalisation); the tables and projections compute in the policy dtype.
     super().__init__(autocast=False, **kwargs)
     self._spec = spec_lib.spec_from_dict(spec)
-    if self._spec.derived_fields and any(
-        f.derived.kind == spec_lib.COUNT_BUCKET for f in self._spec.derived_fields
-    ) and not tables_dir:
-      raise ValueError("count_bucket fields need `tables_dir`: the lookup tables of the "
-                       "preprocessing output (PreprocessedData.tables_dir)")
+    if any(f.derived.has_table for f in self._spec.derived_fields) and not tables_dir:
+      raise ValueError("count_bucket and mode fields need `tables_dir`: the lookup "
+                       "tables of the preprocessing output (PreprocessedData.tables_dir)")
     # Stored as JSON: Keras would wrap (and track) nested dicts set as attributes.
     self._config_json = json.dumps({"spec": spec, "vocab_dir": vocab_dir,
                                     "numeric_moments": dict(numeric_moments or {}),
@@ -65,7 +64,7 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     self.num_ids = {}
     self.derived_tables = {}
     for f in self._spec.derived_fields:
-      if f.derived.kind == spec_lib.COUNT_BUCKET:
+      if f.derived.has_table:
         path = os.path.join(tables_dir, f"{f.name}.txt")
         if not tf.io.gfile.exists(path):
           raise ValueError(f"field {f.name!r}: lookup table {path} is missing; was the "
@@ -73,7 +72,7 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
         self.derived_tables[f.name] = tf.lookup.StaticHashTable(
             tf.lookup.TextFileInitializer(
                 path, tf.string, 0, tf.string, 1, delimiter="\t"),
-            default_value=f.derived.bucket_of(0), name=f"{f.name}_table")
+            default_value=f.derived.table_default, name=f"{f.name}_table")
     for f in self._spec.embedded_fields:
       if f.kind == spec_lib.NUMERIC and not f.boundaries:
         self._projection[f.name] = tf.keras.layers.Dense(
@@ -132,9 +131,10 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
 
     for f in self._spec.derived_fields:
       d = f.derived
-      if d.kind == spec_lib.COUNT_BUCKET:
-        values[f.name] = self.derived_tables[f.name].lookup(
+      if d.has_table:  # keys are escaped; a mode's values too (bucket ids need not be)
+        found = self.derived_tables[f.name].lookup(
             escape_tensor(tf.convert_to_tensor(source(d.source))))
+        values[f.name] = unescape_tensor(found) if d.kind == spec_lib.MODE else found
       elif d.kind == spec_lib.CROSS:
         values[f.name] = tf.strings.join([source(s) for s in d.sources],
                                          separator=d.separator)

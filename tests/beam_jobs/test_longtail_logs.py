@@ -78,7 +78,7 @@ def test_spec_loads_and_matches_the_header(log):
   assert spec_lib.load_spec("longtail").features == spec.features
   written = spec_lib.load_spec(os.path.join(str(log["dir"]), "spec.yaml"))
   assert written.features == spec.features
-  assert log["headers"] == [spec.names] * 3
+  assert log["headers"] == [[f.name for f in spec.raw_fields]] * 3
   assert [f.name for f in spec.distribution_fields] == list(longtail_logs.LEVELS)
   assert [f.distribution_level for f in spec.distribution_fields] == [0, 1, 2, 3]
   for name in (longtail_logs.LEAF_COLUMN, longtail_logs.LATENT_COLUMN):

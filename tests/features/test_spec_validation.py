@@ -48,6 +48,77 @@ def test_spec_rule_violations_name_the_field_and_value(features, message):
     _spec(features)
 
 
+# --- mode (a per-key profile): every bad `source` / `of` is refused, naming the field -----
+DEVICE = {"name": "device", "kind": "categorical"}
+HOUR_BUCKET = {"name": "hour_bucket", "kind": "categorical",
+               "derived": {"kind": "bucket", "source": "price", "boundaries": [1, 2]}}
+
+
+def _mode(**derived):
+  return {"name": "top", "kind": "categorical", "derived": dict({"kind": "mode"}, **derived)}
+
+
+@pytest.mark.parametrize("features,message", [
+    (BASE + [DEVICE, _mode(source="user_id")], r"'top': a mode needs `of`"),
+    (BASE + [DEVICE, _mode(source="user_id", of="nowhere")],
+     r"'top': mode of 'nowhere', which is not a field declared before it"),
+    (BASE + [_mode(source="user_id", of="device"), DEVICE],
+     r"'top': mode of 'device', which is not a field declared before it"),
+    (BASE + [_mode(source="user_id", of="user_id")],
+     r"'top': a mode's `of` 'user_id' must differ from its source"),
+    (BASE + [_mode(source="user_id", of="tags")],
+     r"'top': a mode's `of` must be a categorical feature, 'tags' has kind "
+     r"'multi_categorical'"),
+    (BASE + [_mode(source="tags", of="scenario")],
+     r"'top': a mode reads a categorical field, 'tags' is 'multi_categorical'"),
+    (BASE + [_mode(source="price", of="scenario")],
+     r"'top': a mode reads a categorical field, 'price' is 'numeric'"),
+    (BASE + [_mode(source="user_id", of="price")],
+     r"'top': a mode's `of` must be a categorical feature, 'price' has kind 'numeric'"),
+    (BASE + [HOUR_BUCKET, _mode(source="hour_bucket", of="scenario")],
+     r"'top': mode source 'hour_bucket' must be a raw field"),
+    (BASE + [{"name": "activity", "kind": "categorical",
+              "derived": {"kind": "count_bucket", "source": "user_id",
+                          "boundaries": [2]}},
+             _mode(source="user_id", of="activity")],
+     r"'top': a mode's `of` 'activity' must be a raw field or a bucket/cross of raw "
+     r"fields; it reads 'activity', a count_bucket"),
+    (BASE + [DEVICE, {"name": "top_device", "kind": "categorical",
+                      "derived": {"kind": "mode", "source": "user_id", "of": "device"}},
+             {"name": "cross", "kind": "categorical",
+              "derived": {"kind": "cross", "sources": ["scenario", "top_device"]}},
+             _mode(source="user_id", of="cross")],
+     r"'top': a mode's `of` 'cross' must be a raw field or a bucket/cross of raw "
+     r"fields; it reads 'top_device', a mode"),
+    (BASE + [DEVICE, _mode(of="device")], r"'top': a mode needs one `source` field"),
+    (BASE + [DEVICE, {"name": "d", "kind": "categorical", "derived": {
+        "kind": "cross", "sources": ["scenario", "device"], "of": "device"}}],
+     r"'d': `of` is for a mode, not a cross"),
+])
+def test_bad_mode_fields_are_refused_naming_the_field(features, message):
+  with pytest.raises(spec_lib.SpecError, match=message):
+    _spec(features)
+
+
+def test_mode_of_a_raw_field_or_a_row_wise_field_is_accepted_and_round_trips():
+  features = BASE + [DEVICE, HOUR_BUCKET,
+                     {"name": "device_x_bucket", "kind": "categorical",
+                      "derived": {"kind": "cross", "sources": ["device", "hour_bucket"]}},
+                     _mode(source="user_id", of="device"),
+                     dict(_mode(source="user_id", of="device_x_bucket"), name="top2")]
+  spec = _spec(features)
+  assert spec["top"].derived == spec_lib.Derived(kind="mode", source="user_id",
+                                                 of="device")
+  assert spec["top"].derived.has_table and spec["top"].derived.table_default == ""
+  assert not {"top", "top2"} & {f.name for f in spec.model_inputs}
+  assert {"top", "top2"} <= {f.name for f in spec.vocabulary_fields}
+  as_dict = spec.to_dict()
+  assert as_dict["features"][-2]["derived"] == {"kind": "mode", "source": "user_id",
+                                                "of": "device"}
+  assert "of" not in as_dict["features"][len(BASE) + 1]["derived"]  # a default: left out
+  assert spec_lib.spec_from_dict(as_dict).features == spec.features
+
+
 @pytest.mark.parametrize("name", ["../../x", "a/b", "has space", "tab\tname", "dot.ted",
                                   "_private", "", "x" * 129, "ünï", "new\nline"])
 def test_unsafe_or_unusable_field_names_are_rejected(name):
