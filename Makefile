@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 DEMO_MODEL ?= hmdn_moe
 DEMO_ROWS ?= 200000
+# pytest-xdist processes for `make test`; each test file runs whole in one of them.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test bench install clean
 
@@ -22,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/hmdn run --output_dir=$(DEMO_DIR) --model=$(DEMO_MODEL) --rows=$(DEMO_ROWS) --seed=0
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.models_bench

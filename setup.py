@@ -27,6 +27,8 @@ setup(
     ],
     # hypothesis: property-based tests of the readers and the serving parser (any input
     # is written once or rejected with a reason) find cases hand-written tests miss.
-    extras_require={"test": ["pytest>=7", "hypothesis>=6.100"]},
+    # pytest-xdist: the suite runs its files on every core (`make test` uses 2); alone it
+    # keeps one core busy, its tests being mostly single-threaded tracing and Beam.
+    extras_require={"test": ["pytest>=7", "hypothesis>=6.100", "pytest-xdist>=3.5"]},
     entry_points={"console_scripts": ["hmdn=pipeline.cli:run_main"]},
 )

@@ -1,35 +1,19 @@
 """Every registered model, wired by CTRModel from a real preprocessing output:
 builds from config, trains with falling loss, is batch independent at inference, and
-round-trips through the exported SavedModel (with codes for HMDN models)."""
-import os
-
+round-trips through the exported SavedModel (with codes for HMDN models). Under
+MirroredStrategy: test_ctr_model_mirrored.py; fixtures: conftest.py."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from features import spec as spec_lib
+from features.preprocessed import PreprocessedData
 from models import registry
 from models.registry import ModelConfig
 from pipeline import data, evaluate, export, metrics, train
 
 SMALL = dict(output_dim=8, distribution_dim=8, view_units=(16,), num_levels=2,
              codebook_size=4, codebook_warmup_steps=2)
-
-
-@pytest.fixture(scope="module")
-def data_dir(planted_data_dir):
-  return planted_data_dir
-
-
-@pytest.fixture(scope="module")
-def spec(data_dir):
-  return spec_lib.load_spec(os.path.join(data_dir, "spec.yaml"))
-
-
-@pytest.fixture(scope="module")
-def batches(data_dir, spec):
-  ds = data.make_dataset(data_dir, "train", spec, 256, training=True, seed=0)
-  return list(ds.take(40))
 
 
 def test_registry_has_every_backbone_and_hmdn_variant():
@@ -61,7 +45,7 @@ def test_invalid_model_config_names_the_option(data_dir, bad, option):
 
 
 def test_explicit_view_needs_a_distribution_field(tmp_path, data_dir):
-  spec = spec_lib.load_spec(os.path.join(data_dir, "spec.yaml"))
+  spec = PreprocessedData(data_dir).spec
   import dataclasses
   plain = spec_lib.FeatureSpec(
       name="plain", source="plain.yaml",
@@ -69,7 +53,7 @@ def test_explicit_view_needs_a_distribution_field(tmp_path, data_dir):
                      for f in spec.features))
   from models.ctr_model import CTRModel
   with pytest.raises(ValueError, match="distribution field"):
-    CTRModel(plain, os.path.join(data_dir, "vocab"), {},
+    CTRModel(plain, PreprocessedData(data_dir).vocab_dir, {},
              ModelConfig(name="hmdn_apg", extraction="explicit"))
 
 
@@ -139,26 +123,6 @@ def test_explicit_codes_carry_the_planted_coarse_group(data_dir, spec, batches):
   random_nmi = max(metrics.normalized_mutual_information(
       rng.integers(0, 8, len(level1)), groups) for _ in range(5))
   assert nmi > 0.3 and nmi > 10 * random_nmi, (nmi, random_nmi)
-
-
-@pytest.mark.parametrize("name", [n for n in registry.model_names()
-                                  if n.startswith(registry.HMDN_PREFIX)])
-def test_hmdn_model_trains_under_mirrored_strategy(name, data_dir, spec, batches,
-                                                   mirrored_strategy):
-  """Two replicas: loss is finite, and the codebooks stay identical on both.
-
-  (Each backbone alone is run under MirroredStrategy in test_backbones.py.)"""
-  with mirrored_strategy.scope():
-    model = train.build_model(data_dir, ModelConfig(name=name, **SMALL))
-    model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
-  history = model.fit(_as_dataset(batches[:3]), epochs=1, verbose=0)
-  assert np.isfinite(history.history["loss"][-1])
-  quantizer = model.hierarchy.quantizer  # one, fused over the views
-  for variable in (quantizer.codebooks, quantizer.ema_counts):
-    replicas = [v.numpy() for v in variable.values]
-    assert len(replicas) == 2
-    np.testing.assert_array_equal(replicas[0], replicas[1])
-  assert bool(quantizer.initialized.numpy())  # data-dependent init ran
 
 
 def test_every_config_field_has_flag_help_and_enum_choices():
@@ -280,37 +244,6 @@ def test_code_diagnostics_on_a_probe(data_dir, batches):
     np.testing.assert_array_equal(view["flip_share"], 0.0)
   assert train.build_model(data_dir, ModelConfig(name="moe")).code_diagnostics(
       probe) == {}
-
-
-@pytest.mark.parametrize("name", ["moe", "hmdn_moe"])
-def test_one_step_on_two_replicas_equals_one_replica(name, data_dir, batches,
-                                                     mirrored_strategy):
-  """Same weights, same global batch: one SGD step on the default strategy and on two
-  replicas (half the batch each) gives the same loss and the same weights. Fails if
-  the loss is divided by the per-replica instead of the global batch (SGD, unlike
-  Adam's first step, keeps the gradient's scale)."""
-  features, labels = batches[0]
-  config = ModelConfig(name=name, **dict(SMALL, codebook_warmup_steps=0))
-  tf.keras.utils.set_random_seed(0)
-  single = train.build_model(data_dir, config)
-  single(features)
-  start = single.get_weights()
-  with mirrored_strategy.scope():
-    mirrored = train.build_model(data_dir, config)
-    mirrored(features)
-    mirrored.compile(optimizer=tf.keras.optimizers.SGD(0.5))
-  mirrored.set_weights(start)
-  single.compile(optimizer=tf.keras.optimizers.SGD(0.5))
-  one_batch = tf.data.Dataset.from_tensors((features, labels))
-  loss_single = single.fit(one_batch, epochs=1, verbose=0).history["loss"][0]
-  loss_mirrored = mirrored.fit(one_batch, epochs=1, verbose=0).history["loss"][0]
-  np.testing.assert_allclose(loss_mirrored, loss_single, rtol=1e-4)
-  moved = 0.0
-  for before, a, b in zip(start, single.get_weights(), mirrored.get_weights()):
-    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
-    if a.dtype.kind == "f":
-      moved = max(moved, float(np.abs(a - before).max()))
-  assert moved > 1e-3  # the step did move the weights
 
 
 def test_mixed_bfloat16_model_matches_float32_and_trains(data_dir, batches):
