@@ -157,6 +157,9 @@ class Feature:
       empty means standardize with the training mean/std and project.
     distribution_level: this field names a distribution (0 = coarsest, e.g. scenario).
     user_id: the field that groups examples per user for GAUC.
+    implicit_view: HMDN's implicit view reads this field (a user/context feature, e.g.
+      a Beam-computed profile such as a user's most frequent device). When no field is
+      marked the view reads every embedded field; `--implicit_fields` overrides both.
     default: value used when the raw cell is empty; None means the field is required.
     separator: joins the values of a multi_categorical cell.
     derived: computed from other fields (see `Derived`), not read from the raw log and
@@ -171,6 +174,7 @@ class Feature:
   boundaries: Tuple[float, ...] = ()
   distribution_level: Optional[int] = None
   user_id: bool = False
+  implicit_view: bool = False
   default: Optional[Union[str, float]] = None
   separator: str = "|"
   derived: Optional[Derived] = None
@@ -240,6 +244,12 @@ class FeatureSpec:
   def embedded_fields(self) -> List[Feature]:
     """Every field the model embeds: its inputs and the derived fields it computes."""
     return [f for f in self.features if f.is_embedded]
+
+  @property
+  def implicit_view_fields(self) -> List[Feature]:
+    """The fields HMDN's implicit view reads by default: those marked, else every
+    embedded field."""
+    return [f for f in self.embedded_fields if f.implicit_view] or self.embedded_fields
 
   @property
   def derived_fields(self) -> List[Feature]:
@@ -509,6 +519,12 @@ def _validate(spec: FeatureSpec) -> None:
                         f"{f.distribution_level!r}")
     if f.derived is not None:
       _validate_derived(spec, f, where)
+    if not isinstance(f.implicit_view, bool):
+      raise SpecError(f"{where}: implicit_view must be true or false, got "
+                      f"{f.implicit_view!r}")
+    if f.implicit_view and f.role != FEATURE:
+      raise SpecError(f"{where}: implicit_view marks a model feature, but the role is "
+                      f"{f.role!r}")
     if f.user_id and f.kind != CATEGORICAL:
       raise SpecError(f"{where}: the user_id field must be categorical, kind is "
                       f"{f.kind!r}")

@@ -48,7 +48,8 @@ class CTRModel(tfrs.Model):
     if unknown:
       raise ValueError(f"implicit_fields: {unknown} are not embedded fields of spec "
                        f"{spec.source}; embedded: {embedded}")
-    self._implicit_fields = list(config.implicit_fields) or embedded
+    self._implicit_fields = (list(config.implicit_fields) or
+                             [f.name for f in spec.implicit_view_fields])
     backbone_cls = BACKBONES[config.backbone]
     reads_condition = backbone_cls.reads_condition
     if not self._distribution_fields and (

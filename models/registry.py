@@ -65,8 +65,9 @@ class ModelConfig:
   extraction: str = _opt("dual", "HMDN views quantized: explicit, implicit or both.",
                          choices=EXTRACTIONS)
   implicit_fields: Tuple[str, ...] = _opt(
-      (), "Fields the implicit view reads (user/context features); empty = all "
-      "embedded fields. Read through a stop-gradient.")
+      (), "Fields the implicit view reads (user/context features); empty = the "
+      "spec's implicit_view fields, or every embedded field if none is marked. Read "
+      "through a stop-gradient.")
   distribution_dim: int = _opt(16, "d: width of each view's vector and codes.")
   view_units: Tuple[int, ...] = _opt((64,), "Hidden layer sizes of each view's MLP.")
   num_levels: int = _opt(4, "D: residual quantization depth.")

@@ -24,6 +24,14 @@ def test_base_spec_is_valid():
   assert _spec(BASE).names == [f["name"] for f in BASE]
 
 
+def test_implicit_view_reads_the_marked_fields_else_every_embedded_field():
+  assert [f.name for f in _spec(BASE).implicit_view_fields] == [
+      "scenario", "user_id", "price", "tags"]
+  marked = _spec(_with("user_id", implicit_view=True))
+  assert [f.name for f in marked.implicit_view_fields] == ["user_id"]
+  assert spec_lib.spec_from_dict(marked.to_dict()).features == marked.features
+
+
 @pytest.mark.parametrize("features,message", [
     (BASE + [{"name": "other_user", "kind": "categorical", "user_id": True}],
      r"at most one user_id field, found \['user_id', 'other_user'\]"),
@@ -42,6 +50,11 @@ def test_base_spec_is_valid():
               "derived": {"kind": "count_bucket", "source": "scenario_x_user",
                           "boundaries": [1, 10]}}],
      r"'cross_count': count_bucket source 'scenario_x_user' must be a raw field"),
+    (_with("user_id", implicit_view="yes"),
+     r"'user_id': implicit_view must be true or false, got 'yes'"),
+    (BASE + [{"name": "note", "kind": "categorical", "role": "passthrough",
+              "implicit_view": True}],
+     r"'note': implicit_view marks a model feature, but the role is 'passthrough'"),
 ])
 def test_spec_rule_violations_name_the_field_and_value(features, message):
   with pytest.raises(spec_lib.SpecError, match=message):

@@ -57,6 +57,32 @@ def test_explicit_view_needs_a_distribution_field(tmp_path, data_dir):
              ModelConfig(name="hmdn_apg", extraction="explicit"))
 
 
+def test_implicit_view_reads_the_spec_marked_fields_unless_overridden(data_dir, batches):
+  import dataclasses
+  from models.ctr_model import CTRModel
+  spec = PreprocessedData(data_dir).spec
+  marked = spec_lib.FeatureSpec(
+      name="marked", source="marked.yaml",
+      features=tuple(dataclasses.replace(f, implicit_view=f.name == "user_id")
+                     for f in spec.features))
+  vocab_dir = PreprocessedData(data_dir).vocab_dir
+  features = batches[0][0]
+
+  def implicit_input(model):
+    embedded = model.embeddings(features)
+    return model._view_inputs(embedded)["implicit"], embedded
+
+  by_spec, embedded = implicit_input(CTRModel(marked, vocab_dir, {}, ModelConfig(
+      name="hmdn_moe", **SMALL)))
+  np.testing.assert_array_equal(by_spec, embedded["user_id"])
+  by_flag, embedded = implicit_input(CTRModel(marked, vocab_dir, {}, ModelConfig(
+      name="hmdn_moe", implicit_fields=("scenario",), **SMALL)))
+  np.testing.assert_array_equal(by_flag, embedded["scenario"])
+  unmarked, embedded = implicit_input(CTRModel(spec, vocab_dir, {}, ModelConfig(
+      name="hmdn_moe", **SMALL)))
+  assert unmarked.shape[-1] == sum(f.embedding_dim for f in spec.embedded_fields)
+
+
 def _as_dataset(batches):
   return tf.data.Dataset.from_generator(
       lambda: iter(batches),
