@@ -28,6 +28,7 @@ from typing import Dict, List
 import numpy as np
 
 from beam_jobs import generated_logs
+from features.options import option
 from features import spec as spec_lib
 
 SPEC_PATH = os.path.join(spec_lib.SPECS_DIR, "longtail.yaml")
@@ -42,36 +43,32 @@ BLOCK_ROWS = 4_096  # rows per seeded block: the unit of determinism
 CALIBRATION_ROWS = 50_000
 
 
-def _field(default, help: str):  # noqa: A002
-  return dataclasses.field(default=default, metadata={"help": help})
-
-
 @dataclasses.dataclass
 class LongTailConfig:
   """The size, the seed and the shape of the long-tail log."""
-  rows: int = _field(1_000_000, "Impressions to generate.")
-  seed: int = _field(0, "Seed of the world (tree, effects, users, items) and the rows.")
-  rows_per_file: int = _field(1_000_000, "Rows per raw/part-*.csv file.")
-  chunk_rows: int = _field(50_000, "Rows drawn and written at once (memory only; the "
+  rows: int = option(1_000_000, "Impressions to generate.")
+  seed: int = option(0, "Seed of the world (tree, effects, users, items) and the rows.")
+  rows_per_file: int = option(1_000_000, "Rows per raw/part-*.csv file.")
+  chunk_rows: int = option(50_000, "Rows drawn and written at once (memory only; the "
                            "output does not depend on it).")
-  branching_min: int = _field(3, "Fewest children of a node (the root included).")
-  branching_max: int = _field(8, "Most children of a node (the root included).")
-  zipf_exponent: float = _field(1.4, "Leaf traffic share ~ (rank + zipf_offset) ** "
+  branching_min: int = option(3, "Fewest children of a node (the root included).")
+  branching_max: int = option(8, "Most children of a node (the root included).")
+  zipf_exponent: float = option(1.4, "Leaf traffic share ~ (rank + zipf_offset) ** "
                                 "-zipf_exponent over randomly ranked leaves.")
-  zipf_offset: float = _field(2.0, "Flattens the head of the Zipf law.")
-  ctr: float = _field(0.08, "Mean true click probability the intercept is calibrated to.")
-  bias_scale: float = _field(0.5, "Std of a scenario's bias around the root's.")
-  preference_scale: float = _field(0.6, "Std of a scenario's preference vector around "
+  zipf_offset: float = option(2.0, "Flattens the head of the Zipf law.")
+  ctr: float = option(0.08, "Mean true click probability the intercept is calibrated to.")
+  bias_scale: float = option(0.5, "Std of a scenario's bias around the root's.")
+  preference_scale: float = option(0.6, "Std of a scenario's preference vector around "
                                    "the root's.")
-  shrink: float = _field(0.75, "Each level's noise std is this times its parent "
+  shrink: float = option(0.75, "Each level's noise std is this times its parent "
                          "level's: effect(child) = effect(parent) + noise.")
-  latent_groups: int = _field(4, "Number of latent user groups (`latent_segment`).")
-  latent_scale: float = _field(0.6, "Std of a latent group's bias and preference.")
-  latent_signal: float = _field(0.5, "Share of rows whose device and hour follow their "
+  latent_groups: int = option(4, "Number of latent user groups (`latent_segment`).")
+  latent_scale: float = option(0.6, "Std of a latent group's bias and preference.")
+  latent_signal: float = option(0.5, "Share of rows whose device and hour follow their "
                                 "latent group (the rest are drawn globally): how "
                                 "visible the latent level is.")
-  latent_dim: int = _field(8, "Dimension of item and preference vectors.")
-  num_categories: int = _field(30, "Item categories.")
+  latent_dim: int = option(8, "Dimension of item and preference vectors.")
+  num_categories: int = option(30, "Item categories.")
 
   def validate(self) -> None:
     checks = [

@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 from typing import Any, Dict, List, Tuple
 
+from features.options import option
 from models.backbones import BACKBONES
 from models.hierarchical import EXTRACTIONS, views_of
 from models.quantizer import CODEBOOK_UPDATES
@@ -36,62 +37,53 @@ def model_names() -> List[str]:
   return names
 
 
-def _opt(default, help_text: str, choices=None, factory=None):
-  metadata = {"help": help_text}
-  if choices is not None:
-    metadata["choices"] = tuple(choices)
-  if factory is not None:
-    return dataclasses.field(default_factory=factory, metadata=metadata)
-  return dataclasses.field(default=default, metadata=metadata)
-
-
 @dataclasses.dataclass
 class ModelConfig:
   """Every option of the model; HMDN options are ignored by baselines."""
-  name: str = _opt("dnn", "Model: a backbone, or hmdn_<backbone>.",
+  name: str = option("dnn", "Model: a backbone, or hmdn_<backbone>.",
                    choices=model_names())
-  output_dim: int = _opt(32, "Width of the backbone's output, before the logit head.")
-  backbone_kwargs: Dict[str, Any] = _opt(
+  output_dim: int = option(32, "Width of the backbone's output, before the logit head.")
+  backbone_kwargs: Dict[str, Any] = option(
       None, "JSON of backbone constructor arguments (e.g. {\"num_experts\": 8}).",
       factory=dict)
-  condition: str = _opt(
+  condition: str = option(
       "coarsest", "Backbone condition: the coarsest distribution field (the paper's "
       "baseline), all of them concatenated, or an embedding of their cross.",
       choices=BACKBONE_CONDITIONS)
-  cross_buckets: int = _opt(1000, "Hash buckets of the cross-of-distribution-fields "
+  cross_buckets: int = option(1000, "Hash buckets of the cross-of-distribution-fields "
                             "embedding (condition=cross).")
-  cross_dim: int = _opt(16, "Width of the cross embedding (condition=cross).")
+  cross_dim: int = option(16, "Width of the cross embedding (condition=cross).")
   # HMDRR (../shared/HMDN.md, "The model"):
-  extraction: str = _opt("dual", "HMDN views quantized: explicit, implicit or both.",
+  extraction: str = option("dual", "HMDN views quantized: explicit, implicit or both.",
                          choices=EXTRACTIONS)
-  implicit_fields: Tuple[str, ...] = _opt(
+  implicit_fields: Tuple[str, ...] = option(
       (), "Fields the implicit view reads (user/context features); empty = the "
       "spec's implicit_view fields, or every embedded field if none is marked. Read "
       "through a stop-gradient.")
-  distribution_dim: int = _opt(16, "d: width of each view's vector and codes.")
-  view_units: Tuple[int, ...] = _opt((64,), "Hidden layer sizes of each view's MLP.")
-  num_levels: int = _opt(4, "D: residual quantization depth.")
-  codebook_size: int = _opt(8, "K: codes per level (small, so level 1 cannot "
+  distribution_dim: int = option(16, "d: width of each view's vector and codes.")
+  view_units: Tuple[int, ...] = option((64,), "Hidden layer sizes of each view's MLP.")
+  num_levels: int = option(4, "D: residual quantization depth.")
+  codebook_size: int = option(8, "K: codes per level (small, so level 1 cannot "
                             "memorise the leaves).")
-  shared_codebook: bool = _opt(False, "One codebook shared by all levels.")
-  codebook_update: str = _opt("ema", "How codebooks learn: EMA or the VQ-VAE "
+  shared_codebook: bool = option(False, "One codebook shared by all levels.")
+  codebook_update: str = option("ema", "How codebooks learn: EMA or the VQ-VAE "
                               "codebook loss.", choices=CODEBOOK_UPDATES)
-  decay: float = _opt(0.99, "EMA decay of the codebooks, in (0, 1).")
-  beta: float = _opt(0.25, "Commitment cost beta.")
-  commitment_weight: float = _opt(1.0, "lambda: weight of the quantization losses "
+  decay: float = option(0.99, "EMA decay of the codebooks, in (0, 1).")
+  beta: float = option(0.25, "Commitment cost beta.")
+  commitment_weight: float = option(1.0, "lambda: weight of the quantization losses "
                                   "(commitment averaged over levels).")
-  aux_weight: float = _opt(0.5, "Weight of the auxiliary CTR loss on the implicit "
+  aux_weight: float = option(0.5, "Weight of the auxiliary CTR loss on the implicit "
                            "view's s_D (0 = off).")
-  codebook_warmup_steps: int = _opt(100, "Training steps before quantizing (views pass "
+  codebook_warmup_steps: int = option(100, "Training steps before quantizing (views pass "
                            "through; seeding buffer fills).")
-  kmeans_iterations: int = _opt(5, "Lloyd iterations after k-means++ seeding.")
-  restart_after_steps: int = _opt(100, "Restart a code unused for this many steps "
+  kmeans_iterations: int = option(5, "Lloyd iterations after k-means++ seeding.")
+  restart_after_steps: int = option(100, "Restart a code unused for this many steps "
                                   "(0 = never).")
-  buffer_size: int = _opt(2048, "Real vectors kept for seeding the codebooks.")
-  hmdn_condition: str = _opt(
+  buffer_size: int = option(2048, "Real vectors kept for seeding the codebooks.")
+  hmdn_condition: str = option(
       "concat", "How s_D conditions the backbone: concatenated with the backbone's "
       "condition, or alone.", choices=HMDN_CONDITIONS)
-  seed: int = _opt(0, "Seed of the quantizer's random ops.")
+  seed: int = option(0, "Seed of the quantizer's random ops.")
 
   def __post_init__(self):
     # JSON and flags give lists; the fields are tuples.
@@ -124,10 +116,10 @@ class ModelConfig:
                     num_levels=1, codebook_size=2, beta=0, commitment_weight=0,
                     aux_weight=0, codebook_warmup_steps=0, kmeans_iterations=0,
                     restart_after_steps=0, buffer_size=self.codebook_size)
-    for option, low in at_least.items():
-      value = getattr(self, option)
+    for name, low in at_least.items():
+      value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-        raise ValueError(f"{option} must be a number >= {low}, got {value!r}")
+        raise ValueError(f"{name} must be a number >= {low}, got {value!r}")
     if not 0.0 < self.decay < 1.0:
       raise ValueError(f"decay must be in (0, 1), got {self.decay!r}")
     if any(

@@ -1,7 +1,7 @@
 """absl flags generated from config dataclasses, and the dataclasses built back from them.
 
 Each default, help text and list of choices lives once, on the dataclass field
-(`dataclasses.field(default=..., metadata={"help": ..., "choices": ...})`); the flag is
+(`features.options.option(default, help, choices)`, a dataclass field); the flag is
 derived from it, as tensorflow/models `official/` builds its params from flags.
 
 Field types: str, int, float, bool (plain flags), str with `choices` (an enum flag),

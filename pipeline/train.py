@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from features import preprocessed
+from features.options import option
 from features.preprocessed import PreprocessedData
 from features.run_directory import RunDirectory, RunMismatchError, absolute
 from models.ctr_model import CTRModel
@@ -37,14 +38,6 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 TrainingError = callbacks_lib.TrainingError  # a non-finite loss or weights
 
 
-def _field(default, help_text: str, choices=None):
-  """A config field whose default, help and choices the `hmdn` flags are made from."""
-  metadata = {"help": help_text}
-  if choices is not None:
-    metadata["choices"] = choices
-  return dataclasses.field(default=default, metadata=metadata)
-
-
 @dataclasses.dataclass
 class TrainConfig:
   data_dir: str = dataclasses.field(metadata={
@@ -52,41 +45,41 @@ class TrainConfig:
   model_dir: str = dataclasses.field(metadata={
       "help": "Checkpoints, TensorBoard logs, run config."})
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-  strategy: str = _field("default", "tf.distribute strategy; multi-worker ones read "
+  strategy: str = option("default", "tf.distribute strategy; multi-worker ones read "
                          "TF_CONFIG.", strategies.STRATEGIES)
-  tpu: str = _field("", "tpu: the TPU name or grpc:// address.")
-  num_devices: int = _field(0, "mirrored: number of devices (0 = all GPUs).")
-  batch_size: int = _field(512, "GLOBAL batch size (over all replicas).")
-  learning_rate: float = _field(2e-3, "Adam learning rate for the global batch.")
-  lr_schedule: str = _field("constant", "Learning rate schedule (cosine decays to 0 "
+  tpu: str = option("", "tpu: the TPU name or grpc:// address.")
+  num_devices: int = option(0, "mirrored: number of devices (0 = all GPUs).")
+  batch_size: int = option(512, "GLOBAL batch size (over all replicas).")
+  learning_rate: float = option(2e-3, "Adam learning rate for the global batch.")
+  lr_schedule: str = option("constant", "Learning rate schedule (cosine decays to 0 "
                             "over the run, after --warmup_steps).", LR_SCHEDULES)
-  warmup_steps: int = _field(0, "Linear warm-up steps of the cosine schedule.")
-  epochs: int = _field(3, "Training epochs.")
-  steps_per_epoch: int = _field(0, "0 = one pass over the training split.")
-  early_stopping_patience: int = _field(0, "Stop after N epochs without a better exact "
+  warmup_steps: int = option(0, "Linear warm-up steps of the cosine schedule.")
+  epochs: int = option(3, "Training epochs.")
+  steps_per_epoch: int = option(0, "0 = one pass over the training split.")
+  early_stopping_patience: int = option(0, "Stop after N epochs without a better exact "
                                         "eval AUC (0 = off).")
-  keep_checkpoints: int = _field(3, "Epoch checkpoints kept.")
-  backup_every_steps: int = _field(0, "Fault-tolerance backup frequency in steps (0 = "
+  keep_checkpoints: int = option(3, "Epoch checkpoints kept.")
+  backup_every_steps: int = option(0, "Fault-tolerance backup frequency in steps (0 = "
                                    "each epoch).")
-  ps_min_shard_bytes: int = _field(256 << 10, "parameter_server: embedding tables "
+  ps_min_shard_bytes: int = option(256 << 10, "parameter_server: embedding tables "
                                    "larger than this are sharded across the PS tasks.")
-  seed: int = _field(0, "Seed of data generation, initialisation and shuffling.")
-  cache_input: bool = _field(False, "Keep the training split's serialized records in "
+  seed: int = option(0, "Seed of data generation, initialisation and shuffling.")
+  cache_input: bool = option(False, "Keep the training split's serialized records in "
                              "memory after the first pass (no more reading or "
                              "decompression; each epoch a uniform shuffle of the whole "
                              "split). For data that fits in memory.")
-  steps_per_execution: int = _field(1, "Training steps per call into TensorFlow: fewer "
+  steps_per_execution: int = option(1, "Training steps per call into TensorFlow: fewer "
                                     "Python round trips between steps (the callbacks "
                                     "work per epoch; --backup_every_steps is rounded "
                                     "down to a multiple of it).")
-  mixed_precision: str = _field(
+  mixed_precision: str = option(
       "float32", "Keras dtype policy: mixed_float16 (GPU) or mixed_bfloat16 (TPU, recent "
       "CPUs) compute in 16 bits with float32 variables; the quantizer's distances, "
       "codebooks, the logit head and the losses stay float32.", PRECISIONS)
-  jit_compile: bool = _field(False, "XLA auto-clustering: compile the numeric parts of "
+  jit_compile: bool = option(False, "XLA auto-clustering: compile the numeric parts of "
                              "the step (string lookups stay outside). GPU/TPU; on CPU "
                              "only with TF_XLA_FLAGS=--tf_xla_cpu_global_jit.")
-  overwrite: bool = _field(False, "Train into a --model_dir that holds a finished run "
+  overwrite: bool = option(False, "Train into a --model_dir that holds a finished run "
                            "or another run (other model or data): its outputs are "
                            "removed first. Without it such a directory is refused; an "
                            "unfinished run of the same model and data is resumed.")
