@@ -82,7 +82,7 @@ def split_for(record: T.Record, split_key: str, fallback_key: str,
   return T.split_of(key, eval_fraction)
 
 
-class LineParserFn(beam.DoFn):
+class LineParserFn(beam.DoFn, abc.ABC):
   """(file, line) -> what `parse(file, line)` returns, or a dead letter with the reason.
 
   The one place a raw line is counted (`read_counter`), parsed, and rejected
@@ -97,8 +97,9 @@ class LineParserFn(beam.DoFn):
     self._rejected = counter(rejected_counter)
     self._encoding = encoding
 
+  @abc.abstractmethod
   def parse(self, path: str, line: str) -> Any:
-    raise NotImplementedError
+    """One decoded line of `path` -> its parsed value; raises SpecError if bad."""
 
   def parse_line(self, path: str, line: Any) -> Any:
     """Decodes (bytes) and parses one line; raises one of DATA_ERRORS on a bad line."""
