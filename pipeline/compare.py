@@ -10,7 +10,7 @@ the paper's single-distribution baseline (`condition=coarsest`) and the stronger
   report.md        tables: mean ± std, paired ΔAUC, AUC per leaf-size decile, AUC vs D,
                    NMI of each level's codes with every distribution / passthrough field
   *.png            the same as plots (paired Δ, deciles, depth, code heat maps)
-  runs/<model>/seed_<s>/   each run directory
+  runs/<model>/seed_<s>/   each run directory (`file_name(model)`: `:` -> `__`, `|` -> `+`)
 
 A model is written `NAME` or `NAME:key=value:key=value` with ModelConfig overrides,
 e.g. `hmdn_moe:num_levels=6:extraction=explicit`; list values are joined by `|`
@@ -19,8 +19,9 @@ e.g. `hmdn_moe:num_levels=6:extraction=explicit`; list values are joined by `|`
 import dataclasses
 import json
 import os
+import re
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -121,8 +122,7 @@ def run_one(base, label: str, seed: int, report_dir: str, sizes: Dict[str, int])
   model_config = ModelConfig(name=name, seed=seed, **overrides)
   config = dataclasses.replace(  # the run directories are the report's own outputs
       base, model=model_config, seed=seed, overwrite=True,
-      model_dir=os.path.join(report_dir, "runs", label.replace(":", "__"),
-                             f"seed_{seed}"))
+      model_dir=os.path.join(report_dir, "runs", file_name(label), f"seed_{seed}"))
   tf.keras.backend.clear_session()
   start = time.time()
   model = train.train(config)
@@ -168,6 +168,32 @@ def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
   return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def file_name(label: str) -> str:
+  """A model label as a file name: `:` -> `__`, a list's `|` -> `+`."""
+  return re.sub(r"[^A-Za-z0-9_.=+-]", "_", label.replace(":", "__").replace("|", "+"))
+
+
+def _cell(text: str) -> str:
+  """Text in a Markdown table cell: a `|` (in `implicit_fields=a|b`) is escaped."""
+  return str(text).replace("|", "\\|")
+
+
+def mean_codes(runs: List[Dict]) -> Dict[str, Dict]:
+  """Each level's perplexity, dead share and NMI per field, averaged over the seeds
+  (NMI also with its std: `nmi_std`)."""
+  levels = runs[0]["codes"]
+  out = {}
+  for name, first in levels.items():
+    per_seed = [r["codes"][name] for r in runs if name in r.get("codes", {})]
+    out[name] = {
+        "perplexity": float(np.mean([c["perplexity"] for c in per_seed])),
+        "dead_share": float(np.mean([c["dead_share"] for c in per_seed])),
+        "nmi": {f: _mean_std([c["nmi"][f] for c in per_seed])[0] for f in first["nmi"]},
+        "nmi_std": {f: _mean_std([c["nmi"][f] for c in per_seed])[1]
+                    for f in first["nmi"]}}
+  return out
+
+
 def markdown(summary: Dict) -> str:
   """report.md from the summary dict (also the README's quality section)."""
   lines = [f"# hmdn compare: {summary['data_dir']}", "",
@@ -183,14 +209,14 @@ def markdown(summary: Dict) -> str:
     ll, _ = _mean_std([r["logloss"] for r in runs])
     gauc, _ = _mean_std([r.get("gauc", float("nan")) for r in runs])
     secs, _ = _mean_std([r["seconds"] for r in runs])
-    lines.append(f"| {label} | {auc:.4f} ± {auc_s:.4f} | {ll:.4f} | {gauc:.4f} | "
+    lines.append(f"| {_cell(label)} | {auc:.4f} ± {auc_s:.4f} | {ll:.4f} | {gauc:.4f} | "
                  f"{secs:.0f} |")
   if summary["deltas"]:
     lines += ["", "## Paired ΔAUC of each HMDN variant vs its backbone", "",
               "| HMDN variant | baseline | ΔAUC mean ± std | wins | > 3 × spread |",
               "|---|---|---|---|---|"]
     for d in summary["deltas"]:
-      lines.append(f"| {d['model']} | {d['baseline']} | {d['mean']:+.4f} ± "
+      lines.append(f"| {_cell(d['model'])} | {_cell(d['baseline'])} | {d['mean']:+.4f} ± "
                    f"{d['std']:.4f} | {d['wins']}/{len(d['seeds'])} | "
                    f"{'yes' if d['beats_3_spread'] else 'no'} |")
   first = next(iter(summary["results"].values()))[0]
@@ -206,24 +232,26 @@ def markdown(summary: Dict) -> str:
       for i in range(len(deciles)):
         m, _ = _mean_std([r["deciles"][i]["auc"] for r in runs])
         cells.append(f"{m:.4f}")
-      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+      lines.append(f"| {_cell(label)} | " + " | ".join(cells) + " |")
   depth = summary.get("depth")
   if depth:
     lines += ["", "## AUC vs codebook depth D", "", "| D | model | AUC |", "|---|---|---|"]
     for row in depth:
-      lines.append(f"| {row['num_levels']} | {row['model']} | {row['auc']:.4f} ± "
+      lines.append(f"| {row['num_levels']} | {_cell(row['model'])} | {row['auc']:.4f} ± "
                    f"{row['std']:.4f} |")
   for label, runs in summary["results"].items():
-    codes = runs[0].get("codes")
-    if not codes:
+    if not runs[0].get("codes"):
       continue
+    codes = mean_codes(runs)
     fields = list(next(iter(codes.values()))["nmi"])
-    lines += ["", f"## Codes of {label} (seed {runs[0]['seed']}): NMI with each field",
-              "", "| level | perplexity | dead | " + " | ".join(fields) + " |",
+    lines += ["", f"## Codes of {_cell(label)}: NMI with each field (mean ± std over "
+              f"{len(runs)} seeds)", "",
+              "| level | perplexity | dead | " + " | ".join(fields) + " |",
               "|---|---|---|" + "---|" * len(fields)]
     for name, c in codes.items():
       lines.append(f"| {name} | {c['perplexity']:.2f} | {c['dead_share']:.2f} | "
-                   + " | ".join(f"{c['nmi'][f]:.2f}" for f in fields) + " |")
+                   + " | ".join(f"{c['nmi'][f]:.2f} ± {c['nmi_std'][f]:.2f}"
+                                for f in fields) + " |")
   for plot in summary.get("plots", []):
     lines += ["", f"![{plot}]({plot})"]
   return "\n".join(lines) + "\n"
@@ -286,9 +314,9 @@ def plots(summary: Dict, report_dir: str) -> List[str]:
     ax.set_ylabel("AUC")
     save(fig, "auc_vs_depth.png")
   for label, runs in summary["results"].items():
-    codes = runs[0].get("codes")
-    if not codes:
+    if not runs[0].get("codes"):
       continue
+    codes = mean_codes(runs)
     fields = list(next(iter(codes.values()))["nmi"])
     matrix = np.array([[c["nmi"][f] for f in fields] for c in codes.values()])
     fig, ax = plt.subplots(figsize=(1 + 0.8 * len(fields), 0.35 * len(codes) + 1.2))
@@ -300,8 +328,8 @@ def plots(summary: Dict, report_dir: str) -> List[str]:
         ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
                 color="white" if matrix[i, j] < 0.5 else "black")
     fig.colorbar(im, ax=ax)
-    ax.set_title(f"NMI of codes: {label}", fontsize=8)
-    save(fig, f"codes_{label.replace(':', '__')}.png")
+    ax.set_title(f"NMI of codes (mean of {len(runs)} seeds): {label}", fontsize=8)
+    save(fig, f"codes_{file_name(label)}.png")
   return written
 
 

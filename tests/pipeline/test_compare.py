@@ -84,3 +84,19 @@ def test_compare_writes_a_report_with_paired_deltas_deciles_and_plots(
   assert "paired_delta.png" in summary["plots"]
   with open(os.path.join(report, "results.json")) as f:
     assert json.load(f)["deltas"][0]["baseline"] == "moe"
+
+
+def test_report_escapes_list_labels_and_averages_codes_over_seeds():
+  label = "hmdn_moe:implicit_fields=a|b"
+  runs = [{"seed": seed, "auc": auc, "logloss": 0.3, "gauc": 0.6, "seconds": 1.0,
+           "codes": {"implicit/level_1": {"perplexity": perplexity, "dead_share": 0.0,
+                                          "nmi": {"latent": nmi}}}}
+          for seed, auc, perplexity, nmi in ((0, 0.70, 4.0, 0.2), (1, 0.72, 6.0, 0.4))]
+  text = compare.markdown({
+      "data_dir": "d", "train_rows": 8, "eval_rows": 2, "epochs": 1, "batch_size": 4,
+      "learning_rate": 0.1, "seeds": [0, 1], "results": {label: runs}, "deltas": [],
+      "depth": []})
+  assert "| hmdn_moe:implicit_fields=a\\|b | 0.7100 ± 0.0141 |" in text
+  assert "| implicit/level_1 | 5.00 | 0.00 | 0.30 ± 0.14 |" in text
+  assert "(mean ± std over 2 seeds)" in text
+  assert compare.file_name(label) == "hmdn_moe__implicit_fields=a+b"
