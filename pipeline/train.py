@@ -210,6 +210,18 @@ def _writable(run: RunDirectory, path: str) -> str:
   return os.path.join(scratch, os.path.relpath(path, run.model_dir))
 
 
+def check_quantizer_starts(config: TrainConfig, steps_per_epoch: int) -> None:
+  """An HMDN run shorter than its codebook warm-up would never quantize: its codes
+  would all be 0 and its s_D a constant, and it would still export."""
+  total = steps_per_epoch * config.epochs
+  warmup = config.model.codebook_warmup_steps
+  if config.model.is_hmdn and warmup >= total:
+    raise ValueError(
+        f"--codebook_warmup_steps={warmup}: the run has only {total} training steps "
+        f"({config.epochs} epochs x {steps_per_epoch}), so the quantizer would never "
+        "start; lower it or train longer")
+
+
 def check_finite_weights(model: tf.keras.Model, what: str) -> None:
   """Refuses weights holding NaN or inf (a diverged run is never kept or served)."""
   for variable in model.weights:
@@ -241,9 +253,10 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   if train_rows < config.batch_size:
     raise ValueError(f"--batch_size={config.batch_size} is larger than the training "
                      f"split ({train_rows} rows)")
+  steps = config.steps_per_epoch or max(1, train_rows // config.batch_size)
+  check_quantizer_starts(config, steps)
   if chief and not resume:
     run.write_record(run_record(config, fingerprints))
-  steps = config.steps_per_epoch or max(1, train_rows // config.batch_size)
   is_ps = isinstance(strategy, tf.distribute.ParameterServerStrategy)
 
   def dataset_fn(input_context: Optional[tf.distribute.InputContext] = None):

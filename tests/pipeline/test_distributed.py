@@ -19,7 +19,7 @@ from pipeline import evaluate, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_FLAGS = ["--model=hmdn_moe", "--batch_size=256", "--num_levels=2",
-               "--codebook_size=8", "--seed=5"]
+               "--codebook_size=8", "--codebook_warmup_steps=10", "--seed=5"]
 
 
 def _free_port() -> int:
@@ -54,7 +54,7 @@ def _wait(procs, waited, log_dir, timeout=420):
 def _reloaded_auc(data_dir, model_dir):
   """Exact eval AUC of the saved final weights, restored in this process, no strategy."""
   model = train.load_trained(data_dir, model_dir, ModelConfig(
-      name="hmdn_moe", num_levels=2, codebook_size=8, seed=5))
+      name="hmdn_moe", num_levels=2, codebook_size=8, codebook_warmup_steps=10, seed=5))
   data_files = PreprocessedData(data_dir)
   return evaluate.run(evaluate.model_predictor(model, data_files.spec), data_files)["auc"]
 

@@ -23,7 +23,8 @@ SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli
 def trained(planted_data_dir):
   spec = PreprocessedData(planted_data_dir).spec
   model = train.build_model(planted_data_dir, ModelConfig(
-      name="hmdn_apg", num_levels=2, codebook_size=4, output_dim=8))
+      name="hmdn_apg", num_levels=2, codebook_size=4, output_dim=8,
+      codebook_warmup_steps=2))
   model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
   model.fit(data.make_dataset(planted_data_dir, TRAIN, spec, 256, training=True),
             steps_per_epoch=10, epochs=1, verbose=0)

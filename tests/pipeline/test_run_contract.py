@@ -22,7 +22,7 @@ from pipeline import train
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST = dict(batch_size=128, steps_per_epoch=3, keep_checkpoints=1)
 HMDN_FLAGS = ["--batch_size=128", "--steps_per_epoch=3", "--epochs=1", "--num_levels=2",
-              "--codebook_size=4"]
+              "--codebook_size=4", "--codebook_warmup_steps=1"]
 
 
 def hmdn(*args, cwd=ROOT, timeout=400):
@@ -70,6 +70,26 @@ def test_cli_refuses_bad_ranges_before_any_work(flag, planted_data_dir, tmp_path
               flag)
   _one_line_error(proc, flag.split("=")[0])
   assert not model_dir.exists()
+
+
+def test_hmdn_run_shorter_than_its_codebook_warmup_is_refused(planted_data_dir, tmp_path):
+  """Else the quantizer never starts: every code 0, s_D constant, exit 0."""
+  model_dir = tmp_path / "model"
+  proc = hmdn("train", f"--data_dir={planted_data_dir}", f"--model_dir={model_dir}",
+              "--model=hmdn_moe", "--epochs=2", "--steps_per_epoch=3",
+              "--codebook_warmup_steps=6")
+  _one_line_error(proc, "--codebook_warmup_steps=6", "only 6 training steps")
+  assert not model_dir.exists()
+  with pytest.raises(ValueError, match="never start"):  # not for a plain backbone
+    train.check_quantizer_starts(train.TrainConfig(
+        data_dir="d", model_dir="m", epochs=1, model=ModelConfig(
+            name="hmdn_moe", codebook_warmup_steps=5)), 5)
+  train.check_quantizer_starts(train.TrainConfig(
+      data_dir="d", model_dir="m", epochs=1, model=ModelConfig(
+          name="moe", codebook_warmup_steps=5)), 5)
+  train.check_quantizer_starts(train.TrainConfig(
+      data_dir="d", model_dir="m", epochs=1, model=ModelConfig(
+          name="hmdn_moe", codebook_warmup_steps=4)), 5)
 
 
 # --- One run per directory -----------------------------------------------------------------

@@ -25,7 +25,7 @@ def run(planted_data_dir, tmp_path_factory):
        f"--model_dir={model_dir}", "--model=hmdn_mmoe", "--epochs=5",
        "--keep_checkpoints=2", "--early_stopping_patience=1", "--lr_schedule=cosine",
        "--warmup_steps=3", "--batch_size=256", "--num_levels=2", "--codebook_size=4",
-       "--learning_rate=0.01"],
+       "--codebook_warmup_steps=5", "--learning_rate=0.01"],
       cwd=ROOT, capture_output=True, text=True, timeout=500)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return model_dir, planted_data_dir
