@@ -229,7 +229,7 @@ def test_batch_combiners_equal_per_row_counts():
 # --- Progress and quiet output ------------------------------------------------------------
 def test_progress_lines_and_final_line(tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(preprocess, "PROGRESS_EVERY_S", 0.05)
-  monkeypatch.setattr(base.Progress, "EVERY_S", 0.0)
+  monkeypatch.setattr(T.Progress, "EVERY_S", 0.0)
   raw = tmp_path / "log.csv"
   lines = ["x,click,uid,cat,tags"] + [f"{i},{i % 2},u{i % 7},c,t" for i in range(3000)]
   raw.write_text("\n".join(lines + ["1,7,bad,c,t"]) + "\n")
