@@ -50,11 +50,12 @@ def split_label(parsed: Dict[str, tf.Tensor], spec: spec_lib.FeatureSpec
 READ_BUFFER_BYTES = 4 << 20  # per gzip reader: reading alone ~1.6x faster than 256 KiB
 
 
-def _options(training: bool) -> tf.data.Options:
-  """Autotuned parallelism; training gives up element order for throughput."""
+def _options(ordered: bool) -> tf.data.Options:
+  """Autotuned parallelism; unordered (training) gives up element order for
+  throughput."""
   options = tf.data.Options()
   options.autotune.enabled = True
-  options.deterministic = not training
+  options.deterministic = ordered
   options.experimental_optimization.map_parallelization = True
   options.experimental_optimization.parallel_batch = True
   return options
@@ -78,14 +79,18 @@ def _cached_epochs(records: tf.data.Dataset, batch_size: int, seed: int
 def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
                  batch_size: int, training: bool, seed: int = 0,
                  input_context: Optional[tf.distribute.InputContext] = None,
-                 shuffle_buffer: int = 50_000, cache: bool = False) -> tf.data.Dataset:
+                 shuffle_buffer: int = 50_000, cache: bool = False,
+                 deterministic: bool = False) -> tf.data.Dataset:
   """(features, label) batches. Training: shuffled, repeated, full batches only.
 
   `batch_size` is the batch of this input pipeline (per worker when an input_context
   shards the files across workers). `cache` (training) keeps the split's serialized
   records in memory after the first pass: no more reading or decompression, and each
   epoch is a uniform shuffle of the whole split instead of a `shuffle_buffer` window.
+  Training batches come in whatever order the parallel readers finish, unless
+  `deterministic`: then the same seed gives the same batches.
   """
+  ordered = deterministic or not training
   files = files_of(data_dir, split)
   ds = tf.data.Dataset.from_tensor_slices(files)
   pipelines = input_context.num_input_pipelines if input_context is not None else 1
@@ -98,7 +103,7 @@ def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
       lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP",
                                         buffer_size=READ_BUFFER_BYTES),
       cycle_length=min(len(files), max(8, os.cpu_count() or 1)),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
   if pipelines > 1 and not shard_files:  # fewer files than workers: shard the records
     ds = ds.shard(pipelines, input_context.input_pipeline_id)
   if not training:
@@ -110,8 +115,8 @@ def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
     ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.map(lambda s: split_label(
       parse_batch(s, spec, for_serving=True, with_label=True), spec),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(training))
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(ordered))
 
 
 def count_records(data_dir: DataDir, split: str) -> int:

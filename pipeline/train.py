@@ -79,6 +79,10 @@ class TrainConfig:
   jit_compile: bool = option(False, "XLA auto-clustering: compile the numeric parts of "
                              "the step (string lookups stay outside). GPU/TPU; on CPU "
                              "only with TF_XLA_FLAGS=--tf_xla_cpu_global_jit.")
+  deterministic: bool = option(False, "Same seed, same model: training batches in a "
+                               "fixed order and TensorFlow ops deterministic "
+                               "(tf.config.experimental.enable_op_determinism, for the "
+                               "whole process). Slower input; for comparisons.")
   overwrite: bool = option(False, "Train into a --model_dir that holds a finished run "
                            "or another run (other model or data): its outputs are "
                            "removed first. Without it such a directory is refused; an "
@@ -243,6 +247,8 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   fingerprints = preprocessed.fingerprints(data_files)
   resume = prepare_run(run, config, fingerprints, write=chief)  # before any write
   tf.keras.utils.set_random_seed(config.seed)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
   strategy = strategy or strategies.make_strategy(
       config.strategy, config.num_devices, config.tpu, config.ps_min_shard_bytes)
   spec = data_files.spec
@@ -264,7 +270,8 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
              if input_context is not None else config.batch_size)
     return data.make_dataset(data_files, data.TRAIN, spec, batch, training=True,
                              seed=config.seed, input_context=input_context,
-                             cache=config.cache_input)
+                             cache=config.cache_input,
+                             deterministic=config.deterministic)
 
   if is_ps:
     train_input = tf.keras.utils.experimental.DatasetCreator(dataset_fn)

@@ -72,6 +72,25 @@ def test_cli_refuses_bad_ranges_before_any_work(flag, planted_data_dir, tmp_path
   assert not model_dir.exists()
 
 
+def test_deterministic_runs_with_one_seed_are_identical(planted_data_dir, tmp_path):
+  """--deterministic: two runs, same seed, same model to the last bit (in processes of
+  their own: op determinism is process-wide). hmdn_moe: the quantizer's k-means
+  seeding and code assignments included."""
+  summaries = []
+  for name in ("a", "b"):
+    proc = hmdn("train", f"--data_dir={planted_data_dir}", f"--model_dir={tmp_path / name}",
+                "--model=hmdn_moe", "--epochs=1", "--steps_per_epoch=8",
+                "--batch_size=128", "--num_levels=2", "--codebook_size=4",
+                "--codebook_warmup_steps=3", "--seed=3", "--deterministic")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / name / "train_summary.json") as f:
+      summaries.append(json.load(f))
+  a, b = summaries
+  assert a["final"]["auc"] == b["final"]["auc"]
+  assert a["final"]["logloss"] == b["final"]["logloss"]
+  assert a["epochs"][0]["loss"] == b["epochs"][0]["loss"]
+
+
 def test_hmdn_run_shorter_than_its_codebook_warmup_is_refused(planted_data_dir, tmp_path):
   """Else the quantizer never starts: every code 0, s_D constant, exit 0."""
   model_dir = tmp_path / "model"
