@@ -8,7 +8,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from models.backbones import base
-from models.mlp import MLP
+from models.mlp import MLP, GroupedMLP
 
 
 @tf.keras.utils.register_keras_serializable(package="hmdn")
@@ -18,7 +18,10 @@ class ExpertBank(tf.keras.layers.Layer):
   The experts of the Mixture-of-Experts layer (Shazeer et al., arXiv
   1701.06538, Sec. "The Structure of the Mixture-of-Experts Layer"; Ma et
   al., KDD 2018, Sec. "Multi-gate Mixture-of-Experts"). Each expert is its
-  own `MLP`; their outputs are stacked so a gate can weigh them with `mix`.
+  own MLP, held as one group of a `GroupedMLP` so the whole bank costs one
+  batched MatMul per layer; the outputs come stacked so a gate can weigh them
+  with `mix`. An input per expert ([batch, experts, input_dim]) is accepted,
+  e.g. PLE's per-domain experts above its first level.
 
   Args:
     num_experts: number of experts, at least 1.
@@ -36,23 +39,21 @@ class ExpertBank(tf.keras.layers.Layer):
     self.num_experts = base.check_positive("num_experts", num_experts)
     self.units = base.check_units("units", units, allow_empty=False)
     self.dropout = base.check_dropout(dropout)
-    self._experts = [
-        MLP(self.units, dropout=self.dropout, name=f"expert_{i}")
-        for i in range(self.num_experts)
-    ]
+    self._experts = GroupedMLP(self.num_experts, self.units,
+                               dropout=self.dropout, name="experts")
 
   def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
     """Runs every expert.
 
     Args:
-      inputs: `[batch_size, input_dim]`.
+      inputs: `[batch_size, input_dim]`, or `[batch_size, num_experts,
+        input_dim]` for an input per expert.
       training: whether dropout is active.
 
     Returns:
       `[batch_size, num_experts, units[-1]]`.
     """
-    return tf.stack([e(inputs, training=training) for e in self._experts],
-                    axis=1)
+    return self._experts(inputs, training=training)
 
   def get_config(self):
     config = super().get_config()
@@ -71,11 +72,16 @@ class SoftmaxGate(tf.keras.layers.Layer):
   condition z, so under HMDN the mixture follows the hierarchical
   distribution representation.
 
+  With `num_gates`, that many independent gates (e.g. one per domain) are
+  computed together as a `GroupedMLP`, from one input or an input per gate.
+
   Args:
     num_experts: number of weights to produce, at least 1.
     hidden_units: sizes of hidden ReLU layers before the linear logits; may be
       empty (a single linear map, as in the paper).
     dropout: dropout rate in [0, 1) between the gate's layers.
+    num_gates: 0 for a single gate ([batch, num_experts] out), else the number
+      of gates ([batch, num_gates, num_experts] out).
     **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
 
@@ -83,30 +89,38 @@ class SoftmaxGate(tf.keras.layers.Layer):
                num_experts: int,
                hidden_units: Sequence[int] = (),
                dropout: float = 0.0,
+               num_gates: int = 0,
                **kwargs):
     super().__init__(**kwargs)
     self.num_experts = base.check_positive("num_experts", num_experts)
     self.hidden_units = base.check_units("hidden_units", hidden_units)
     self.dropout = base.check_dropout(dropout)
-    self._mlp = MLP(self.hidden_units + [self.num_experts],
-                    output_activation=None, dropout=self.dropout, name="mlp")
+    self.num_gates = base.check_non_negative("num_gates", num_gates)
+    units = self.hidden_units + [self.num_experts]
+    self._mlp = (GroupedMLP(self.num_gates, units, output_activation=None,
+                            dropout=self.dropout, name="mlp") if self.num_gates
+                 else MLP(units, output_activation=None, dropout=self.dropout,
+                          name="mlp"))
 
   def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
     """Computes the gate weights.
 
     Args:
-      inputs: `[batch_size, gate_input_dim]`.
+      inputs: `[batch_size, gate_input_dim]`; with `num_gates` also
+        `[batch_size, num_gates, gate_input_dim]` (an input per gate).
       training: whether dropout is active.
 
     Returns:
-      `[batch_size, num_experts]`, each row summing to 1.
+      `[batch_size, num_experts]` (`[batch_size, num_gates, num_experts]` with
+      `num_gates`), each row summing to 1.
     """
     return tf.nn.softmax(self._mlp(inputs, training=training), axis=-1)
 
   def get_config(self):
     config = super().get_config()
     config.update(num_experts=self.num_experts,
-                  hidden_units=list(self.hidden_units), dropout=self.dropout)
+                  hidden_units=list(self.hidden_units), dropout=self.dropout,
+                  num_gates=self.num_gates)
     return config
 
 

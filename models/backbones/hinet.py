@@ -61,14 +61,14 @@ class HiNet(base.Backbone):
     self._shared_gate = experts.SoftmaxGate(
         self.num_shared_experts, self.gate_units, self.dropout,
         name="shared_gate")
-    self._specific_experts = [
-        experts.ExpertBank(self.num_specific_experts, self.expert_units,
-                           self.dropout, name=f"d{i}_experts") for i in range(d)
-    ]
-    self._specific_gates = [
-        experts.SoftmaxGate(self.num_specific_experts, self.gate_units,
-                            self.dropout, name=f"d{i}_gate") for i in range(d)
-    ]
+    # Every scenario's experts as one bank (scenario-major) and every
+    # scenario's gate as one grouped gate: one batched MatMul per layer.
+    self._specific_experts = experts.ExpertBank(
+        d * self.num_specific_experts, self.expert_units, self.dropout,
+        name="specific_experts")
+    self._specific_gates = experts.SoftmaxGate(
+        self.num_specific_experts, self.gate_units, self.dropout, num_gates=d,
+        name="specific_gates")
     # SAN attention logits over scenarios, from z (the scenario embedding).
     self._san = MLP(self.san_units + [d], output_activation=None,
                     dropout=self.dropout, name="san")
@@ -89,11 +89,11 @@ class HiNet(base.Backbone):
     features, condition, domain = self.unpack(inputs)
     shared = experts.mix(self._shared_experts(features, training=training),
                          self._shared_gate(condition, training=training))
-    specific = tf.stack([
-        experts.mix(bank(features, training=training),
-                    gate(condition, training=training))
-        for bank, gate in zip(self._specific_experts, self._specific_gates)
-    ], axis=1)  # [B, D, H]
+    bank = self._specific_experts(features, training=training)
+    bank = tf.reshape(bank, [-1, self.num_domains, self.num_specific_experts,
+                             bank.shape[-1]])  # [B, D, experts, H]
+    weights = self._specific_gates(condition, training=training)  # [B, D, E]
+    specific = tf.einsum("bdeh,bde->bdh", bank, weights)  # [B, D, H]
     own = base.select_by_domain(specific, domain)
     # Attention over the other scenarios only: mask the own one out, then zero
     # it exactly (with a single scenario the SAN output is then all zeros).

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from models.backbones import base
 from models.backbones import experts
-from models.mlp import MLP
+from models.mlp import GroupedMLP
 
 
 @tf.keras.utils.register_keras_serializable(package="hmdn")
@@ -46,14 +46,13 @@ class MMoE(base.Backbone):
                      dropout=dropout)
     self._experts = experts.ExpertBank(self.num_experts, self.expert_units,
                                        self.dropout, name="experts")
-    self._gates = [
-        experts.SoftmaxGate(self.num_experts, self.gate_units, self.dropout,
-                            name=f"gate_{d}") for d in range(self.num_domains)
-    ]
-    self._towers = [
-        MLP(self.tower_units + [self.output_dim], dropout=self.dropout,
-            name=f"tower_{d}") for d in range(self.num_domains)
-    ]
+    # One gate and one tower per domain, each computed for all domains at once.
+    self._gates = experts.SoftmaxGate(self.num_experts, self.gate_units,
+                                      self.dropout, num_gates=self.num_domains,
+                                      name="gates")
+    self._towers = GroupedMLP(self.num_domains,
+                              self.tower_units + [self.output_dim],
+                              dropout=self.dropout, name="towers")
 
   def call(self, inputs, training: bool = False) -> tf.Tensor:
     """Runs every domain's gate and tower; keeps the example's own domain.
@@ -68,9 +67,7 @@ class MMoE(base.Backbone):
     """
     features, condition, domain = self.unpack(inputs)
     bank = self._experts(features, training=training)  # [B, E, H]
-    outputs = [
-        tower(experts.mix(bank, gate(condition, training=training)),
-              training=training)
-        for gate, tower in zip(self._gates, self._towers)
-    ]
-    return base.select_by_domain(tf.stack(outputs, axis=1), domain)
+    weights = self._gates(condition, training=training)  # [B, domains, E]
+    mixtures = tf.einsum("beh,bde->bdh", bank, weights)
+    outputs = self._towers(mixtures, training=training)  # [B, domains, out]
+    return base.select_by_domain(outputs, domain)

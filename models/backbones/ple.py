@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from models.backbones import base
 from models.backbones import experts
-from models.mlp import MLP
+from models.mlp import GroupedMLP
 
 
 @tf.keras.utils.register_keras_serializable(package="hmdn")
@@ -56,27 +56,26 @@ class PLE(base.Backbone):
 
     d, s = self.num_domains, self.num_shared_experts
     p = self.num_specific_experts
+    # Per level: the shared experts, the specific experts of every domain as
+    # one bank (domain-major: domain i owns experts i*p .. i*p+p-1) and every
+    # domain's gate as one grouped gate; each is one batched MatMul per layer.
     self._shared_experts, self._specific_experts = [], []
     self._domain_gates, self._shared_gates = [], []
     for level in range(self.num_levels):
       self._shared_experts.append(experts.ExpertBank(
           s, self.expert_units, self.dropout, name=f"l{level}_shared_experts"))
-      self._specific_experts.append([
-          experts.ExpertBank(p, self.expert_units, self.dropout,
-                             name=f"l{level}_d{i}_experts") for i in range(d)
-      ])
-      self._domain_gates.append([
-          experts.SoftmaxGate(p + s, self.gate_units, self.dropout,
-                              name=f"l{level}_d{i}_gate") for i in range(d)
-      ])
+      self._specific_experts.append(experts.ExpertBank(
+          d * p, self.expert_units, self.dropout,
+          name=f"l{level}_specific_experts"))
+      self._domain_gates.append(experts.SoftmaxGate(
+          p + s, self.gate_units, self.dropout, num_gates=d,
+          name=f"l{level}_domain_gates"))
       if level < self.num_levels - 1:  # the last level feeds the towers only
         self._shared_gates.append(experts.SoftmaxGate(
             d * p + s, self.gate_units, self.dropout,
             name=f"l{level}_shared_gate"))
-    self._towers = [
-        MLP(self.tower_units + [self.output_dim], dropout=self.dropout,
-            name=f"tower_{i}") for i in range(d)
-    ]
+    self._towers = GroupedMLP(d, self.tower_units + [self.output_dim],
+                              dropout=self.dropout, name="towers")
 
   def call(self, inputs, training: bool = False) -> tf.Tensor:
     """Runs the CGC levels and every domain's tower; keeps the own domain.
@@ -90,23 +89,31 @@ class PLE(base.Backbone):
       `[batch_size, output_dim]`.
     """
     features, condition, domain = self.unpack(inputs)
-    domain_inputs = [features] * self.num_domains
-    shared_input = features
+    d, p = self.num_domains, self.num_specific_experts
+    # Level 0: every domain reads the features; above: [B, d, H], its own.
+    domain_inputs, shared_input = features, features
     for level in range(self.num_levels):
       shared = self._shared_experts[level](shared_input, training=training)
-      specific = [bank(x, training=training) for bank, x in
-                  zip(self._specific_experts[level], domain_inputs)]
-      domain_inputs = [
-          experts.mix(tf.concat([own, shared], axis=1),
-                      gate(tf.concat([x, condition], -1), training=training))
-          for gate, own, x in zip(self._domain_gates[level], specific,
-                                  domain_inputs)
-      ]
+      per_expert = (domain_inputs if level == 0 else
+                    tf.repeat(domain_inputs, p, axis=1))  # own domain's input
+      specific = self._specific_experts[level](per_expert, training=training)
+      hidden = specific.shape[-1]
+      # Domain i mixes its own p experts and the shared ones: [B, d, p + s, H].
+      candidates = tf.concat([
+          tf.reshape(specific, [-1, d, p, hidden]),
+          tf.repeat(shared[:, None], d, axis=1)], axis=2)
+      if level == 0:
+        gate_input = tf.concat([features, condition], -1)
+      else:
+        gate_input = tf.concat(
+            [domain_inputs, tf.repeat(condition[:, None], d, axis=1)], -1)
+      weights = self._domain_gates[level](gate_input, training=training)
+      next_inputs = tf.einsum("bdeh,bde->bdh", candidates, weights)
       if level < self.num_levels - 1:
         gate = self._shared_gates[level]
         shared_input = experts.mix(
-            tf.concat(specific + [shared], axis=1),
+            tf.concat([specific, shared], axis=1),
             gate(tf.concat([shared_input, condition], -1), training=training))
-    outputs = [tower(x, training=training)
-               for tower, x in zip(self._towers, domain_inputs)]
-    return base.select_by_domain(tf.stack(outputs, axis=1), domain)
+      domain_inputs = next_inputs
+    outputs = self._towers(domain_inputs, training=training)  # [B, d, out]
+    return base.select_by_domain(outputs, domain)

@@ -55,7 +55,7 @@ def constructor_args(cls):
 def test_every_layer_is_found():
   # A module moved or a layer renamed must not silently shrink the checks.
   assert set(BACKBONES.values()) <= set(LAYERS.values())
-  assert {"MLP", "Backbone", "ExpertBank", "SoftmaxGate", "DomainLayerNorm",
+  assert {"MLP", "GroupedMLP", "Backbone", "ExpertBank", "SoftmaxGate", "DomainLayerNorm",
           "StarDense", "OverparamFactors", "AdaptiveDense",
           "GateNU"} <= set(LAYERS)
 
@@ -88,10 +88,12 @@ def _domain(batch=5):
 BLOCKS = {
     "MLP": (dict(units=[8, 3], activation="tanh", output_activation=None,
                  dropout=0.1), lambda: _x()),
+    "GroupedMLP": (dict(groups=3, units=[8, 3], activation="tanh",
+                        output_activation=None, dropout=0.1), lambda: _x()),
     "ExpertBank": (dict(num_experts=3, units=[8, 4], dropout=0.1),
                    lambda: _x()),
-    "SoftmaxGate": (dict(num_experts=3, hidden_units=[8], dropout=0.1),
-                    lambda: _x()),
+    "SoftmaxGate": (dict(num_experts=3, hidden_units=[8], dropout=0.1,
+                         num_gates=2), lambda: _x()),
     "GateNU": (dict(units=5, hidden_units=[8]), lambda: _x()),
     "DomainLayerNorm": (dict(num_domains=D, epsilon=1e-2),
                         lambda: (_x(), _domain())),

@@ -431,3 +431,33 @@ def test_saved_model_round_trip(name, tmp_path):
       **{k: tf.constant(v) for k, v in x.items()})
   np.testing.assert_allclose(list(out.values())[0].numpy(), expected,
                              atol=1e-6)
+
+
+@pytest.mark.parametrize("per_group_input", [False, True])
+def test_grouped_mlp_group_is_the_mlp_with_its_weights(per_group_input):
+  # The fused einsum must compute, for every group, exactly the MLP it replaces.
+  from models.mlp import MLP, GroupedMLP
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(6, 3, 5) if per_group_input else (6, 5)).astype(np.float32)
+  grouped = GroupedMLP(3, [7, 4], activation="tanh", output_activation="relu")
+  out = grouped(x).numpy()
+  assert out.shape == (6, 3, 4)
+  for g in range(3):
+    own = x[:, g] if per_group_input else x
+    mlp = MLP([7, 4], activation="tanh", output_activation="relu")
+    mlp(own)
+    mlp.set_weights([w.numpy() for w in grouped.group_weights(g)])
+    np.testing.assert_allclose(out[:, g], mlp(own).numpy(), rtol=1e-5, atol=1e-6)
+  # Groups are independent: another group's weights do not change group 0.
+  before = out[:, 0]
+  kernel = grouped._kernels[0]
+  kernel.assign(kernel + tf.reshape(tf.one_hot(1, 3), (3, 1, 1)))  # group 1 only
+  np.testing.assert_array_equal(grouped(x).numpy()[:, 0], before)
+
+
+def test_grouped_mlp_refuses_a_wrong_group_axis():
+  from models.mlp import GroupedMLP
+  with pytest.raises(ValueError, match="3 groups.*4 groups"):
+    GroupedMLP(3, [4])(np.zeros((2, 4, 5), np.float32))
+  with pytest.raises(ValueError, match="groups.*0"):
+    GroupedMLP(0, [4])
