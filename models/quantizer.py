@@ -1,6 +1,6 @@
 """Residual vector quantizer of HMDN (HMDRR: hierarchical multi-distribution
 residual representation), fused over views."""
-from typing import Dict, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -65,6 +65,18 @@ def _lloyd(points, valid, book, start: int, end: int, iterations: int):
     book = tf.where((counts > 0)[..., None],
                     sums / tf.maximum(counts, 1.0)[..., None], book)
   return book
+
+
+class _Chain(NamedTuple):
+  """A residual chain (`ResidualQuantizer._quantize`). Per-level tensors stay
+  a list: stacking them copies, and a training step needs no stack of them."""
+  codes: tf.Tensor  # [B, V, D] int32
+  rows: List[tf.Tensor]  # per level [B, V] int32 rows of the flat books: v K + code
+  inputs: List[tf.Tensor]  # per level its input r_{l-1} [B, V, d] (r_0 = x)
+  partial_sums: tf.Tensor  # s_1..s_D [B, V, D, d]
+  total: tf.Tensor  # s_D [B, V, d]
+  squares: tf.Tensor  # sum_l ||r_l||^2, l = 1..D (the commitment sum)
+  pull: tf.Tensor  # its gradient in x, 2 sum_l r_l [B, V, d]
 
 
 def _perplexity(codes: np.ndarray, size: int) -> float:
@@ -243,11 +255,12 @@ class ResidualQuantizer(tf.keras.layers.Layer):
 
   # -- the residual chain -----------------------------------------------------
   def _quantize(self, x: tf.Tensor, books: tf.Tensor, exact: bool = True):
-    """Residual chain of x [B, V, d] with fixed books [V, books, K, d]: codes
-    [B, V, D], level inputs r_0..r_{D-1} and partial sums s_1..s_D, each
-    level-major [D, B, V, d] (stacked on the outer axis: plain copies), and
-    sum_l ||r_l||^2 (the commitment, gradient into x). One distance
-    computation per level for all views.
+    """Residual chain of x [B, V, d] with fixed books [V, books, K, d], as a
+    `_Chain`: codes [B, V, D], each level's chosen rows and input r_{l-1}
+    (lists, never stacked in a training step), partial sums s_1..s_D
+    [B, V, D, d] (for the outputs only), s_D, sum_l ||r_l||^2 (the
+    commitment, gradient into x through the chain) and 2 sum_l r_l. One
+    distance computation per level for all views.
 
     `exact` (inference, diagnostics): explicit differences, so each row's
     codes do not depend on the other rows of the batch, bit for bit. Training
@@ -270,9 +283,11 @@ class ResidualQuantizer(tf.keras.layers.Layer):
                    tf.eye(views, dtype=books.dtype)[:, None, :, None])
       weights = tf.reshape(weights * -2.0,
                            (self._num_books, views * dim, views * size))
-      norms = tf.reduce_sum(tf.square(flat), -1)  # [books, V*K]
-    residual, total, squares = x, None, 0.0
-    codes, residuals, partial_sums = [], [], []
+      norms = tf.unstack(tf.reduce_sum(tf.square(flat), -1))  # [V*K] per book
+      weights = tf.unstack(weights)
+    flat = tf.unstack(flat)  # one op, not a slice per level
+    residual, total, pull = x, None, None
+    codes, rows, inputs, partial_sums, squares = [], [], [], [], []
     for level in range(self.num_levels):  # D is small: an unrolled chain
       b = self._book(level)
       if exact:
@@ -283,15 +298,28 @@ class ResidualQuantizer(tf.keras.layers.Layer):
             tf.reshape(residual, (-1, views * dim)), weights[b]), norms[b]),
                           (-1, views, size))
       code = tf.argmin(dist, -1, output_type=tf.int32)
-      chosen = tf.gather(flat[b], code + offsets)
+      row = code + offsets
+      chosen = tf.gather(flat[b], row)
       codes.append(code)
-      residuals.append(residual)
-      residual = residual - chosen
-      squares += tf.reduce_sum(tf.square(residual))  # ||x - sg(s_l)||^2
+      rows.append(row)
+      inputs.append(residual)
+      residual = residual - chosen  # r_l = x - sg(s_l)
+      squares.append(tf.reduce_sum(tf.square(residual)))
+      pull = residual if pull is None else pull + residual
       total = chosen if total is None else total + chosen
       partial_sums.append(total)
-    return (tf.stack(codes, -1), tf.stack(residuals),
-            tf.stack(partial_sums), squares)
+    return _Chain(codes=tf.stack(codes, -1), rows=rows, inputs=inputs,
+                  partial_sums=tf.stack(partial_sums, 2), total=total,
+                  squares=tf.add_n(squares), pull=2.0 * pull)
+
+  def _chain_statistics(self, x: tf.Tensor, books: tf.Tensor):
+    """Training's residual chain of x [B, V, d] (no gradient) and the local
+    batch's code statistics: codes, level inputs, partial sums, counts, sums
+    (see `_quantize` and `_statistics`), the commitment sum
+    sum_l ||x - s_l||^2 and its gradient in x, 2 sum_l (x - s_l)."""
+    chain = self._quantize(x, books, exact=False)
+    counts, sums = self._statistics(chain.rows, chain.inputs)
+    return chain, counts, sums
 
   # -- seeding ----------------------------------------------------------------
   def _kmeans_init(self, points: tf.Tensor, valid: tf.Tensor, seed) -> tf.Tensor:
@@ -331,23 +359,28 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     return tf.stack(books, 1)
 
   # -- training-time state ----------------------------------------------------
-  def _statistics(self, codes, residuals):
+  def _statistics(self, rows, inputs):
     """Per-book assignment counts [V, books, K] and residual sums
-    [V, books, K, d] of the local batch (codes [B, V, D], level inputs
-    [D, B, V, d]): one segment sum over (view, book, code) for all levels (a
-    shared book adds up its levels)."""
-    size, books, views = self.codebook_size, self._num_books, self._views
-    level_book = tf.constant([self._book(l) for l in range(self.num_levels)])
-    ids = (tf.transpose(codes, (2, 0, 1)) + size * level_book[:, None, None] +
-           size * books * tf.range(views))  # [D, B, V]
-    segments = views * books * size
-    flat_ids = tf.reshape(ids, [-1])
-    counts = tf.math.unsorted_segment_sum(
-        tf.ones_like(flat_ids, residuals.dtype), flat_ids, segments)
-    sums = tf.math.unsorted_segment_sum(
-        tf.reshape(residuals, (-1, self._dim)), flat_ids, segments)
-    return (tf.reshape(counts, (views, books, size)),
-            tf.reshape(sums, (views, books, size, self._dim)))
+    [V, books, K, d] of the local batch, from each level's chosen rows of the
+    flat books (`_Chain.rows`: view v's codes are rows v K..v K + K - 1) and
+    its input (a shared book adds up its levels). Per level, ONE MatMul of the
+    one-hot assignments over its own V K rows (CPU's segment sum, or a one-hot
+    over every level's rows, is several times slower at these shapes)."""
+    size, views, dim = self.codebook_size, self._views, self._dim
+    counts, sums = [], []
+    for row, residual in zip(rows, inputs):
+      one_hot = tf.one_hot(tf.reshape(row, [-1]), views * size,
+                           dtype=residual.dtype)  # [B V, V K]
+      sums.append(tf.matmul(one_hot, tf.reshape(residual, (-1, dim)),
+                            transpose_a=True))  # [V K, d]
+      counts.append(tf.reduce_sum(one_hot, 0))
+    if self.shared_codebook:
+      counts, sums = [tf.add_n(counts)], [tf.add_n(sums)]
+    books = self._num_books
+    return (tf.transpose(tf.reshape(tf.stack(counts), (books, views, size)),
+                         (1, 0, 2)),
+            tf.transpose(tf.reshape(tf.stack(sums), (books, views, size, dim)),
+                         (1, 0, 2, 3)))
 
   def _initial_state(self, books, num_rows, step):
     """State right after seeding: a uniform-usage prior of one global batch,
@@ -358,21 +391,23 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     counts = tf.fill(tf.shape(books)[:-1], share)
     return books, counts, books * share, tf.fill(tf.shape(books)[:-1], step)
 
-  def _updated_state(self, books, counts, sums, rows, step, seed):
+  def _updated_state(self, books, counts, sums, rows, step, seed,
+                     ema_counts, ema_sums, last_used):
     """EMA update with Laplace smoothing, then restarts of the codes unused
     for `restart_after_steps` steps, from `rows` (level inputs [D, N, V, d]
-    of rows of the global batch; rearranged only when a code restarts)."""
+    of rows of the global batch; rearranged only when a code restarts).
+    The state's previous values are passed in (read once per step)."""
     decay, size = self.decay, self.codebook_size
-    ema_counts = decay * self._read(self.ema_counts) + (1.0 - decay) * counts
+    ema_counts = decay * ema_counts + (1.0 - decay) * counts
     total = tf.reduce_sum(ema_counts, -1, keepdims=True)
     if self.codebook_update == "ema":
-      ema_sums = decay * self._read(self.ema_sums) + (1.0 - decay) * sums
+      ema_sums = decay * ema_sums + (1.0 - decay) * sums
       smoothed = ((ema_counts + self.epsilon) /
                   (total + size * self.epsilon) * total)
       books = ema_sums / smoothed[..., None]
     else:
       ema_sums = tf.zeros_like(books)
-    last_used = tf.where(counts > 0, step, self._read(self.last_used))
+    last_used = tf.where(counts > 0, step, last_used)
     if not self.restart_after_steps:
       return books, ema_counts, ema_sums, last_used
     dead = step - last_used >= self.restart_after_steps
@@ -396,7 +431,10 @@ class ResidualQuantizer(tf.keras.layers.Layer):
                    lambda: (books, ema_counts, ema_sums, last_used))
 
   def _pool(self, rows: tf.Tensor) -> tf.Tensor:
-    """Level inputs [D, N, V, d] -> restart pool per book [V, books, N', d]."""
+    """Level inputs [D, N, V, d] (or a list of D [N, V, d]) -> restart pool
+    per book [V, books, N', d]."""
+    if isinstance(rows, (list, tuple)):
+      rows = tf.stack(rows)
     if self.shared_codebook:
       return tf.reshape(tf.transpose(rows, (2, 0, 1, 3)),
                         (self._views, 1, -1, self._dim))
@@ -443,28 +481,42 @@ class ResidualQuantizer(tf.keras.layers.Layer):
         was_initialized, lambda: (self._read(self.buffer), buffer_rows),
         fill_buffer)
     valid = tf.range(self.buffer_size, dtype=tf.int64) < new_buffer_rows
+    # The seeding runs once; as a call that is not inlined, the branch not
+    # taken on every later step is one node, not the unrolled k-means.
+    kmeans = tf.function(self._kmeans_init, autograph=False,
+                         experimental_attributes={"_noinline": True})
     books = tf.stop_gradient(tf.cond(
-        seed_now, lambda: self._kmeans_init(buffer, valid, seed),
-        lambda: variable))
-    codes, residuals, partial_sums, squares = self._quantize(
-        x, books, exact=False)
+        seed_now, lambda: kmeans(buffer, valid, seed), lambda: variable))
+    # The chain sees no gradient: the commitment, the only gradient into x,
+    # gets its value from the chain and its gradient 2 sum_l (x - s_l)
+    # (r_l = x - sg(s_l)) as one product, not back through every level.
+    chain, counts, sums = self._chain_statistics(tf.stop_gradient(x), books)
+    codes, residuals = chain.codes, chain.inputs
+    @tf.custom_gradient
+    def commitment_sum(x):
+      return chain.squares, lambda dy: dy * chain.pull
+
+    squares = commitment_sum(x)
     # Value of `books`, gradient (loss mode) into the variable.
     live = variable + tf.stop_gradient(books - variable)
 
-    counts, sums = all_reduce(self._statistics(codes, residuals))
+    counts, sums = all_reduce((counts, sums))
     # Restart candidates: the global batch's level inputs [D, N, V, d]
     # (rearranged per book only inside the restart branch).
+    # (A list of per-level tensors, stacked only when a code restarts.)
     pool = (residuals if context is None else
-            context.all_gather(tf.stop_gradient(residuals), axis=1))
-    keep = lambda: (variable, self._read(self.ema_counts),  # noqa: E731
-                    (self._read(self.ema_sums) if self.ema_sums is not None
-                     else tf.zeros_like(variable)),
-                    self._read(self.last_used))
+            context.all_gather(tf.stack(residuals), axis=1))
+    ema_counts = self._read(self.ema_counts)
+    ema_sums = (self._read(self.ema_sums) if self.ema_sums is not None
+                else tf.zeros_like(variable))
+    last_used = self._read(self.last_used)
+    keep = lambda: (variable, ema_counts, ema_sums, last_used)  # noqa: E731
     new_books, new_counts, new_sums, new_last_used = tf.cond(
         was_initialized,
         lambda: self._updated_state(
             books, counts, sums, pool, step,
-            tf.random.experimental.stateless_fold_in(seed, self.num_levels)),
+            tf.random.experimental.stateless_fold_in(seed, self.num_levels),
+            ema_counts, ema_sums, last_used),
         lambda: tf.cond(seed_now, lambda: self._initial_state(
             books, num_rows, step), keep))
     # Every assignment sits outside control flow: under MirroredStrategy each
@@ -480,7 +532,8 @@ class ResidualQuantizer(tf.keras.layers.Layer):
       updates.append(self.ema_sums.assign(self._write(new_sums)))
     with tf.control_dependencies(updates):
       codes = tf.identity(codes)
-    return codes, residuals, partial_sums, squares, live, active
+    return (codes, residuals, chain.partial_sums, chain.total, squares, live,
+            active)
 
   def call(self, inputs: tf.Tensor,
            training: bool = None) -> Dict[str, tf.Tensor]:
@@ -508,25 +561,24 @@ class ResidualQuantizer(tf.keras.layers.Layer):
 
     def infer():
       variable = self._read(self.codebooks)
-      codes, residuals, partial_sums, squares = self._quantize(
-          x, tf.stop_gradient(variable))
-      return (codes, residuals, partial_sums, squares, variable,
-              tf.convert_to_tensor(self.initialized))
+      chain = self._quantize(x, tf.stop_gradient(variable))
+      return (chain.codes, chain.inputs, chain.partial_sums, chain.total,
+              chain.squares, variable, tf.convert_to_tensor(self.initialized))
 
     if tf.is_tensor(training):  # symbolic flag: default strategy only, as
       # MirroredStrategy cannot synchronise inside control flow.
-      codes, residuals, partial_sums, squares, live, active = tf.cond(
+      codes, residuals, partial_sums, total, squares, live, active = tf.cond(
           training, lambda: self._train_step(x), infer)
     elif training:
-      codes, residuals, partial_sums, squares, live, active = self._train_step(x)
+      (codes, residuals, partial_sums, total, squares, live,
+       active) = self._train_step(x)
     else:
-      codes, residuals, partial_sums, squares, live, active = infer()
+      codes, residuals, partial_sums, total, squares, live, active = infer()
 
     # Before seeding: x passes through, codes 0, partial sums 0, no loss.
     # (Level-major partial sums [D, B, V, d]; the transposed output is pruned
     # from a training step that does not read it.)
     codes = tf.where(active, codes, tf.zeros_like(codes))
-    total = partial_sums[-1]
     batch = tf.cast(tf.shape(x)[0], x.dtype)
     # ||r_{l-1} - sg(e_l)||^2 = ||x - sg(s_l)||^2, gradient into x only;
     # mean over rows and levels, summed over views.
@@ -541,11 +593,12 @@ class ResidualQuantizer(tf.keras.layers.Layer):
                             for l in range(self.num_levels)])[:, None, None])
       chosen = tf.gather(tf.reshape(live, (-1, self._dim)), index)
       codebook_loss = on * tf.reduce_sum(tf.square(
-          tf.stop_gradient(residuals) - chosen)) / (batch * self.num_levels)
+          tf.stop_gradient(tf.stack(residuals)) - chosen)) / (batch * self.num_levels)
       self.add_loss(self.commitment_weight * codebook_loss)
-    quantized = tf.where(active, x + tf.stop_gradient(total - x), x)
-    partial_sums = tf.where(active, tf.transpose(partial_sums, (1, 2, 0, 3)),
-                            0.0)
+    # x + sg(s_D - x) once seeded, x before (a 0/1 factor, not a select: the
+    # gradient is the identity either way, with no select in the backward).
+    quantized = x + tf.stop_gradient(on * (total - x))
+    partial_sums = tf.where(active, partial_sums, 0.0)
     out = {"quantized": quantized,
            "partial_sums": tf.stop_gradient(partial_sums),
            "codes": codes}
@@ -576,9 +629,10 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     self._check_shape(x.shape)
     if self._single:
       x = x[:, None]
-    codes, _, partial_sums, _ = self._quantize(x, self._read(self.codebooks))
+    chain = self._quantize(x, self._read(self.codebooks))
+    codes, partial_sums = chain.codes, chain.partial_sums
     codes, x = codes.numpy(), x.numpy()
-    partial_sums = np.transpose(partial_sums.numpy(), (1, 2, 0, 3))
+    partial_sums = partial_sums.numpy()
     norm = np.sqrt((x ** 2).sum((0, 2)))  # [V]
     left = np.sqrt(((x[:, :, None] - partial_sums) ** 2).sum((0, 3)))  # [V, D]
     ratio = left / np.maximum(norm[:, None], 1e-12)

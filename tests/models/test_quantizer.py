@@ -133,6 +133,33 @@ def test_shared_codebook_is_one_variable_for_all_levels():
                                book[codes[:, level]], atol=1e-5)
 
 
+def test_ema_statistics_per_view_and_level():
+  """Each (view, level) book's EMA counts and sums follow its own rows' codes
+  and level inputs: the fused statistics keep views and levels apart."""
+  x = np.stack([_mixture(256, dim=4), _mixture(256, dim=4, seed=2) * 3.0], 1)
+  layer = ResidualQuantizer(num_levels=3, codebook_size=6, decay=0.9,
+                            restart_after_steps=0)
+  layer(x, training=True)
+  x2 = np.stack([_mixture(256, dim=4, seed=1),
+                 _mixture(256, dim=4, seed=3) * 3.0], 1)
+  out = layer(x2, training=False)
+  codes, partial = out["codes"].numpy(), out["partial_sums"].numpy()
+  old_counts, old_sums = layer.ema_counts.numpy(), layer.ema_sums.numpy()
+  layer(x2, training=True)
+  for v in range(2):
+    inputs = _residual_inputs(x2[:, v], partial[:, v])  # [B, D, d]
+    for level in range(3):
+      c = codes[:, v, level]
+      counts = np.bincount(c, minlength=6)
+      sums = np.stack([inputs[c == k, level].sum(0) for k in range(6)])
+      np.testing.assert_allclose(layer.ema_counts.numpy()[v, level],
+                                 0.9 * old_counts[v, level] + 0.1 * counts,
+                                 rtol=1e-5)
+      np.testing.assert_allclose(layer.ema_sums.numpy()[v, level],
+                                 0.9 * old_sums[v, level] + 0.1 * sums,
+                                 rtol=1e-4, atol=1e-4)
+
+
 def test_ema_step_moves_code_toward_assigned_mean():
   x = _mixture(256, dim=4)
   layer = ResidualQuantizer(num_levels=2, codebook_size=6, decay=0.9,
@@ -477,3 +504,23 @@ def test_fused_views_inference_is_batch_independent():
   alone = layer(x[7:8], training=False)
   np.testing.assert_array_equal(alone["codes"][0], batch["codes"][7])
   np.testing.assert_array_equal(alone["quantized"][0], batch["quantized"][7])
+
+
+def test_commitment_gradient_is_its_exact_derivative():
+  """The commitment's gradient (attached in one product, not back through the
+  chain) equals d/dx of lambda beta mean_rows sum_l ||x - sg(s_l)||^2 / D."""
+  x = tf.constant(_mixture(64, dim=4))
+  layer = ResidualQuantizer(num_levels=3, codebook_size=4, beta=0.3,
+                            commitment_weight=0.7, restart_after_steps=0)
+  layer(x, training=True)  # seeds the codebooks
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    out = layer(x, training=True)
+    commitment = layer.losses[0]
+  partial = out["partial_sums"].numpy()  # s_1..s_D the step quantized with
+  x_np = x.numpy()
+  expected_value = 0.7 * 0.3 * ((x_np[:, None] - partial) ** 2).sum((1, 2)).mean() / 3
+  np.testing.assert_allclose(commitment, expected_value, rtol=1e-5)
+  expected = 0.7 * 0.3 * 2 * (x_np[:, None] - partial).sum(1) / (64 * 3)
+  np.testing.assert_allclose(tape.gradient(commitment, x), expected,
+                             rtol=1e-4, atol=1e-7)
