@@ -4,9 +4,9 @@ Parsing (beam_jobs/sources/) returns tagged outputs, so a bad row is data (the d
 letter), not an exception. Records travel in batches, (split, {field: column}): the
 derived features, the combiners (Counters, numpy moments, summed cells) and the
 tf.Example serializer (the wire format written directly) work a column at a time, and
-the TFRecord sink writes a batch with one call; only the join of a count_bucket or
-mode table goes row by row. Every transform takes the `FeatureSpec` explicitly; DoFns
-hold no global state. Output paths come from `features.preprocessed.PreprocessedData`.
+the TFRecord sink writes a batch with one call; only the join of a count_bucket, mode
+or share table goes row by row. Every transform takes the `FeatureSpec` explicitly;
+DoFns hold no global state. Output paths come from `features.preprocessed.PreprocessedData`.
 """
 import collections
 import hashlib
@@ -206,9 +206,9 @@ class Progress:
 # --- Derived (whole-log) features -------------------------------------------------------
 class _AttachTableValuesFn(beam.DoFn):
   """(source value, {_rows, <field>: table entries}) -> each row with each field's
-  entry for the value (a count_bucket's bucket, a mode's value), or the field's
-  default for a value never seen in the training split (the bucket of a count of 0,
-  the mode "")."""
+  entry for the value (a count_bucket's bucket, a mode's value, a share's bucket), or
+  the field's default for a value never seen in the training split (the bucket of a
+  count of 0; "" for a mode or a share)."""
 
   def __init__(self, features: Sequence[spec_lib.Feature]):
     self._defaults = {f.name: f.derived.table_default for f in features}
@@ -236,7 +236,7 @@ def _batch_derived(batch: Batch, features) -> Batch:
       out[f.name] = [d.separator.join(map(str, vs))
                      for vs in zip(*[out[s] for s in d.sources])]
     elif d.kind == spec_lib.BUCKET:
-      out[f.name] = [d.bucket_of(x) for x in out[d.source]]
+      out[f.name] = list(map(d.bucketizer(), out[d.source]))
   return split, out
 
 
@@ -248,7 +248,8 @@ def _train_counts(batch: Batch, source: str):
 
 def _row_wise_chain(spec, name: str) -> List[spec_lib.Feature]:
   """The row-wise derived fields (spec order) needed to compute field `name` from
-  the raw fields: a mode's `of` (the spec checks it reads raw fields only)."""
+  the raw fields: a mode's or a share's `of` (the spec checks it reads raw fields
+  only)."""
   needed, pending = set(), [name]
   while pending:
     f = spec[pending.pop()]
@@ -295,22 +296,85 @@ class _ModeFn(beam.CombineFn):
     return acc[1]
 
 
-def _table(batches, spec, f: spec_lib.Feature):
-  """(source value, table value) of a count_bucket or mode field, from the TRAINING
-  split."""
+class _SumCountsFn(beam.CombineFn):
+  """Equal-length tuples of counts summed element by element (associative and
+  commutative)."""
+
+  def create_accumulator(self):
+    return None
+
+  def add_input(self, acc, counts):
+    return list(counts) if acc is None else [a + b for a, b in zip(acc, counts)]
+
+  def merge_accumulators(self, accs):
+    out = None
+    for acc in accs:
+      if acc is not None:
+        out = self.add_input(out, acc)
+    return out
+
+  def extract_output(self, acc):
+    return tuple(acc or ())
+
+
+def _share_counts(pair_count, values: Sequence[str]):
+  """((source value, `of` value), rows) -> (source value, (rows if `of` == each
+  share's value else 0, ..., rows))."""
+  (key, of_value), count = pair_count
+  return key, tuple(count if of_value == v else 0 for v in values) + (count,)
+
+
+def _count_bucket_table(batches, f: spec_lib.Feature):
+  """(source value, bucket of its training count) of a count_bucket field."""
   d = f.derived
-  if d.kind == spec_lib.COUNT_BUCKET:
-    return (batches
-            | f"{f.name}TrainValues" >> beam.FlatMap(_train_counts, d.source)
-            | f"{f.name}Count" >> beam.CombinePerKey(sum)
-            | f"{f.name}Bucket" >> beam.Map(lambda kv, d=d: (kv[0],
-                                                              d.bucket_of(kv[1]))))
   return (batches
-          | f"{f.name}TrainPairs" >> beam.FlatMap(
-              _train_pair_counts, d.source, d.of, _row_wise_chain(spec, d.of))
-          | f"{f.name}CountPairs" >> beam.CombinePerKey(sum)
-          | f"{f.name}ByKey" >> beam.MapTuple(lambda kv, c: (kv[0], (c, kv[1])))
-          | f"{f.name}Mode" >> beam.CombinePerKey(_ModeFn()))
+          | f"{f.name}TrainValues" >> beam.FlatMap(_train_counts, d.source)
+          | f"{f.name}Count" >> beam.CombinePerKey(sum)
+          | f"{f.name}Bucket" >> beam.MapTuple(
+              lambda k, c, bucket=d.bucketizer(): (k, bucket(c))))
+
+
+def _profile_tables(batches, spec, source: str, of: str,
+                    fields: Sequence[spec_lib.Feature]) -> Dict[str, Any]:
+  """{field: (source value, table value)} of the mode and share fields that read
+  (source, of), from the TRAINING split: the pair counts once for all of them, then
+  one combine per mode and one for all the shares (their counts side by side)."""
+  label = f"{source}_{of}"
+  pairs = (batches
+           | f"TrainPairs_{label}" >> beam.FlatMap(
+               _train_pair_counts, source, of, _row_wise_chain(spec, of))
+           | f"CountPairs_{label}" >> beam.CombinePerKey(sum))
+  tables = {}
+  for f in fields:
+    if f.derived.kind == spec_lib.MODE:
+      tables[f.name] = (pairs
+                        | f"{f.name}ByKey" >> beam.MapTuple(
+                            lambda kv, c: (kv[0], (c, kv[1])))
+                        | f"{f.name}Mode" >> beam.CombinePerKey(_ModeFn()))
+  shares = [f for f in fields if f.derived.kind == spec_lib.SHARE]
+  if shares:
+    counts = (pairs
+              | f"ShareCounts_{label}" >> beam.Map(
+                  _share_counts, [f.derived.value for f in shares])
+              | f"SumShares_{label}" >> beam.CombinePerKey(_SumCountsFn()))
+    for i, f in enumerate(shares):  # counts[-1]: all the key's rows, never 0
+      tables[f.name] = counts | f"{f.name}Bucket" >> beam.MapTuple(
+          lambda k, c, i=i, bucket=f.derived.bucketizer(): (k, bucket(c[i] / c[-1])))
+  return tables
+
+
+def _tables(batches, spec, fields: Sequence[spec_lib.Feature]) -> Dict[str, Any]:
+  """{field: (source value, table value)} of every table field, from the TRAINING
+  split; modes and shares reading the same (source, of) share one pair count."""
+  tables, profiles = {}, {}
+  for f in fields:
+    if f.derived.kind == spec_lib.COUNT_BUCKET:
+      tables[f.name] = _count_bucket_table(batches, f)
+    else:
+      profiles.setdefault((f.derived.source, f.derived.of), []).append(f)
+  for (source, of), group in profiles.items():
+    tables.update(_profile_tables(batches, spec, source, of, group))
+  return tables
 
 
 @beam.ptransform_fn
@@ -318,21 +382,24 @@ def AddDerivedFeatures(batches, spec, data: PreprocessedData):
   """Adds the spec's derived fields to record batches.
 
   count_bucket: counts each source value in the TRAINING split (a batch's Counter,
-  summed per value); mode: counts each (source value, `of` value) pair there the same
-  way and keeps each source value's most frequent `of` value (ties: the smallest).
-  Each writes `data.table_path(field)` (escaped value TAB escaped bucket or mode: the
+  summed per value); mode and share: count each (source value, `of` value) pair there
+  the same way, once per (source, of) for all the fields reading it; a mode keeps each
+  source value's most frequent `of` value (ties: the smallest), a share sums (rows
+  with `of` == value, all rows) per source value and buckets the fraction. Each
+  writes `data.table_path(field)` (escaped value TAB escaped bucket or mode: the
   asset the model looks it up in, `features.preprocessed.escape_value`); the entries
   are joined back onto every row, train and eval, with one CoGroupByKey per source
   field (row by row: a table may be too large for a side input); crosses and numeric
-  buckets are computed per batch afterwards (a cross may read a count bucket or a
-  mode). The values are the ones the model recomputes from the raw ids.
+  buckets are computed per batch afterwards (a cross may read a table field). The
+  values are the ones the model recomputes from the raw ids.
   """
   table_fields = [f for f in spec.derived_fields if f.derived.has_table]
   if table_fields:
     split_records = batches | "TableJoinRows" >> Unbatched()
     by_source: Dict[str, Dict[str, Any]] = {}
+    tables = _tables(batches, spec, table_fields)
     for f in table_fields:
-      table = _table(batches, spec, f)
+      table = tables[f.name]
       by_source.setdefault(f.derived.source, {})[f.name] = table
       _ = (table
            | f"{f.name}TableLines" >> beam.MapTuple(

@@ -29,8 +29,10 @@ COUNT_BUCKET = "count_bucket"  # bucketed count of the source value in the train
 CROSS = "cross"  # the source values joined by `separator`
 BUCKET = "bucket"  # a numeric source bucketized at `boundaries`
 MODE = "mode"  # the most frequent `of` value of the source value in the training split
-DERIVED_KINDS = (COUNT_BUCKET, CROSS, BUCKET, MODE)
-TABLE_KINDS = (COUNT_BUCKET, MODE)  # computed over the whole log: a lookup table each
+SHARE = "share"  # bucketed share of the source value's training rows whose `of` is `value`
+DERIVED_KINDS = (COUNT_BUCKET, CROSS, BUCKET, MODE, SHARE)
+TABLE_KINDS = (COUNT_BUCKET, MODE, SHARE)  # over the training split: a lookup table each
+PROFILE_KINDS = (MODE, SHARE)  # per-key profiles of another field `of`
 
 SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 
@@ -108,6 +110,12 @@ class Derived:
     table) and writes `tables/<field>.txt` (value \\t mode); the model looks the mode up
     there, a value unseen in training gets "" (the vocabulary's OOV). `of` is a raw
     categorical field or a row-wise derived (bucket, cross) field of raw fields.
+  share: a per-key histogram entry (e.g. the share of a user's rows on "ios"): the
+    fraction of the `source` value's training rows whose `of` equals `value`,
+    bucketized at `boundaries` (strictly increasing, in (0, 1)); `tables/<field>.txt`
+    holds value \t bucket. A value unseen in training gets "" (no share: the
+    vocabulary's OOV, distinct from the bucket of a share of 0). `of` as for a mode;
+    the Beam job counts each (source, of) pair once for all its modes and shares.
   cross: `sources` values joined by `separator` (e.g. scenario x user group).
   bucket: a numeric `source` bucketized at `boundaries` (e.g. an age bucket).
   Bucket values are the bucket index as a string: "0" .. str(len(boundaries)).
@@ -118,6 +126,7 @@ class Derived:
   boundaries: Tuple[float, ...] = ()
   separator: str = "_x_"
   of: str = ""
+  value: str = ""
 
   @property
   def reads(self) -> Tuple[str, ...]:
@@ -130,16 +139,22 @@ class Derived:
 
   @property
   def table_default(self) -> str:
-    """The table's value for a source value unseen in training."""
+    """The table's value for a source value unseen in training ("" for a mode or a
+    share: no profile, the vocabulary's OOV)."""
     return self.bucket_of(0) if self.kind == COUNT_BUCKET else ""
 
   def bucket_of(self, x: float) -> str:
-    """The bucket of a count or numeric value, as TensorFlow's Bucketize computes it
-    (in float32: the model sees float32 values)."""
+    """The bucket of a count, numeric value or share, as TensorFlow's Bucketize
+    computes it (in float32: the model sees float32 values)."""
+    return self.bucketizer()(x)
+
+  def bucketizer(self):
+    """`bucket_of` as a function, the edges converted once (for many values)."""
     import bisect
     import numpy as np
     edges = [float(np.float32(b)) for b in self.boundaries]
-    return str(bisect.bisect_right(edges, float(np.float32(x))))
+    f32 = np.float32
+    return lambda x: str(bisect.bisect_right(edges, float(f32(x))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,12 +431,21 @@ def _validate_derived(spec: "FeatureSpec", f: Feature, where: str) -> None:
                       f"sources={list(d.sources)} source={d.source!r}")
   elif not d.source or d.sources:
     raise SpecError(f"{where}: a {d.kind} needs one `source` field")
-  if d.kind in (COUNT_BUCKET, BUCKET):
+  if d.kind in (COUNT_BUCKET, BUCKET, SHARE):
     if not d.boundaries:
       raise SpecError(f"{where}: a {d.kind} needs `boundaries`")
+    if not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+               for b in d.boundaries):
+      raise SpecError(f"{where}: boundaries must be numbers, got {list(d.boundaries)}")
     if list(d.boundaries) != sorted(set(d.boundaries)):
       raise SpecError(f"{where}: boundaries must be strictly increasing, got "
                       f"{list(d.boundaries)}")
+    if d.kind == SHARE and not all(0 < b < 1 for b in d.boundaries):
+      raise SpecError(f"{where}: a share's boundaries must lie in (0, 1) (a share is a "
+                      f"fraction of rows), got {list(d.boundaries)}")
+  elif d.boundaries:
+    raise SpecError(f"{where}: boundaries are for a count_bucket, bucket or share, not "
+                    f"a {d.kind} (boundaries={list(d.boundaries)})")
   earlier = {}
   for g in spec.features:
     if g.name == f.name:
@@ -441,36 +465,61 @@ def _validate_derived(spec: "FeatureSpec", f: Feature, where: str) -> None:
                       f"{src.kind!r}")
     if d.kind in TABLE_KINDS and src.is_derived:
       raise SpecError(f"{where}: {d.kind} source {name!r} must be a raw field")
-  if d.kind == MODE:
-    _validate_mode_of(d, earlier, where)
+  if d.kind in PROFILE_KINDS:
+    _validate_profile_of(d, earlier, where)
   elif d.of:
-    raise SpecError(f"{where}: `of` is for a mode, not a {d.kind} (of={d.of!r})")
+    raise SpecError(f"{where}: `of` is for a mode or a share, not a {d.kind} "
+                    f"(of={d.of!r})")
+  if d.kind == SHARE:
+    _validate_share_value(d, earlier[d.of], where)
+  elif d.value != "":
+    raise SpecError(f"{where}: `value` is for a share, not a {d.kind} "
+                    f"(value={d.value!r})")
 
 
-def _validate_mode_of(d: Derived, earlier: Mapping[str, Feature], where: str) -> None:
-  """`of` is a categorical feature declared before the mode, other than its source, and
-  computed row by row from raw fields (the Beam job computes it before the join)."""
+def _validate_profile_of(d: Derived, earlier: Mapping[str, Feature],
+                         where: str) -> None:
+  """`of` (of a mode or a share) is a categorical feature declared before the field,
+  other than its source, and computed row by row from raw fields (the Beam job
+  computes it before the join)."""
+  what = {MODE: "most frequent value", SHARE: "share of `value`"}[d.kind]
   if not d.of:
-    raise SpecError(f"{where}: a mode needs `of`: the field whose most frequent value "
-                    "per source value it is")
+    raise SpecError(f"{where}: a {d.kind} needs `of`: the field whose {what} per "
+                    "source value it is")
   if d.of == d.source:
-    raise SpecError(f"{where}: a mode's `of` {d.of!r} must differ from its source")
+    raise SpecError(f"{where}: a {d.kind}'s `of` {d.of!r} must differ from its source")
   of = earlier.get(d.of)
   if of is None:
-    raise SpecError(f"{where}: mode of {d.of!r}, which is not a field declared before "
-                    "it")
+    raise SpecError(f"{where}: {d.kind} of {d.of!r}, which is not a field declared "
+                    "before it")
   if of.role != FEATURE or of.kind != CATEGORICAL:
-    raise SpecError(f"{where}: a mode's `of` must be a categorical feature, {d.of!r} "
-                    f"has kind {of.kind!r} role {of.role!r}")
+    raise SpecError(f"{where}: a {d.kind}'s `of` must be a categorical feature, "
+                    f"{d.of!r} has kind {of.kind!r} role {of.role!r}")
   pending = [of]
   while pending:
     g = pending.pop()
     if g.is_derived:
       if g.derived.kind not in (BUCKET, CROSS):
-        raise SpecError(f"{where}: a mode's `of` {d.of!r} must be a raw field or a "
+        raise SpecError(f"{where}: a {d.kind}'s `of` {d.of!r} must be a raw field or a "
                         f"bucket/cross of raw fields; it reads {g.name!r}, a "
                         f"{g.derived.kind}")
       pending.extend(earlier[n] for n in g.derived.reads)
+
+
+def _validate_share_value(d: Derived, of: Feature, where: str) -> None:
+  """A share's `value` is one value of `of`, as a string (YAML: quote a number); a
+  bucket's values are known, so a value outside them is refused."""
+  if not isinstance(d.value, str):
+    raise SpecError(f"{where}: a share's `value` must be a string (quote it in YAML), "
+                    f"got {d.value!r}")
+  if d.value == "":
+    raise SpecError(f"{where}: a share needs `value`: the value of {d.of!r} whose "
+                    "share of the source value's rows it is")
+  if of.is_derived and of.derived.kind == BUCKET:
+    buckets = [str(i) for i in range(len(of.derived.boundaries) + 1)]
+    if d.value not in buckets:
+      raise SpecError(f"{where}: share of {d.of!r} value {d.value!r}, which is not one "
+                      f"of its buckets {buckets}")
 
 
 def _validate(spec: FeatureSpec) -> None:
@@ -602,6 +651,12 @@ def _derived_from_dict(raw: Any, where: str) -> Derived:
     raise SpecError(f"{where}: derived: unknown key(s) {sorted(unknown)}; allowed: "
                     f"{sorted(_DERIVED_KEYS)}")
   kwargs = dict(raw)
+  if "boundaries" in kwargs and (
+      not isinstance(kwargs["boundaries"], Sequence) or
+      isinstance(kwargs["boundaries"], str) or
+      any(isinstance(b, bool) for b in kwargs["boundaries"])):
+    raise SpecError(f"{where}: derived: boundaries must be a list of numbers, got "
+                    f"{kwargs['boundaries']!r}")
   try:
     if "boundaries" in kwargs:
       kwargs["boundaries"] = tuple(float(b) for b in kwargs["boundaries"])

@@ -3,7 +3,7 @@
 Lookups (vocabularies as files, hashing, bucketization, standardization) live inside the
 model, so the exported SavedModel takes raw values and training and serving can never
 disagree on an id. Derived fields (spec `derived`) are recomputed here from the raw
-inputs they read: count buckets and modes by a lookup in the Beam job's
+inputs they read: count buckets, modes and shares by a lookup in the Beam job's
 `tables/<field>.txt` (a file-initialized hash table, so the SavedModel carries it as an
 asset), crosses by string join, numeric buckets by Bucketize; any derived value in the
 inputs is ignored.
@@ -36,7 +36,7 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     spec: the feature spec as a dict (`FeatureSpec.to_dict()`).
     vocab_dir: directory of the vocabularies (PreprocessedData.vocab_dir).
     numeric_moments: {field: {"mean", "std"}} of unbucketized numeric fields.
-    tables_dir: lookup tables of derived count_bucket and mode fields
+    tables_dir: lookup tables of derived count_bucket, mode and share fields
       (PreprocessedData.tables_dir).
     **kwargs: base Layer arguments.
   """
@@ -49,8 +49,9 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     super().__init__(autocast=False, **kwargs)
     self._spec = spec_lib.spec_from_dict(spec)
     if any(f.derived.has_table for f in self._spec.derived_fields) and not tables_dir:
-      raise ValueError("count_bucket and mode fields need `tables_dir`: the lookup "
-                       "tables of the preprocessing output (PreprocessedData.tables_dir)")
+      raise ValueError("count_bucket, mode and share fields need `tables_dir`: the "
+                       "lookup tables of the preprocessing output "
+                       "(PreprocessedData.tables_dir)")
     # Stored as JSON: Keras would wrap (and track) nested dicts set as attributes.
     self._config_json = json.dumps({"spec": spec, "vocab_dir": vocab_dir,
                                     "numeric_moments": dict(numeric_moments or {}),
@@ -131,7 +132,8 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
 
     for f in self._spec.derived_fields:
       d = f.derived
-      if d.has_table:  # keys are escaped; a mode's values too (bucket ids need not be)
+      if d.has_table:  # keys are escaped; a mode's values too (a count_bucket's or a
+        # share's bucket ids need not be); a key unseen in training: table_default
         found = self.derived_tables[f.name].lookup(
             escape_tensor(tf.convert_to_tensor(source(d.source))))
         values[f.name] = unescape_tensor(found) if d.kind == spec_lib.MODE else found

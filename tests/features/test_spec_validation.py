@@ -106,7 +106,10 @@ def _mode(**derived):
     (BASE + [DEVICE, _mode(of="device")], r"'top': a mode needs one `source` field"),
     (BASE + [DEVICE, {"name": "d", "kind": "categorical", "derived": {
         "kind": "cross", "sources": ["scenario", "device"], "of": "device"}}],
-     r"'d': `of` is for a mode, not a cross"),
+     r"'d': `of` is for a mode or a share, not a cross \(of='device'\)"),
+    (BASE + [DEVICE, _mode(source="user_id", of="device", boundaries=[1])],
+     r"'top': boundaries are for a count_bucket, bucket or share, not a mode "
+     r"\(boundaries=\[1.0\]\)"),
 ])
 def test_bad_mode_fields_are_refused_naming_the_field(features, message):
   with pytest.raises(spec_lib.SpecError, match=message):
@@ -130,6 +133,88 @@ def test_mode_of_a_raw_field_or_a_row_wise_field_is_accepted_and_round_trips():
                                                 "of": "device"}
   assert "of" not in as_dict["features"][len(BASE) + 1]["derived"]  # a default: left out
   assert spec_lib.spec_from_dict(as_dict).features == spec.features
+
+
+# --- share (a per-key histogram entry): `of` as for a mode, `value`, `boundaries` ------
+EDGES = [0.1, 0.5]
+
+
+def _share(**derived):
+  return {"name": "top", "kind": "categorical",
+          "derived": dict({"kind": "share", "source": "user_id", "of": "device",
+                           "value": "ios", "boundaries": EDGES}, **derived)}
+
+
+@pytest.mark.parametrize("features,message", [
+    (BASE + [DEVICE, _share(value="")], r"'top': a share needs `value`: the value of "
+     r"'device'"),
+    (BASE + [DEVICE, _share(value=3)], r"'top': a share's `value` must be a string "
+     r"\(quote it in YAML\), got 3"),
+    (BASE + [DEVICE, HOUR_BUCKET, _share(of="hour_bucket", value="3")],
+     r"'top': share of 'hour_bucket' value '3', which is not one of its buckets "
+     r"\['0', '1', '2'\]"),
+    (BASE + [DEVICE, _share(boundaries=[])], r"'top': a share needs `boundaries`"),
+    (BASE + [DEVICE, _share(boundaries=["a", 0.5])],
+     r"'top': derived: boundaries must be numbers.*'a'"),
+    (BASE + [DEVICE, _share(boundaries=0.5)],
+     r"'top': derived: boundaries must be a list of numbers, got 0.5"),
+    (BASE + [DEVICE, _share(boundaries=[True])],
+     r"'top': derived: boundaries must be a list of numbers, got \[True\]"),
+    (BASE + [DEVICE, _share(boundaries=[0.5, 0.1])],
+     r"'top': boundaries must be strictly increasing, got \[0.5, 0.1\]"),
+    (BASE + [DEVICE, _share(boundaries=[0.1, 0.1])],
+     r"'top': boundaries must be strictly increasing, got \[0.1, 0.1\]"),
+    (BASE + [DEVICE, _share(boundaries=[0.5, 1])],
+     r"'top': a share's boundaries must lie in \(0, 1\).*got \[0.5, 1.0\]"),
+    (BASE + [DEVICE, _share(boundaries=[0, 0.5])],
+     r"'top': a share's boundaries must lie in \(0, 1\).*got \[0.0, 0.5\]"),
+    (BASE + [DEVICE, _share(boundaries=[float("nan")])],
+     r"'top': a share's boundaries must lie in \(0, 1\).*got \[nan\]"),
+    (BASE + [DEVICE, _share(of="")], r"'top': a share needs `of`: the field whose "
+     r"share of `value`"),
+    (BASE + [DEVICE, _share(of="user_id")],
+     r"'top': a share's `of` 'user_id' must differ from its source"),
+    (BASE + [DEVICE, _share(of="nowhere")],
+     r"'top': share of 'nowhere', which is not a field declared before it"),
+    (BASE + [DEVICE, _share(of="price", value="1")],
+     r"'top': a share's `of` must be a categorical feature, 'price' has kind 'numeric'"),
+    (BASE + [DEVICE, _share(source="price")],
+     r"'top': a share reads a categorical field, 'price' is 'numeric'"),
+    (BASE + [DEVICE, HOUR_BUCKET, _share(source="hour_bucket")],
+     r"'top': share source 'hour_bucket' must be a raw field"),
+    (BASE + [DEVICE, {"name": "activity", "kind": "categorical",
+                      "derived": {"kind": "count_bucket", "source": "user_id",
+                                  "boundaries": [2]}},
+             _share(of="activity", value="1")],
+     r"'top': a share's `of` 'activity' must be a raw field or a bucket/cross of raw "
+     r"fields; it reads 'activity', a count_bucket"),
+    (BASE + [DEVICE, _mode(source="user_id", of="device", value="ios")],
+     r"'top': `value` is for a share, not a mode \(value='ios'\)"),
+    (BASE + [DEVICE, {"name": "d", "kind": "categorical", "derived": {
+        "kind": "count_bucket", "source": "user_id", "boundaries": [2], "value": "x"}}],
+     r"'d': `value` is for a share, not a count_bucket \(value='x'\)"),
+])
+def test_bad_share_fields_are_refused_naming_the_field_and_value(features, message):
+  with pytest.raises(spec_lib.SpecError, match=message):
+    _spec(features)
+
+
+def test_share_of_a_raw_or_bucket_field_is_a_table_field_and_round_trips():
+  features = BASE + [DEVICE, HOUR_BUCKET, _share(),
+                     dict(_share(of="hour_bucket", value="2"), name="late")]
+  spec = _spec(features)
+  d = spec["top"].derived
+  assert d == spec_lib.Derived(kind="share", source="user_id", of="device",
+                               value="ios", boundaries=(0.1, 0.5))
+  assert d.has_table and d.table_default == ""  # unseen: OOV, not the bucket of 0
+  assert [d.bucket_of(x) for x in (0.0, 0.1, 0.3, 0.5, 1.0)] == ["0", "1", "1", "2",
+                                                                  "2"]
+  assert not {"top", "late"} & {f.name for f in spec.model_inputs}
+  assert {"top", "late"} <= {f.name for f in spec.vocabulary_fields}
+  assert spec.to_dict()["features"][-1]["derived"] == {
+      "kind": "share", "source": "user_id", "boundaries": [0.1, 0.5],
+      "of": "hour_bucket", "value": "2"}
+  assert spec_lib.spec_from_dict(spec.to_dict()).features == spec.features
 
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "has space", "tab\tname", "dot.ted",
