@@ -14,7 +14,8 @@ the paper's single-distribution baseline (`condition=coarsest`) and the stronger
 
 A model is written `NAME` or `NAME:key=value:key=value` with ModelConfig overrides,
 e.g. `hmdn_moe:num_levels=6:extraction=explicit`; list values are joined by `|`
-(`implicit_fields=user_id|device`).
+(`implicit_fields=user_id|device`). Model options given as flags (`--num_levels=6`)
+apply to every model of the list, under each variant's own overrides.
 """
 import dataclasses
 import json
@@ -114,15 +115,22 @@ def _summarise(result: Dict, columns: Dict[str, np.ndarray], spec, sizes) -> Dic
   return out
 
 
+def run_config(base, label: str, seed: int, report_dir: str):
+  """The TrainConfig of one run: the base's model options (the command line's model
+  flags) under the variant's overrides, in the report's own run directory."""
+  name, overrides = parse_variant(label)
+  model_config = dataclasses.replace(base.model, name=name, seed=seed, **overrides)
+  return dataclasses.replace(  # the run directories are the report's own outputs
+      base, model=model_config, seed=seed, overwrite=True,
+      model_dir=os.path.join(report_dir, "runs", file_name(label), f"seed_{seed}"))
+
+
 def run_one(base, label: str, seed: int, report_dir: str, sizes: Dict[str, int]) -> Dict:
   """Trains one model with one seed and scores it on the eval split."""
   import tensorflow as tf
   from pipeline import evaluate, train
-  name, overrides = parse_variant(label)
-  model_config = ModelConfig(name=name, seed=seed, **overrides)
-  config = dataclasses.replace(  # the run directories are the report's own outputs
-      base, model=model_config, seed=seed, overwrite=True,
-      model_dir=os.path.join(report_dir, "runs", file_name(label), f"seed_{seed}"))
+  config = run_config(base, label, seed, report_dir)
+  model_config = config.model
   tf.keras.backend.clear_session()
   start = time.time()
   model = train.train(config)
@@ -341,11 +349,15 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
     raise ValueError("--models: give at least one model")
   if not seeds:
     raise ValueError("--seeds: give at least one seed")
-  for label in labels:
-    parse_variant(label)  # every bad name fails before the first run
   if len(set(labels)) != len(labels):
     raise ValueError(f"--models lists a model twice: {list(labels)}")
   data = PreprocessedData(base.data_dir).check_complete()
+  from pipeline import train
+  steps = base.steps_per_epoch or max(1, data.rows(TRAIN) // base.batch_size)
+  for label in labels:  # every bad model or option fails before the first run
+    config = run_config(base, label, seeds[0], report_dir)
+    config.model.validate()
+    train.check_quantizer_starts(config, steps)
   os.makedirs(report_dir, exist_ok=True)
   sizes = train_leaf_sizes(data) if data.spec.distribution_fields else {}
   results: Dict[str, List[Dict]] = {label: [] for label in labels}

@@ -100,3 +100,29 @@ def test_report_escapes_list_labels_and_averages_codes_over_seeds():
   assert "| implicit/level_1 | 5.00 | 0.00 | 0.30 ± 0.14 |" in text
   assert "(mean ± std over 2 seeds)" in text
   assert compare.file_name(label) == "hmdn_moe__implicit_fields=a+b"
+
+
+def test_model_flags_apply_to_every_variant_under_its_own_overrides(tmp_path):
+  # `hmdn compare --codebook_warmup_steps=3 --num_levels=2` must reach every run;
+  # a variant's own `num_levels=5` wins over the flag.
+  from models.registry import ModelConfig
+  from pipeline.train import TrainConfig
+  base = TrainConfig(data_dir="unused", model_dir=str(tmp_path),
+                     model=ModelConfig(codebook_warmup_steps=3, num_levels=2))
+  config = compare.run_config(base, "hmdn_moe:num_levels=5", 7, str(tmp_path))
+  assert (config.model.name, config.model.seed, config.seed) == ("hmdn_moe", 7, 7)
+  assert config.model.codebook_warmup_steps == 3 and config.model.num_levels == 5
+  plain = compare.run_config(base, "moe", 7, str(tmp_path))
+  assert plain.model.name == "moe" and plain.model.num_levels == 2
+  assert config.model_dir != plain.model_dir
+
+
+def test_a_variant_that_would_never_quantize_is_refused_before_any_run(
+    planted_data_dir, tmp_path):
+  from pipeline.train import TrainConfig
+  report = tmp_path / "report"
+  base = TrainConfig(data_dir=planted_data_dir, model_dir=str(report), epochs=1,
+                     steps_per_epoch=4, batch_size=256)
+  with pytest.raises(ValueError, match="codebook_warmup_steps=100.*only 4 training"):
+    compare.run(base, ["moe", "hmdn_moe"], [0], str(report), log=lambda *_: None)
+  assert not (report / "runs").exists()  # moe was not trained first
