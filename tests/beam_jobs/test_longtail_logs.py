@@ -90,25 +90,6 @@ def test_spec_loads_and_matches_the_header(log):
       spec.parse_value(f, cell)
 
 
-def test_spec_profiles_every_device_and_hour_bucket_the_generator_draws(log):
-  """The share fields cover the generator's devices and the hour buckets (values found
-  in the log, not restated), and the implicit view reads them with the two modes."""
-  spec = spec_lib.load_spec(longtail_logs.SPEC_PATH)
-  devices = set(log["cols"]["device"].tolist())
-  assert devices == set(longtail_logs.DEVICES)
-  bucket_of = spec["hour_bucket"].derived.bucketizer()
-  buckets = set(map(bucket_of, log["cols"]["hour"].tolist()))
-  shares = {}
-  for f in spec.derived_fields:
-    if f.derived.kind == spec_lib.SHARE:
-      assert f.derived.source == "user_id" and f.implicit_view, f.name
-      shares.setdefault(f.derived.of, set()).add(f.derived.value)
-  assert shares == {"device": devices, "hour_bucket": buckets}
-  assert len(buckets) == len(spec["hour_bucket"].derived.boundaries) + 1
-  implicit = {f.name for f in spec.implicit_view_fields}
-  assert {"user_top_device", "user_top_hour"} <= implicit
-  assert all(spec[n].is_derived for n in implicit)
-
 
 def test_summary_matches_the_rows(log):
   cols, summary = log["cols"], log["summary"]
