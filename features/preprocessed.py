@@ -164,6 +164,14 @@ class PreprocessedData:
   def table_path(self, field: str) -> str:
     return _join(self.tables_dir, field + self.TEXT_SUFFIX)
 
+  def read_table(self, field: str) -> Dict[str, str]:
+    """{source value: table value} of a derived field's table, unescaped: what the
+    model's lookup holds (for inspecting a run and for tests)."""
+    import tensorflow as tf
+    with tf.io.gfile.GFile(self.table_path(field)) as f:
+      return dict(tuple(map(unescape_value, line.rstrip("\n").split("\t")))
+                  for line in f if line.strip())
+
   def table_relpath(self, field: str) -> str:
     """A table's path relative to the data directory (recorded in the metadata)."""
     return _join(self.TABLES_DIR, field + self.TEXT_SUFFIX)

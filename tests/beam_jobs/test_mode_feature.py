@@ -63,24 +63,8 @@ def _hour_bucket(r):
   return str(bisect.bisect_right(HOUR_EDGES, r["hour"]))
 
 
-def _read_split(out, spec, split):
-  files = PreprocessedData(out).split_files(split)
-  serialized = [s.numpy() for s in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-  parsed = data_lib.parse_batch(tf.constant(serialized), spec)
-  rows = [{f.name: (parsed[f.name][i].numpy().decode()
-                    if f.kind == spec_lib.CATEGORICAL else float(parsed[f.name][i]))
-           for f in spec.features} for i in range(len(serialized))]
-  return rows, serialized
-
-
-def _table(path):
-  with open(path, encoding="utf-8") as f:
-    return dict(tuple(map(unescape_value, line.rstrip("\n").split("\t")))
-                for line in f if line.strip())
-
-
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
+def job(tmp_path_factory, read_split):
   root = tmp_path_factory.mktemp("mode_log")
   spec_path = str(root / "mode_log.yaml")
   with open(spec_path, "w") as f:
@@ -100,7 +84,7 @@ def job(tmp_path_factory):
   spec = spec_lib.load_spec(spec_path)
   layout = PreprocessedData(out)
   typed = [dict(r, ts=float(r["ts"]), hour=float(r["hour"])) for r in raw]
-  split = {s: _read_split(out, spec, s) for s in (TRAIN, EVAL)}
+  split = {s: read_split(out, spec, s) for s in (TRAIN, EVAL)}
   return {"out": out, "spec": spec, "layout": layout, "raw": typed,
           "log": str(root / "log.csv"), "spec_path": spec_path,
           "records": {s: v[0] for s, v in split.items()},
@@ -115,7 +99,7 @@ def test_tables_and_written_values_are_each_users_training_mode(job):
                                          "u4": SLASH_DEVICE}  # the log is as intended
   assert expected["user_top_hour"]["u2"] == "2"  # the tied buckets "2" and "3"
   for name in ("user_top_device", "user_top_hour"):
-    assert _table(layout.table_path(name)) == expected[name], name
+    assert layout.read_table(name) == expected[name], name
     assert job["layout"].metadata["tables"][name] == layout.table_relpath(name)
   with open(layout.table_path("user_top_device"), encoding="utf-8") as f:
     assert "u3\ttab\\tdev\n" in f.read()  # escaped: one line, two columns
@@ -182,7 +166,8 @@ def test_tfrecord_values_equal_the_models_recomputation_from_raw_inputs(job):
       assert got == [r[f.name] for r in job["records"][split]], (split, f.name)
 
 
-def test_no_training_row_gives_empty_tables_and_every_user_unseen(job, tmp_path):
+def test_no_training_row_gives_empty_tables_and_every_user_unseen(job, tmp_path,
+                                                                read_split):
   out = str(tmp_path / "out")
   preprocess.run(PreprocessConfig(
       raw=job["log"], output_dir=out, spec_path=job["spec_path"],
@@ -190,7 +175,7 @@ def test_no_training_row_gives_empty_tables_and_every_user_unseen(job, tmp_path)
   layout = PreprocessedData(out)
   assert layout.rows(TRAIN) == 0 and layout.rows(EVAL) == len(ROWS)
   for name in ("user_top_device", "user_top_hour"):
-    assert _table(layout.table_path(name)) == {}
+    assert layout.read_table(name) == {}
     assert name in layout.metadata["tables"]
-  records, _ = _read_split(out, job["spec"], EVAL)
+  records, _ = read_split(out, job["spec"], EVAL)
   assert {r["user_top_device"] for r in records} == {""}

@@ -92,22 +92,6 @@ def _expected_shares(rows, of, value):
           for u, n in totals.items()}
 
 
-def _read_split(out, spec, split):
-  files = PreprocessedData(out).split_files(split)
-  serialized = [s.numpy() for s in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-  parsed = data_lib.parse_batch(tf.constant(serialized), spec)
-  rows = [{f.name: (parsed[f.name][i].numpy().decode()
-                    if f.kind == spec_lib.CATEGORICAL else float(parsed[f.name][i]))
-           for f in spec.features} for i in range(len(serialized))]
-  return rows, serialized
-
-
-def _table(path):
-  with open(path, encoding="utf-8") as f:
-    return dict(tuple(map(unescape_value, line.rstrip("\n").split("\t")))
-                for line in f if line.strip())
-
-
 def _run(root, name, spec_dict, log):
   spec_path = str(root / f"{name}.yaml")
   with open(spec_path, "w") as f:
@@ -120,7 +104,7 @@ def _run(root, name, spec_dict, log):
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
+def job(tmp_path_factory, read_split):
   root = tmp_path_factory.mktemp("share_log")
   raw = [{"click": str(i % 2), "rid": f"r{i}", "ts": str(ts), "user_id": user,
           "device": device, "hour": str(hour)}
@@ -133,7 +117,7 @@ def job(tmp_path_factory):
   out, spec_path = _run(root, "out", SPEC, log)
   spec = spec_lib.load_spec(spec_path)
   typed = [dict(r, ts=float(r["ts"]), hour=float(r["hour"])) for r in raw]
-  split = {s: _read_split(out, spec, s) for s in (TRAIN, EVAL)}
+  split = {s: read_split(out, spec, s) for s in (TRAIN, EVAL)}
   return {"root": root, "log": log, "out": out, "spec": spec,
           "layout": PreprocessedData(out), "raw": typed,
           "records": {s: v[0] for s, v in split.items()},
@@ -149,7 +133,7 @@ def test_tables_and_written_values_are_each_users_bucketed_training_share(job):
   assert expected["share_tab"][TAB_USER] == "3" and expected["share_night"]["u1"] == "2"
   assert expected["share_evening"]["u2"] == "3"
   for name in SHARES:
-    assert _table(layout.table_path(name)) == expected[name], name
+    assert layout.read_table(name) == expected[name], name
     assert layout.metadata["tables"][name] == layout.table_relpath(name)
   with open(layout.table_path("share_ios"), encoding="utf-8") as f:
     text = f.read()
@@ -225,6 +209,6 @@ def test_a_mode_and_shares_on_one_pair_agree_with_separate_runs(job):
   for name in ("top_device", "share_tab"):
     out, _ = _run(job["root"], f"alone_{name}",
                   {"name": "alone", "features": base + [by_name[name]]}, job["log"])
-    alone = _table(PreprocessedData(out).table_path(name))
-    assert alone == _table(layout.table_path(name)), name
-  assert _table(layout.table_path("top_device"))[TAB_USER] == TAB_DEVICE
+    alone = PreprocessedData(out).read_table(name)
+    assert alone == layout.read_table(name), name
+  assert layout.read_table("top_device")[TAB_USER] == TAB_DEVICE
