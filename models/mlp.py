@@ -5,6 +5,24 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 
+def _checked_options(units: Sequence[int], dropout: float):
+  """(units as ints, dropout as a float) of an MLP or GroupedMLP, or a ValueError
+  naming the option. Checked here, not with models.backbones.base: the backbones
+  import this module, so importing them back would be a cycle."""
+  if (isinstance(units, (str, bytes)) or not hasattr(units, "__iter__") or
+      not list(units)):
+    raise ValueError(
+        f"MLP needs at least one layer size in `units`, got {units!r}.")
+  if not all(isinstance(u, numbers.Integral) and not isinstance(u, bool) and
+             u >= 1 for u in units):
+    raise ValueError(
+        f"MLP `units` must be positive integers, got {list(units)!r}.")
+  if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or
+      not 0.0 <= dropout < 1.0):
+    raise ValueError(f"MLP `dropout` must be in [0, 1), got {dropout!r}.")
+  return [int(u) for u in units], float(dropout)
+
+
 @tf.keras.utils.register_keras_serializable(package="hmdn")
 class MLP(tf.keras.layers.Layer):
   """Stack of Dense layers: the deep tower of CTR models.
@@ -30,23 +48,9 @@ class MLP(tf.keras.layers.Layer):
                dropout: float = 0.0,
                **kwargs):
     super().__init__(**kwargs)
-    # Checked here, not with models.backbones.base: the backbones import this
-    # module, so importing them back would be a cycle.
-    if (isinstance(units, (str, bytes)) or not hasattr(units, "__iter__") or
-        not list(units)):
-      raise ValueError(
-          f"MLP needs at least one layer size in `units`, got {units!r}.")
-    if not all(isinstance(u, numbers.Integral) and not isinstance(u, bool) and
-               u >= 1 for u in units):
-      raise ValueError(
-          f"MLP `units` must be positive integers, got {list(units)!r}.")
-    if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or
-        not 0.0 <= dropout < 1.0):
-      raise ValueError(f"MLP `dropout` must be in [0, 1), got {dropout!r}.")
-    self.units = [int(u) for u in units]
+    self.units, self.dropout = _checked_options(units, dropout)
     self.activation = activation
     self.output_activation = output_activation
-    self.dropout = float(dropout)
     self._dense = []
     for i, u in enumerate(self.units):
       last = i == len(self.units) - 1
@@ -115,18 +119,14 @@ class GroupedMLP(tf.keras.layers.Layer):
                dropout: float = 0.0,
                **kwargs):
     super().__init__(**kwargs)
-    # Same checks and messages as MLP, by building one (it holds no weights
-    # until called).
-    reference = MLP(units, activation, output_activation, dropout)
+    self.units, self.dropout = _checked_options(units, dropout)
     if (isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or
         groups < 1):
       raise ValueError(f"GroupedMLP `groups` must be a positive integer, got "
                        f"{groups!r}.")
     self.groups = int(groups)
-    self.units = reference.units
     self.activation = activation
     self.output_activation = output_activation
-    self.dropout = reference.dropout
     self._dropout = tf.keras.layers.Dropout(self.dropout) if self.dropout else None
 
   def build(self, input_shape):

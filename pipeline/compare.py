@@ -353,7 +353,7 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
     raise ValueError(f"--models lists a model twice: {list(labels)}")
   data = PreprocessedData(base.data_dir).check_complete()
   from pipeline import train
-  steps = base.steps_per_epoch or max(1, data.rows(TRAIN) // base.batch_size)
+  steps = train.steps_per_epoch(base, data.rows(TRAIN))
   for label in labels:  # every bad model or option fails before the first run
     config = run_config(base, label, seeds[0], report_dir)
     config.model.validate()

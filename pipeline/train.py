@@ -214,15 +214,20 @@ def _writable(run: RunDirectory, path: str) -> str:
   return os.path.join(scratch, os.path.relpath(path, run.model_dir))
 
 
-def check_quantizer_starts(config: TrainConfig, steps_per_epoch: int) -> None:
+def steps_per_epoch(config: TrainConfig, train_rows: int) -> int:
+  """Training steps of one epoch: `--steps_per_epoch`, or one pass over the split."""
+  return config.steps_per_epoch or max(1, train_rows // config.batch_size)
+
+
+def check_quantizer_starts(config: TrainConfig, epoch_steps: int) -> None:
   """An HMDN run shorter than its codebook warm-up would never quantize: its codes
   would all be 0 and its s_D a constant, and it would still export."""
-  total = steps_per_epoch * config.epochs
+  total = epoch_steps * config.epochs
   warmup = config.model.codebook_warmup_steps
   if config.model.is_hmdn and warmup >= total:
     raise ValueError(
         f"--codebook_warmup_steps={warmup}: the run has only {total} training steps "
-        f"({config.epochs} epochs x {steps_per_epoch}), so the quantizer would never "
+        f"({config.epochs} epochs x {epoch_steps}), so the quantizer would never "
         "start; lower it or train longer")
 
 
@@ -259,7 +264,7 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   if train_rows < config.batch_size:
     raise ValueError(f"--batch_size={config.batch_size} is larger than the training "
                      f"split ({train_rows} rows)")
-  steps = config.steps_per_epoch or max(1, train_rows // config.batch_size)
+  steps = steps_per_epoch(config, train_rows)
   check_quantizer_starts(config, steps)
   if chief and not resume:
     run.write_record(run_record(config, fingerprints))
