@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional
 import tensorflow as tf
 
 from features import spec as spec_lib
-from features.preprocessed import escape_tensor, unescape_tensor
+from features.preprocessed import escape_tensor, holds_escapes, unescape_tensor
 
 
 def _vocab_size(path: str) -> int:
@@ -64,6 +64,8 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     self._projection = {}
     self.num_ids = {}
     self.derived_tables = {}
+    # Files with no escaped line are looked up with the raw inputs (`holds_escapes`).
+    self._escaped_files = set()
     for f in self._spec.derived_fields:
       if f.derived.has_table:
         path = os.path.join(tables_dir, f"{f.name}.txt")
@@ -74,6 +76,8 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
             tf.lookup.TextFileInitializer(
                 path, tf.string, 0, tf.string, 1, delimiter="\t"),
             default_value=f.derived.table_default, name=f"{f.name}_table")
+        if holds_escapes(path):
+          self._escaped_files.add(f.name)
     for f in self._spec.embedded_fields:
       if f.kind == spec_lib.NUMERIC and not f.boundaries:
         self._projection[f.name] = tf.keras.layers.Dense(
@@ -101,6 +105,8 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
           self._lookup[f.name] = tf.keras.layers.StringLookup(
               vocabulary=path, num_oov_indices=1, name=f"{f.name}_lookup")
           self.num_ids[f.name] = size + 1
+          if holds_escapes(path):
+            self._escaped_files.add(f.name)
       self._table[f.name] = tf.keras.layers.Embedding(
           self.num_ids[f.name], f.embedding_dim, name=f"{f.name}_embedding",
           embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
@@ -114,8 +120,8 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
 
     Vocabulary files hold escaped values (features/preprocessed.py), so the inputs are
     escaped the same way before the lookup: any string, tabs and newlines included,
-    finds its own row."""
-    if isinstance(self._lookup[name], tf.keras.layers.StringLookup):
+    finds its own row. A file with no escaped line needs no escaping (`holds_escapes`)."""
+    if name in self._escaped_files:
       values = escape_tensor(values)
     return tf.cast(self._lookup[name](values), tf.int32)
 
@@ -134,8 +140,11 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
       d = f.derived
       if d.has_table:  # keys are escaped; a mode's values too (a count_bucket's or a
         # share's bucket ids need not be); a key unseen in training: table_default
-        found = self.derived_tables[f.name].lookup(
-            escape_tensor(tf.convert_to_tensor(source(d.source))))
+        keys = tf.convert_to_tensor(source(d.source))
+        if f.name not in self._escaped_files:
+          values[f.name] = self.derived_tables[f.name].lookup(keys)
+          continue
+        found = self.derived_tables[f.name].lookup(escape_tensor(keys))
         values[f.name] = unescape_tensor(found) if d.kind == spec_lib.MODE else found
       elif d.kind == spec_lib.CROSS:
         values[f.name] = tf.strings.join([source(s) for s in d.sources],

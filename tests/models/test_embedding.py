@@ -1,6 +1,11 @@
 """FeatureEmbeddings: each kind of field, OOV, masking, standardization, config."""
+import os
+import tempfile
+
+import hypothesis
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 import tensorflow as tf
 
 from features import spec as spec_lib
@@ -94,3 +99,34 @@ def test_values_with_tabs_newlines_and_backslashes_find_their_own_rows(tmp_path)
   layer = FeatureEmbeddings(SPEC, str(tmp_path))
   ids = layer.ids("page", tf.constant(odd + ["never seen"])).numpy().tolist()
   assert ids == [1, 2, 3, 4, 5, 0]
+
+
+# Characters that escaping changes, beside plain ones: inputs built from them hit every
+# case of the unescaped fast path (a value that is its own escape, one that is not).
+_ODD_TEXT = st.text(alphabet=st.sampled_from(list("ab\\nt\t\n\r ü")), max_size=5)
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(vocab=st.lists(_ODD_TEXT.filter(bool), min_size=1, max_size=6,
+                                 unique=True),
+                  inputs=st.lists(_ODD_TEXT, min_size=1, max_size=8))
+def test_ids_equal_the_escaped_lookup_whether_or_not_the_file_holds_escapes(
+    vocab, inputs):
+  """A vocabulary with no escaped line is looked up with the raw inputs: every input
+  must still get the id of its escaped form's line, or OOV, as with escaping."""
+  from features.preprocessed import escape_value, holds_escapes
+  lines = [escape_value(v) for v in vocab]
+  # A directory of its own per example: TensorFlow shares a table by its file's path.
+  with tempfile.TemporaryDirectory() as directory:
+    path = os.path.join(directory, "page.txt")
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+      f.write("".join(line + "\n" for line in lines))
+    with open(os.path.join(directory, "tags.txt"), "w") as f:
+      f.write("a\n")
+    layer = FeatureEmbeddings(SPEC, directory)
+    assert holds_escapes(path) == any("\\" in v for v in lines)
+    queries = inputs + vocab
+    ids = layer.ids("page", tf.constant(queries)).numpy().tolist()
+  expected = [lines.index(escape_value(q)) + 1 if escape_value(q) in lines else 0
+              for q in queries]
+  assert ids == expected
