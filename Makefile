@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.models_bench
 	$(BIN)/python -m benchmarks.pipeline_bench
+	$(BIN)/python -m benchmarks.beam_bench
 
 clean:
 	rm -rf runs build *.egg-info

@@ -1,7 +1,7 @@
 """Beam preprocessing throughput: rows/s per stage, then whole runs per worker count.
 
   python -m benchmarks.beam_bench [--rows=1000000] [--workers=1,2] [--tfds]
-                                  [--stage_rows=200000] [--out=bench_out]
+                                  [--stage_rows=200000] [--rounds=3] [--out=bench_out]
 
 Generates a synthetic raw log once (cached in <out>/beam_raw_<rows>). Then:
 
@@ -12,8 +12,9 @@ Generates a synthetic raw log once (cached in <out>/beam_raw_<rows>). Then:
    first `--stage_rows` rows, so the slowest stage is visible. The per-row reference
    (`LineParserFn.process` and `tf.train.Example` per row, the path before batching) is
    timed beside them.
-2. Runs: `hmdn preprocess` in a fresh process per worker count (DirectRunner,
-   multi_processing when workers > 1; no TFDS copy unless --tfds), sampling the
+2. Runs: `hmdn preprocess` in a fresh process per worker count and round (DirectRunner,
+   multi_processing when workers > 1; no TFDS copy unless --tfds; the counts alternate
+   over `--rounds` and the run of median throughput is reported), sampling the
    resident memory of every process of its tree every 0.2 s: the peak of the driver
    and the peak of the largest worker process are reported, and the peak of their sum.
 
@@ -265,11 +266,19 @@ def run_preprocess(raw: str, spec: str, data_dir: str, workers: int,
           "rows_written": meta["rows_written"], "rows_rejected": meta["rows_rejected"]}
 
 
+def _median_run(runs: List[Dict]) -> Dict:
+  """The run of median Beam throughput (its memory and counts come with it)."""
+  ordered = sorted(runs, key=lambda r: r["beam_rows_per_s"])
+  return ordered[(len(ordered) - 1) // 2]
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rows", type=int, default=1_000_000)
   parser.add_argument("--workers", default="1,2")
   parser.add_argument("--stage_rows", type=int, default=200_000)
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="runs per worker count, alternating; medians reported")
   parser.add_argument("--tfds", action="store_true", help="also write the TFDS copy")
   parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench_out"))
   args = parser.parse_args(argv)
@@ -293,22 +302,28 @@ def main(argv=None) -> None:
     print(common.format_table(["stage", "rows/s", "note"], [
         [s["stage"], f"{s['rows_per_s']:,.0f}" if s["rows_per_s"] else "-", s["note"]]
         for s in stages]))
-  results = []
-  for workers in [int(w) for w in args.workers.split(",")]:
-    data_dir = os.path.join(args.out, f"beam_data_{args.rows}_w{workers}")
-    print(f"\npreprocess {args.rows} rows, DirectRunner, {workers} worker(s) ...",
-          flush=True)
-    results.append(run_preprocess(raw, spec, data_dir, workers, args.tfds))
+  counts = [int(w) for w in args.workers.split(",")]
+  runs: Dict[int, List[Dict]] = {w: [] for w in counts}
+  for r in range(args.rounds):  # worker counts alternate: load drifts hit them alike
+    for workers in counts:
+      data_dir = os.path.join(args.out, f"beam_data_{args.rows}_w{workers}")
+      print(f"\npreprocess {args.rows} rows, DirectRunner, {workers} worker(s), round "
+            f"{r + 1}/{args.rounds} ...", flush=True)
+      runs[workers].append(run_preprocess(raw, spec, data_dir, workers, args.tfds))
+  results = [_median_run(runs[w]) for w in counts]
   base = results[0]["beam_rows_per_s"] if results else 0.0
   print(f"\nruns ({args.rows} rows, {'with' if args.tfds else 'no'} TFDS copy; "
-        "'beam' = the Beam job alone, from its final line; wall = the whole command)")
+        f"median of {args.rounds} round(s); 'beam' = the Beam job alone, from its final "
+        "line; wall = the whole command)")
   print(common.format_table(
       ["workers", "rows", "wall s", "rows/s wall", "beam s", "rows/s beam",
-       f"x {results[0]['workers'] if results else 1}w", "driver MiB",
-       "worker MiB", "total MiB"],
+       f"x {results[0]['workers'] if results else 1}w", "per round x",
+       "driver MiB", "worker MiB", "total MiB"],
       [[r["workers"], r["rows_read"], f"{r['seconds']:.1f}", f"{r['rows_per_s']:,.0f}",
         f"{r['beam_seconds']:.1f}", f"{r['beam_rows_per_s']:,.0f}",
         f"{r['beam_rows_per_s'] / base:.2f}" if base else "-",
+        " ".join(f"{a['beam_rows_per_s'] / b['beam_rows_per_s']:.2f}"
+                 for a, b in zip(runs[r["workers"]], runs[counts[0]])),
         f"{r['peak_driver_mb']:.0f}", f"{r['peak_worker_mb']:.0f}",
         f"{r['peak_total_mb']:.0f}"] for r in results]))
   report = {"benchmark": "beam_preprocess", "runner": "DirectRunner "
@@ -316,7 +331,7 @@ def main(argv=None) -> None:
             "tfds": args.tfds, "cpu_count": os.cpu_count(),
             "load_average_before": load_before,
             "load_average_after": common.load_average(),
-            "stages": stages, "results": results,
+            "stages": stages, "results": results, "rounds": runs,
             "note": "peak_worker_mb: the largest worker process (with 1 worker the job "
                     "runs in the driver); peak_total_mb sums the process tree"}
   os.makedirs(args.out, exist_ok=True)
