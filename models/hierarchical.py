@@ -2,8 +2,8 @@
 
 Dual-view extraction (explicit: the distribution fields of every level; implicit:
 user/context features behind a stop-gradient) followed by multi-level residual
-quantization of each view. Both views go through ONE block-diagonal encoder and ONE
-fused quantizer (views as a leading axis), so their cost is that of one view's ops.
+quantization of each view. Each view has its own MLP; both go through ONE fused
+quantizer (views as an axis), so the chain's ops are those of one view.
 The concatenated quantized views are `s_D`, the condition HMDN feeds to its backbone;
 the integer codes are interpretable distribution ids, exported by the serving signature.
 """
@@ -12,6 +12,7 @@ from typing import Dict, Sequence
 import numpy as np
 import tensorflow as tf
 
+from models.mlp import MLP
 from models.quantizer import ResidualQuantizer
 
 EXPLICIT, IMPLICIT = "explicit", "implicit"
@@ -25,11 +26,12 @@ def views_of(extraction: str):
 
 @tf.keras.utils.register_keras_serializable(package="hmdn")
 class ViewEncoders(tf.keras.layers.Layer):
-  """One MLP per view, computed as one block-diagonal MLP (HMDN, dual-view extraction).
+  """One MLP per view (HMDN, dual-view extraction), outputs stacked per view.
 
-  View v reads its own input and has its own weights; stacking them block-diagonally
-  makes each layer a single MatMul for all views (the off-diagonal blocks are held at
-  zero by a constant mask), instead of one MatMul per view and layer.
+  Each view's MLP reads only its own input. (A block-diagonal fusion of the views
+  into one MatMul per layer saves an op per layer but multiplies the zero blocks
+  too: it doubled the encoders' multiply-adds, which at batch 4096 cost more than
+  the ops it saved at 512.)
 
   Args:
     units: hidden layer sizes, then the output size d, of each view's MLP.
@@ -46,53 +48,21 @@ class ViewEncoders(tf.keras.layers.Layer):
 
   def build(self, input_shape):
     """input_shape: a list of [batch, width_v] shapes, one per view."""
-    widths = [int(tf.TensorShape(s)[-1]) for s in input_shape]
-    self._widths = widths
-    self.num_views = len(widths)
-    self._kernels, self._biases, self._masks = [], [], []
-    for i, u in enumerate(self.units):
-      fan_in = widths if i == 0 else [self.units[i - 1]] * self.num_views
-      mask = np.zeros((sum(fan_in), u * self.num_views), np.float32)
-      start = 0
-      for v, w in enumerate(fan_in):
-        mask[start:start + w, v * u:(v + 1) * u] = 1.0
-        start += w
-      def init(shape, dtype=None, fan_in=fan_in, u=u):
-        total, columns, start = sum(fan_in), [], 0
-        for w in fan_in:  # each block Glorot for its own (w, u), zeros elsewhere
-          block = tf.keras.initializers.GlorotUniform()((w, u), dtype=dtype)
-          columns.append(tf.pad(block,
-                                [[start, total - start - w], [0, 0]]))
-          start += w
-        return tf.concat(columns, 1)
-
-      self._kernels.append(self.add_weight(f"kernel_{i}", shape=mask.shape,
-                                           initializer=init))
-      self._biases.append(self.add_weight(f"bias_{i}", shape=(u * self.num_views,),
-                                          initializer="zeros"))
-      self._masks.append(None if self.num_views == 1 else
-                         tf.constant(mask, dtype=self.compute_dtype))
+    self.num_views = len(input_shape)
+    self._mlps = [MLP(self.units, activation=self.activation, output_activation=None,
+                      name=f"view_{v}") for v in range(self.num_views)]
+    for mlp, shape in zip(self._mlps, input_shape):
+      mlp.build(shape)
     super().build(input_shape)
 
   def view_weights(self, layer: int, view: int):
-    """(kernel, bias) of one view's MLP layer: the block the fused kernel holds."""
-    widths = (list(self._widths) if layer == 0 else
-              [self.units[layer - 1]] * self.num_views)
-    start = sum(widths[:view])
-    u = self.units[layer]
-    kernel = self._kernels[layer][start:start + widths[view], view * u:(view + 1) * u]
-    return kernel, self._biases[layer][view * u:(view + 1) * u]
+    """(kernel, bias) of one view's MLP layer."""
+    dense = self._mlps[view]._dense[layer]  # pylint: disable=protected-access
+    return dense.kernel, dense.bias
 
   def call(self, inputs: Sequence[tf.Tensor]) -> tf.Tensor:
     """[[batch, width_v] per view] -> [batch, views, units[-1]]."""
-    x = inputs[0] if len(inputs) == 1 else tf.concat(list(inputs), -1)
-    last = len(self.units) - 1
-    for i, (kernel, bias, mask) in enumerate(zip(self._kernels, self._biases,
-                                                 self._masks)):
-      x = tf.nn.bias_add(tf.matmul(x, kernel if mask is None else kernel * mask), bias)
-      if i < last:
-        x = tf.keras.activations.get(self.activation)(x)
-    return tf.reshape(x, (-1, self.num_views, self.units[-1]))
+    return tf.stack([mlp(x) for mlp, x in zip(self._mlps, inputs)], axis=1)
 
   def get_config(self):
     config = super().get_config()
@@ -193,10 +163,14 @@ class HierarchicalDistributionRepresentation(tf.keras.layers.Layer):
     views, d, depth = len(self.views), self.distribution_dim, self.num_levels
     out = {"representation": tf.reshape(q["quantized"], (-1, views * d)),
            "codes": tf.reshape(q["codes"], (-1, views * depth))}
+    # One unstack per output for all views: its gradient is one stack, where a
+    # strided slice per view has a StridedSliceGrad each (zeros, then a copy).
+    per_view = {name: tf.unstack(q[key], num=views, axis=1) for name, key in (
+        ("representation", "quantized"), ("codes", "codes"),
+        ("partial_sums", "partial_sums"))}
     for i, view in enumerate(self.views):
-      out[f"representation_{view}"] = q["quantized"][:, i]
-      out[f"codes_{view}"] = q["codes"][:, i]
-      out[f"partial_sums_{view}"] = q["partial_sums"][:, i]
+      for name, values in per_view.items():
+        out[f"{name}_{view}"] = values[i]
     return out
 
   def diagnostics(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, Dict[str, np.ndarray]]:
