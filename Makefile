@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.models_bench
 	$(BIN)/python -m benchmarks.pipeline_bench
 	$(BIN)/python -m benchmarks.beam_bench
+	$(BIN)/python -m benchmarks.optimizer_bench
 
 clean:
 	rm -rf runs build *.egg-info

@@ -29,7 +29,7 @@ from features.run_directory import RunDirectory, RunMismatchError, absolute
 from models.ctr_model import CTRModel
 from models.registry import ModelConfig
 from pipeline import callbacks as callbacks_lib
-from pipeline import data, evaluate, strategies
+from pipeline import data, evaluate, optimizers, strategies
 
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -50,7 +50,13 @@ class TrainConfig:
   tpu: str = option("", "tpu: the TPU name or grpc:// address.")
   num_devices: int = option(0, "mirrored: number of devices (0 = all GPUs).")
   batch_size: int = option(512, "GLOBAL batch size (over all replicas).")
-  learning_rate: float = option(2e-3, "Adam learning rate for the global batch.")
+  learning_rate: float = option(2e-3, "Learning rate for the global batch.")
+  optimizer: str = option("adam", "adam: Adam on every weight (each step decays the "
+                          "moments of every row of every embedding table: its cost "
+                          "grows with the tables); lazy_adam: Adam's update on only "
+                          "the embedding rows the batch looked up (dense weights: "
+                          "Adam). For tables of 100k rows and more.",
+                          optimizers.OPTIMIZERS)
   lr_schedule: str = option("constant", "Learning rate schedule (cosine decays to 0 "
                             "over the run, after --warmup_steps).", LR_SCHEDULES)
   warmup_steps: int = option(0, "Linear warm-up steps of the cosine schedule.")
@@ -110,10 +116,18 @@ class TrainConfig:
     if self.mixed_precision not in PRECISIONS:
       raise ValueError(f"--mixed_precision={self.mixed_precision!r}: expected one of "
                        f"{PRECISIONS}")
+    if self.optimizer not in optimizers.OPTIMIZERS:
+      raise ValueError(f"--optimizer={self.optimizer!r}: expected one of "
+                       f"{optimizers.OPTIMIZERS}")
     if self.strategy not in strategies.STRATEGIES:
       raise ValueError(f"--strategy={self.strategy!r}: expected one of "
                        f"{tuple(strategies.STRATEGIES)}")
     return self
+
+
+# Tables from this size on make Adam's every-row update the larger part of a step
+# (benchmarks/optimizer_bench): the trainer then points at --optimizer=lazy_adam.
+LAZY_ADAM_HINT_ROWS = 100_000
 
 
 def build_model(data_dir: "str | PreprocessedData", model_config: ModelConfig
@@ -299,11 +313,17 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   finally:
     tf.keras.mixed_precision.set_global_policy(previous_policy)
   with strategy.scope():
-    optimizer = tf.keras.optimizers.Adam(_learning_rate(config, steps * config.epochs))
+    optimizer = optimizers.make_optimizer(config.optimizer,
+                                          _learning_rate(config, steps * config.epochs))
     if config.mixed_precision == "mixed_float16":  # float16 gradients underflow unscaled
       optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
     model.compile(optimizer=optimizer,
                   steps_per_execution=config.steps_per_execution)
+  largest = max(model.embeddings.num_ids.items(), key=lambda kv: kv[1])
+  if config.optimizer == "adam" and largest[1] >= LAZY_ADAM_HINT_ROWS and chief:
+    print(f"note: embedding table {largest[0]!r} has {largest[1]:,} rows; Adam updates "
+          "every row every step, --optimizer=lazy_adam only the rows of the batch",
+          flush=True)
 
   best_path = _writable(run, run.checkpoint(run.BEST_CHECKPOINT))
   evaluation = callbacks_lib.DistributionEvaluation(

@@ -75,14 +75,15 @@ def test_multi_worker_mirrored_two_processes(planted_data_dir, tmp_path):
   assert abs(_reloaded_auc(planted_data_dir, model_dir) - summary["final"]["auc"]) < 1e-6
 
 
-def test_parameter_server_with_sharded_embeddings(planted_data_dir, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
+def test_parameter_server_with_sharded_embeddings(planted_data_dir, tmp_path, optimizer):
   cluster = {"chief": [f"127.0.0.1:{_free_port()}"],
              "worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)],
              "ps": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
   model_dir = str(tmp_path / "model")
   args = [f"--data_dir={planted_data_dir}", f"--model_dir={model_dir}",
           "--strategy=parameter_server", "--epochs=2", "--ps_min_shard_bytes=1024",
-          *TRAIN_FLAGS]
+          f"--optimizer={optimizer}", *TRAIN_FLAGS]
   procs = [_start(t, i, cluster, args, tmp_path / f"{t}{i}.log")
            for t, i in (("ps", 0), ("ps", 1), ("worker", 0), ("worker", 1))]
   chief = _start("chief", 0, cluster, args, tmp_path / "chief0.log")
