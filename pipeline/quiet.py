@@ -3,8 +3,11 @@
 TensorFlow writes start-up lines from C++ before its log level is read (oneDNN, CUDA
 probing on a machine without a GPU), Keras and Beam warn through Python logging and
 `warnings`. `silence_libraries` turns these off on purpose, at their source; any
-`--verbosity` flag (absl's) brings every one of them back.
+`--verbosity` flag (absl's) brings every one of them back. Beam's worker processes are
+not ours to configure before they log: `beam_worker_noise_filtered` drops their known
+start-up lines from the stderr they inherit.
 """
+import contextlib
 import logging
 import os
 import sys
@@ -56,3 +59,37 @@ def silence_libraries(argv: Sequence[str]) -> None:
   tf.autograph.set_verbosity(0)
   for name in LIBRARIES:
     logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# What each DirectRunner worker process writes to the stderr it inherits before the
+# runner's log service takes its logging over: importing Beam's GCP IO modules warns
+# through the root logger (which also gives the root logger Python's default stderr
+# handler), then the worker logs that its log handler exists.
+BEAM_WORKER_NOISE = ("apitools not found, and bigquery client libraries",
+                     "Logging handler created.")
+
+
+@contextlib.contextmanager
+def beam_worker_noise_filtered(argv: Sequence[str]):
+  """Runs the block with this process's stderr (fd 2, which the Beam workers started
+  inside the block inherit) sent to a temporary file, then writes every line of it
+  back except `BEAM_WORKER_NOISE`: nothing else is dropped, errors included (they
+  appear when the block ends). With `--verbosity` stderr is left alone."""
+  if wants_library_logs(argv):
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode("utf-8", "replace").splitlines(True):
+        if not any(noise in line for noise in BEAM_WORKER_NOISE):
+          sys.stderr.write(line)
+      sys.stderr.flush()

@@ -2,10 +2,12 @@
 stage and prints what a user reads at the end of it. `hmdn run` chains them.
 """
 import os
+import sys
 from typing import Dict, Optional, Sequence
 
 from features.preprocessed import EVAL, PreprocessedData
 from features.run_directory import write_json_atomic
+from pipeline import quiet
 
 WARMUP_ROWS = 8  # eval rows written into an export's warm-up requests
 VERIFY_ROWS = 3  # eval rows `run` asks the export about in a fresh process
@@ -36,7 +38,8 @@ def preprocess(config, beam_args: Sequence[str] = ()) -> Dict:
   """The Beam job (beam_jobs.config.PreprocessConfig) -> its metadata. The only stage
   that imports Beam."""
   from beam_jobs import preprocess as preprocess_lib
-  metadata = preprocess_lib.run(config, beam_args=list(beam_args))
+  with quiet.beam_worker_noise_filtered(sys.argv):
+    metadata = preprocess_lib.run(config, beam_args=list(beam_args))
   written = metadata["rows_written"]
   print(f"preprocess: {written['train']} train / {written['eval']} eval rows in "
         f"{config.output_dir}; dead letter: "

@@ -26,3 +26,30 @@ def test_verbosity_brings_the_library_lines_back(tmp_path):
   proc = _train(tmp_path, "--verbosity=0")
   assert proc.returncode == 2
   assert any(word in proc.stderr for word in NOISE), proc.stderr[-500:]
+
+
+def _preprocess_with_two_workers(tmp_path, *extra):
+  """`hmdn preprocess` with 2 DirectRunner worker processes (they inherit stderr)."""
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  raw = tmp_path / "raw"
+  if not raw.exists():
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "generate",
+                    f"--output_dir={raw}", "--rows=2000", "--seed=0"], check=True,
+                   capture_output=True, cwd=REPO, env=env, timeout=300)
+  from beam_jobs import generated_logs
+  return subprocess.run(
+      [sys.executable, "-m", "pipeline.cli", "preprocess",
+       f"--raw={generated_logs.raw_glob(str(raw))}",
+       f"--spec={generated_logs.spec_path(str(raw))}",
+       f"--data_dir={tmp_path}/data{len(extra)}", "--direct_num_workers=2", *extra],
+      capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+
+
+def test_beam_worker_processes_print_no_start_up_lines(tmp_path):
+  proc = _preprocess_with_two_workers(tmp_path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stderr.strip() == "", proc.stderr[-2000:]
+  assert "Beam job done" in proc.stdout
+  loud = _preprocess_with_two_workers(tmp_path, "--verbosity=0")
+  assert loud.returncode == 0, loud.stderr[-2000:]
+  assert "Logging handler created." in loud.stderr, loud.stderr[-2000:]
