@@ -21,7 +21,7 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/hmdn run --output_dir=$(DEMO_DIR) --model=$(DEMO_MODEL) --rows=$(DEMO_ROWS) --seed=0
+	$(BIN)/hmdn run --output_dir=$(DEMO_DIR) --model=$(DEMO_MODEL) --rows=$(DEMO_ROWS) --seed=0 --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile

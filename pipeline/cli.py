@@ -211,6 +211,8 @@ def cmd_run() -> None:
   out = FLAGS.output_dir
   # Built first: a bad model or training option fails now, not after preprocessing.
   config = train_config(os.path.join(out, "data"), os.path.join(out, "model"))
+  from pipeline import train
+  train.check_resumable(RunDirectory(config.model_dir), config)  # before any work
   raw, spec = FLAGS.raw, FLAGS.spec
   summary = None
   if raw is None:

@@ -179,6 +179,32 @@ def model_config_from_record(recorded: Dict[str, Any]) -> ModelConfig:
   return ModelConfig(**recorded).validate()
 
 
+RUN_REMEDY = "pass --overwrite to replace that run, or use another --model_dir"
+
+
+def check_resumable(run: RunDirectory, config: TrainConfig,
+                    fingerprints: Optional[Dict[str, str]] = None) -> None:
+  """The run in `run` (if any) is of the same model, of the same data when its
+  `fingerprints` are given, and unfinished; or --overwrite is given. `hmdn run` calls
+  it without fingerprints before it generates and preprocesses anything."""
+  if config.overwrite:
+    return
+  if not run.has_run():
+    if run.has_outputs():
+      raise RunMismatchError(
+          f"--model_dir={run.model_dir} holds checkpoints or a backup but no "
+          f"{run.CONFIG_FILE}; pass --overwrite to replace them, or use another "
+          "--model_dir")
+    return
+  run.check_model(dataclasses.asdict(config.model), remedy=RUN_REMEDY)
+  if fingerprints is not None:
+    run.check_data(config.data_dir, fingerprints, remedy=RUN_REMEDY)
+  if run.has_checkpoint(run.FINAL_CHECKPOINT):
+    raise RunMismatchError(
+        f"--model_dir={run.model_dir} holds a finished run (checkpoints/final); "
+        + RUN_REMEDY)
+
+
 def prepare_run(run: RunDirectory, config: TrainConfig, fingerprints: Dict[str, str],
                 write: bool = True) -> bool:
   """Checks what `run` holds before anything is written. True: resume the unfinished
@@ -188,21 +214,8 @@ def prepare_run(run: RunDirectory, config: TrainConfig, fingerprints: Dict[str, 
     if write:
       run.clear()
     return False
-  if not run.has_run():
-    if run.has_outputs():
-      raise RunMismatchError(
-          f"--model_dir={run.model_dir} holds checkpoints or a backup but no "
-          f"{run.CONFIG_FILE}; pass --overwrite to replace them, or use another "
-          "--model_dir")
-    return False
-  remedy = "pass --overwrite to replace that run, or use another --model_dir"
-  run.check_model(dataclasses.asdict(config.model), remedy=remedy)
-  run.check_data(config.data_dir, fingerprints, remedy=remedy)
-  if run.has_checkpoint(run.FINAL_CHECKPOINT):
-    raise RunMismatchError(
-        f"--model_dir={run.model_dir} holds a finished run (checkpoints/final); "
-        + remedy)
-  return True
+  check_resumable(run, config, fingerprints)
+  return run.has_run()
 
 
 def _learning_rate(config: TrainConfig, total_steps: int):

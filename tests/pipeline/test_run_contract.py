@@ -402,3 +402,13 @@ def test_relative_paths_work_from_any_directory(tmp_path):
   record = RunDirectory(str(out / "model")).record()
   assert record["data_dir"] == str(out / "data")
   assert "fresh-process prediction" in proc.stdout
+  # The same command again: the finished run is refused before anything is generated
+  # or preprocessed; with --overwrite (what `make demo` passes) it runs again.
+  args = ["run", "--output_dir=rel/dir", "--rows=3000", "--model=dnn", "--epochs=1",
+          "--batch_size=128", "--steps_per_epoch=3", "--direct_num_workers=1"]
+  again = hmdn(*args, cwd=str(cwd), timeout=600)
+  _one_line_error(again, "holds a finished run", "--overwrite")
+  assert "generated" not in again.stdout and "preprocess" not in again.stdout
+  overwritten = hmdn(*args, "--overwrite", cwd=str(cwd), timeout=600)
+  assert overwritten.returncode == 0, overwritten.stderr[-3000:]
+  assert "fresh-process prediction" in overwritten.stdout
