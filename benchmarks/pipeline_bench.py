@@ -23,7 +23,8 @@ noise from other processes on the machine is shared out rather than landing on o
   input   `pipeline.data.make_dataset(training=True)` alone, streamed from the files and
           cached in memory (`cache=True`): batches read, decompressed, shuffled and
           parsed per second after a warm-up (which fills the shuffle window or the
-          cache), compared with the training throughput.
+          cache), compared with the training throughput. Streamed runs also time the
+          pipeline cut after each stage (read + gunzip, + shuffle window, + parse).
   serve   `tf.saved_model.load` of the export, `signatures["serving_default"]` on
           serialized tf.Example from the eval split at each batch size: per-call latency
           (result fetched to the host) after warm-up calls, p50 / p99.
@@ -96,6 +97,8 @@ class InputRun:
   examples_per_sec: float
   batch_ms_median: float
   max_rss_mb: float
+  # Streamed runs: records/s of the pipeline's first stages alone (`_input_stages`).
+  stages: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -186,6 +189,39 @@ def _worker_train() -> dict:
   return dataclasses.asdict(run)
 
 
+def _input_stages(spec) -> Dict[str, float]:
+  """Records/s of the streamed pipeline's stages, each pipeline cut after it: the
+  files' records read and decompressed as `make_dataset` reads them
+  (`data.read_records`), then with its per-record shuffle window, then (no shuffle)
+  batched and parsed. Shows which stage bounds the streamed rate."""
+  import tensorflow as tf
+  from pipeline import data
+  files = data.files_of(FLAGS.data_dir, TRAIN)
+  batches = FLAGS.input_batches
+
+  def records():
+    return data.read_records(tf.data.Dataset.from_tensor_slices(files).repeat(),
+                             len(files), ordered=False)
+
+  def rate(ds):
+    it = iter(ds.prefetch(tf.data.AUTOTUNE))
+    for _ in range(FLAGS.input_warmup_batches):
+      next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    return batches * FLAGS.batch_size / (time.perf_counter() - start)
+
+  parse = lambda s: data.parse_batch(s, spec, for_serving=True, with_label=True)  # noqa
+  return {
+      "read + gunzip": rate(records().batch(FLAGS.batch_size)),
+      "read + gunzip + shuffle window": rate(
+          records().shuffle(50_000).batch(FLAGS.batch_size)),
+      "read + gunzip + parse batch": rate(records().batch(FLAGS.batch_size).map(
+          parse, num_parallel_calls=tf.data.AUTOTUNE)),
+  }
+
+
 def _worker_input() -> dict:
   """The training input pipeline alone, consumed as fast as it produces."""
   import tensorflow as tf  # noqa: F401  (initialised here, not inside the clock)
@@ -202,9 +238,11 @@ def _worker_input() -> dict:
     next(it)
     times.append(time.perf_counter() - t)
   elapsed = time.perf_counter() - start
+  del it
   return dataclasses.asdict(InputRun(
       examples_per_sec=FLAGS.input_batches * FLAGS.batch_size / elapsed,
-      batch_ms_median=common.median(times) * 1e3, max_rss_mb=common.max_rss_mb()))
+      batch_ms_median=common.median(times) * 1e3, max_rss_mb=common.max_rss_mb(),
+      stages={} if FLAGS.cache_input else _input_stages(spec)))
 
 
 def _worker_serve() -> dict:
@@ -359,6 +397,13 @@ def main(argv):
                  f"{_fmt_bool(summary['input_meets_target'][kind])})"])
   print(common.format_table(["throughput", "ex/s", "step ms", "per-run ex/s",
                              "peak RSS MB", "note"], rows))
+  stage_names = list(input_runs["streamed"][0]["stages"])
+  summary["input_stages_records_per_sec"] = {
+      name: med([r["stages"] for r in input_runs["streamed"]], name)
+      for name in stage_names}
+  print("\nstreamed input cut after each stage (records/s, median of the rounds): " +
+        ", ".join(f"{name} {rate:,.0f}" for name, rate in
+                  summary["input_stages_records_per_sec"].items()))
   print(f"\nserving_default of {export_dir} in a fresh process (load "
         f"{serve['load_seconds']:.1f} s, peak RSS {serve['max_rss_mb']:,.0f} MB)")
   print(common.format_table(

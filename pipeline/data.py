@@ -1,7 +1,7 @@
 """tf.data input over the preprocessing job's TFRecords, parsed with the spec.
 
-Files are read with a parallel interleave (gzip decompression is most of the cost of
-a streamed pass), training records shuffled in a buffer, or with `cache` held in memory
+Files are read with a parallel interleave that passes blocks of records (its cost is
+per element), training records shuffled in a buffer, or with `cache` held in memory
 and permuted whole each epoch by vectorised ops; every batch is parsed at once
 (`parse_example` on a vector is far cheaper than per-example parsing) and prefetched.
 """
@@ -48,6 +48,12 @@ def split_label(parsed: Dict[str, tf.Tensor], spec: spec_lib.FeatureSpec
 
 
 READ_BUFFER_BYTES = 4 << 20  # per gzip reader: reading alone ~1.6x faster than 256 KiB
+# Records a file's reader hands the interleave at once (then unbatched): the parallel
+# interleave's cost is per element it passes, so blocks of records instead of single
+# records made the streamed training input 2.5x faster (134k -> 330k records/s, 2
+# shards, 2 cores). Before a shuffle window of tens of thousands of records, blocks
+# from the files instead of single records change nothing that matters.
+READ_BLOCK_RECORDS = 64
 
 
 def _options(ordered: bool) -> tf.data.Options:
@@ -76,6 +82,18 @@ def _cached_epochs(records: tf.data.Dataset, batch_size: int, seed: int
   return everything.repeat().flat_map(epoch)
 
 
+def read_records(files: tf.data.Dataset, num_files: int, ordered: bool
+                 ) -> tf.data.Dataset:
+  """The serialized records of a dataset of file names: up to 8 files read at once
+  (gzip), each reader handing over blocks of READ_BLOCK_RECORDS, unbatched."""
+  return files.interleave(
+      lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP",
+                                        buffer_size=READ_BUFFER_BYTES
+                                        ).batch(READ_BLOCK_RECORDS),
+      cycle_length=min(num_files, max(8, os.cpu_count() or 1)),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered).unbatch()
+
+
 def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
                  batch_size: int, training: bool, seed: int = 0,
                  input_context: Optional[tf.distribute.InputContext] = None,
@@ -99,11 +117,7 @@ def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
     ds = ds.shard(pipelines, input_context.input_pipeline_id)
   if training:
     ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-  ds = ds.interleave(
-      lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP",
-                                        buffer_size=READ_BUFFER_BYTES),
-      cycle_length=min(len(files), max(8, os.cpu_count() or 1)),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
+  ds = read_records(ds, len(files), ordered)
   if pipelines > 1 and not shard_files:  # fewer files than workers: shard the records
     ds = ds.shard(pipelines, input_context.input_pipeline_id)
   if not training:

@@ -1,5 +1,7 @@
 """The training input: full shuffled batches streamed from the files or held in memory
 (`cache`: each epoch a permutation of the split), parsed like the evaluation input."""
+import collections
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -50,3 +52,34 @@ def test_training_batches_parse_like_evaluation(planted_data_dir, cache):
     remainder = len(all_labels) - len(labels)
     assert 0 <= remainder < BATCH
     assert all_labels.sum() - remainder <= labels.sum() <= all_labels.sum()
+
+
+def _rows(features, label):
+  """Each example of a parsed batch as a hashable tuple of its values."""
+  columns = [label.numpy().tolist()] + [
+      [str(v) for v in features[name].numpy().tolist()] for name in sorted(features)]
+  return list(zip(*columns))
+
+
+def test_files_are_read_whole_in_order_for_eval_and_once_per_training_epoch(
+    planted_data_dir):
+  """Readers hand the interleave blocks of records (READ_BLOCK_RECORDS): evaluation
+  still sees every record once, in order (this split is one shard), and a streamed
+  training epoch no record more often than the split holds it."""
+  files = PreprocessedData(planted_data_dir)
+  spec = files.spec
+  expected = []
+  for path in files.split_files(TRAIN):
+    serialized = list(tf.data.TFRecordDataset(path, compression_type="GZIP"))
+    parsed = data.split_label(data.parse_batch(tf.stack(serialized), spec,
+                                               for_serving=True, with_label=True), spec)
+    expected += _rows(*parsed)
+  assert len(expected) > 3 * data.READ_BLOCK_RECORDS  # several blocks per file
+  evaluated = sum((_rows(f, l) for f, l in data.make_dataset(
+      files, TRAIN, spec, BATCH, training=False)), [])
+  assert evaluated == expected
+  epoch = sum((_rows(f, l) for f, l in data.make_dataset(
+      files, TRAIN, spec, BATCH, training=True, seed=1).take(len(expected) // BATCH)),
+      [])
+  assert len(epoch) == len(expected) // BATCH * BATCH
+  assert not collections.Counter(epoch) - collections.Counter(expected)
