@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
+from apache_beam.options import pipeline_options as beam_options  # noqa: E402
 
 from beam_jobs import preprocess  # noqa: E402
 from beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402
@@ -497,3 +498,24 @@ def test_moments_merge_matches_numpy():
   assert out["std"] == pytest.approx(x.std(), rel=1e-6)
   assert fn.extract_output(fn.create_accumulator()) == {"count": 0, "mean": 0.0,
                                                         "std": 1.0}
+
+
+def test_a_job_without_runner_runs_on_the_direct_engine_not_prism(log, single, tmp_path,
+                                                                  monkeypatch):
+  """Beam's DirectRunner first tries the Prism runner (a download): a job given no
+  --runner must run on the engine these tests check, wherever the network allows."""
+  from apache_beam.runners.portability import prism_runner
+  from apache_beam.runners.portability.fn_api_runner import fn_runner
+  tried, used = [], []
+  monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline",
+                      lambda self, *a, **k: tried.append(1))
+  original = fn_runner.FnApiRunner.run_pipeline
+
+  def recorded(self, pipeline, options):
+    used.append(options.view_as(beam_options.DirectOptions).direct_num_workers)
+    return original(self, pipeline, options)
+  monkeypatch.setattr(fn_runner.FnApiRunner, "run_pipeline", recorded)
+  returned = preprocess.run(_config(log, tmp_path / "out", direct_num_workers=2))
+  assert not tried and used == [2]
+  assert returned["rows_read"] == single["returned"]["rows_read"]
+  assert returned["rows_written"] == single["returned"]["rows_written"]
