@@ -259,6 +259,17 @@ def _read_json_lines(pattern: str) -> List:
   return rows
 
 
+SIDE_RESULTS = "side_results"
+
+
+def _read_side_results(data: PreprocessedData) -> Dict[str, List]:
+  """`T.WriteSideResults`' file: {name: [value, ...]} (a name with no value absent)."""
+  out: Dict[str, List] = {}
+  for name, value in _read_json_lines(_scratch(data, SIDE_RESULTS + "*")):
+    out.setdefault(name, []).append(value)
+  return out
+
+
 def _scratch(data: PreprocessedData, name: str) -> str:
   """A side result's prefix in the scratch directory (removed at the end)."""
   return f"{data.scratch_dir}/{name}"
@@ -270,6 +281,7 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig,
   """Record batches (beam_jobs/transforms.py `Batch`) from the source through the
   derived features to the TFRecords, the vocabularies and the statistics."""
   data = PreprocessedData(config.output_dir)
+  side_results: Dict[str, beam.PCollection] = {}  # small results the driver reads
   parsed = source.read(p, inputs, spec, config, progress_prefix)
   records = parsed[T.RECORDS]
   if not source.batched:
@@ -281,7 +293,7 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig,
       quantile = 1.0 - config.eval_fraction
     records, cutoff = records | "SplitByTime" >> T.SplitByTime(
         config.split_time_field, config.split_time_cutoff, quantile)
-    _ = cutoff | "CutoffOut" >> T.WriteJsonLines(_scratch(data, "time_cutoff"))
+    side_results["time_cutoff"] = cutoff
   records = records | "DerivedFeatures" >> T.AddDerivedFeatures(spec, data)
   splits = records | "Split" >> beam.Partition(
       lambda batch, _: 0 if batch[0] == TRAIN else 1, 2)
@@ -291,16 +303,14 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig,
     shards = part | f"Write{split}" >> T.WriteExamples(
         spec, data.split_prefix(split), split, tfds_prefix, progress_prefix)
     if shards is not None:
-      _ = shards | f"{split}TfdsShardsOut" >> T.WriteJsonLines(
-          _scratch(data, f"tfds_{split}"))
+      side_results[f"tfds_{split}"] = shards
   train = splits[0]
-  sizes, distinct = train | "Vocabularies" >> T.ComputeVocabularies(spec, data)
-  _ = sizes | "VocabSizesOut" >> T.WriteJsonLines(_scratch(data, "vocab_sizes"))
-  _ = distinct | "DistinctOut" >> T.WriteJsonLines(_scratch(data, "distinct"))
-  _ = (train | "Moments" >> T.NumericMoments(spec)
-       | "MomentsOut" >> T.WriteJsonLines(_scratch(data, "moments")))
-  _ = (records | "DistributionStats" >> T.DistributionStatistics(spec)
-       | "DistributionOut" >> T.WriteJsonLines(_scratch(data, "distribution")))
+  side_results["vocab_sizes"], side_results["distinct"] = (
+      train | "Vocabularies" >> T.ComputeVocabularies(spec, data))
+  side_results["moments"] = train | "Moments" >> T.NumericMoments(spec)
+  side_results["distribution"] = (records | "DistributionStats"
+                                  >> T.DistributionStatistics(spec))
+  _ = side_results | "SideResults" >> T.WriteSideResults(_scratch(data, SIDE_RESULTS))
 
 
 def _counters(result) -> Dict[str, int]:
@@ -448,13 +458,13 @@ def _run_staged(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
   counters = _counters(result)
   counts = reconcile(counters)
   progress.final(counts)
+  side = _read_side_results(data)
   time_cutoff = None
   if config.split_time_field:
-    time_cutoff = _read_json_lines(_scratch(data, "time_cutoff*"))[0]
+    time_cutoff = side["time_cutoff"][0]
   if config.tfds:
-    write_tfds_metadata(data, spec, {
-        s: _read_json_lines(_scratch(data, f"tfds_{s}*")) for s in SPLITS})
-  stats = _assemble_stats(data, spec, counters)
+    write_tfds_metadata(data, spec, {s: side.get(f"tfds_{s}", []) for s in SPLITS})
+  stats = _assemble_stats(data, spec, counters, side)
   metadata = {
       "spec": spec.name,
       "source": config.source,
@@ -569,8 +579,8 @@ def _side_file_counts(counters: Dict[str, int]) -> Dict[str, Dict[str, int]]:
 
 
 def _assemble_stats(data: PreprocessedData, spec: spec_lib.FeatureSpec,
-                    counters: Dict) -> Dict:
-  vocab_sizes = dict(_read_json_lines(_scratch(data, "vocab_sizes*")))
+                    counters: Dict, side: Dict[str, List]) -> Dict:
+  vocab_sizes = dict(side.get("vocab_sizes", []))
   for f in spec.vocabulary_fields:  # a field whose every value was rare: empty vocab.
     if f.name not in vocab_sizes:
       spec_lib.write_text(data.vocab_path(f.name), "")
@@ -580,14 +590,13 @@ def _assemble_stats(data: PreprocessedData, spec: spec_lib.FeatureSpec,
     if f.derived.has_table and not FileSystems.exists(path):
       spec_lib.write_text(path, "")
   distribution: Dict = {}
-  for (split, field, value), (rows, clicks) in _read_json_lines(
-      _scratch(data, "distribution*")):
+  for (split, field, value), (rows, clicks) in side.get("distribution", []):
     cell = distribution.setdefault(split, {}).setdefault(field, {})
     cell[value] = {"rows": rows, "clicks": clicks, "ctr": clicks / rows if rows else 0.0}
   stats = {
       "vocab_sizes": vocab_sizes,
-      "distinct_train": dict(_read_json_lines(_scratch(data, "distinct*"))),
-      "numeric": dict(_read_json_lines(_scratch(data, "moments*"))),
+      "distinct_train": dict(side.get("distinct", [])),
+      "numeric": dict(side.get("moments", [])),
       "missing": {f.name: counters.get(f"missing_{f.name}", 0) for f in spec.raw_fields},
       "distribution": distribution,
   }

@@ -824,9 +824,16 @@ def WriteDeadLetter(dead, prefix):
 
 
 @beam.ptransform_fn
-def WriteJsonLines(pcoll, prefix):
-  """Small side results (statistics) as one JSON file, assembled by the driver."""
-  return (pcoll
-          | "ToJson" >> beam.Map(lambda x: json.dumps(x, default=list))
+def WriteSideResults(results: Dict[str, beam.PCollection], prefix: str):
+  """Small side results (statistics, TFDS shard sizes, the time cutoff), a
+  PCollection each in `results`, as ONE JSON-lines file of [name, value] rows for
+  the driver to assemble: one sink for all, because every sink adds four stages
+  (each a round of bundles on every worker) to the job."""
+  tagged = tuple(
+      pcoll | f"ToJson_{name}" >> beam.Map(
+          lambda x, name=name: json.dumps([name, x], default=list))
+      for name, pcoll in sorted(results.items()))
+  return (tagged
+          | "Flatten" >> beam.Flatten()
           | "Write" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl",
                                            num_shards=1))
