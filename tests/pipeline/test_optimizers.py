@@ -105,10 +105,10 @@ def test_train_with_lazy_adam_and_the_hint_for_large_tables(planted_data_dir, tm
   assert len(hints) == 1 and "--optimizer=lazy_adam" in hints[0], printed
 
 
-def test_lazy_adam_under_mirrored_strategy_sums_the_replicas_rows():
+def test_lazy_adam_under_mirrored_strategy_sums_the_replicas_rows(mirrored_strategy):
   """Two replicas looking up different rows: the all-reduced sparse gradient updates
   the union of their rows, like one step on both replicas' lookups."""
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  strategy = mirrored_strategy  # the session's one (see tests/conftest.py)
   start = np.random.default_rng(2).normal(size=(5, 2))
   per_replica = [([0, 2], [[1.0, -1.0], [0.5, 2.0]]), ([2, 3], [[-3.0, 1.0], [1.0, 1.0]])]
   with strategy.scope():
