@@ -71,8 +71,7 @@ class _Chain(NamedTuple):
   """A residual chain (`ResidualQuantizer._quantize`). Per-level tensors stay
   a list: stacking them copies, and a training step needs no stack of them."""
   codes: tf.Tensor  # [B, V, D] int32
-  assignments: List[tf.Tensor]  # per level the one-hot [B V, V K] of each row's
-  # chosen row of the flat books (view v's codes are rows v K + code); training only
+  rows: List[tf.Tensor]  # per level [B, V] int32 rows of the flat books: v K + code
   inputs: List[tf.Tensor]  # per level its input r_{l-1} [B, V, d] (r_0 = x)
   partial_sums: tf.Tensor  # s_1..s_D [B, V, D, d]
   total: tf.Tensor  # s_D [B, V, d]
@@ -257,8 +256,8 @@ class ResidualQuantizer(tf.keras.layers.Layer):
   # -- the residual chain -----------------------------------------------------
   def _quantize(self, x: tf.Tensor, books: tf.Tensor, exact: bool = True):
     """Residual chain of x [B, V, d] with fixed books [V, books, K, d], as a
-    `_Chain`: codes [B, V, D], each level's one-hot assignment (training)
-    and input r_{l-1} (lists, never stacked in a training step), partial sums s_1..s_D
+    `_Chain`: codes [B, V, D], each level's chosen rows and input r_{l-1}
+    (lists, never stacked in a training step), partial sums s_1..s_D
     [B, V, D, d] (for the outputs only), s_D, sum_l ||r_l||^2 (the
     commitment, gradient into x through the chain) and 2 sum_l r_l. One
     distance computation per level for all views.
@@ -268,10 +267,7 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     (`exact=False`) scores the codes by ||e||^2 - 2 r.e, one MatMul per level
     against a block-diagonal matrix of every view's codes (no [B, V, K, d]
     intermediate); it differs from the exact form only at rounding-level
-    near-ties. It also takes each chosen code as the product of the one-hot
-    assignment with the books (exact: one 1 and zeros), the one-hot the code
-    statistics need anyway, instead of a gather (several times slower on CPU
-    at large batches).
+    near-ties.
     """
     size, views, dim = self.codebook_size, self._views, self._dim
     offsets = tf.range(views) * size  # row of view v's book in the flat books
@@ -291,7 +287,7 @@ class ResidualQuantizer(tf.keras.layers.Layer):
       weights = tf.unstack(weights)
     flat = tf.unstack(flat)  # one op, not a slice per level
     residual, total, pull = x, None, None
-    codes, assignments, inputs, partial_sums, squares = [], [], [], [], []
+    codes, rows, inputs, partial_sums, squares = [], [], [], [], []
     for level in range(self.num_levels):  # D is small: an unrolled chain
       b = self._book(level)
       if exact:
@@ -303,20 +299,16 @@ class ResidualQuantizer(tf.keras.layers.Layer):
                           (-1, views, size))
       code = tf.argmin(dist, -1, output_type=tf.int32)
       row = code + offsets
-      if exact:
-        chosen = tf.gather(flat[b], row)
-      else:
-        one_hot = tf.one_hot(tf.reshape(row, [-1]), views * size, dtype=x.dtype)
-        chosen = tf.reshape(tf.matmul(one_hot, flat[b]), (-1, views, dim))
-        assignments.append(one_hot)
+      chosen = tf.gather(flat[b], row)
       codes.append(code)
+      rows.append(row)
       inputs.append(residual)
       residual = residual - chosen  # r_l = x - sg(s_l)
       squares.append(tf.reduce_sum(tf.square(residual)))
       pull = residual if pull is None else pull + residual
       total = chosen if total is None else total + chosen
       partial_sums.append(total)
-    return _Chain(codes=tf.stack(codes, -1), assignments=assignments, inputs=inputs,
+    return _Chain(codes=tf.stack(codes, -1), rows=rows, inputs=inputs,
                   partial_sums=tf.stack(partial_sums, 2), total=total,
                   squares=tf.add_n(squares), pull=2.0 * pull)
 
@@ -326,7 +318,7 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     (see `_quantize` and `_statistics`), the commitment sum
     sum_l ||x - s_l||^2 and its gradient in x, 2 sum_l (x - s_l)."""
     chain = self._quantize(x, books, exact=False)
-    counts, sums = self._statistics(chain.assignments, chain.inputs)
+    counts, sums = self._statistics(chain.rows, chain.inputs)
     return chain, counts, sums
 
   # -- seeding ----------------------------------------------------------------
@@ -367,16 +359,18 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     return tf.stack(books, 1)
 
   # -- training-time state ----------------------------------------------------
-  def _statistics(self, assignments, inputs):
+  def _statistics(self, rows, inputs):
     """Per-book assignment counts [V, books, K] and residual sums
-    [V, books, K, d] of the local batch, from each level's one-hot assignment
-    to the rows of the flat books (`_Chain.assignments`) and its input (a
-    shared book adds up its levels). Per level, ONE MatMul of the one-hot
-    over its own V K rows (CPU's segment sum, or a one-hot over every level's
-    rows, is several times slower at these shapes)."""
+    [V, books, K, d] of the local batch, from each level's chosen rows of the
+    flat books (`_Chain.rows`: view v's codes are rows v K..v K + K - 1) and
+    its input (a shared book adds up its levels). Per level, ONE MatMul of the
+    one-hot assignments over its own V K rows (CPU's segment sum, or a one-hot
+    over every level's rows, is several times slower at these shapes)."""
     size, views, dim = self.codebook_size, self._views, self._dim
     counts, sums = [], []
-    for one_hot, residual in zip(assignments, inputs):
+    for row, residual in zip(rows, inputs):
+      one_hot = tf.one_hot(tf.reshape(row, [-1]), views * size,
+                           dtype=residual.dtype)  # [B V, V K]
       sums.append(tf.matmul(one_hot, tf.reshape(residual, (-1, dim)),
                             transpose_a=True))  # [V K, d]
       counts.append(tf.reduce_sum(one_hot, 0))
