@@ -22,8 +22,6 @@ from beam_jobs import transforms as T
 from beam_jobs.config import PreprocessConfig
 from features import spec as spec_lib
 from features.preprocessed import EVAL, TRAIN, PreprocessedData, unescape_value
-from models.embedding import FeatureEmbeddings
-from pipeline import data as data_lib
 
 HOUR_EDGES = [6, 12, 18]
 SHARE_EDGES = [0.25, 0.5, 0.75]  # exact in float32: a share of 1/2 is on a boundary
@@ -166,39 +164,13 @@ def test_share_counts_sum_element_by_element_in_any_merge_order():
         [fn.create_accumulator()] + accs)) == (3, 3, 10)
 
 
-def _layer(job):
-  layout = job["layout"]
-  return FeatureEmbeddings(job["spec"].to_dict(), layout.vocab_dir,
-                           layout.numeric_moments, layout.tables_dir)
+def test_model_looks_the_share_up_and_unseen_users_get_the_oov_id(job, derived_checks):
+  derived_checks.model_lookup(job, "share_ios", ["u1", "u2", TAB_USER, SLASH_USER, "u5", "nobody"])
 
 
-def test_model_looks_the_share_up_and_unseen_users_get_the_oov_id(job):
-  layer = _layer(job)
-  users = ["u1", "u2", TAB_USER, SLASH_USER, "u5", "nobody"]
-  batch = {"user_id": tf.constant(users), "device": tf.constant(["pc"] * len(users)),
-           "hour": tf.constant([1.0] * len(users))}
-  derived = layer.derived_values(batch)
-  vocab = [unescape_value(v) for v in tf.io.gfile.GFile(
-      job["layout"].vocab_path("share_ios")).read().splitlines()]
-  expected = [job["expected"]["share_ios"].get(u, "") for u in users]
-  assert [v.decode() for v in derived["share_ios"].numpy()] == expected
-  ids = layer.ids("share_ios", derived["share_ios"]).numpy().tolist()
-  assert ids == [vocab.index(v) + 1 if v in vocab else 0 for v in expected]
-  assert ids[-2:] == [0, 0] and min(ids[:-2]) > 0
-  assert layer(batch)["share_ios"].shape == (len(users), 2)
-
-
-def test_tfrecord_values_equal_the_models_recomputation_from_raw_inputs(job):
-  layer = _layer(job)
-  spec = job["spec"]
-  for split in (TRAIN, EVAL):
-    fed = data_lib.parse_batch(tf.constant(job["serialized"][split]), spec,
-                               for_serving=True)
-    assert not set(fed) & {f.name for f in spec.derived_fields}
-    recomputed = layer.derived_values(fed)
-    for f in spec.derived_fields:
-      got = [v.decode() for v in recomputed[f.name].numpy()]
-      assert got == [r[f.name] for r in job["records"][split]], (split, f.name)
+def test_tfrecord_values_equal_the_models_recomputation_from_raw_inputs(job,
+                                                                       derived_checks):
+  derived_checks.recomputation(job)
 
 
 def test_a_mode_and_shares_on_one_pair_agree_with_separate_runs(job):
