@@ -332,7 +332,8 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
       optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
     model.compile(optimizer=optimizer,
                   steps_per_execution=config.steps_per_execution)
-  largest = max(model.embeddings.num_ids.items(), key=lambda kv: kv[1])
+  largest = max(model.embeddings.num_ids.items(), key=lambda kv: kv[1],
+                default=("", 0))  # (a spec may embed numeric fields only)
   if config.optimizer == "adam" and largest[1] >= LAZY_ADAM_HINT_ROWS and chief:
     print(f"note: embedding table {largest[0]!r} has {largest[1]:,} rows; Adam updates "
           "every row every step, --optimizer=lazy_adam only the rows of the batch",
