@@ -22,9 +22,9 @@ noise from other processes on the machine is shared out rather than landing on o
           model with `pipeline.export.export`.
   input   `pipeline.data.make_dataset(training=True)` alone, streamed from the files and
           cached in memory (`cache=True`): batches read, decompressed, shuffled and
-          parsed per second after a warm-up (which fills the shuffle window or the
+          parsed per second after a warm-up (which fills the first shuffle window or the
           cache), compared with the training throughput. Streamed runs also time the
-          pipeline cut after each stage (read + gunzip, + shuffle window, + parse).
+          pipeline cut after each stage (read + gunzip, + shuffle windows, + parse).
   serve   `tf.saved_model.load` of the export, `signatures["serving_default"]` on
           serialized tf.Example from the eval split at each batch size: per-call latency
           (result fetched to the host) after warm-up calls, p50 / p99.
@@ -191,17 +191,17 @@ def _worker_train() -> dict:
 
 def _input_stages(spec) -> Dict[str, float]:
   """Records/s of the streamed pipeline's stages, each pipeline cut after it: the
-  files' records read and decompressed as `make_dataset` reads them
-  (`data.read_records`), then with its per-record shuffle window, then (no shuffle)
-  batched and parsed. Shows which stage bounds the streamed rate."""
+  files' record blocks read and decompressed as `make_dataset` reads them
+  (`data.read_blocks`), cut into batches; then with its shuffle windows; then (no
+  shuffle) parsed. Shows which stage bounds the streamed rate."""
   import tensorflow as tf
   from pipeline import data
   files = data.files_of(FLAGS.data_dir, TRAIN)
   batches = FLAGS.input_batches
 
-  def records():
-    return data.read_records(tf.data.Dataset.from_tensor_slices(files).repeat(),
-                             len(files), ordered=False)
+  def blocks():
+    return data.read_blocks(tf.data.Dataset.from_tensor_slices(files).repeat(),
+                            len(files), ordered=False)
 
   def rate(ds):
     it = iter(ds.prefetch(tf.data.AUTOTUNE))
@@ -214,10 +214,11 @@ def _input_stages(spec) -> Dict[str, float]:
 
   parse = lambda s: data.parse_batch(s, spec, for_serving=True, with_label=True)  # noqa
   return {
-      "read + gunzip": rate(records().batch(FLAGS.batch_size)),
-      "read + gunzip + shuffle window": rate(
-          records().shuffle(50_000).batch(FLAGS.batch_size)),
-      "read + gunzip + parse batch": rate(records().batch(FLAGS.batch_size).map(
+      "read + gunzip": rate(blocks().rebatch(FLAGS.batch_size)),
+      "read + gunzip + shuffle windows": rate(data.shuffled_windows(
+          blocks(), FLAGS.batch_size, data.SHUFFLE_WINDOW_RECORDS, seed=0,
+          ordered=False)),
+      "read + gunzip + parse batch": rate(blocks().rebatch(FLAGS.batch_size).map(
           parse, num_parallel_calls=tf.data.AUTOTUNE)),
   }
 

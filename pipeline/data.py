@@ -1,9 +1,11 @@
 """tf.data input over the preprocessing job's TFRecords, parsed with the spec.
 
-Files are read with a parallel interleave that passes blocks of records (its cost is
-per element), training records shuffled in a buffer, or with `cache` held in memory
-and permuted whole each epoch by vectorised ops; every batch is parsed at once
-(`parse_example` on a vector is far cheaper than per-example parsing) and prefetched.
+Records travel in blocks from the readers to the batches, never one per element
+(tf.data's cost is per element): a parallel interleave passes each file's blocks,
+training permutes windows of consecutive records by one vectorised op each (or, with
+`cache`, the whole split held in memory each epoch), `rebatch` cuts the blocks into
+batches, and every batch is parsed at once (`parse_example` on a vector is far cheaper
+than per-example parsing) and prefetched.
 """
 import os
 from typing import Dict, List, Optional, Tuple, Union
@@ -48,12 +50,14 @@ def split_label(parsed: Dict[str, tf.Tensor], spec: spec_lib.FeatureSpec
 
 
 READ_BUFFER_BYTES = 4 << 20  # per gzip reader: reading alone ~1.6x faster than 256 KiB
-# Records a file's reader hands the interleave at once (then unbatched): the parallel
-# interleave's cost is per element it passes, so blocks of records instead of single
-# records made the streamed training input 2.5x faster (134k -> 330k records/s, 2
-# shards, 2 cores). Before a shuffle window of tens of thousands of records, blocks
-# from the files instead of single records change nothing that matters.
+# Records a file's reader hands the interleave at once. tf.data's cost is per element,
+# so the records stay in blocks all the way to the batches: blocks of records instead
+# of single records made the streamed training input 2.5x faster (134k -> 330k
+# records/s, 2 shards, 2 cores), and permuting windows instead of a per-record shuffle
+# buffer another 1.5x (`benchmarks/pipeline_bench`).
 READ_BLOCK_RECORDS = 64
+# Records of consecutive reading a training window permutes at once.
+SHUFFLE_WINDOW_RECORDS = 50_000
 
 
 def _options(ordered: bool) -> tf.data.Options:
@@ -67,11 +71,11 @@ def _options(ordered: bool) -> tf.data.Options:
   return options
 
 
-def _cached_epochs(records: tf.data.Dataset, batch_size: int, seed: int
+def _cached_epochs(blocks: tf.data.Dataset, batch_size: int, seed: int
                    ) -> tf.data.Dataset:
   """Batches of a split held in memory: each epoch a uniform permutation of every
   record (full batches only), gathered a batch at a time."""
-  everything = records.batch(2 ** 62).cache()  # one element: the serialized split
+  everything = blocks.rebatch(2 ** 62).cache()  # one element: the serialized split
 
   def epoch(split):
     batches = tf.shape(split)[0] // batch_size
@@ -82,32 +86,56 @@ def _cached_epochs(records: tf.data.Dataset, batch_size: int, seed: int
   return everything.repeat().flat_map(epoch)
 
 
-def read_records(files: tf.data.Dataset, num_files: int, ordered: bool
-                 ) -> tf.data.Dataset:
-  """The serialized records of a dataset of file names: up to 8 files read at once
-  (gzip), each reader handing over blocks of READ_BLOCK_RECORDS, unbatched."""
+def shuffled_windows(blocks: tf.data.Dataset, batch_size: int, window: int,
+                      seed: int, ordered: bool) -> tf.data.Dataset:
+  """Full batches, repeated over epochs, of the blocks' records permuted a window at
+  a time: every `window` consecutive records of an epoch (its last window shorter)
+  are put in a uniformly random order by one op, seeded by `seed` and the window's
+  count, so a seed gives the same batches when the reading is `ordered`.
+
+  A record moves anywhere within its window and never out of it; a shuffle buffer
+  of the same size moves records by a geometric number of places (some far, most
+  few) at a per-record cost that was the streamed input's costliest stage.
+  """
+  def permute(index, records):
+    return tf.random.experimental.stateless_shuffle(
+        records, seed=tf.stack([tf.constant(seed, tf.int64), index]))
+  return (blocks.rebatch(window).repeat().enumerate()
+          .map(permute, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
+          .rebatch(batch_size, drop_remainder=True))
+
+
+def read_blocks(files: tf.data.Dataset, num_files: int, ordered: bool
+                ) -> tf.data.Dataset:
+  """Blocks of up to READ_BLOCK_RECORDS serialized records (string vectors) of a
+  dataset of file names: up to 8 files read at once (gzip), each reader handing over
+  a block at a time; a file's blocks keep its order, and `ordered` keeps the files'
+  round robin."""
   return files.interleave(
       lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP",
                                         buffer_size=READ_BUFFER_BYTES
                                         ).batch(READ_BLOCK_RECORDS),
       cycle_length=min(num_files, max(8, os.cpu_count() or 1)),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered).unbatch()
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
 
 
 def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
                  batch_size: int, training: bool, seed: int = 0,
                  input_context: Optional[tf.distribute.InputContext] = None,
-                 shuffle_buffer: int = 50_000, cache: bool = False,
+                 shuffle_window: int = SHUFFLE_WINDOW_RECORDS, cache: bool = False,
                  deterministic: bool = False) -> tf.data.Dataset:
   """(features, label) batches. Training: shuffled, repeated, full batches only.
 
   `batch_size` is the batch of this input pipeline (per worker when an input_context
-  shards the files across workers). `cache` (training) keeps the split's serialized
-  records in memory after the first pass: no more reading or decompression, and each
-  epoch is a uniform shuffle of the whole split instead of a `shuffle_buffer` window.
-  Training batches come in whatever order the parallel readers finish, unless
+  shards the files across workers). Training permutes each `shuffle_window` records
+  read in a row, after reading the files in a new random order each epoch. `cache`
+  (training) keeps the split's serialized records in memory after the first pass: no
+  more reading or decompression, and each epoch is a uniform shuffle of the whole
+  split. Training batches come in whatever order the parallel readers finish, unless
   `deterministic`: then the same seed gives the same batches.
   """
+  if shuffle_window < 1:
+    raise ValueError(f"shuffle_window={shuffle_window!r}: expected an integer >= 1")
   ordered = deterministic or not training
   files = files_of(data_dir, split)
   ds = tf.data.Dataset.from_tensor_slices(files)
@@ -117,16 +145,15 @@ def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
     ds = ds.shard(pipelines, input_context.input_pipeline_id)
   if training:
     ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-  ds = read_records(ds, len(files), ordered)
-  if pipelines > 1 and not shard_files:  # fewer files than workers: shard the records
+  ds = read_blocks(ds, len(files), ordered)
+  if pipelines > 1 and not shard_files:  # fewer files than workers: shard the blocks
     ds = ds.shard(pipelines, input_context.input_pipeline_id)
   if not training:
-    ds = ds.batch(batch_size)
+    ds = ds.rebatch(batch_size)
   elif cache:
     ds = _cached_epochs(ds, batch_size, seed)
   else:
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = shuffled_windows(ds, batch_size, shuffle_window, seed, ordered)
   ds = ds.map(lambda s: split_label(
       parse_batch(s, spec, for_serving=True, with_label=True), spec),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)

@@ -1,5 +1,6 @@
-"""The training input: full shuffled batches streamed from the files or held in memory
-(`cache`: each epoch a permutation of the split), parsed like the evaluation input."""
+"""The training input: full shuffled batches streamed from the files (windows of
+consecutive records permuted) or held in memory (`cache`: each epoch a permutation of
+the split), parsed like the evaluation input."""
 import collections
 
 import numpy as np
@@ -18,14 +19,59 @@ def _records(n):
 
 def test_cached_epochs_are_permutations_of_the_split():
   records = _records(1000)  # 15 full batches of 64 per epoch, 40 records dropped
+  blocks = tf.data.Dataset.from_tensor_slices(records).batch(7)  # as files are read
   batches = [b.numpy().tolist() for b in data._cached_epochs(
-      tf.data.Dataset.from_tensor_slices(records), BATCH, seed=3).take(30)]
+      blocks, BATCH, seed=3).take(30)]
   assert all(len(b) == BATCH for b in batches)
   first, second = sum(batches[:15], []), sum(batches[15:], [])
   for epoch in (first, second):
     assert len(set(epoch)) == len(epoch) == 15 * BATCH  # no record twice in an epoch
     assert set(epoch) <= set(records)
   assert first != second and first != records[:len(first)]  # reshuffled every epoch
+
+
+def _windowed(records, window, seed, batches, block=7):
+  blocks = tf.data.Dataset.from_tensor_slices(records).batch(block)
+  return [b.numpy().tolist() for b in data.shuffled_windows(
+      blocks, BATCH, window, seed, ordered=True).take(batches)]
+
+
+def test_shuffled_windows_permute_each_window_of_each_epoch():
+  records = _records(350)  # windows of 100: 3 full and one of 50 per epoch
+  stream = sum(_windowed(records, 100, seed=5, batches=21), [])  # 1344 records
+  assert len(stream) == 21 * BATCH
+  bounds = [0, 100, 200, 300, 350]
+  windows = []
+  for epoch in range(3):
+    for start, end in zip(bounds, bounds[1:]):
+      at = epoch * 350
+      got = stream[at + start:at + end]
+      if len(got) < end - start:  # the stream ends inside this window
+        assert set(got) <= set(records[start:end]) and len(set(got)) == len(got)
+        break
+      assert sorted(got) == records[start:end]  # a permutation of its own window
+      windows.append(got)
+  assert all(w != sorted(w) for w in windows)  # actually permuted
+  assert stream[:350] != stream[350:700]  # a new order each epoch
+  assert stream == sum(_windowed(records, 100, seed=5, batches=21), [])  # seeded
+  assert stream != sum(_windowed(records, 100, seed=6, batches=21), [])
+
+
+@pytest.mark.parametrize("window", [1, 64, 10_000])
+def test_shuffled_windows_keep_every_record_whatever_the_window(window):
+  records = _records(3 * BATCH + 5)
+  stream = sum(_windowed(records, window, seed=0, batches=3, block=10), [])
+  assert set(stream) <= set(records) and len(set(stream)) == len(stream) == 3 * BATCH
+  if window == 1:
+    assert stream == records[:3 * BATCH]  # nothing to permute: the read order
+  if window >= len(records):
+    assert stream != records[:3 * BATCH]
+
+
+def test_shuffle_window_must_be_positive(planted_data_dir):
+  files = PreprocessedData(planted_data_dir)
+  with pytest.raises(ValueError, match="shuffle_window=0"):
+    data.make_dataset(files, TRAIN, files.spec, BATCH, training=True, shuffle_window=0)
 
 
 @pytest.mark.parametrize("cache", [False, True])
