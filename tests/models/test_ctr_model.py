@@ -99,9 +99,12 @@ def test_model_trains_is_batch_independent_and_exports(name, data_dir, spec, bat
   tf.keras.utils.set_random_seed(0)
   model = train.build_model(data_dir, ModelConfig(name=name, **SMALL))
   model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
-  first = model.evaluate(batches[0][0], batches[0][1], verbose=0, return_dict=True)
+  # The loss over every training batch: one batch alone can get worse after 40
+  # steps while the model learns (moe's first batch did, 0.70 -> 0.75, with the
+  # training loss at 0.52).
+  first = model.evaluate(_as_dataset(batches), verbose=0, return_dict=True)
   history = model.fit(_as_dataset(batches), epochs=1, verbose=0)
-  last = model.evaluate(batches[0][0], batches[0][1], verbose=0, return_dict=True)
+  last = model.evaluate(_as_dataset(batches), verbose=0, return_dict=True)
   assert last["loss"] < first["loss"] * 0.95, (first, last, history.history)
 
   rows = [r.numpy() for r in tf.data.TFRecordDataset(
