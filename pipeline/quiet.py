@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from typing import Sequence
 
@@ -69,27 +70,44 @@ BEAM_WORKER_NOISE = ("apitools not found, and bigquery client libraries",
                      "Logging handler created.")
 
 
+# How long the end of the block waits for stderr writers that outlive it (Beam worker
+# processes still shutting down) before it returns; their lines are still forwarded.
+_FORWARDER_JOIN_SECONDS = 10.0
+
+
+def _forward_lines(pipe_fd: int, stderr_fd: int) -> None:
+  """Copies each line read from `pipe_fd` to `stderr_fd` as it arrives, except
+  `BEAM_WORKER_NOISE`, until every writer has closed the pipe."""
+  with os.fdopen(pipe_fd, "rb") as pipe:
+    for line in pipe:
+      if not any(noise.encode() in line for noise in BEAM_WORKER_NOISE):
+        os.write(stderr_fd, line)
+  os.close(stderr_fd)
+
+
 @contextlib.contextmanager
 def beam_worker_noise_filtered(argv: Sequence[str]):
   """Runs the block with this process's stderr (fd 2, which the Beam workers started
-  inside the block inherit) sent to a temporary file, then writes every line of it
-  back except `BEAM_WORKER_NOISE`: nothing else is dropped, errors included (they
-  appear when the block ends). With `--verbosity` stderr is left alone."""
+  inside the block inherit) going through a pipe whose lines a thread writes on to the
+  real stderr as they come, except `BEAM_WORKER_NOISE`: nothing else is dropped or
+  held back (a warning in a long job shows when it happens). With `--verbosity`
+  stderr is left alone."""
   if wants_library_logs(argv):
     yield
     return
   sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      yield
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      for line in captured.read().decode("utf-8", "replace").splitlines(True):
-        if not any(noise in line for noise in BEAM_WORKER_NOISE):
-          sys.stderr.write(line)
-      sys.stderr.flush()
+  real_stderr = os.dup(2)
+  pipe_read, pipe_write = os.pipe()
+  forwarder = threading.Thread(target=_forward_lines,
+                               args=(pipe_read, os.dup(real_stderr)),
+                               name="stderr-filter", daemon=True)
+  forwarder.start()
+  os.dup2(pipe_write, 2)
+  os.close(pipe_write)
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(real_stderr, 2)  # closes this process's last write end of the pipe
+    os.close(real_stderr)
+    forwarder.join(_FORWARDER_JOIN_SECONDS)

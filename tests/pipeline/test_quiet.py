@@ -53,3 +53,27 @@ def test_beam_worker_processes_print_no_start_up_lines(tmp_path):
   loud = _preprocess_with_two_workers(tmp_path, "--verbosity=0")
   assert loud.returncode == 0, loud.stderr[-2000:]
   assert "Logging handler created." in loud.stderr, loud.stderr[-2000:]
+
+
+def test_stderr_lines_pass_while_the_beam_block_runs_and_noise_does_not(capfd):
+  """A line written to fd 2 (as a Beam worker process does) inside the block reaches
+  the real stderr before the block ends, not when it ends; the workers' start-up
+  lines never do."""
+  import time
+  from pipeline import quiet
+  capfd.readouterr()
+  with quiet.beam_worker_noise_filtered(["hmdn"]):
+    os.write(2, b"INFO Logging handler created.\n")
+    os.write(2, b"a warning during the job\n")
+    deadline = time.monotonic() + 10
+    seen = ""
+    while "a warning during the job" not in seen and time.monotonic() < deadline:
+      time.sleep(0.05)
+      seen += capfd.readouterr().err
+    assert "a warning during the job\n" in seen, seen  # before the block ended
+    os.write(2, b"a last line without newline")
+  seen += capfd.readouterr().err
+  assert "Logging handler created." not in seen
+  assert seen.endswith("a last line without newline"), seen
+  os.write(2, b"after\n")  # stderr is back to the real one
+  assert capfd.readouterr().err == "after\n"
