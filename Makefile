@@ -28,6 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.models_bench
+	$(BIN)/python -m benchmarks.models_bench --steps_per_execution=8
 	$(BIN)/python -m benchmarks.pipeline_bench
 	$(BIN)/python -m benchmarks.beam_bench
 	$(BIN)/python -m benchmarks.optimizer_bench

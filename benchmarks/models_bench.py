@@ -1,14 +1,17 @@
 """Training speed, size and FLOPs of every registered model, and the HMDN overhead.
 
   python -m benchmarks.models_bench [--rows=50000 --batch_size=512 --steps=30
-                                     --rounds=3 --models=moe,hmdn_moe]
+                                     --rounds=3 --models=moe,hmdn_moe
+                                     --steps_per_execution=1]
 
 Every model is built with `pipeline.train.build_model` at the ModelConfig defaults (same
 embeddings, same backbone sizes) except `codebook_warmup_steps=0` (STEADY_STATE: the
 HMDN codebooks are seeded on the first, untimed step, so the timed steps are the
 steady-state training path, not the warm-up pass-through), compiled with Adam, and trained by a `tf.function`
 around its own `train_step` (what `model.fit` runs per step) on batches held in memory,
-so the input pipeline is not measured. Models are interleaved in rounds so that noise
+so the input pipeline is not measured (with `--steps_per_execution` N > 1, by a
+function that runs N of them in a `tf.range` loop over an iterator of those batches, as
+`model.fit` does with the trainer's `--steps_per_execution`). Models are interleaved in rounds so that noise
 from other processes on the machine hits them alike: each backbone runs right next to
 its HMDN variant (which goes first alternates), and the pairs rotate each round; each
 model's turn starts with warm-up steps that are not timed. The HMDN overhead of a pair
@@ -27,7 +30,8 @@ The profiler counts only ops that register a flops statistic (MatMul, elementwis
 arithmetic, reductions...); activations, table lookups, gathers and string hashing
 count zero, so the figure is the dense arithmetic of a forward pass.
 
-Results: a table on stdout and `<out_dir>/models_bench.json`. Not a test: nothing here
+Results: a table on stdout and `<out_dir>/models_bench.json`
+(`models_bench_steps_per_execution_<N>.json` with N > 1). Not a test: nothing here
 asserts on speed.
 """
 import dataclasses
@@ -49,6 +53,10 @@ flags.DEFINE_integer("steps", 30, "Timed training steps per model per round.")
 flags.DEFINE_integer("warmup_steps", 5, "Untimed steps per model at the start of each "
                      "round (the first also traces the function).")
 flags.DEFINE_integer("rounds", 3, "Rounds; every model runs once per round.")
+flags.DEFINE_integer("steps_per_execution", 1, "Training steps per call, run as "
+                     "Keras' train_function runs them with the trainer's "
+                     "--steps_per_execution (a tf.range loop over an iterator of the "
+                     "cached batches); step time = call time / this.")
 flags.DEFINE_integer("cached_batches", 8, "Distinct training batches held in memory "
                      "and cycled through.")
 flags.DEFINE_integer("flops_batch", 64, "Static batch of the graph the FLOPs are "
@@ -158,9 +166,10 @@ def _pair_groups(names: List[str]) -> List[List[str]]:
 
 
 class _Bench:
-  """One model, compiled, with its traced train step."""
+  """One model, compiled, with its traced train step (or execution of
+  `steps_per_execution` steps)."""
 
-  def __init__(self, name: str, data_dir: str):
+  def __init__(self, name: str, data_dir: str, batches, steps_per_execution: int = 1):
     import tensorflow as tf
     from models.registry import ModelConfig
     from pipeline import train
@@ -170,8 +179,21 @@ class _Bench:
     # timed steps run the quantizer's training path, not its warm-up pass-through.
     self.model = train.build_model(data_dir, ModelConfig(name=name, **STEADY_STATE))
     self.model.compile(optimizer=tf.keras.optimizers.Adam(2e-3))
-    self.step = tf.function(self.model.train_step)
     model = self.model
+    self.steps_per_execution = steps_per_execution
+    self.step = tf.function(model.train_step)
+    self.execution = None
+    if steps_per_execution > 1:
+      stacked = tf.nest.map_structure(lambda *x: tf.stack(x), *batches)
+      self._iterator = iter(tf.data.Dataset.from_tensor_slices(stacked).repeat())
+
+      @tf.function
+      def execution(iterator):  # Keras' train_function with steps_per_execution
+        out = model.train_step(next(iterator))
+        for _ in tf.range(steps_per_execution - 1):
+          out = model.train_step(next(iterator))
+        return out
+      self.execution = lambda: execution(self._iterator)
     self.infer = tf.function(lambda features: model(features, training=False)["logits"])
     self.times: List[List[float]] = []
     self.infer_times: List[float] = []
@@ -181,17 +203,27 @@ class _Bench:
     the same for the forward pass alone (where the HMDN overhead comes from: the
     quantizer's inference path, or its training-time codebook updates).
 
-    Each step's output is fetched to the host, so the time covers the whole step.
+    Each call's output is fetched to the host, so the time covers the whole step.
+    With steps_per_execution N, a call runs N steps and each counts call time / N.
     """
     n = len(batches)
-    for i in range(warmup):
-      self.step(batches[(first + i) % n])["loss"].numpy()
     times = []
-    for i in range(steps):
-      batch = batches[(first + warmup + i) % n]
-      start = time.perf_counter()
-      self.step(batch)["loss"].numpy()
-      times.append(time.perf_counter() - start)
+    if self.execution is not None:
+      per_call = self.steps_per_execution
+      for _ in range(max(1, warmup // per_call)):
+        self.execution()["loss"].numpy()
+      for _ in range(-(-steps // per_call)):
+        start = time.perf_counter()
+        self.execution()["loss"].numpy()
+        times.append((time.perf_counter() - start) / per_call)
+    else:
+      for i in range(warmup):
+        self.step(batches[(first + i) % n])["loss"].numpy()
+      for i in range(steps):
+        batch = batches[(first + warmup + i) % n]
+        start = time.perf_counter()
+        self.step(batch)["loss"].numpy()
+        times.append(time.perf_counter() - start)
     self.times.append(times)
     for i in range(warmup):
       self.infer(batches[(first + i) % n][0]).numpy()
@@ -213,6 +245,9 @@ def main(argv):
   unknown = sorted(set(names) - set(model_names()))
   if unknown:
     raise app.UsageError(f"--models: unknown {unknown}; known: {model_names()}")
+  if FLAGS.steps_per_execution < 1:
+    raise app.UsageError(f"--steps_per_execution={FLAGS.steps_per_execution}: "
+                         "expected an integer >= 1")
   data_dir = common.prepare_data(FLAGS.out_dir, FLAGS.rows)
   spec = PreprocessedData(data_dir).spec
   batches = _cached_batches(data_dir, spec, FLAGS.batch_size, FLAGS.cached_batches)
@@ -223,8 +258,10 @@ def main(argv):
   build_seconds, flops = {}, {}
   for name in names:
     start = time.perf_counter()
-    benches[name] = _Bench(name, data_dir)
+    benches[name] = _Bench(name, data_dir, batches, FLAGS.steps_per_execution)
     benches[name].step(batches[0])["loss"].numpy()  # trace (and seed HMDN codebooks)
+    if benches[name].execution is not None:
+      benches[name].execution()["loss"].numpy()  # trace
     build_seconds[name] = time.perf_counter() - start
     try:
       flops[name] = _flops_per_example(benches[name].model, flops_features)
@@ -295,6 +332,7 @@ def main(argv):
         "on the untimed first step, not the warm-up pass-through)")
   print(f"\n{len(names)} models, batch {FLAGS.batch_size}, {FLAGS.rounds} rounds x "
         f"{FLAGS.steps} timed steps (+{FLAGS.warmup_steps} warm-up per round), "
+        f"{FLAGS.steps_per_execution} step(s) per execution, "
         f"{FLAGS.rows} rows; TF {tf.__version__}, {os.cpu_count()} CPUs, load average "
         f"{load_before[0]} before / {common.load_average()[0]} after")
   print(common.format_table(
@@ -310,10 +348,13 @@ def main(argv):
         "(training=False) at the same batch; FLOPs: TF profiler float_operation over the "
         "inference graph + Einsum ops (dense arithmetic only).")
 
-  path = os.path.join(FLAGS.out_dir, "models_bench.json")
+  suffix = (f"_steps_per_execution_{FLAGS.steps_per_execution}"
+            if FLAGS.steps_per_execution > 1 else "")
+  path = os.path.join(FLAGS.out_dir, f"models_bench{suffix}.json")
   common.write_json(path, {
       "config": {"rows": FLAGS.rows, "batch_size": FLAGS.batch_size,
                  "steps": FLAGS.steps, "warmup_steps": FLAGS.warmup_steps,
+                 "steps_per_execution": FLAGS.steps_per_execution,
                  "rounds": FLAGS.rounds, "cached_batches": FLAGS.cached_batches,
                  "flops_batch": FLAGS.flops_batch, "models": names},
       "environment": {"tensorflow": tf.__version__, "cpus": os.cpu_count(),
