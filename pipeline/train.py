@@ -74,6 +74,10 @@ class TrainConfig:
                              "memory after the first pass (no more reading or "
                              "decompression; each epoch a uniform shuffle of the whole "
                              "split). For data that fits in memory.")
+  shuffle_window: int = option(data.SHUFFLE_WINDOW_RECORDS, "Training records read "
+                               "in a row that are put in a random order at once "
+                               "(streamed input; up to about 3 windows are held in "
+                               "memory).")
   steps_per_execution: int = option(1, "Training steps per call into TensorFlow: fewer "
                                     "Python round trips between steps (the callbacks "
                                     "work per epoch; --backup_every_steps is rounded "
@@ -102,7 +106,7 @@ class TrainConfig:
     lr = self.learning_rate
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
       raise ValueError(f"--learning_rate={lr!r}: expected a finite number > 0")
-    for name in ("batch_size", "epochs", "steps_per_execution"):
+    for name in ("batch_size", "epochs", "steps_per_execution", "shuffle_window"):
       if getattr(self, name) < 1:
         raise ValueError(f"--{name}={getattr(self, name)!r}: expected an integer >= 1")
     for name in ("num_devices", "steps_per_epoch", "warmup_steps",
@@ -303,6 +307,7 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
     return data.make_dataset(data_files, data.TRAIN, spec, batch, training=True,
                              seed=config.seed, input_context=input_context,
                              cache=config.cache_input,
+                             shuffle_window=config.shuffle_window,
                              deterministic=config.deterministic)
 
   if is_ps:

@@ -51,7 +51,7 @@ def _config(data_dir, model_dir, name="moe", **kwargs):
     ("learning_rate", float("inf")), ("batch_size", 0), ("epochs", 0),
     ("steps_per_epoch", -1), ("warmup_steps", -2), ("keep_checkpoints", -1),
     ("backup_every_steps", -1), ("early_stopping_patience", -1),
-    ("steps_per_execution", 0)])
+    ("steps_per_execution", 0), ("shuffle_window", 0)])
 def test_out_of_range_options_name_the_flag_and_value(field, value):
   config = train.TrainConfig(data_dir="d", model_dir="m", **{field: value})
   with pytest.raises(ValueError, match=rf"--{field}={value!r}"):
