@@ -87,7 +87,7 @@ def _cached_epochs(blocks: tf.data.Dataset, batch_size: int, seed: int
 
 
 def shuffled_windows(blocks: tf.data.Dataset, batch_size: int, window: int,
-                      seed: int, ordered: bool) -> tf.data.Dataset:
+                     seed: int, ordered: bool) -> tf.data.Dataset:
   """Full batches, repeated over epochs, of the blocks' records permuted a window at
   a time: every `window` consecutive records of an epoch (its last window shorter)
   are put in a uniformly random order by one op, seeded by `seed` and the window's
