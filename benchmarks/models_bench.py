@@ -7,12 +7,13 @@
 Every model is built with `pipeline.train.build_model` at the ModelConfig defaults (same
 embeddings, same backbone sizes) except `codebook_warmup_steps=0` (STEADY_STATE: the
 HMDN codebooks are seeded on the first, untimed step, so the timed steps are the
-steady-state training path, not the warm-up pass-through), compiled with Adam, and trained by a `tf.function`
-around its own `train_step` (what `model.fit` runs per step) on batches held in memory,
-so the input pipeline is not measured (with `--steps_per_execution` N > 1, by a
-function that runs N of them in a `tf.range` loop over an iterator of those batches, as
-`model.fit` does with the trainer's `--steps_per_execution`). Models are interleaved in rounds so that noise
-from other processes on the machine hits them alike: each backbone runs right next to
+steady-state training path, not the warm-up pass-through), compiled with Adam, and
+trained by a `tf.function` around its own `train_step` (what `model.fit` runs per step)
+on batches held in memory, so the input pipeline is not measured (with
+`--steps_per_execution` N > 1, by a function that runs N of them in a `tf.range` loop
+over an iterator of those batches, as `model.fit` does with the trainer's
+`--steps_per_execution`). Models are interleaved in rounds so that noise from other
+processes on the machine hits them alike: each backbone runs right next to
 its HMDN variant (which goes first alternates), and the pairs rotate each round; each
 model's turn starts with warm-up steps that are not timed. The HMDN overhead of a pair
 is the ratio of median train-step times hmdn_<b> / <b>, taken per round (the two ran
