@@ -1,0 +1,52 @@
+"""Small file and text helpers every package shares: atomic writes, JSON of numpy values,
+and a bad value quoted short in an error message. Beam-free and Keras-free, on
+`tf.io.gfile` so that the same call writes locally, to gs:// or to hdfs://."""
+import json
+import os
+from typing import Any
+
+SHOWN_CHARS = 60  # characters of a bad value quoted in an error message
+
+
+def short(value: Any, limit: int = SHOWN_CHARS) -> str:
+  """`repr(value)`, cut to `limit` characters: one huge cell must not flood an error."""
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def jsonable(value: Any) -> Any:
+  """`json.dumps(default=...)`: numpy scalars and arrays as numbers and lists (bytes
+  decoded as UTF-8), anything else as its text."""
+  if isinstance(value, bytes):
+    return value.decode("utf-8", errors="replace")
+  if hasattr(value, "tolist"):
+    listed = value.tolist()
+    if isinstance(listed, bytes):
+      return listed.decode("utf-8", errors="replace")
+    if isinstance(listed, list):
+      return json.loads(json.dumps(listed, default=jsonable))
+    return listed
+  return str(value)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes `text` to `<path>.tmp`, then renames it over `path`: a reader never sees half
+  a file, and a failed write leaves no temporary file behind."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top: features stays TF-free on import
+  parent = os.path.dirname(path)
+  if parent:
+    tf.io.gfile.makedirs(parent)
+  tmp = path + ".tmp"
+  try:
+    with tf.io.gfile.GFile(tmp, "w") as f:
+      f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+  except BaseException:
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.remove(tmp)
+    raise
+
+
+def write_json_atomic(path: str, obj: Any, indent: int = 1) -> None:
+  """`obj` as JSON (numpy values included), written atomically."""
+  write_text_atomic(path, json.dumps(obj, indent=indent, default=jsonable))
