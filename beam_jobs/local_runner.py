@@ -7,19 +7,26 @@ import time
 from typing import Dict, Mapping, Optional
 
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
+from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
 PROGRESS_EVERY_S = 5.0  # a progress line while the Beam job runs
 
 
-def local_runner() -> FnApiRunner:
+def local_runner(options: PipelineOptions) -> FnApiRunner:
   """The local runner of a job given no --runner: the engine Beam's DirectRunner runs
   a batch pipeline on (the FnApiRunner, in-process or with --direct_num_workers
-  processes, read from the pipeline options when the job runs). Named explicitly
-  because the DirectRunner first tries to download and start the Prism runner: where
-  the network allows, the job would run on another engine than the one tested here,
-  and where it does not, the attempt costs half a second per job."""
-  return FnApiRunner()
+  processes), given the pipeline options for its workers as the DirectRunner gives
+  them (the provision info its constructor documents: a worker's log level comes from
+  there). Named explicitly because the DirectRunner first tries to download and start
+  the Prism runner: where the network allows, the job would run on another engine than
+  the one tested here, and where it does not, the attempt costs half a second per job."""
+  encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+  return FnApiRunner(provision_info=ExtendedProvisionInfo(
+      beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
 class ProgressPrinter:

@@ -192,7 +192,7 @@ def _run_staged(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
   if not any("sdk_harness_log_level" in a for a in args) and not verbose():
     args.append("--default_sdk_harness_log_level=ERROR")
   options = PipelineOptions(args)
-  pipeline = beam.Pipeline(runner=None if runner_given else local_runner(),
+  pipeline = beam.Pipeline(runner=None if runner_given else local_runner(options),
                            options=options)
   progress_prefix = _scratch(data, "progress")
   build_pipeline(pipeline, dataclasses.replace(config, output_dir=data.data_dir), spec,

@@ -22,6 +22,7 @@ same layout) and the outputs move into place only when it succeeded, the metadat
 TensorFlow is imported inside the methods that touch files: importing `features` stays
 TensorFlow-free.
 """
+import errno
 import functools
 import json
 import os
@@ -132,12 +133,24 @@ def _files_under(path: str) -> List[str]:
                 for f in files)
 
 
+def _rmtree(path: str, attempts: int = 3) -> None:
+  """`shutil.rmtree`, tried again when a file appears while it runs (a Beam worker's
+  late progress file in the scratch directory)."""
+  for attempt in range(attempts):
+    try:
+      shutil.rmtree(path)
+      return
+    except OSError as e:
+      if e.errno != errno.ENOTEMPTY or attempt == attempts - 1:
+        raise
+
+
 def delete_tree(path: str) -> None:
   """Removes a file or a directory and everything below it; nothing if absent."""
   import tensorflow as tf  # features stays TensorFlow-free on import
   if _is_local(path):
     if os.path.isdir(path) and not os.path.islink(path):
-      shutil.rmtree(path)
+      _rmtree(path)
     elif os.path.lexists(path):
       os.remove(path)
     return
