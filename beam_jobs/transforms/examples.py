@@ -30,6 +30,7 @@ def _length_delimited(field_tag: bytes, payload: bytes) -> bytes:
   return field_tag + varint(len(payload)) + payload
 
 
+# Kept hand-written: it serializes ~15x faster than tf.train.Example per row (docs/speed.md).
 class ExampleEncoder:
   """Serializes record batches as tf.Example protos by writing the wire format
   directly (what `tf.train.Example(...).SerializeToString()` writes, parsed back
