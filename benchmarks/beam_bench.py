@@ -87,9 +87,17 @@ def stage_rates(raw_glob: str, spec_path: str, stage_rows: int) -> List[Dict]:
   import glob
   import itertools
   from beam_jobs import config as C
-  from beam_jobs import transforms as T
+  from beam_jobs.transforms.batches import batch_len, batch_rows
+  from beam_jobs.transforms.derived import (_batch_derived, _row_wise_chain,
+                                            _train_pair_counts)
+  from beam_jobs.transforms.examples import ExampleEncoder
+  from beam_jobs.transforms.statistics import (_BatchMomentsFn, _MergeCellsFn,
+                                               column_moments, distribution_counts)
+  from beam_jobs.transforms.tfrecord_sink import tfrecord_frames
+  from beam_jobs.transforms.vocabularies import _MergeCountsFn, _column_values
   from beam_jobs.sources import base, generic
   from features import spec as spec_lib
+  from features.preprocessed import TRAIN
   spec = spec_lib.load_spec(spec_path)
   paths = sorted(glob.glob(raw_glob))
   headers = generic.read_headers(paths, spec, ",")
@@ -133,62 +141,62 @@ def stage_rates(raw_glob: str, spec_path: str, stage_rows: int) -> List[Dict]:
   for b in batches:  # the joined table entries (the join is not timed): the defaults
     for f in spec.derived_fields:
       if f.derived.has_table:
-        b[1][f.name] = [f.derived.table_default] * T.batch_len(b)
+        b[1][f.name] = [f.derived.table_default] * batch_len(b)
   row_wise = [f for f in spec.derived_fields if not f.derived.has_table]
   if row_wise:
     add("derived features (crosses, buckets)", _timed(
-        lambda: sum(T.batch_len(T._batch_derived(b, row_wise)) for b in batches)))
+        lambda: sum(batch_len(_batch_derived(b, row_wise)) for b in batches)))
   else:
     add("derived features", 0.0, f"spec {spec.name} has none")
   for f in spec.derived_fields:
     if f.derived.kind != spec_lib.MODE:
       continue
 
-    def pair_counts(d=f.derived, chain=T._row_wise_chain(spec, f.derived.of)):
+    def pair_counts(d=f.derived, chain=_row_wise_chain(spec, f.derived.of)):
       for b in batches:  # eval batches return at once: as in the job
-        T._train_pair_counts(b, d.source, d.of, chain)
+        _train_pair_counts(b, d.source, d.of, chain)
       return n_rows
 
     add(f"mode {f.name}: (source, of) pair counts per batch", _timed(pair_counts, 2))
   if any(f.derived.has_table for f in spec.derived_fields):
     add("count_bucket / mode join", 0.0, "row by row (CoGroupByKey); not timed here")
-  batches[:] = [T._batch_derived(b, row_wise) for b in batches]  # what is written
-  train = [b for b in batches if b[0] == T.TRAIN]
-  n_train = sum(T.batch_len(b) for b in train)
+  batches[:] = [_batch_derived(b, row_wise) for b in batches]  # what is written
+  train = [b for b in batches if b[0] == TRAIN]
+  n_train = sum(batch_len(b) for b in train)
   fields = spec.vocabulary_fields
-  merge = T._MergeCountsFn()
+  merge = _MergeCountsFn()
 
   def vocab():
     accs = {f.name: merge.create_accumulator() for f in fields}
     for b in train:
       for f in fields:
-        merge.add_input(accs[f.name], T._column_values(f, b[1][f.name]))
+        merge.add_input(accs[f.name], _column_values(f, b[1][f.name]))
     return n_train
 
   add("vocabulary counts (Counter.update per column)", _timed(vocab, 2))
   numeric = [f.name for f in spec.model_inputs if f.kind == spec_lib.NUMERIC]
-  moments = T._BatchMomentsFn()
+  moments = _BatchMomentsFn()
 
   def moments_stage():
     accs = {n: moments.create_accumulator() for n in numeric}
     for b in train:
       for n in numeric:
-        accs[n] = moments.add_input(accs[n], T.column_moments(b[1][n]))
+        accs[n] = moments.add_input(accs[n], column_moments(b[1][n]))
     return n_train
 
   add("numeric moments (numpy per column)", _timed(moments_stage, 2))
   dist_fields = [f.name for f in spec.distribution_fields]
-  cells = T._MergeCellsFn()
+  cells = _MergeCellsFn()
 
   def distribution():
     accs: Dict = {}
     for b in batches:
-      for key, c in T.distribution_counts(b, dist_fields, spec.label.name):
+      for key, c in distribution_counts(b, dist_fields, spec.label.name):
         accs[key] = cells.add_input(accs.get(key, {}), c)
     return n_rows
 
   add("distribution statistics", _timed(distribution, 2))
-  encoder = T.ExampleEncoder(spec)
+  encoder = ExampleEncoder(spec)
   serialized = []
 
   def serialize():
@@ -199,7 +207,7 @@ def stage_rates(raw_glob: str, spec_path: str, stage_rows: int) -> List[Dict]:
 
   add("tf.Example serialize (wire format, per batch)", _timed(serialize, 2))
   sample_rows = list(itertools.islice(
-      (r for b in batches for _, r in T.batch_rows(b)), n_sample))
+      (r for b in batches for _, r in batch_rows(b)), n_sample))
   add("  reference: tf.train.Example per row", _timed(
       lambda: _per_row_examples(spec, sample_rows)), "the path before batching")
 
@@ -207,7 +215,7 @@ def stage_rates(raw_glob: str, spec_path: str, stage_rows: int) -> List[Dict]:
     with tempfile.TemporaryFile() as f:
       compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 31)
       for records in serialized:
-        f.write(compressor.compress(T.tfrecord_frames(records)))
+        f.write(compressor.compress(tfrecord_frames(records)))
       f.write(compressor.flush())
     return n_rows
 
@@ -218,6 +226,7 @@ def stage_rates(raw_glob: str, spec_path: str, stage_rows: int) -> List[Dict]:
 def _per_row_examples(spec, rows) -> int:
   import tensorflow as tf
   from features import spec as spec_lib
+  from features.preprocessed import TRAIN
   for record in rows:
     feature = {}
     for f in spec.features:

@@ -16,11 +16,21 @@ imports the Beam job (the pattern of TFT's `TFTransformOutput`):
   metadata.json               counters; written last: its presence means "complete"
 
 Files are read through `tf.io.gfile` (local, gs://, hdfs://), lazily, and cached.
+The same class stages and publishes a run (`staging`, `publish_from`), so that a
+directory is complete or absent: the job writes into `<data_dir>/_staging-<id>/` (the
+same layout) and the outputs move into place only when it succeeded, the metadata last.
+TensorFlow is imported inside the methods that touch files: importing `features` stays
+TensorFlow-free.
 """
+import errno
 import functools
 import json
+import os
+import shutil
+import uuid
 from typing import Any, Dict, List
 
+from features import fileio
 from features import spec as spec_lib
 
 TRAIN = "train"
@@ -109,6 +119,47 @@ def _join(*parts: str) -> str:
   return "/".join([parts[0].rstrip("/")] + [p.strip("/") for p in parts[1:]])
 
 
+def _is_local(path: str) -> bool:
+  return "://" not in path
+
+
+def _files_under(path: str) -> List[str]:
+  """Every file below a directory (recursively), sorted."""
+  import tensorflow as tf  # features stays TensorFlow-free on import
+  if _is_local(path):
+    return sorted(os.path.join(root, f) for root, _, files in os.walk(path)
+                  for f in files)
+  return sorted(_join(root, f) for root, _, files in tf.io.gfile.walk(path)
+                for f in files)
+
+
+def _rmtree(path: str, attempts: int = 3) -> None:
+  """`shutil.rmtree`, tried again when a file appears while it runs (a Beam worker's
+  late progress file in the scratch directory)."""
+  for attempt in range(attempts):
+    try:
+      shutil.rmtree(path)
+      return
+    except OSError as e:
+      if e.errno != errno.ENOTEMPTY or attempt == attempts - 1:
+        raise
+
+
+def delete_tree(path: str) -> None:
+  """Removes a file or a directory and everything below it; nothing if absent."""
+  import tensorflow as tf  # features stays TensorFlow-free on import
+  if _is_local(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+      _rmtree(path)
+    elif os.path.lexists(path):
+      os.remove(path)
+    return
+  if tf.io.gfile.isdir(path):
+    tf.io.gfile.rmtree(path)
+  elif tf.io.gfile.exists(path):
+    tf.io.gfile.remove(path)
+
+
 class PreprocessedData:
   """One preprocessing output directory (`data_dir`): where each part lives, and its
   typed readers. Readers check the completion marker first."""
@@ -122,6 +173,7 @@ class PreprocessedData:
   TFDS_DIR = "tfds"
   SCRATCH_DIR = "_stats"  # the job's intermediate outputs, removed when it ends
   STAGING_PREFIX = "_staging-"  # a run writes into <data_dir>/_staging-<id>/, then publishes
+  BEAM_TEMP_PREFIX = "beam-temp-"  # Beam's file sinks write beside their outputs
   SHARD_PREFIX = "part"
   SHARD_SUFFIX = ".tfrecord.gz"
   DEAD_LETTER_PREFIX = "rows"
@@ -245,6 +297,75 @@ class PreprocessedData:
     """The spec the data was written with."""
     self.check_complete()
     return spec_lib.load_spec(self.spec_path)
+
+  # --- Staging and publishing -------------------------------------------------------
+  def staging(self) -> "PreprocessedData":
+    """A fresh staging directory of this one, `<data_dir>/_staging-<id>/`."""
+    return PreprocessedData(self.path(f"{self.STAGING_PREFIX}{uuid.uuid4().hex[:12]}"))
+
+  def remove_stale(self) -> List[str]:
+    """A killed run's leftovers (staging directories, `beam-temp-*` directories at any
+    depth); returns what was removed."""
+    prefixes = (self.STAGING_PREFIX, self.BEAM_TEMP_PREFIX)
+    stale = []
+    if _is_local(self.data_dir):
+      for root, dirs, _ in os.walk(self.data_dir):
+        for d in list(dirs):
+          if d.startswith(prefixes):
+            stale.append(os.path.join(root, d))
+            dirs.remove(d)
+    else:
+      root = self.data_dir.rstrip("/") + "/"
+      for f in _files_under(self.data_dir):
+        parts = f[len(root):].split("/")
+        for i, part in enumerate(parts[:-1]):
+          if part.startswith(prefixes):
+            stale.append(root + "/".join(parts[:i + 1]))
+            break
+      stale = sorted(set(stale))
+    for path in stale:
+      delete_tree(path)
+    return stale
+
+  def clear(self, keep_spec: bool = False) -> None:
+    """Removes a previous run's outputs so stale shards never mix with new ones; the
+    spec file too, unless `keep_spec` (it is this run's own --spec, replaced at the
+    end)."""
+    for sub in self.OUTPUT_DIRS:
+      delete_tree(self.path(sub))
+    for name in self.OUTPUT_FILES:
+      delete_tree(self.path(name))
+    if not keep_spec:
+      delete_tree(self.spec_path)
+
+  def publish_from(self, staging: "PreprocessedData") -> None:
+    """Moves the staged outputs into this directory (each directory by one rename
+    where the filesystem has one, file by file on object stores); not the metadata."""
+    import tensorflow as tf  # features stays TensorFlow-free on import
+    names = [n for n in self.OUTPUT_DIRS if n != self.SCRATCH_DIR]
+    names += [n for n in self.OUTPUT_FILES if n != self.METADATA_FILE] + [self.SPEC_FILE]
+    for name in names:
+      src, dst = staging.path(name), self.path(name)
+      if _is_local(src):
+        if not os.path.lexists(src):
+          continue
+        if os.path.isdir(dst) and not os.path.islink(dst):
+          delete_tree(dst)
+        os.replace(src, dst)
+        continue
+      files = _files_under(src) if tf.io.gfile.isdir(src) else (
+          [src] if tf.io.gfile.exists(src) else [])
+      if files:
+        delete_tree(dst)
+        for f in files:
+          target = dst + f[len(src):]
+          tf.io.gfile.makedirs(os.path.dirname(target))
+          tf.io.gfile.rename(f, target, overwrite=True)
+
+  def write_metadata(self, metadata: Dict[str, Any]) -> None:
+    """The completion marker, written atomically (a rename, or one object created on
+    gs://), so it is never seen half written: call it last."""
+    fileio.write_text_atomic(self.metadata_path, json.dumps(metadata, indent=1))
 
   @property
   def numeric_moments(self) -> Dict[str, Dict[str, float]]:

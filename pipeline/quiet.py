@@ -16,8 +16,7 @@ import threading
 import warnings
 from typing import Sequence
 
-LIBRARIES = ("tensorflow", "tf_keras", "keras", "absl", "apache_beam", "h5py",
-             "tensorflow_datasets", "tensorflow_recommenders")
+from features import quiet
 
 
 def wants_library_logs(argv: Sequence[str]) -> bool:
@@ -50,16 +49,13 @@ def silence_libraries(argv: Sequence[str]) -> None:
   if wants_library_logs(argv):
     return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  for module in LIBRARIES:
-    warnings.filterwarnings("ignore", module=module)
+  quiet.silence(quiet.LIBRARIES)
   warnings.filterwarnings("ignore", category=DeprecationWarning)
   if "tensorflow" not in sys.modules:
     _import_tensorflow_without_native_banner()
   import tensorflow as tf
   tf.get_logger().setLevel(logging.ERROR)
   tf.autograph.set_verbosity(0)
-  for name in LIBRARIES:
-    logging.getLogger(name).setLevel(logging.ERROR)
 
 
 # What each DirectRunner worker process writes to the stderr it inherits before the

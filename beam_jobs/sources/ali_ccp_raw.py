@@ -4,7 +4,8 @@ import apache_beam as beam
 
 from beam_jobs import ali_ccp_format as fmt
 from beam_jobs import config as C
-from beam_jobs import transforms as T
+from beam_jobs.transforms.batches import DEAD_LETTER, RECORDS
+from beam_jobs.transforms.parse import parse_record
 from beam_jobs.sources import base
 from features import spec as spec_lib
 
@@ -84,7 +85,7 @@ class _JoinCommonFn(beam.DoFn):
       try:
         merged = dict(common)
         merged.update(cells)
-        record = T.parse_record(self._spec, self._single_valued(merged), self._missing)
+        record = parse_record(self._spec, self._single_valued(merged), self._missing)
       except base.DATA_ERRORS as e:
         self._rejected.inc()
         yield base.dead_letter(path, line, base.reason_of(e))
@@ -121,15 +122,15 @@ def ReadAliCcpRaw(p, paths, spec, split_key="", eval_fraction=0.2):
   unique = (skeleton["rows"]
             | "GroupBySampleId" >> beam.GroupByKey()
             | "DedupeSamples" >> beam.ParDo(_DedupeSamplesFn()).with_outputs(
-                T.DEAD_LETTER, main="rows"))
+                DEAD_LETTER, main="rows"))
   joined = ({"skeleton": unique["rows"], "common": common["rows"]}
             | "JoinCommonFeatures" >> beam.CoGroupByKey()
             | "BuildRecords" >> beam.ParDo(_JoinCommonFn(
                 spec, split_key, eval_fraction)).with_outputs(
-                    T.DEAD_LETTER, main=T.RECORDS))
-  dead = ((skeleton[T.DEAD_LETTER], common[T.DEAD_LETTER], unique[T.DEAD_LETTER],
-           joined[T.DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten())
-  return {T.RECORDS: joined[T.RECORDS], T.DEAD_LETTER: dead}
+                    DEAD_LETTER, main=RECORDS))
+  dead = ((skeleton[DEAD_LETTER], common[DEAD_LETTER], unique[DEAD_LETTER],
+           joined[DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten())
+  return {RECORDS: joined[RECORDS], DEAD_LETTER: dead}
 
 
 class AliCcpRawSource(base.Source):

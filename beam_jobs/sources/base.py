@@ -23,7 +23,12 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import transforms as T
+from beam_jobs.transforms.batches import (Batch, DEAD_LETTER, NAMESPACE, Record,
+                                          rows_to_batches)
+
+from beam_jobs.transforms.progress import Progress
+
+from beam_jobs.transforms.time_split import split_of
 from beam_jobs.config import PreprocessConfig, PreprocessError
 from features import spec as spec_lib
 
@@ -33,11 +38,11 @@ ROWS_REJECTED = "rows_rejected"
 
 def counter(name: str):
   """A counter in the job's namespace (read back and reconciled by preprocess.run)."""
-  return beam.metrics.Metrics.counter(T.NAMESPACE, name)
+  return beam.metrics.Metrics.counter(NAMESPACE, name)
 
 
 def dead_letter(source: str, row: str, reason: str) -> beam.pvalue.TaggedOutput:
-  return beam.pvalue.TaggedOutput(T.DEAD_LETTER,
+  return beam.pvalue.TaggedOutput(DEAD_LETTER,
                                   {"source": source, "row": row, "reason": reason})
 
 
@@ -75,11 +80,11 @@ def printable_row(line: Any, encoding: str = "utf-8") -> str:
   return line
 
 
-def split_for(record: T.Record, split_key: str, fallback_key: str,
+def split_for(record: Record, split_key: str, fallback_key: str,
               eval_fraction: float) -> str:
   """The record's split: a hash of its `split_key` value, or of `fallback_key`."""
   key = str(record[split_key]) if split_key else fallback_key
-  return T.split_of(key, eval_fraction)
+  return split_of(key, eval_fraction)
 
 
 class LineParserFn(beam.DoFn, abc.ABC):
@@ -138,13 +143,13 @@ class LineParserFn(beam.DoFn, abc.ABC):
     with a vectorised path, as long as each line's verdict is `process`'s."""
     self._read.inc(len(lines))
     parsed, dead = self.parse_rows(path, lines)
-    return T.rows_to_batches(parsed), dead
+    return rows_to_batches(parsed), dead
 
 
 @beam.ptransform_fn
 def ParseLines(lines, fn: LineParserFn, main: str = "rows"):
   """(file, line) pairs -> {main: parsed, dead_letter: rejected lines}."""
-  return lines | "Parse" >> beam.ParDo(fn).with_outputs(T.DEAD_LETTER, main=main)
+  return lines | "Parse" >> beam.ParDo(fn).with_outputs(DEAD_LETTER, main=main)
 
 
 def is_blank(line: Any) -> bool:
@@ -220,7 +225,7 @@ class Source(abc.ABC):
   {RECORDS: (split, record), DEAD_LETTER: {source, row, reason}}."""
   name = ""
   label = ""  # the reader's stage label
-  # True: `read` returns record batches (T.Batch); else (split, record) pairs, which
+  # True: `read` returns record batches (Batch); else (split, record) pairs, which
   # the job batches after the source's joins.
   batched = False
 
@@ -365,7 +370,7 @@ class ParseBatchFn(beam.DoFn):
     self._progress_prefix = progress_prefix
 
   def setup(self):
-    self._progress = T.Progress(self._progress_prefix, "parse")
+    self._progress = Progress(self._progress_prefix, "parse")
 
   def process(self, element):
     path, lines = element
@@ -387,4 +392,4 @@ def ParseLineBatches(batches, fn: "LineParserFn", main: str = "rows",
                      progress_prefix: str = ""):
   """(file, [line]) batches -> {main: record batches, dead_letter: rejected lines}."""
   return batches | "ParseBatches" >> beam.ParDo(
-      ParseBatchFn(fn, progress_prefix)).with_outputs(T.DEAD_LETTER, main=main)
+      ParseBatchFn(fn, progress_prefix)).with_outputs(DEAD_LETTER, main=main)

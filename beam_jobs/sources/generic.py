@@ -12,9 +12,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import config as C
-from beam_jobs import transforms as T
+from beam_jobs.transforms.batches import RECORDS, merge_batches, rows_to_batches
+from beam_jobs.transforms.parse import checked_value, parse_record
 from beam_jobs.sources import base
 from features import spec as spec_lib
+from features.preprocessed import EVAL, TRAIN
 
 
 class ParseRowFn(base.LineParserFn):
@@ -46,7 +48,7 @@ class ParseRowFn(base.LineParserFn):
     return dict(zip(header, cells))
 
   def parse(self, path: str, line: str):
-    record = T.parse_record(self._spec, self._cells(path, line), self._missing)
+    record = parse_record(self._spec, self._cells(path, line), self._missing)
     return base.split_for(record, self._split_key, line, self._eval_fraction), record
 
   # --- The vectorised path: the same verdict as `process`, a batch at a time. -------
@@ -87,7 +89,7 @@ class ParseRowFn(base.LineParserFn):
       md5, threshold = hashlib.md5, self._eval_fraction * 10_000
       is_eval = [int.from_bytes(md5(k).digest()[:4], "big") % 10_000 < threshold
                  for k in keys]
-      for split, flag in ((T.TRAIN, False), (T.EVAL, True)):
+      for split, flag in ((TRAIN, False), (EVAL, True)):
         idx = [i for i, e in zip(good, is_eval) if e is flag]
         if idx:
           take = operator.itemgetter(*idx)
@@ -96,7 +98,7 @@ class ParseRowFn(base.LineParserFn):
     rows, dead = self.parse_rows(path, [lines[i] for i in range(n)
                                         if cells is None or i in slow])
     if rows:
-      batches = T.merge_batches(batches + T.rows_to_batches(rows))
+      batches = merge_batches(batches + rows_to_batches(rows))
     return batches, dead
 
   def _decoded(self, lines):
@@ -211,7 +213,7 @@ class ParseRowFn(base.LineParserFn):
       if i in slow:
         continue
       try:
-        values[i] = T._checked(f, self._spec.parse_value(f, raw[i]))
+        values[i] = checked_value(f, self._spec.parse_value(f, raw[i]))
       except base.DATA_ERRORS:
         slow.add(i)
     return values
@@ -265,7 +267,7 @@ def ReadGeneric(p, paths, spec, input_format, headers, delimiter=",", split_key=
               paths, skip_header_lines=1 if input_format == C.CSV else 0)
           | "ParseRows" >> base.ParseLineBatches(
               ParseRowFn(spec, input_format, headers, delimiter, split_key,
-                         eval_fraction), main=T.RECORDS, progress_prefix=progress_prefix))
+                         eval_fraction), main=RECORDS, progress_prefix=progress_prefix))
 
 
 def format_of(paths: Sequence[str], input_format: str) -> str:

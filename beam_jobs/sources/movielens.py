@@ -7,7 +7,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import config as C
 from beam_jobs import movielens as ml
-from beam_jobs import transforms as T
+from beam_jobs.transforms.batches import DEAD_LETTER, RECORDS
+from beam_jobs.transforms.parse import parse_record
 from beam_jobs.sources import base
 
 
@@ -71,7 +72,7 @@ class _JoinSideFn(beam.DoFn):
         yield merged[self._next_key], (path, line, merged)
         continue
       try:
-        record = T.parse_record(self._spec, merged, self._missing)
+        record = parse_record(self._spec, merged, self._missing)
       except base.DATA_ERRORS as e:
         self._rejected.inc()
         yield base.dead_letter(path, line, base.reason_of(e))
@@ -98,16 +99,16 @@ def ReadMovieLens(p, files, spec, split_key="", eval_fraction=0.2):
   with_users = ({"ratings": ratings["rows"], "side": sides[ml.USERS]["rows"]}
                 | "JoinUsers" >> beam.CoGroupByKey()
                 | "AttachUsers" >> beam.ParDo(_JoinSideFn(ml.USERS, "item_id")).with_outputs(
-                    T.DEAD_LETTER, main="rows"))
+                    DEAD_LETTER, main="rows"))
   joined = ({"ratings": with_users["rows"], "side": sides[ml.ITEMS]["rows"]}
             | "JoinItems" >> beam.CoGroupByKey()
             | "AttachItems" >> beam.ParDo(_JoinSideFn(
                 ml.ITEMS, None, spec, split_key, eval_fraction)).with_outputs(
-                    T.DEAD_LETTER, main=T.RECORDS))
-  dead = ((ratings[T.DEAD_LETTER], sides[ml.USERS][T.DEAD_LETTER],
-           sides[ml.ITEMS][T.DEAD_LETTER], with_users[T.DEAD_LETTER],
-           joined[T.DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten())
-  return {T.RECORDS: joined[T.RECORDS], T.DEAD_LETTER: dead}
+                    DEAD_LETTER, main=RECORDS))
+  dead = ((ratings[DEAD_LETTER], sides[ml.USERS][DEAD_LETTER],
+           sides[ml.ITEMS][DEAD_LETTER], with_users[DEAD_LETTER],
+           joined[DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten())
+  return {RECORDS: joined[RECORDS], DEAD_LETTER: dead}
 
 
 class MovieLensSource(base.Source):

@@ -356,13 +356,13 @@ def test_reconcile_raises_on_counts_that_do_not_add_up(change):
 def test_unreconciled_run_fails_and_leaves_nothing(csv_run, tmp_path, monkeypatch):
   """run() must check the counters (one row too many read), and a failure after the
   pipeline wrote its files removes them all: no metadata, no staging, no shards."""
-  real = preprocess._counters
+  real = preprocess.job_counters
 
   def one_more_read(result):
     counters = real(result)
     counters["rows_read"] += 1
     return counters
-  monkeypatch.setattr(preprocess, "_counters", one_more_read)
+  monkeypatch.setattr(preprocess, "job_counters", one_more_read)
   out = str(tmp_path / "out")
   with pytest.raises(preprocess.CountersError, match="do not reconcile"):
     preprocess.run(PreprocessConfig(
@@ -381,7 +381,7 @@ def test_failure_while_publishing_removes_the_published_outputs(csv_run, tmp_pat
   """A full disk when the marker is written: everything already moved is removed."""
   def disk_full(*args):
     raise OSError(28, "No space left on device")
-  monkeypatch.setattr(preprocess, "_write_metadata", disk_full)
+  monkeypatch.setattr(PreprocessedData, "write_metadata", disk_full)
   out = str(tmp_path / "out")
   with pytest.raises(OSError, match="No space left"):
     preprocess.run(PreprocessConfig(

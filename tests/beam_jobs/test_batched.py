@@ -22,8 +22,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from beam_jobs import config as C
-from beam_jobs import preprocess
-from beam_jobs import transforms as T
+from beam_jobs import local_runner, preprocess
+from beam_jobs.transforms.batches import batch_rows, rows_to_batches
+from beam_jobs.transforms.examples import ExampleEncoder
+from beam_jobs.transforms.progress import Progress
+from beam_jobs.transforms.statistics import (_BatchMomentsFn, _MergeCellsFn,
+                                             column_moments, distribution_counts)
+from beam_jobs.transforms.tfrecord_sink import tfrecord_frames
+from beam_jobs.transforms.time_split import split_of
+from beam_jobs.transforms.vocabularies import _MergeCountsFn, _column_values, _values
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.sources import base, generic
 from features import spec as spec_lib
@@ -44,7 +51,7 @@ def _per_row(fn, path, lines):
 
 def _by_batch(fn, path, lines):
   batches, dead = fn.parse_batch(path, lines)
-  records = [sr for b in batches for sr in T.batch_rows(b)]
+  records = [sr for b in batches for sr in batch_rows(b)]
   return records, [d.value for d in dead]
 
 
@@ -88,7 +95,7 @@ def test_batch_split_key_and_missing_columns_equal_row_by_row():
   _same_verdicts(fn, "f.csv", lines)
   batches, _ = fn.parse_batch("f.csv", lines)
   for split, columns in batches:  # the split follows the key, as split_of says
-    assert all(T.split_of(u, 0.5) == split for u in columns["uid"])
+    assert all(split_of(u, 0.5) == split for u in columns["uid"])
     assert set(columns["cat"]) == {"none"}
 
 
@@ -167,7 +174,7 @@ strings = (st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
     LONG: strings, "tags": st.lists(strings, max_size=4)}), min_size=1, max_size=6))
 def test_example_encoder_equals_tf_train_example(records):
   columns = {k: [r[k] for r in records] for k in records[0]}
-  encoder = T.ExampleEncoder(ENC_SPEC)
+  encoder = ExampleEncoder(ENC_SPEC)
   for _ in range(2):  # the second pass reads the per-value cache
     for serialized, record in zip(encoder.encode(columns), records):
       assert tf.train.Example.FromString(serialized) == _reference(ENC_SPEC, record)
@@ -177,7 +184,7 @@ def test_tfrecord_frames_read_back_by_tensorflow(tmp_path):
   records = [os.urandom(n) for n in (0, 1, 200, 70_000)]
   path = str(tmp_path / "f.tfrecord")
   with open(path, "wb") as f:
-    f.write(T.tfrecord_frames(records))
+    f.write(tfrecord_frames(records))
   assert [r.numpy() for r in tf.data.TFRecordDataset(path)] == records
 
 
@@ -189,7 +196,7 @@ def test_batch_combiners_equal_per_row_counts():
       "uid": f"u{rng.randrange(50)}", "cat": f"c{rng.randrange(4)}",
       "tags": [f"t{rng.randrange(6)}" for _ in range(rng.randrange(3))]})
       for _ in range(3000)]
-  batches = [b for i in range(0, len(rows), 256) for b in T.rows_to_batches(
+  batches = [b for i in range(0, len(rows), 256) for b in rows_to_batches(
       rows[i:i + 256])]
   spec = spec_lib.spec_from_dict({"name": "comb", "features": [
       {"name": "click", "kind": "numeric", "role": "label"},
@@ -197,27 +204,27 @@ def test_batch_combiners_equal_per_row_counts():
       {"name": "uid", "kind": "categorical"},
       {"name": "cat", "kind": "categorical", "distribution_level": 0},
       {"name": "tags", "kind": "multi_categorical"}]})
-  merge = T._MergeCountsFn()
+  merge = _MergeCountsFn()
   for f in spec.vocabulary_fields:
     counts = merge.merge_accumulators([
-        merge.add_input(merge.create_accumulator(), T._column_values(f, b[1][f.name]))
+        merge.add_input(merge.create_accumulator(), _column_values(f, b[1][f.name]))
         for b in batches if b[0] == "train"])
     expected = collections.Counter(v for s, r in rows if s == "train"
-                                   for v in T._values(f, r[f.name]))
+                                   for v in _values(f, r[f.name]))
     assert counts == expected, f.name
-  moments = T._BatchMomentsFn()
+  moments = _BatchMomentsFn()
   acc = moments.create_accumulator()
   for b in batches:
-    acc = moments.add_input(acc, T.column_moments(b[1]["x"]))
+    acc = moments.add_input(acc, column_moments(b[1]["x"]))
   x = np.array([r["x"] for _, r in rows])
   out = moments.extract_output(acc)
   assert out["count"] == len(x)
   assert out["mean"] == pytest.approx(x.mean(), rel=1e-12)
   assert out["std"] == pytest.approx(x.std(), rel=1e-6)
-  cells = T._MergeCellsFn()
+  cells = _MergeCellsFn()
   accs = {}
   for b in batches:
-    for key, c in T.distribution_counts(b, ["cat"], "click"):
+    for key, c in distribution_counts(b, ["cat"], "click"):
       accs[key] = cells.add_input(accs.get(key, {}), c)
   for (split, field), by_value in accs.items():
     for value, (n, clicks) in by_value.items():
@@ -228,8 +235,8 @@ def test_batch_combiners_equal_per_row_counts():
 
 # --- Progress and quiet output ------------------------------------------------------------
 def test_progress_lines_and_final_line(tmp_path, capsys, monkeypatch):
-  monkeypatch.setattr(preprocess, "PROGRESS_EVERY_S", 0.05)
-  monkeypatch.setattr(T.Progress, "EVERY_S", 0.0)
+  monkeypatch.setattr(local_runner, "PROGRESS_EVERY_S", 0.05)
+  monkeypatch.setattr(Progress, "EVERY_S", 0.0)
   raw = tmp_path / "log.csv"
   lines = ["x,click,uid,cat,tags"] + [f"{i},{i % 2},u{i % 7},c,t" for i in range(3000)]
   raw.write_text("\n".join(lines + ["1,7,bad,c,t"]) + "\n")
@@ -254,7 +261,7 @@ def test_progress_printer_sums_the_workers_files(tmp_path):
   for i, counts in enumerate([{"read": 10, "rejected": 1}, {"read": 5, "written": 7}]):
     with open(f"{prefix}-parse-{i}.json", "w") as f:
       json.dump(counts, f)
-  printer = preprocess.ProgressPrinter(prefix, every_s=60)
+  printer = local_runner.ProgressPrinter(prefix, every_s=60)
   assert printer.counts() == {"read": 15, "rejected": 1, "written": 7}
 
 

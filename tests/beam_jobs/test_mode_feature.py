@@ -14,7 +14,7 @@ import tensorflow as tf
 import yaml
 
 from beam_jobs import preprocess
-from beam_jobs import transforms as T
+from beam_jobs.transforms.derived import _ModeFn
 from beam_jobs.config import PreprocessConfig
 from features import spec as spec_lib
 from features.preprocessed import EVAL, TRAIN, PreprocessedData, unescape_value
@@ -114,7 +114,7 @@ def test_tables_and_written_values_are_each_users_training_mode(job):
 
 
 def test_mode_combine_breaks_ties_by_the_smallest_value_in_any_merge_order():
-  fn = T._ModeFn()
+  fn = _ModeFn()
   inputs = [(2, "ios"), (3, "pc"), (3, "android"), (1, "a")]
   for order in (inputs, inputs[::-1], inputs[1:] + inputs[:1]):
     halves = [order[:2], order[2:]]

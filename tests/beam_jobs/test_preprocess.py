@@ -483,8 +483,8 @@ def test_load_metadata_on_empty_dir(tmp_path):
 
 def test_moments_merge_matches_numpy():
   """Workers' partial moments merge exactly, even around a large offset."""
-  from beam_jobs import transforms
-  fn = transforms._MomentsFn()
+  from beam_jobs.transforms.statistics import _MomentsFn
+  fn = _MomentsFn()
   x = 1.7e9 + np.random.default_rng(1).normal(0, 3, 1_000)
   accs = [fn.create_accumulator()]  # an empty worker merges as a no-op
   for chunk in np.array_split(x, 3):

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from beam_jobs import ali_ccp_format as A
 from beam_jobs import config as C
 from beam_jobs import preprocess
-from beam_jobs import transforms as T
+from beam_jobs.transforms.batches import DEAD_LETTER
 from beam_jobs.config import PreprocessConfig
 from beam_jobs.sources import ali_ccp_raw, base, generic
 from features import spec as spec_lib
@@ -125,7 +125,7 @@ def _one(fn, path, line):
   assert len(outputs) == 1, outputs
   out = outputs[0]
   if hasattr(out, "tag"):
-    assert out.tag == T.DEAD_LETTER
+    assert out.tag == DEAD_LETTER
     dead = out.value
     assert isinstance(dead["reason"], str) and dead["reason"].strip()
     assert dead["source"] == path and isinstance(dead["row"], str)

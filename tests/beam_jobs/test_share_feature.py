@@ -18,7 +18,7 @@ import tensorflow as tf
 import yaml
 
 from beam_jobs import preprocess
-from beam_jobs import transforms as T
+from beam_jobs.transforms.derived import _SumCountsFn, _share_counts
 from beam_jobs.config import PreprocessConfig
 from features import spec as spec_lib
 from features.preprocessed import EVAL, TRAIN, PreprocessedData, unescape_value
@@ -150,8 +150,8 @@ def test_tables_and_written_values_are_each_users_bucketed_training_share(job):
 
 
 def test_share_counts_sum_element_by_element_in_any_merge_order():
-  fn = T._SumCountsFn()
-  inputs = [T._share_counts((("u", of), c), ["ios", "pc"])[1]
+  fn = _SumCountsFn()
+  inputs = [_share_counts((("u", of), c), ["ios", "pc"])[1]
             for of, c in (("ios", 2), ("pc", 3), ("android", 4), ("ios", 1))]
   for order in (inputs, inputs[::-1], inputs[1:] + inputs[:1]):
     accs = []

@@ -7,7 +7,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
-from beam_jobs import transforms  # noqa: E402
+from beam_jobs.transforms.examples import ToExampleFn
 from features import spec as spec_lib  # noqa: E402
 from pipeline import data  # noqa: E402
 
@@ -216,7 +216,7 @@ def test_tensor_specs_dtypes_and_shapes():
 # --- tf.Example round trip ------------------------------------------------------------
 def _serialize(spec, records):
   """Through the Beam job's own writer, which takes a columnar batch (split, columns)."""
-  fn = transforms.ToExampleFn(spec, "rows_written_test")
+  fn = ToExampleFn(spec, "rows_written_test")
   fn.setup()
   columns = {name: [r[name] for r in records] for name in records[0]}
   return [out for batch in fn.process(("train", columns)) for out in batch]
