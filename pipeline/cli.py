@@ -42,7 +42,8 @@ from absl import app, flags, logging  # noqa: E402
 from beam_jobs import generators  # noqa: E402  (no Beam)
 from beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402  (no Beam)
 from features.preprocessed import EVAL, PreprocessedData  # noqa: E402
-from features.run_directory import RunDirectory, absolute  # noqa: E402
+from features.run_directory import (  # noqa: E402
+    RUN_REMEDY, RunDirectory, absolute, model_config_from_record)
 from features.spec import SpecError  # noqa: E402
 from models.registry import ModelConfig  # noqa: E402
 from pipeline import config_flags, stages  # noqa: E402
@@ -165,10 +166,9 @@ def cmd_train() -> None:
   run = RunDirectory(config.model_dir)
   if not config.overwrite and run.has_run():
     # Resuming: the run's model config, not the flags' defaults (no --model needed).
-    recorded = run.check_model(given_model_options(), remedy=(
-        "pass --overwrite to replace that run, or use another --model_dir"))
-    config = dataclasses.replace(config,
-                                 model=train.model_config_from_record(recorded))
+    recorded = run.check_model(given_model_options(), remedy=RUN_REMEDY)
+    config = dataclasses.replace(config, model=model_config_from_record(recorded,
+                                                                        ModelConfig))
   train.train(config)
 
 
@@ -212,7 +212,7 @@ def cmd_run() -> None:
   # Built first: a bad model or training option fails now, not after preprocessing.
   config = train_config(os.path.join(out, "data"), os.path.join(out, "model"))
   from pipeline import train
-  train.check_resumable(RunDirectory(config.model_dir), config)  # before any work
+  RunDirectory(config.model_dir).check_resumable(config)  # before any work
   raw, spec = FLAGS.raw, FLAGS.spec
   summary = None
   if raw is None:
