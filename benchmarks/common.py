@@ -1,9 +1,8 @@
-"""What the benchmarks share: the cached dataset, robust statistics, tables, JSON.
+"""What the benchmarks share: the cached dataset, robust statistics, tables.
 
 The data are generated and preprocessed once with the project's own API and reused by
 every benchmark (and every run), so timings never include the Beam job.
 """
-import json
 import os
 import resource
 import statistics
@@ -78,12 +77,3 @@ def format_table(headers: Sequence[str], rows: List[Sequence]) -> str:
                      for i, (c, w) in enumerate(zip(r, widths)))
   rule = "  ".join("-" * w for w in widths)
   return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
-
-
-def write_json(path: str, obj) -> None:
-  """Written to a temporary file and renamed: a reader never sees half a result."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, default=float)
-  os.replace(tmp, path)

@@ -46,6 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from features.fileio import write_json_atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rows", 50_000, "Synthetic rows (generated once, cached).")
@@ -352,7 +353,7 @@ def main(argv):
   suffix = (f"_steps_per_execution_{FLAGS.steps_per_execution}"
             if FLAGS.steps_per_execution > 1 else "")
   path = os.path.join(FLAGS.out_dir, f"models_bench{suffix}.json")
-  common.write_json(path, {
+  write_json_atomic(path, {
       "config": {"rows": FLAGS.rows, "batch_size": FLAGS.batch_size,
                  "steps": FLAGS.steps, "warmup_steps": FLAGS.warmup_steps,
                  "steps_per_execution": FLAGS.steps_per_execution,

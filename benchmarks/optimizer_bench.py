@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from features.fileio import write_json_atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["10000", "100000", "1000000", "4000000"], "Table sizes.")
@@ -78,7 +79,7 @@ def main(argv):
       ["rows"] + names + ["adam / lazy_adam"],
       [[f"{r['rows']:,}"] + [f"{r[n]:.2f}" for n in names] +
        [f"x{r['adam'] / r['lazy_adam']:.1f}"] for r in results]))
-  common.write_json(os.path.join(FLAGS.out_dir, "optimizer_bench.json"), {
+  write_json_atomic(os.path.join(FLAGS.out_dir, "optimizer_bench.json"), {
       "benchmark": "optimizer_step_vs_table_rows", "dim": FLAGS.dim,
       "batch_size": FLAGS.batch_size, "steps": FLAGS.steps,
       "cpu_count": os.cpu_count(), "load_average_before": load_before,

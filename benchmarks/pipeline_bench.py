@@ -48,6 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from features.fileio import write_json_atomic  # noqa: E402
 from features.preprocessed import EVAL, TRAIN, PreprocessedData  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -326,7 +327,7 @@ def main(argv):
   if FLAGS.worker:
     result = {"train": _worker_train, "input": _worker_input,
               "serve": _worker_serve}[FLAGS.worker]()
-    common.write_json(FLAGS.result, result)
+    write_json_atomic(FLAGS.result, result)
     return
 
   data_dir = os.path.abspath(common.prepare_data(FLAGS.out_dir, FLAGS.rows))
@@ -416,7 +417,7 @@ def main(argv):
        for l in serve["latencies"]]))
 
   path = os.path.join(FLAGS.out_dir, "pipeline_bench.json")
-  common.write_json(path, {
+  write_json_atomic(path, {
       "config": {k: getattr(FLAGS, k) for k in (
           "model", "rows", "batch_size", "train_steps", "warmup_steps", "input_batches",
           "input_warmup_batches", "serve_batches", "latency_calls", "latency_warmup",

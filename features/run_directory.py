@@ -13,12 +13,25 @@ checks that stop a command from reading it as something it is not.
 
 The trainer, evaluation, export and resume all go through `RunDirectory`, the run-side
 counterpart of `features.preprocessed.PreprocessedData` (Beam-free, on `tf.io.gfile`).
+It also holds the run policy: whether a train config may start, resume or replace the
+run it is pointed at (`check_resumable`, `prepare`), what the record holds (`run_record`)
+and the model config rebuilt from it (`model_config_from_record`). A train config here is
+any dataclass with `data_dir`, `overwrite` and a nested `model` config with a `name`
+(pipeline.train.TrainConfig); features never imports the trainer.
 """
+import dataclasses
+import importlib.metadata
 import json
 import os
+import platform
+import sys
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
+from features.fileio import write_json_atomic
+
 RUN_FORMAT = 1
+# The advice at the end of every refusal of a run directory's contents.
+RUN_REMEDY = "pass --overwrite to replace that run, or use another --model_dir"
 
 
 class RunMismatchError(ValueError):
@@ -34,21 +47,9 @@ def absolute(path: Optional[str]) -> Optional[str]:
 
 
 def _read_json(path: str) -> Any:
-  import tensorflow as tf
+  import tensorflow as tf  # features stays TF-free on import
   with tf.io.gfile.GFile(path, "r") as f:
     return json.loads(f.read())
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to `<path>.tmp`, then renames it: a reader never sees half a file."""
-  import tensorflow as tf
-  parent = os.path.dirname(path)
-  if parent:
-    tf.io.gfile.makedirs(parent)
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(obj, indent=1, default=_jsonable))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 class RunDirectory:
@@ -110,7 +111,7 @@ class RunDirectory:
 
   # --- State ------------------------------------------------------------------------
   def _exists(self, path: str) -> bool:
-    import tensorflow as tf
+    import tensorflow as tf  # features stays TF-free on import
     return tf.io.gfile.exists(path)
 
   def has_run(self) -> bool:
@@ -155,7 +156,7 @@ class RunDirectory:
 
   def clear(self) -> None:
     """Removes what a run writes (for `train --overwrite`); nothing else in the dir."""
-    import tensorflow as tf
+    import tensorflow as tf  # features stays TF-free on import
     for name in (self.CONFIG_FILE, self.HISTORY_FILE, self.SUMMARY_FILE):
       if self._exists(self.path(name)):
         tf.io.gfile.remove(self.path(name))
@@ -195,12 +196,78 @@ class RunDirectory:
             f"trained on ({self.record().get('data_dir')}, fingerprint {recorded[key]})"
             + (f"; {remedy}" if remedy else ""))
 
+  # --- Policy -----------------------------------------------------------------------
+  def check_resumable(self, config: Any,
+                      fingerprints: Optional[Mapping[str, str]] = None) -> None:
+    """The run here (if any) is of the train `config`'s model, of the same data when
+    its `fingerprints` are given, and unfinished; or `config.overwrite` is set. `hmdn
+    run` calls it without fingerprints before it generates and preprocesses anything."""
+    if config.overwrite:
+      return
+    if not self.has_run():
+      if self.has_outputs():
+        raise RunMismatchError(
+            f"--model_dir={self.model_dir} holds checkpoints or a backup but no "
+            f"{self.CONFIG_FILE}; pass --overwrite to replace them, or use another "
+            "--model_dir")
+      return
+    self.check_model(dataclasses.asdict(config.model), remedy=RUN_REMEDY)
+    if fingerprints is not None:
+      self.check_data(config.data_dir, fingerprints, remedy=RUN_REMEDY)
+    if self.has_checkpoint(self.FINAL_CHECKPOINT):
+      raise RunMismatchError(
+          f"--model_dir={self.model_dir} holds a finished run (checkpoints/final); "
+          + RUN_REMEDY)
 
-def _jsonable(value: Any) -> Any:
-  """numpy scalars and arrays as numbers and lists; anything else as its text."""
-  if hasattr(value, "tolist"):
-    return value.tolist()
-  return str(value)
+  def prepare(self, config: Any, fingerprints: Mapping[str, str],
+              write: bool = True) -> bool:
+    """Checks what the directory holds before anything is written. True: resume the
+    unfinished run of the same model and data. False: a new run (with overwrite the
+    old run's outputs are removed first, when `write`). Anything else is refused."""
+    if config.overwrite:
+      if write:
+        self.clear()
+      return False
+    self.check_resumable(config, fingerprints)
+    return self.has_run()
+
+
+def _installed_version(distribution: str) -> str:
+  """A package's version without importing it (the trainer never loads Beam)."""
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:
+    return "not installed"
+
+
+def run_record(config: Any, fingerprints: Mapping[str, str]) -> Dict[str, Any]:
+  """What `run_config.json` holds for the train `config`: enough to rebuild the model
+  and to recognise the data it was trained on."""
+  # Imported here: features loads neither TensorFlow nor Keras on import.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top
+  return {"model_name": config.model.name,
+          "model": dataclasses.asdict(config.model),
+          "config": dataclasses.asdict(config),
+          "fingerprints": dict(fingerprints),
+          "data_dir": absolute(config.data_dir),
+          "versions": {"python": sys.version.split()[0], "tensorflow": tf.__version__,
+                       "tfrs": tfrs.__version__,
+                       "apache_beam": _installed_version("apache-beam"),
+                       "platform": platform.platform()},
+          "argv": sys.argv}
+
+
+def model_config_from_record(recorded: Dict[str, Any], config_class: type) -> Any:
+  """The recorded model options as a `config_class` (models.registry.ModelConfig,
+  passed in: features does not import the models). An option this version does not
+  know is an error: the model could not be rebuilt as it was trained."""
+  known = {f.name for f in dataclasses.fields(config_class) if f.init}
+  unknown = sorted(set(recorded) - known)
+  if unknown:
+    raise RunMismatchError(f"the run's model config has options this version does not "
+                           f"know: {unknown}")
+  return config_class(**recorded).validate()
 
 
 def _normalise(value: Any) -> Any:

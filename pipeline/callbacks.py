@@ -34,10 +34,14 @@ def _finite(value) -> bool:
     return False
 
 
-def weights_are_finite(model: tf.keras.Model) -> bool:
-  """Checked where the weights live (no copy of every table to the host)."""
-  return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.weights
-             if v.dtype.is_floating)
+def non_finite_weight(model: tf.keras.Model) -> Optional[str]:
+  """The name of the first floating variable holding NaN or inf (None: all finite);
+  checked where the weights live (no copy of every table to the host)."""
+  for variable in model.weights:
+    if variable.dtype.is_floating and not bool(
+        tf.reduce_all(tf.math.is_finite(variable))):
+      return variable.name
+  return None
 
 
 def _epoch_entry(epoch: int, result: Dict, logs: Optional[Dict]) -> Dict:
@@ -171,7 +175,7 @@ class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
     if loss is not None and not _finite(loss):
       raise _diverged(loss, f"the end of epoch {epoch + 1}")
     # A saturated loss can stay finite while the weights overflow.
-    if not weights_are_finite(self.model):
+    if non_finite_weight(self.model) is not None:
       raise TrainingError(f"training diverged: the weights hold non-finite values at "
                           f"the end of epoch {epoch + 1}; nothing was saved as best or "
                           "final (lower --learning_rate)")
@@ -310,7 +314,7 @@ class BestCheckpoint(tf.keras.callbacks.Callback):
     best = self._evaluation.best_before(epoch + 1)
     if best is not None and float(auc) <= best:
       return
-    if not weights_are_finite(self.model):
+    if non_finite_weight(self.model) is not None:
       raise TrainingError(f"epoch {epoch + 1}: the weights hold non-finite values; "
                           "nothing was saved as best (lower --learning_rate)")
     self.model.save_weights(self._path)

@@ -1,4 +1,5 @@
-"""`hmdn`: the command line of every stage.
+"""`hmdn`: the command line of every stage. `hmdn` or `hmdn --help` lists the commands
+(the table at the end of this module), `hmdn CMD --help` the flags of one.
 
   hmdn generate   --output_dir=DIR [--rows=N --seed=S]      synthetic raw logs + spec
   hmdn preprocess --raw=GLOB --spec=SPEC --data_dir=DIR      Beam: raw -> TFRecords
@@ -30,7 +31,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import features  # noqa: E402,F401  (selects legacy Keras before TensorFlow loads)
 from pipeline import quiet  # noqa: E402
@@ -42,10 +43,13 @@ from absl import app, flags, logging  # noqa: E402
 from beam_jobs import generators  # noqa: E402  (no Beam)
 from beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402  (no Beam)
 from features.preprocessed import EVAL, PreprocessedData  # noqa: E402
-from features.run_directory import RunDirectory, absolute  # noqa: E402
+from features.run_directory import (  # noqa: E402
+    RUN_REMEDY, RunDirectory, absolute, model_config_from_record)
 from features.spec import SpecError  # noqa: E402
 from models.registry import ModelConfig  # noqa: E402
+from pipeline import argv as argv_lib  # noqa: E402
 from pipeline import config_flags, stages  # noqa: E402
+from pipeline.argv import Command, FlagGroup  # noqa: E402
 from pipeline.serving_request import RequestError  # noqa: E402
 from pipeline.train import TrainConfig  # noqa: E402
 
@@ -77,7 +81,7 @@ flags.DEFINE_string("output", None, "evaluate: write metrics JSON here.")
 flags.DEFINE_bool("verify_export", True, "run: reload the export in a fresh process.")
 flags.DEFINE_bool("debug", False, "Show tracebacks of input errors.")
 
-_BEAM_ARGS: List[str] = []
+_BEAM_ARGS: List[str] = []  # set by _parse_flags: what preprocess and run pass to Beam
 USER_ERRORS = (SpecError, PreprocessError, RequestError, ValueError, FileNotFoundError)
 
 
@@ -165,10 +169,9 @@ def cmd_train() -> None:
   run = RunDirectory(config.model_dir)
   if not config.overwrite and run.has_run():
     # Resuming: the run's model config, not the flags' defaults (no --model needed).
-    recorded = run.check_model(given_model_options(), remedy=(
-        "pass --overwrite to replace that run, or use another --model_dir"))
-    config = dataclasses.replace(config,
-                                 model=train.model_config_from_record(recorded))
+    recorded = run.check_model(given_model_options(), remedy=RUN_REMEDY)
+    config = dataclasses.replace(config, model=model_config_from_record(recorded,
+                                                                        ModelConfig))
   train.train(config)
 
 
@@ -212,7 +215,7 @@ def cmd_run() -> None:
   # Built first: a bad model or training option fails now, not after preprocessing.
   config = train_config(os.path.join(out, "data"), os.path.join(out, "model"))
   from pipeline import train
-  train.check_resumable(RunDirectory(config.model_dir), config)  # before any work
+  RunDirectory(config.model_dir).check_resumable(config)  # before any work
   raw, spec = FLAGS.raw, FLAGS.spec
   summary = None
   if raw is None:
@@ -262,129 +265,80 @@ def cmd_data(args: List[str]) -> None:
         "--output_dir=runs/ml100k")
 
 
-# Command name -> function. `data` takes positional arguments, the others none.
-COMMANDS: Dict[str, Callable[..., None]] = {
-    "generate": cmd_generate, "preprocess": cmd_preprocess, "train": cmd_train,
-    "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
-    "run": cmd_run, "compare": cmd_compare, "data": cmd_data}
-WITH_ARGS = ("data",)
+# --- The command table ------------------------------------------------------------------
+def config_group(title: str, cls, rename=None, skip=()) -> FlagGroup:
+  """The flags generated from a config dataclass, listed under `title`."""
+  return FlagGroup(title, tuple(name for name in config_flags.flag_names(
+      cls, rename).values() if name not in skip))
+
+
+TRAIN = config_group("training (TrainConfig)", TrainConfig)
+MODEL = config_group("model (ModelConfig)", ModelConfig, MODEL_FLAGS)
+PREPROCESS = config_group("preprocessing (PreprocessConfig)", PreprocessConfig,
+                          PREPROCESS_FLAGS)
+GENERATED = FlagGroup("generated log", ("generator", "rows", "seed"))
+EVERY = FlagGroup("every command", ("cpu_devices", "debug", "verbosity"))
+DIRS = ("data_dir", "model_dir")  # in `run` and `compare`: from --output_dir/--report_dir
+
+COMMANDS: Dict[str, Command] = {c.name: c for c in (
+    Command("generate", "synthetic raw logs and their spec into --output_dir",
+            cmd_generate, (FlagGroup("generate", ("output_dir",)), GENERATED, EVERY)),
+    Command("preprocess", "Beam: raw logs (--raw, --spec) into TFRecords in --data_dir",
+            cmd_preprocess, (PREPROCESS, EVERY), beam=True),
+    Command("train", "train (or resume) a model on --data_dir into --model_dir",
+            cmd_train, (TRAIN, MODEL, EVERY)),
+    Command("evaluate", "exact eval metrics of a run (--model_dir) or an export "
+            "(--saved_model)", cmd_evaluate, (FlagGroup("evaluate", (
+                "data_dir", "model_dir", "saved_model", "output")), MODEL, EVERY)),
+    Command("export", "a run's model as a SavedModel version under --export_dir",
+            cmd_export, (FlagGroup("export", ("data_dir", "model_dir", "export_dir")),
+                         MODEL, EVERY)),
+    Command("predict", "answer a TF Serving REST request (--input) with an export",
+            cmd_predict, (FlagGroup("predict", ("saved_model", "input")), EVERY)),
+    Command("run", "every stage (generate or --raw, preprocess, train, evaluate, "
+            "export) into --output_dir", cmd_run, (
+                FlagGroup("run", ("output_dir", "raw", "spec", "verify_export")),
+                GENERATED, config_group(TRAIN.title, TrainConfig, skip=DIRS), MODEL,
+                config_group(PREPROCESS.title, PreprocessConfig, PREPROCESS_FLAGS,
+                             skip=DIRS), EVERY), beam=True),
+    Command("compare", "models x seeds, same budget: report.md, plots, paired deltas",
+            cmd_compare, (FlagGroup("compare", ("data_dir", "report_dir", "models",
+                                                "seeds")),
+                          config_group(TRAIN.title, TrainConfig, skip=DIRS), MODEL,
+                          EVERY)),
+    Command("data", "fetch a dataset the project can use offline", cmd_data,
+            (FlagGroup("data", ("output_dir",)), EVERY),
+            args=f"fetch {{{'|'.join(DATASETS)}}}"),
+)}
 
 
 def main(argv: List[str]) -> None:
   if len(argv) < 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: hmdn {{{'|'.join(COMMANDS)}}} [--flags]; see --help")
-  command, args = argv[1], argv[2:]
+  command, args = COMMANDS[argv[1]], argv[2:]
   if not FLAGS["verbosity"].present:  # TF's and Beam's INFO lines bury the results.
     logging.set_verbosity(logging.WARNING)
   absolute_path_flags()
-  if command in WITH_ARGS:
-    COMMANDS[command](args)
+  if command.args:
+    command.run(args)
     return
   if args:
     raise app.UsageError(f"unexpected arguments {args}")
   try:
-    from pipeline import strategies
+    # Imported here: it loads TensorFlow, which `hmdn --help` does not need.
+    from pipeline import strategies  # pylint: disable=g-import-not-at-top
     strategies.split_cpu(FLAGS.cpu_devices)
-    COMMANDS[command]()
+    command.run()
   except USER_ERRORS as e:  # one line naming the input; tracebacks with --debug
     if FLAGS.debug:
       raise
-    print(f"hmdn {command}: error: {e}", file=sys.stderr)
+    print(f"hmdn {command.name}: error: {e}", file=sys.stderr)
     sys.exit(2)
-
-
-# Commands that run a Beam pipeline: they also take Beam's pipeline options.
-BEAM_COMMANDS = ("preprocess", "run")
-
-
-def _beam_option_parser():
-  """An argparse parser of every option Beam's PipelineOptions recognises, built as
-  `PipelineOptions.get_all_options` builds it; an error raises instead of exiting."""
-  import logging as std_logging
-  std_logging.disable(std_logging.WARNING)  # Beam's import warns about optional GCP libs
-  try:
-    import apache_beam  # noqa: F401  (registers the PipelineOptions of every module)
-    from apache_beam.options import pipeline_options
-  finally:
-    std_logging.disable(std_logging.NOTSET)
-
-  class Parser(pipeline_options._BeamArgumentParser):  # pylint: disable=protected-access
-    def error(self, message):
-      if not message.startswith("ambiguous option: "):  # as Beam's parser
-        raise flags.Error(f"Beam pipeline option: {message}")
-
-  parser = Parser(allow_abbrev=False)
-  classes = {}
-  for cls in pipeline_options.PipelineOptions.__subclasses__():
-    classes.setdefault(str(cls), cls)  # as Beam: a class defined twice is added once
-  for cls in classes.values():
-    cls._add_argparse_args(parser)  # pylint: disable=protected-access
-  return parser
-
-
-def _unknown_flags_message(unknown: List[str], known: List[str]) -> str:
-  """"unknown flag --epoch (did you mean --epochs?)", for each unknown flag."""
-  import difflib
-  parts = []
-  for arg in unknown:
-    name = arg.split("=", 1)[0].lstrip("-")
-    close = difflib.get_close_matches(name, known, n=1)
-    if not close and name.startswith("no"):  # --noflag, a boolean set false
-      close = difflib.get_close_matches(name[2:], known, n=1)
-    parts.append(f"--{name}" + (f" (did you mean --{close[0]}?)" if close else ""))
-  return f"unknown flag{'s' * (len(parts) > 1)} {', '.join(parts)}; see --helpfull"
 
 
 def _parse_flags(argv: List[str]) -> List[str]:
-  """Parses our flags. An unknown flag is an error naming the closest known one, except
-  that `preprocess` and `run` pass Beam the pipeline options Beam itself recognises
-  (e.g. --runner=DataflowRunner), and anything after a bare `--` unchecked; no other
-  command imports Beam. A bad value (e.g. --model=no_such_model) is one line and exit
-  status 2, like other bad input."""
-  command = next((a for a in argv[1:] if a in COMMANDS), None)
-
-  def fail(message) -> None:
-    print(f"{' '.join(['hmdn'] + [command] * bool(command))}: error: {message}",
-          file=sys.stderr)
-    sys.exit(2)
-
-  passthrough: List[str] = []
-  if "--" in argv[1:]:
-    cut = argv.index("--", 1)
-    argv, passthrough = argv[:cut], argv[cut + 1:]
-  try:
-    rest = FLAGS(argv, known_only=True)
-  except flags.Error as e:
-    fail(e)
-  # The command as parsed: a word that is the value of a flag (--input run) is not it.
-  command = next((a for a in rest[1:] if a in COMMANDS), None)
-  positional = [a for a in rest[1:] if not a.startswith("-")]
-  unknown = [a for a in rest[1:] if a.startswith("-")]
-  known = list(FLAGS)
-  beam_args: List[str] = []
-  if unknown and command in BEAM_COMMANDS:  # the only commands that import Beam
-    parser = _beam_option_parser()
-    candidates = list(rest[1:])
-    candidates.remove(command)  # Beam takes options only, some with a separate value
-    try:
-      _, not_beam = parser.parse_known_args(candidates)
-    except flags.Error as e:
-      fail(e)
-    beam_args = candidates
-    unknown = [a for a in not_beam if a.startswith("-")]
-    positional = [command] + [a for a in not_beam if not a.startswith("-")]
-    known += [o.lstrip("-") for action in parser._actions  # pylint: disable=protected-access
-              for o in action.option_strings if o.startswith("--")]
-  if unknown:
-    message = _unknown_flags_message(unknown, known)
-    if command not in BEAM_COMMANDS and message.count("did you mean") < len(unknown):
-      message += f" (Beam pipeline options are for {' and '.join(BEAM_COMMANDS)} only)"
-    fail(message)
-  if passthrough and command not in BEAM_COMMANDS:
-    fail(f"arguments after -- go to Beam, and only {' and '.join(BEAM_COMMANDS)} run "
-         f"a Beam pipeline: {passthrough}")
-  _BEAM_ARGS[:] = beam_args + passthrough
-  return [rest[0]] + positional
+  """absl's flags parser: pipeline/argv.py's, over this command table."""
+  return argv_lib.parse(argv, COMMANDS, _BEAM_ARGS)
 
 
 def run_main() -> None:

@@ -27,8 +27,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from features import spec as spec_lib
+from features.fileio import write_json_atomic
 from features.preprocessed import TRAIN, PreprocessedData
-from features.run_directory import write_json_atomic
 from models.registry import HMDN_PREFIX, ModelConfig
 from pipeline import metrics
 

@@ -22,6 +22,7 @@ from typing import Dict, List, Sequence
 import tensorflow as tf
 
 from features import spec as spec_lib
+from features.fileio import write_json_atomic
 from features.preprocessed import PreprocessedData
 from pipeline import data
 
@@ -206,8 +207,7 @@ def export(model: tf.keras.Model, spec: spec_lib.FeatureSpec, export_root: str,
   tf.io.gfile.makedirs(os.path.join(tmp, ASSETS_EXTRA))
   spec.save(spec_path(tmp))
   if hasattr(model, "config"):  # what `hmdn evaluate --saved_model` reports codes by
-    with tf.io.gfile.GFile(model_config_path(tmp), "w") as f:
-      f.write(json.dumps(dataclasses.asdict(model.config), indent=1))
+    write_json_atomic(model_config_path(tmp), dataclasses.asdict(model.config))
   if warmup_examples:
     _write_warmup(tmp, list(warmup_examples))
   tf.io.gfile.rename(tmp, final)

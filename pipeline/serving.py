@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Dict, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 
 from features import spec as spec_lib
+from features.fileio import jsonable
 from pipeline import export, serving_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,13 +25,6 @@ def latest_version(path: str) -> str:
   if not found:
     raise ValueError(f"--saved_model: {path} holds no SavedModel version")
   return os.path.join(path, str(found[-1]))
-
-
-def _jsonable(value) -> Any:
-  value = np.asarray(value)
-  if value.dtype == object:  # string tensors come back as bytes
-    return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value).tolist()
-  return value.tolist()
 
 
 def _node_reason(e) -> str:
@@ -65,7 +59,7 @@ def predict(saved_model: str, request_path: str) -> Dict:
     out = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
   except tf.errors.InvalidArgumentError as e:  # the signatures' own checks
     raise serving_request.RequestError(f"{request_path}: {_node_reason(e)}")
-  predictions = [{k: _jsonable(v[i]) for k, v in out.items()}
+  predictions = [{k: jsonable(v[i]) for k, v in out.items()}
                  for i in range(len(request["instances"]))]
   return {"predictions": predictions}
 

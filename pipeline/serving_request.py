@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from features import spec as spec_lib
+from features.fileio import short
 
 
 class RequestError(ValueError):
@@ -29,20 +30,12 @@ CLASSIFY = "classify"  # {"inputs": serialized tf.Example}
 # The input name of each signature that takes serialized tf.Examples.
 EXAMPLE_INPUTS = {SERVING_DEFAULT: "examples", CLASSIFY: "inputs"}
 SIGNATURES = (SERVING_DEFAULT, PREDICT, CLASSIFY)
-_SHOWN = 60  # characters of a bad value quoted in an error
-
-
-def _short(value: Any) -> str:
-  text = repr(value)
-  return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
-
-
 def parse_request(body, source: str = "request") -> Dict[str, Any]:
   """A request body (JSON text or bytes) -> the request dict, its shape checked."""
   try:
     request = json.loads(body)
   except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-    raise RequestError(f"{source}: not a JSON request ({_short(str(e))})")
+    raise RequestError(f"{source}: not a JSON request ({short(str(e))})")
   return check_request(request, source)
 
 
@@ -57,13 +50,13 @@ def check_request(request: Any, source: str = "request") -> Dict[str, Any]:
   instances = request["instances"]
   if not isinstance(instances, list):
     raise RequestError(f"{source}: \"instances\" must be a list, got "
-                       f"{_short(instances)}")
+                       f"{short(instances)}")
   if not instances:
     raise RequestError(f"{source}: \"instances\" is empty; a request needs at least "
                        "one instance")
   name = request.get("signature_name", SERVING_DEFAULT)
   if not isinstance(name, str):
-    raise RequestError(f"{source}: signature_name must be a string, got {_short(name)}")
+    raise RequestError(f"{source}: signature_name must be a string, got {short(name)}")
   unknown = sorted(set(request) - {"signature_name", "instances"})
   if unknown:
     raise RequestError(f"{source}: unknown key(s) {unknown}; {expected}")
@@ -99,11 +92,11 @@ def _b64(i: int, inst: Any) -> bytes:
     inst = inst["inputs"]
   if not isinstance(inst, dict) or set(inst) != {"b64"}:
     raise RequestError(f"instances[{i}]: a serialized tf.Example is written "
-                       "{\"examples\": {\"b64\": \"...\"}}, got " + _short(inst))
+                       "{\"examples\": {\"b64\": \"...\"}}, got " + short(inst))
   text = inst["b64"]
   if not isinstance(text, str):
     raise RequestError(f"instances[{i}]: \"b64\" must be a base64 string, got "
-                       f"{_short(text)}")
+                       f"{short(text)}")
   try:
     return base64.b64decode(text.encode("ascii"), validate=True)
   except (binascii.Error, ValueError) as e:  # bad padding/characters, non-ASCII
@@ -177,7 +170,7 @@ def _encodable(f: spec_lib.Feature, value: Any, i: int) -> None:
       try:
         v.encode("utf-8")
       except UnicodeEncodeError:
-        raise RequestError(f"instances[{i}]: feature {f.name!r}: {_short(v)} is not "
+        raise RequestError(f"instances[{i}]: feature {f.name!r}: {short(v)} is not "
                            "valid Unicode text")
 
 
@@ -187,18 +180,18 @@ def _raw_value(spec: spec_lib.FeatureSpec, f: spec_lib.Feature, value: Any, i: i
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       # As TF Serving for a float input: a JSON number, not a string or a boolean.
       raise RequestError(f"instances[{i}]: feature {f.name!r} must be a number, got "
-                         f"{_short(value)}")
+                         f"{short(value)}")
   elif f.kind == spec_lib.MULTI_CATEGORICAL:
     if not isinstance(value, (list, str)):
       raise RequestError(f"instances[{i}]: feature {f.name!r} must be a list of "
-                         f"strings, got {_short(value)}")
+                         f"strings, got {short(value)}")
     if isinstance(value, list) and any(isinstance(v, str) and
                                        len(v) > spec_lib.MAX_CELL_CHARS for v in value):
       raise RequestError(f"instances[{i}]: feature {f.name!r}: a value is over "
                          f"{spec_lib.MAX_CELL_CHARS} characters")
   elif isinstance(value, (list, dict)):
     raise RequestError(f"instances[{i}]: feature {f.name!r} must be one value, got "
-                       f"{_short(value)}")
+                       f"{short(value)}")
   _encodable(f, value, i)
   return _parse(spec, f, value, i)
 
@@ -213,7 +206,7 @@ def tensors_from_instances(spec: spec_lib.FeatureSpec, instances: Sequence[Any]
   for i, inst in enumerate(instances):
     if not isinstance(inst, Mapping):
       raise RequestError(f"instances[{i}]: expected an object of feature values, got "
-                         f"{_short(inst)}")
+                         f"{short(inst)}")
     unknown = sorted(set(inst) - set(inputs), key=str)
     if unknown:
       raise RequestError(f"instances[{i}]: unknown feature(s) {unknown}; the predict "

@@ -6,7 +6,7 @@ import sys
 from typing import Dict, Optional, Sequence
 
 from features.preprocessed import EVAL, PreprocessedData
-from features.run_directory import write_json_atomic
+from features.fileio import write_json_atomic
 from pipeline import quiet
 
 WARMUP_ROWS = 8  # eval rows written into an export's warm-up requests

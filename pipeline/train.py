@@ -10,22 +10,20 @@ over, resumes or reads a run it was not meant for. A killed run restarted with t
 command resumes from `backup/`; `history.json` keeps every epoch's exact eval metrics,
 so `best` stays the best epoch of the whole run and the summary covers every epoch.
 """
+import contextlib
 import dataclasses
-import importlib.metadata
 import math
 import os
-import platform
-import sys
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
-import numpy as np
 import tensorflow as tf
 
-from features import preprocessed
+from features import preprocessed, run_directory
+from features.fileio import write_json_atomic
 from features.options import option
 from features.preprocessed import PreprocessedData
-from features.run_directory import RunDirectory, RunMismatchError, absolute
+from features.run_directory import RunDirectory, RunMismatchError
 from models.ctr_model import CTRModel
 from models.registry import ModelConfig
 from pipeline import callbacks as callbacks_lib
@@ -148,80 +146,6 @@ def build_model(data_dir: "str | PreprocessedData", model_config: ModelConfig
   return model
 
 
-def _installed_version(distribution: str) -> str:
-  """A package's version without importing it (the trainer never loads Beam)."""
-  try:
-    return importlib.metadata.version(distribution)
-  except importlib.metadata.PackageNotFoundError:
-    return "not installed"
-
-
-def run_record(config: TrainConfig, fingerprints: Dict[str, str]) -> Dict[str, Any]:
-  """What `run_config.json` holds: enough to rebuild the model and to recognise the
-  data it was trained on."""
-  import tensorflow_recommenders as tfrs
-  return {"model_name": config.model.name,
-          "model": dataclasses.asdict(config.model),
-          "config": dataclasses.asdict(config),
-          "fingerprints": dict(fingerprints),
-          "data_dir": absolute(config.data_dir),
-          "versions": {"python": sys.version.split()[0], "tensorflow": tf.__version__,
-                       "tfrs": tfrs.__version__,
-                       "apache_beam": _installed_version("apache-beam"),
-                       "platform": platform.platform()},
-          "argv": sys.argv}
-
-
-def model_config_from_record(recorded: Dict[str, Any]) -> ModelConfig:
-  """The recorded model options as a ModelConfig (an option this version does not
-  know is an error: the model could not be rebuilt as it was trained)."""
-  known = {f.name for f in dataclasses.fields(ModelConfig) if f.init}
-  unknown = sorted(set(recorded) - known)
-  if unknown:
-    raise RunMismatchError(f"the run's model config has options this version does not "
-                           f"know: {unknown}")
-  return ModelConfig(**recorded).validate()
-
-
-RUN_REMEDY = "pass --overwrite to replace that run, or use another --model_dir"
-
-
-def check_resumable(run: RunDirectory, config: TrainConfig,
-                    fingerprints: Optional[Dict[str, str]] = None) -> None:
-  """The run in `run` (if any) is of the same model, of the same data when its
-  `fingerprints` are given, and unfinished; or --overwrite is given. `hmdn run` calls
-  it without fingerprints before it generates and preprocesses anything."""
-  if config.overwrite:
-    return
-  if not run.has_run():
-    if run.has_outputs():
-      raise RunMismatchError(
-          f"--model_dir={run.model_dir} holds checkpoints or a backup but no "
-          f"{run.CONFIG_FILE}; pass --overwrite to replace them, or use another "
-          "--model_dir")
-    return
-  run.check_model(dataclasses.asdict(config.model), remedy=RUN_REMEDY)
-  if fingerprints is not None:
-    run.check_data(config.data_dir, fingerprints, remedy=RUN_REMEDY)
-  if run.has_checkpoint(run.FINAL_CHECKPOINT):
-    raise RunMismatchError(
-        f"--model_dir={run.model_dir} holds a finished run (checkpoints/final); "
-        + RUN_REMEDY)
-
-
-def prepare_run(run: RunDirectory, config: TrainConfig, fingerprints: Dict[str, str],
-                write: bool = True) -> bool:
-  """Checks what `run` holds before anything is written. True: resume the unfinished
-  run of the same model and data. False: a new run (with --overwrite the old run's
-  outputs are removed first, when `write`). Anything else is refused."""
-  if config.overwrite:
-    if write:
-      run.clear()
-    return False
-  check_resumable(run, config, fingerprints)
-  return run.has_run()
-
-
 def _learning_rate(config: TrainConfig, total_steps: int):
   if config.lr_schedule not in LR_SCHEDULES:
     raise ValueError(f"--lr_schedule: expected one of {LR_SCHEDULES}, got "
@@ -264,11 +188,124 @@ def check_quantizer_starts(config: TrainConfig, epoch_steps: int) -> None:
 
 def check_finite_weights(model: tf.keras.Model, what: str) -> None:
   """Refuses weights holding NaN or inf (a diverged run is never kept or served)."""
-  for variable in model.weights:
-    if variable.dtype.is_floating and not np.all(np.isfinite(variable.numpy())):
-      raise TrainingError(f"{what}: variable {variable.name} holds non-finite values "
-                          "(training diverged); nothing was saved or exported (lower "
-                          "--learning_rate)")
+  variable = callbacks_lib.non_finite_weight(model)
+  if variable is not None:
+    raise TrainingError(f"{what}: variable {variable} holds non-finite values "
+                        "(training diverged); nothing was saved or exported (lower "
+                        "--learning_rate)")
+
+
+def _seed(config: TrainConfig) -> None:
+  tf.keras.utils.set_random_seed(config.seed)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+
+
+def _epoch_steps(config: TrainConfig, data_files: PreprocessedData,
+                 strategy: tf.distribute.Strategy) -> int:
+  """Steps of one epoch, after the checks that the batch fits the replicas and the
+  split, and that an HMDN quantizer starts within the run."""
+  train_rows = data_files.rows(data.TRAIN)
+  if config.batch_size < strategy.num_replicas_in_sync:
+    raise ValueError(f"--batch_size={config.batch_size} is smaller than the "
+                     f"{strategy.num_replicas_in_sync} replicas")
+  if train_rows < config.batch_size:
+    raise ValueError(f"--batch_size={config.batch_size} is larger than the training "
+                     f"split ({train_rows} rows)")
+  steps = steps_per_epoch(config, train_rows)
+  check_quantizer_starts(config, steps)
+  return steps
+
+
+def _train_input(config: TrainConfig, data_files: PreprocessedData, is_ps: bool):
+  """The training split, batched per replica (a DatasetCreator under parameter-server
+  training, which builds it on each worker)."""
+  def dataset_fn(input_context: Optional[tf.distribute.InputContext] = None):
+    batch = (input_context.get_per_replica_batch_size(config.batch_size)
+             if input_context is not None else config.batch_size)
+    return data.make_dataset(data_files, data.TRAIN, data_files.spec, batch,
+                             training=True, seed=config.seed,
+                             input_context=input_context, cache=config.cache_input,
+                             shuffle_window=config.shuffle_window,
+                             deterministic=config.deterministic)
+
+  if is_ps:
+    return tf.keras.utils.experimental.DatasetCreator(dataset_fn)
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
+  return dataset_fn().with_options(options)
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: str):
+  """The Keras dtype policy is global: set for the model being built, restored after
+  (layers keep the policy they were created with)."""
+  previous = tf.keras.mixed_precision.global_policy()
+  tf.keras.mixed_precision.set_global_policy(name)
+  try:
+    yield
+  finally:
+    tf.keras.mixed_precision.set_global_policy(previous)
+
+
+def _compiled_model(config: TrainConfig, data_files: PreprocessedData,
+                    strategy: tf.distribute.Strategy, epoch_steps: int) -> CTRModel:
+  """The model and its optimizer, built inside the strategy's scope."""
+  if config.jit_compile:
+    tf.config.optimizer.set_jit("autoclustering")
+  with _dtype_policy(config.mixed_precision), strategy.scope():
+    model = build_model(data_files, config.model)
+  with strategy.scope():
+    optimizer = optimizers.make_optimizer(
+        config.optimizer, _learning_rate(config, epoch_steps * config.epochs))
+    if config.mixed_precision == "mixed_float16":  # float16 gradients underflow unscaled
+      optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer,
+                  steps_per_execution=config.steps_per_execution)
+  return model
+
+
+def _hint_lazy_adam(config: TrainConfig, model: CTRModel) -> None:
+  """Points at --optimizer=lazy_adam when a table is large enough for it to pay."""
+  largest = max(model.embeddings.num_ids.items(), key=lambda kv: kv[1],
+                default=("", 0))  # (a spec may embed numeric fields only)
+  if config.optimizer == "adam" and largest[1] >= LAZY_ADAM_HINT_ROWS:
+    print(f"note: embedding table {largest[0]!r} has {largest[1]:,} rows; Adam updates "
+          "every row every step, --optimizer=lazy_adam only the rows of the batch",
+          flush=True)
+
+
+def _callbacks(config: TrainConfig, run: RunDirectory, epoch_steps: int,
+               evaluation: callbacks_lib.DistributionEvaluation,
+               stop_on_non_finite: callbacks_lib.StopOnNonFiniteLoss, best_path: str,
+               is_ps: bool, chief: bool) -> List[tf.keras.callbacks.Callback]:
+  """The callbacks in the order they must run."""
+  callbacks = [
+      # First: its clock stops before anything evaluates or saves.
+      callbacks_lib.Throughput(config.batch_size, epoch_steps),
+      # Then: nothing sees a diverged epoch.
+      stop_on_non_finite,
+      evaluation,
+      callbacks_lib.BestCheckpoint(best_path, evaluation),
+      callbacks_lib.KeepCheckpoints(_writable(run, run.epoch_checkpoints_dir),
+                                    config.keep_checkpoints),
+  ]
+  if not is_ps:
+    callbacks.append(tf.keras.callbacks.TensorBoard(
+        _writable(run, run.logs_dir), update_freq=max(1, epoch_steps // 10)))
+  if config.early_stopping_patience:
+    callbacks.append(tf.keras.callbacks.EarlyStopping(
+        monitor="val_exact_auc", mode="max", patience=config.early_stopping_patience))
+  if chief:
+    callbacks.append(callbacks_lib.ProgressLine(config.epochs, evaluation))
+  # Last: an epoch is backed up only once its metrics and checkpoints are written.
+  callbacks.append(tf.keras.callbacks.BackupAndRestore(
+      _writable(run, run.backup_dir),
+      # Keras counts its batch hooks, one per execution of steps_per_execution steps.
+      save_freq=(max(1, config.backup_every_steps // config.steps_per_execution)
+                 if config.backup_every_steps else "epoch")))
+  return callbacks
 
 
 def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
@@ -281,68 +318,18 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   run = RunDirectory(config.model_dir)
   chief = strategies.is_chief()
   fingerprints = preprocessed.fingerprints(data_files)
-  resume = prepare_run(run, config, fingerprints, write=chief)  # before any write
-  tf.keras.utils.set_random_seed(config.seed)
-  if config.deterministic:
-    tf.config.experimental.enable_op_determinism()
+  resume = run.prepare(config, fingerprints, write=chief)  # before any write
+  _seed(config)
   strategy = strategy or strategies.make_strategy(
       config.strategy, config.num_devices, config.tpu, config.ps_min_shard_bytes)
-  spec = data_files.spec
-  train_rows = data_files.rows(data.TRAIN)
-  if config.batch_size < strategy.num_replicas_in_sync:
-    raise ValueError(f"--batch_size={config.batch_size} is smaller than the "
-                     f"{strategy.num_replicas_in_sync} replicas")
-  if train_rows < config.batch_size:
-    raise ValueError(f"--batch_size={config.batch_size} is larger than the training "
-                     f"split ({train_rows} rows)")
-  steps = steps_per_epoch(config, train_rows)
-  check_quantizer_starts(config, steps)
+  steps = _epoch_steps(config, data_files, strategy)
   if chief and not resume:
-    run.write_record(run_record(config, fingerprints))
+    run.write_record(run_directory.run_record(config, fingerprints))
   is_ps = isinstance(strategy, tf.distribute.ParameterServerStrategy)
-
-  def dataset_fn(input_context: Optional[tf.distribute.InputContext] = None):
-    batch = (input_context.get_per_replica_batch_size(config.batch_size)
-             if input_context is not None else config.batch_size)
-    return data.make_dataset(data_files, data.TRAIN, spec, batch, training=True,
-                             seed=config.seed, input_context=input_context,
-                             cache=config.cache_input,
-                             shuffle_window=config.shuffle_window,
-                             deterministic=config.deterministic)
-
-  if is_ps:
-    train_input = tf.keras.utils.experimental.DatasetCreator(dataset_fn)
-  else:
-    train_input = dataset_fn()
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
-    train_input = train_input.with_options(options)
-
-  if config.jit_compile:
-    tf.config.optimizer.set_jit("autoclustering")
-  # The policy is global in Keras: set for this model only, restored when it is built
-  # (layers keep the policy they were created with).
-  previous_policy = tf.keras.mixed_precision.global_policy()
-  tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
-  try:
-    with strategy.scope():
-      model = build_model(data_files, config.model)
-  finally:
-    tf.keras.mixed_precision.set_global_policy(previous_policy)
-  with strategy.scope():
-    optimizer = optimizers.make_optimizer(config.optimizer,
-                                          _learning_rate(config, steps * config.epochs))
-    if config.mixed_precision == "mixed_float16":  # float16 gradients underflow unscaled
-      optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
-    model.compile(optimizer=optimizer,
-                  steps_per_execution=config.steps_per_execution)
-  largest = max(model.embeddings.num_ids.items(), key=lambda kv: kv[1],
-                default=("", 0))  # (a spec may embed numeric fields only)
-  if config.optimizer == "adam" and largest[1] >= LAZY_ADAM_HINT_ROWS and chief:
-    print(f"note: embedding table {largest[0]!r} has {largest[1]:,} rows; Adam updates "
-          "every row every step, --optimizer=lazy_adam only the rows of the batch",
-          flush=True)
+  train_input = _train_input(config, data_files, is_ps)
+  model = _compiled_model(config, data_files, strategy, steps)
+  if chief:
+    _hint_lazy_adam(config, model)
 
   best_path = _writable(run, run.checkpoint(run.BEST_CHECKPOINT))
   evaluation = callbacks_lib.DistributionEvaluation(
@@ -353,33 +340,10 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
       on_history=run.write_history if chief else None)
   # The loss is checked inside each step (under ParameterServerStrategy at epoch end).
   stop_on_non_finite = callbacks_lib.StopOnNonFiniteLoss(in_graph=not is_ps)
-  callbacks = [
-      # First: its clock stops before anything evaluates or saves.
-      callbacks_lib.Throughput(config.batch_size, steps),
-      # Then: nothing sees a diverged epoch.
-      stop_on_non_finite,
-      evaluation,
-      callbacks_lib.BestCheckpoint(best_path, evaluation),
-      callbacks_lib.KeepCheckpoints(_writable(run, run.epoch_checkpoints_dir),
-                                    config.keep_checkpoints),
-  ]
-  if not is_ps:
-    callbacks.append(tf.keras.callbacks.TensorBoard(
-        _writable(run, run.logs_dir), update_freq=max(1, steps // 10)))
-  if config.early_stopping_patience:
-    callbacks.append(tf.keras.callbacks.EarlyStopping(
-        monitor="val_exact_auc", mode="max", patience=config.early_stopping_patience))
-  if chief:
-    callbacks.append(callbacks_lib.ProgressLine(config.epochs, evaluation))
-  # Last: an epoch is backed up only once its metrics and checkpoints are written.
-  callbacks.append(tf.keras.callbacks.BackupAndRestore(
-      _writable(run, run.backup_dir),
-      # Keras counts its batch hooks, one per execution of steps_per_execution steps.
-      save_freq=(max(1, config.backup_every_steps // config.steps_per_execution)
-                 if config.backup_every_steps else "epoch")))
   with stop_on_non_finite.raising_training_error():
     model.fit(train_input, epochs=config.epochs, steps_per_epoch=steps,
-              callbacks=callbacks, verbose=0)
+              callbacks=_callbacks(config, run, steps, evaluation, stop_on_non_finite,
+                                   best_path, is_ps, chief), verbose=0)
   if tf.io.gfile.exists(best_path + ".index"):
     model.load_weights(best_path)
   check_finite_weights(model, "final weights")
@@ -417,7 +381,6 @@ def _write_summary(run, config, strategy, model, evaluation, data_files) -> None
              "epochs": history,
              "final": {k: final[k] for k in ("auc", "logloss", "rows_eval")},
              "sharded_embeddings": _sharded_tables(model)}
-  from features.run_directory import write_json_atomic
   write_json_atomic(run.summary_path, summary)
 
 
@@ -433,7 +396,8 @@ def load_trained(data_dir: str, model_dir: str,
   recorded = run.check_model(given or {})
   if model_config is not None:
     run.check_model(dataclasses.asdict(model_config))
-  config = model_config or model_config_from_record(recorded)
+  config = model_config or run_directory.model_config_from_record(recorded,
+                                                                   ModelConfig)
   data_files = PreprocessedData(data_dir).check_complete()
   run.check_data(data_dir, preprocessed.fingerprints(data_files))
   path = run.checkpoint(run.FINAL_CHECKPOINT)

@@ -184,8 +184,7 @@ def test_other_vocabularies_are_refused_by_train_and_load(moe_run, planted_data_
     train.load_trained(other, moe_run)
   config = _config(other, moe_run)
   with pytest.raises(RunMismatchError, match="other vocabularies"):
-    train.prepare_run(RunDirectory(moe_run), config, preprocessed.fingerprints(other),
-                      write=False)
+    RunDirectory(moe_run).prepare(config, preprocessed.fingerprints(other), write=False)
 
 
 def test_load_trained_takes_the_recorded_model_and_restores_completely(
