@@ -9,6 +9,8 @@ DEMO_MODEL ?= hmdn_moe
 DEMO_ROWS ?= 200000
 # pytest-xdist processes for `make test`; each test file runs whole in one of them.
 TEST_WORKERS ?= 2
+# More flags for `make demo`, e.g. ARGS='--epochs=3 --batch_size=256'.
+ARGS ?=
 
 .PHONY: demo test bench install clean
 
@@ -21,7 +23,7 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/hmdn run --output_dir=$(DEMO_DIR) --model=$(DEMO_MODEL) --rows=$(DEMO_ROWS) --seed=0 --overwrite
+	$(BIN)/hmdn run --output_dir=$(DEMO_DIR) --model=$(DEMO_MODEL) --rows=$(DEMO_ROWS) --seed=0 --overwrite $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
