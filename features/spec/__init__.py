@@ -11,5 +11,6 @@ from features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS, DERIV
                                  MAX_CELL_CHARS, MODE, MULTI_CATEGORICAL, NUMERIC, ORACLE,
                                  PASSTHROUGH, PROFILE_KINDS, ROLES, SHARE, TABLE_KINDS,
                                  SpecError)
-from features.spec.loading import SPECS_DIR, load_spec, read_text, spec_from_dict, write_text
+from features.spec.loading import (SPECS_DIR, load_spec, read_text, spec_from_dict,
+                                   write_text)
 from features.spec.schema import Derived, Feature, FeatureSpec

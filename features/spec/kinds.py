@@ -1,5 +1,5 @@
-"""The words a spec is written in: field kinds, roles, derived kinds and the limits on a
-raw cell. Every module of the spec package (and the Beam readers) imports them from here."""
+"""The words a spec is written in: field kinds, roles, derived kinds, the limits on a raw
+cell and SpecError. Every module of the spec package imports them from here."""
 
 CATEGORICAL = "categorical"
 MULTI_CATEGORICAL = "multi_categorical"

@@ -20,11 +20,11 @@ _DERIVED_KEYS = {f.name for f in dataclasses.fields(Derived)}
 
 
 def load_spec(path: str) -> FeatureSpec:
-  """Loads and validates a YAML spec; a bare name means a spec shipped in features/specs."""
+  """Loads and validates a YAML spec; a bare name means one shipped in features/specs."""
   if os.path.sep not in path and not path.endswith((".yaml", ".yml")) and \
       os.path.exists(os.path.join(SPECS_DIR, path + ".yaml")):
     path = os.path.join(SPECS_DIR, path + ".yaml")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top: importing the spec loads no TF
+  import tensorflow as tf  # here, not at the top: importing the spec loads no TF
   try:
     text = read_text(path)
   except (IOError, OSError, tf.errors.OpError, UnicodeDecodeError) as e:
@@ -103,14 +103,14 @@ def _derived_from_dict(raw: Any, where: str) -> Derived:
 
 def read_text(path: str) -> str:
   """Reads a whole UTF-8 file through `tf.io.gfile` (local, gs://, hdfs://); no Beam."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top: importing the spec loads no TF
+  import tensorflow as tf  # here, not at the top: importing the spec loads no TF
   with tf.io.gfile.GFile(path, "rb") as f:
     return f.read().decode("utf-8")
 
 
 def write_text(path: str, text: str) -> None:
   """Writes a whole file through `tf.io.gfile`, creating its directory."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top: importing the spec loads no TF
+  import tensorflow as tf  # here, not at the top: importing the spec loads no TF
   parent = os.path.dirname(path)
   if parent:
     tf.io.gfile.makedirs(parent)

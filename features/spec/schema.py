@@ -212,7 +212,7 @@ class FeatureSpec:
     The TFRecords also carry derived values (for per-distribution evaluation), but
     serving never needs them: the model recomputes them from the raw inputs.
     """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top: Beam workers load the spec, not TF
+    import tensorflow as tf  # here, not at the top: Beam workers load the spec, not TF
     spec = {}
     for f in self.features:
       if for_serving and not f.is_model_input:
@@ -232,7 +232,7 @@ class FeatureSpec:
 
     Multi-valued fields are dense `[batch, max_values]` strings padded with "".
     """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top: Beam workers load the spec, not TF
+    import tensorflow as tf  # here, not at the top: Beam workers load the spec, not TF
     specs = {}
     for f in self.model_inputs:
       if f.kind == MULTI_CATEGORICAL:

@@ -165,8 +165,8 @@ def _validate_derived_boundaries(d: "Derived", where: str) -> None:
   if not bounds:
     raise SpecError(f"{where}: a {d.kind} needs `boundaries`")
   check_value(where, "boundaries", bounds,
-              all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds),
-              "numbers")
+              all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                  for b in bounds), "numbers")
   check_value(where, "boundaries", bounds, bounds == sorted(set(bounds)),
               "strictly increasing")
   if d.kind == SHARE and not all(0 < b < 1 for b in bounds):

@@ -1,4 +1,4 @@
-"""Spec validation: every rule has a case that breaks it, naming the field and the value."""
+"""Spec validation: every rule has a case that breaks it, naming field and value."""
 import pytest
 
 from features import spec as spec_lib
