@@ -1,4 +1,4 @@
-"""The feature spec: the single source of truth for every field (see spec.py).
+"""The feature spec: the single source of truth for every field (see spec/).
 
 Every package of the project imports this one first, so the Keras switch is set here,
 once: TFRS 0.7.7 only imports with legacy Keras (tf-keras 2.x), and the switch must be

@@ -1,0 +1,124 @@
+"""One raw cell -> the value of its field, never coerced.
+
+The Beam readers and the serving request parser type every cell here, so a value the
+model could not take (a JSON object for a single value, a boolean, a number outside
+float32, a cell longer than MAX_CELL_CHARS, a string without a UTF-8 form) is refused
+the same way on both sides: the job dead-letters the row, serving rejects the request.
+"""
+import math
+from typing import TYPE_CHECKING, Any, List, Union
+
+from features.fileio import short
+from features.spec.kinds import (FLOAT32_MAX, LABEL, MAX_CELL_CHARS, MULTI_CATEGORICAL,
+                                 NUMERIC, SpecError)
+
+if TYPE_CHECKING:  # schema imports this module; the annotation only needs the name
+  from features.spec.schema import Feature
+
+Value = Union[str, float, List[str]]
+
+
+def parse_value(feature: "Feature", raw: Any) -> Value:
+  """Types one raw cell; raises SpecError naming the field and the value.
+
+  Nothing is coerced: a value that does not fit the field is an error, so the Beam job
+  dead-letters the row and serving rejects the request instead of training or
+  predicting on a changed value.
+  """
+  if isinstance(raw, str) and len(raw) > MAX_CELL_CHARS:
+    raise SpecError(f"field {feature.name!r}: a cell of {len(raw)} characters is over "
+                    f"the limit of {MAX_CELL_CHARS}")
+  if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+    if feature.required:
+      raise SpecError(f"field {feature.name!r}: empty value, and the field has no "
+                      "default")
+    raw = feature.default
+  if isinstance(raw, bool):
+    raise SpecError(f"field {feature.name!r}: boolean {raw!r} is not a "
+                    f"{'number' if feature.kind == NUMERIC else 'category'}; write "
+                    "it as 0/1 or a string")
+  if feature.role == LABEL:
+    return _label(feature, raw)
+  if feature.kind == NUMERIC:
+    return _number(feature, raw, "value")
+  if feature.kind == MULTI_CATEGORICAL:
+    if isinstance(raw, (list, tuple)):
+      values = [_category(feature, v) for v in raw]
+    elif isinstance(raw, dict):
+      raise SpecError(f"field {feature.name!r}: a JSON object is not a list of "
+                      f"values: {short(raw)}")
+    else:
+      values = str(raw).split(feature.separator) if isinstance(raw, str) else [
+          _category(feature, raw)]
+    return [v for v in values if v != ""]
+  return _category(feature, raw)
+
+
+def check_cell(feature: "Feature", value: Value) -> Value:
+  """What the tf.Example and the vocabulary files need beyond `parse_value`: every
+  string of a parsed value (each piece of a split multi-valued cell too) is within
+  MAX_CELL_CHARS and encodes as UTF-8 (JSON's "\\ud800" does not)."""
+  for v in value if isinstance(value, list) else [value]:
+    if isinstance(v, str):
+      _check_text(feature, v)
+  return value
+
+
+def _check_text(feature: "Feature", value: str) -> str:
+  """A string value a tf.Example and a vocabulary file can hold."""
+  if len(value) > MAX_CELL_CHARS:
+    raise SpecError(f"field {feature.name!r}: a value of {len(value)} characters is "
+                    f"over the limit of {MAX_CELL_CHARS}")
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError as e:  # a lone surrogate (JSON "\ud800"): no UTF-8 form
+    raise SpecError(f"field {feature.name!r}: {short(value)} is not valid Unicode "
+                    f"({e.reason})")
+  return value
+
+
+def _label(feature: "Feature", raw: Any) -> float:
+  """A click label: 0 or 1, as a float."""
+  if isinstance(raw, (dict, list, tuple)):
+    raise SpecError(f"field {feature.name!r}: label {short(raw)} is not a number")
+  try:
+    value = float(raw)
+  except (TypeError, ValueError, OverflowError):
+    raise SpecError(f"field {feature.name!r}: label {short(raw)} is not a number")
+  if value not in (0.0, 1.0):
+    raise SpecError(f"field {feature.name!r}: label {raw!r} is not 0 or 1")
+  return value
+
+
+def _number(feature: "Feature", raw: Any, what: str) -> float:
+  """A finite float32 number from a raw cell (a string or a JSON number)."""
+  if isinstance(raw, (dict, list, tuple)) or isinstance(raw, bool):
+    raise SpecError(f"field {feature.name!r}: {what} {short(raw)} is not a number")
+  try:
+    value = float(raw)
+  except OverflowError:  # a JSON integer beyond any float
+    raise SpecError(f"field {feature.name!r}: {what} {short(raw)} is outside the "
+                    "float32 range the model computes in")
+  except (TypeError, ValueError):
+    raise SpecError(f"field {feature.name!r}: {what} {short(raw)} is not a number")
+  if not math.isfinite(value):
+    raise SpecError(f"field {feature.name!r}: {what} {short(raw)} is not a finite "
+                    "number")
+  if abs(value) > FLOAT32_MAX:
+    raise SpecError(f"field {feature.name!r}: {what} {short(raw)} is outside the "
+                    "float32 range the model computes in")
+  return value
+
+
+def _category(feature: "Feature", raw: Any) -> str:
+  """One categorical value as a string; JSON numbers used as ids: 3.0 and 3 are the same
+  category. Objects, lists and booleans are not categories."""
+  if isinstance(raw, bool) or isinstance(raw, (dict, list, tuple)) or raw is None:
+    raise SpecError(f"field {feature.name!r}: {short(raw)} is not a categorical value "
+                    "(a string or a number)")
+  if isinstance(raw, float):
+    if not math.isfinite(raw):
+      raise SpecError(f"field {feature.name!r}: {raw!r} is not a categorical value")
+    if raw.is_integer():
+      raw = int(raw)
+  return _check_text(feature, str(raw))

@@ -1,0 +1,218 @@
+"""The rules a spec obeys, checked once when a `FeatureSpec` is built: each error names
+the file, the field and the offending value, so a wrong spec fails before any job runs."""
+import re
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+
+from features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS, DERIVED_KINDS,
+                                 FEATURE, FIELD_NAME_PATTERN, KINDS, LABEL, MODE, NUMERIC,
+                                 ORACLE, PROFILE_KINDS, ROLES, SHARE, TABLE_KINDS,
+                                 SpecError)
+
+if TYPE_CHECKING:  # schema imports this module; the annotations only need the names
+  from features.spec.schema import Derived, Feature, FeatureSpec
+
+
+def check_value(where: str, key: str, value: Any, ok: bool = True, expected: str = "",
+                choices: Optional[Sequence[Any]] = None) -> None:
+  """The one idiom for a key whose value is wrong: with `choices`, the value must be one
+  of them ("unknown kind 'x'; expected one of (...)"); else `ok` says whether it is
+  what `expected` describes ("embedding_dim must be >= 1, got 0")."""
+  if choices is not None:
+    if value not in choices:
+      raise SpecError(f"{where}: unknown {key} {value!r}; expected one of {choices}")
+  elif not ok:
+    raise SpecError(f"{where}: {key} must be {expected}, got {value!r}")
+
+
+def validate(spec: "FeatureSpec") -> None:
+  """Every rule over the whole spec; raises SpecError at the first broken one."""
+  src = spec.source
+  if not spec.features:
+    raise SpecError(f"{src}: the spec declares no features")
+  seen = set()
+  for f in spec.features:
+    if not f.name or not isinstance(f.name, str):
+      raise SpecError(f"{src}: a field has no name ({f!r})")
+    where = f"{src}: field {f.name!r}"
+    if f.name in seen:
+      raise SpecError(f"{where}: declared twice")
+    seen.add(f.name)
+    _validate_field(spec, f, where)
+  labels = [f.name for f in spec.features if f.role == LABEL]
+  if len(labels) != 1:
+    raise SpecError(f"{src}: the spec needs exactly one field with role 'label', "
+                    f"found {labels}")
+  for role_name, found in (("oracle", [f for f in spec.features if f.role == ORACLE]),
+                           ("user_id", [f for f in spec.features if f.user_id])):
+    if len(found) > 1:
+      raise SpecError(f"{src}: at most one {role_name} field, found "
+                      f"{[f.name for f in found]}")
+  levels = [f.distribution_level for f in spec.features
+            if f.distribution_level is not None]
+  if len(levels) != len(set(levels)):
+    raise SpecError(f"{src}: two distribution fields share a level: {sorted(levels)}")
+  coarsest = spec.distribution_fields[0] if levels else None
+  if coarsest is not None and coarsest.is_derived:
+    raise SpecError(f"{src}: field {coarsest.name!r}: the coarsest distribution field "
+                    "(the backbones' domain id, read from the fed inputs) must not be "
+                    "derived; give it a higher distribution_level")
+  if not any(f.is_model_input for f in spec.features):
+    raise SpecError(f"{src}: the spec has no model input (role 'feature')")
+
+
+def _validate_field(spec: "FeatureSpec", f: "Feature", where: str) -> None:
+  """The rules of one field, alone and against the fields declared before it."""
+  if not re.fullmatch(FIELD_NAME_PATTERN, f.name):
+    raise SpecError(f"{where}: a field name must be letters, digits and underscores "
+                    "(at most 128, not starting with an underscore): it is a "
+                    "tf.Example key, a vocabulary file name and a serving argument "
+                    "name")
+  check_value(where, "kind", f.kind, choices=KINDS)
+  check_value(where, "role", f.role, choices=ROLES)
+  check_value(where, "embedding_dim", f.embedding_dim, f.embedding_dim >= 1, ">= 1")
+  check_value(where, "vocab_min_count", f.vocab_min_count, f.vocab_min_count >= 1,
+              ">= 1")
+  check_value(where, "hash_buckets", f.hash_buckets, f.hash_buckets >= 0, ">= 0")
+  if f.boundaries and f.kind != NUMERIC:
+    raise SpecError(f"{where}: boundaries are for numeric fields, kind is {f.kind!r}")
+  check_value(where, "boundaries", list(f.boundaries),
+              list(f.boundaries) == sorted(set(f.boundaries)), "strictly increasing")
+  if f.hash_buckets and f.kind == NUMERIC:
+    raise SpecError(f"{where}: hash_buckets is for categorical fields")
+  if f.distribution_level is not None:
+    if f.kind != CATEGORICAL:
+      raise SpecError(f"{where}: a distribution field must be categorical, kind is "
+                      f"{f.kind!r}")
+    if f.role != FEATURE:
+      raise SpecError(f"{where}: a distribution field must have role 'feature', "
+                      f"got {f.role!r}")
+    check_value(where, "distribution_level", f.distribution_level,
+                isinstance(f.distribution_level, int) and f.distribution_level >= 0,
+                "an integer >= 0")
+  if f.derived is not None:
+    _validate_derived(spec, f, where)
+  check_value(where, "implicit_view", f.implicit_view,
+              isinstance(f.implicit_view, bool), "true or false")
+  if f.implicit_view and f.role != FEATURE:
+    raise SpecError(f"{where}: implicit_view marks a model feature, but the role is "
+                    f"{f.role!r}")
+  if f.user_id and f.kind != CATEGORICAL:
+    raise SpecError(f"{where}: the user_id field must be categorical, kind is "
+                    f"{f.kind!r}")
+  if f.role in (LABEL, ORACLE) and f.kind != NUMERIC:
+    raise SpecError(f"{where}: a {f.role} field must be numeric, kind is {f.kind!r}")
+  if f.default is not None and f.kind == NUMERIC:
+    try:
+      float(f.default)
+    except (TypeError, ValueError):
+      raise SpecError(f"{where}: default {f.default!r} is not a number")
+
+
+def _validate_derived(spec: "FeatureSpec", f: "Feature", where: str) -> None:
+  d = f.derived
+  check_value(where, "derived kind", d.kind, choices=DERIVED_KINDS)
+  if f.kind != CATEGORICAL or f.role != FEATURE:
+    raise SpecError(f"{where}: a derived field must be a categorical feature, got kind "
+                    f"{f.kind!r} role {f.role!r}")
+  if f.default is not None:
+    raise SpecError(f"{where}: a derived field takes no default (it is never read)")
+  if d.kind == CROSS:
+    if len(d.sources) < 2 or d.source:
+      raise SpecError(f"{where}: a cross needs `sources` (two or more fields), got "
+                      f"sources={list(d.sources)} source={d.source!r}")
+  elif not d.source or d.sources:
+    raise SpecError(f"{where}: a {d.kind} needs one `source` field")
+  if d.kind in (COUNT_BUCKET, BUCKET, SHARE):
+    _validate_derived_boundaries(d, where)
+  elif d.boundaries:
+    raise SpecError(f"{where}: boundaries are for a count_bucket, bucket or share, not "
+                    f"a {d.kind} (boundaries={list(d.boundaries)})")
+  earlier = {}
+  for g in spec.features:
+    if g.name == f.name:
+      break
+    earlier[g.name] = g
+  for name in d.reads:
+    src = earlier.get(name)
+    if src is None:
+      raise SpecError(f"{where}: derived from {name!r}, which is not a field declared "
+                      "before it")
+    if src.role != FEATURE:
+      raise SpecError(f"{where}: derived from {name!r}, whose role is {src.role!r}: "
+                      "the model must read the source, so its role must be 'feature'")
+    wanted = NUMERIC if d.kind == BUCKET else CATEGORICAL
+    if src.kind != wanted:
+      raise SpecError(f"{where}: a {d.kind} reads a {wanted} field, {name!r} is "
+                      f"{src.kind!r}")
+    if d.kind in TABLE_KINDS and src.is_derived:
+      raise SpecError(f"{where}: {d.kind} source {name!r} must be a raw field")
+  if d.kind in PROFILE_KINDS:
+    _validate_profile_of(d, earlier, where)
+  elif d.of:
+    raise SpecError(f"{where}: `of` is for a mode or a share, not a {d.kind} "
+                    f"(of={d.of!r})")
+  if d.kind == SHARE:
+    _validate_share_value(d, earlier[d.of], where)
+  elif d.value != "":
+    raise SpecError(f"{where}: `value` is for a share, not a {d.kind} "
+                    f"(value={d.value!r})")
+
+
+def _validate_derived_boundaries(d: "Derived", where: str) -> None:
+  """A count_bucket, bucket or share is bucketized at strictly increasing numbers (a
+  share's inside (0, 1))."""
+  bounds = list(d.boundaries)
+  if not bounds:
+    raise SpecError(f"{where}: a {d.kind} needs `boundaries`")
+  check_value(where, "boundaries", bounds,
+              all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                  for b in bounds), "numbers")
+  check_value(where, "boundaries", bounds, bounds == sorted(set(bounds)),
+              "strictly increasing")
+  if d.kind == SHARE and not all(0 < b < 1 for b in bounds):
+    raise SpecError(f"{where}: a share's boundaries must lie in (0, 1) (a share is a "
+                    f"fraction of rows), got {bounds}")
+
+
+def _validate_profile_of(d: "Derived", earlier: Mapping[str, "Feature"],
+                         where: str) -> None:
+  """`of` (of a mode or a share) is a categorical feature declared before the field,
+  other than its source, and computed row by row from raw fields (the Beam job
+  computes it before the join)."""
+  what = {MODE: "most frequent value", SHARE: "share of `value`"}[d.kind]
+  if not d.of:
+    raise SpecError(f"{where}: a {d.kind} needs `of`: the field whose {what} per "
+                    "source value it is")
+  if d.of == d.source:
+    raise SpecError(f"{where}: a {d.kind}'s `of` {d.of!r} must differ from its source")
+  of = earlier.get(d.of)
+  if of is None:
+    raise SpecError(f"{where}: {d.kind} of {d.of!r}, which is not a field declared "
+                    "before it")
+  if of.role != FEATURE or of.kind != CATEGORICAL:
+    raise SpecError(f"{where}: a {d.kind}'s `of` must be a categorical feature, "
+                    f"{d.of!r} has kind {of.kind!r} role {of.role!r}")
+  pending = [of]
+  while pending:
+    g = pending.pop()
+    if g.is_derived:
+      if g.derived.kind not in (BUCKET, CROSS):
+        raise SpecError(f"{where}: a {d.kind}'s `of` {d.of!r} must be a raw field or a "
+                        f"bucket/cross of raw fields; it reads {g.name!r}, a "
+                        f"{g.derived.kind}")
+      pending.extend(earlier[n] for n in g.derived.reads)
+
+
+def _validate_share_value(d: "Derived", of: "Feature", where: str) -> None:
+  """A share's `value` is one value of `of`, as a string (YAML: quote a number); a
+  bucket's values are known, so a value outside them is refused."""
+  check_value(where, "a share's `value`", d.value, isinstance(d.value, str),
+              "a string (quote it in YAML)")
+  if d.value == "":
+    raise SpecError(f"{where}: a share needs `value`: the value of {d.of!r} whose "
+                    "share of the source value's rows it is")
+  if of.is_derived and of.derived.kind == BUCKET:
+    buckets = [str(i) for i in range(len(of.derived.boundaries) + 1)]
+    if d.value not in buckets:
+      raise SpecError(f"{where}: share of {d.of!r} value {d.value!r}, which is not one "
+                      f"of its buckets {buckets}")
