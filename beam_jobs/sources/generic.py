@@ -13,7 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import config as C
 from beam_jobs.transforms.batches import RECORDS, merge_batches, rows_to_batches
-from beam_jobs.transforms.parse import checked_value, parse_record
+from beam_jobs.transforms.parse import parse_record
 from beam_jobs.sources import base
 from features import spec as spec_lib
 from features.preprocessed import EVAL, TRAIN
@@ -213,7 +213,7 @@ class ParseRowFn(base.LineParserFn):
       if i in slow:
         continue
       try:
-        values[i] = checked_value(f, self._spec.parse_value(f, raw[i]))
+        values[i] = spec_lib.check_cell(f, self._spec.parse_value(f, raw[i]))
       except base.DATA_ERRORS:
         slow.add(i)
     return values
