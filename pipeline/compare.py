@@ -279,7 +279,8 @@ def depth_table(results: Dict[str, List[Dict]]) -> List[Dict]:
 
 def plots(summary: Dict, report_dir: str) -> List[str]:
   """PNG plots next to report.md; returns their file names."""
-  import matplotlib
+  # Imported here: the backend is chosen before pyplot loads, and only plots need it.
+  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   written = []

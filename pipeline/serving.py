@@ -59,7 +59,7 @@ def predict(saved_model: str, request_path: str) -> Dict:
     out = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
   except tf.errors.InvalidArgumentError as e:  # the signatures' own checks
     raise serving_request.RequestError(f"{request_path}: {_node_reason(e)}")
-  predictions = [{k: jsonable(v[i]) for k, v in out.items()}
+  predictions = [{k: jsonable(np.asarray(v[i])) for k, v in out.items()}
                  for i in range(len(request["instances"]))]
   return {"predictions": predictions}
 
