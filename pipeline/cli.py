@@ -40,15 +40,17 @@ quiet.silence_libraries(sys.argv)  # before TensorFlow loads; --verbosity keeps 
 
 from absl import app, flags, logging  # noqa: E402
 
-from beam_jobs import generators  # noqa: E402  (no Beam)
+from beam_jobs import generators, movielens  # noqa: E402  (no Beam)
 from beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402  (no Beam)
+from features import spec as spec_lib  # noqa: E402
 from features.preprocessed import EVAL, PreprocessedData  # noqa: E402
 from features.run_directory import (  # noqa: E402
     RUN_REMEDY, RunDirectory, absolute, model_config_from_record)
 from features.spec import SpecError  # noqa: E402
 from models.registry import ModelConfig  # noqa: E402
 from pipeline import argv as argv_lib  # noqa: E402
-from pipeline import config_flags, stages  # noqa: E402
+from pipeline import (  # noqa: E402
+    compare, config_flags, data, evaluate, export, serving, stages, strategies, train)
 from pipeline.argv import Command, FlagGroup  # noqa: E402
 from pipeline.serving_request import RequestError  # noqa: E402
 from pipeline.train import TrainConfig  # noqa: E402
@@ -115,7 +117,6 @@ PATH_FLAGS = ("data_dir", "model_dir", "export_dir", "output_dir", "saved_model"
 def absolute_path_flags() -> None:
   """Every path flag made absolute, so that it means the same from any working
   directory (and in the fresh processes `run` starts elsewhere)."""
-  from features import spec as spec_lib
   for name in PATH_FLAGS:
     if name not in FLAGS or not FLAGS[name].value:
       continue
@@ -162,7 +163,6 @@ def cmd_preprocess() -> None:
 
 def cmd_train() -> None:
   _require("data_dir", "model_dir")
-  from pipeline import strategies, train
   # Parameter-server training: worker and PS tasks only serve.
   strategies.serve_forever_if_server_task(FLAGS.strategy)
   config = train_config(FLAGS.data_dir, FLAGS.model_dir)
@@ -177,7 +177,6 @@ def cmd_train() -> None:
 
 def cmd_evaluate() -> None:
   _require("data_dir")
-  from pipeline import evaluate, export, serving, train
   if FLAGS.saved_model:
     version = serving.latest_version(FLAGS.saved_model)
     stages.evaluate_and_report(evaluate.saved_model_predictor(version), FLAGS.data_dir,
@@ -194,7 +193,6 @@ def cmd_evaluate() -> None:
 
 def cmd_export() -> None:
   _require("data_dir", "model_dir", "export_dir")
-  from pipeline import data, export, train
   model = train.load_trained(FLAGS.data_dir, FLAGS.model_dir,
                              given=given_model_options())
   rows = data.first_records(FLAGS.data_dir, EVAL, stages.WARMUP_ROWS)
@@ -204,7 +202,6 @@ def cmd_export() -> None:
 
 def cmd_predict() -> None:
   _require("saved_model", "input")
-  from pipeline import serving
   print(json.dumps(serving.predict(FLAGS.saved_model, FLAGS.input)))
 
 
@@ -214,7 +211,6 @@ def cmd_run() -> None:
   out = FLAGS.output_dir
   # Built first: a bad model or training option fails now, not after preprocessing.
   config = train_config(os.path.join(out, "data"), os.path.join(out, "model"))
-  from pipeline import train
   RunDirectory(config.model_dir).check_resumable(config)  # before any work
   raw, spec = FLAGS.raw, FLAGS.spec
   summary = None
@@ -230,7 +226,6 @@ def cmd_run() -> None:
 
 def cmd_compare() -> None:
   _require("data_dir", "report_dir")
-  from pipeline import compare
   try:
     seeds = [int(s) for s in FLAGS.seeds]
   except ValueError:
@@ -250,7 +245,6 @@ def cmd_data(args: List[str]) -> None:
   if len(args) != 2 or args[0] != "fetch" or args[1] not in DATASETS:
     raise app.UsageError(f"usage: hmdn data fetch {{{'|'.join(DATASETS)}}} "
                          "[--output_dir=DIR]")
-  from beam_jobs import movielens
   out = FLAGS.output_dir or os.path.join("data", "ml-100k")
   try:
     summary = movielens.fetch_movielens_100k(out)
@@ -325,8 +319,6 @@ def main(argv: List[str]) -> None:
   if args:
     raise app.UsageError(f"unexpected arguments {args}")
   try:
-    # Imported here: it loads TensorFlow, which `hmdn --help` does not need.
-    from pipeline import strategies  # pylint: disable=g-import-not-at-top
     strategies.split_cpu(FLAGS.cpu_devices)
     command.run()
   except USER_ERRORS as e:  # one line naming the input; tracebacks with --debug

@@ -25,12 +25,13 @@ import time
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 
 from features import spec as spec_lib
 from features.fileio import write_json_atomic
 from features.preprocessed import TRAIN, PreprocessedData
 from models.registry import HMDN_PREFIX, ModelConfig
-from pipeline import metrics
+from pipeline import evaluate, metrics, train
 
 LEAF = "leaf (cross of distribution fields)"
 
@@ -91,7 +92,6 @@ def leaf_key(columns: Dict[str, np.ndarray], spec: spec_lib.FeatureSpec) -> np.n
 
 def train_leaf_sizes(data: PreprocessedData) -> Dict[str, int]:
   """Rows of each observed leaf in the training split (one pass, those columns only)."""
-  import tensorflow as tf
   spec = data.spec
   names = [f.name for f in spec.distribution_fields]
   parse_spec = {k: v for k, v in spec.parsing_spec().items() if k in names}
@@ -127,8 +127,6 @@ def run_config(base, label: str, seed: int, report_dir: str):
 
 def run_one(base, label: str, seed: int, report_dir: str, sizes: Dict[str, int]) -> Dict:
   """Trains one model with one seed and scores it on the eval split."""
-  import tensorflow as tf
-  from pipeline import evaluate, train
   config = run_config(base, label, seed, report_dir)
   model_config = config.model
   tf.keras.backend.clear_session()
@@ -281,7 +279,8 @@ def depth_table(results: Dict[str, List[Dict]]) -> List[Dict]:
 
 def plots(summary: Dict, report_dir: str) -> List[str]:
   """PNG plots next to report.md; returns their file names."""
-  import matplotlib
+  # Imported here: the backend is chosen before pyplot loads, and only plots need it.
+  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   written = []
@@ -352,7 +351,6 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
   if len(set(labels)) != len(labels):
     raise ValueError(f"--models lists a model twice: {list(labels)}")
   data = PreprocessedData(base.data_dir).check_complete()
-  from pipeline import train
   steps = train.steps_per_epoch(base, data.rows(TRAIN))
   for label in labels:  # every bad model or option fails before the first run
     config = run_config(base, label, seeds[0], report_dir)

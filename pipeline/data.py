@@ -49,12 +49,10 @@ def split_label(parsed: Dict[str, tf.Tensor], spec: spec_lib.FeatureSpec
   return features, label
 
 
-READ_BUFFER_BYTES = 4 << 20  # per gzip reader: reading alone ~1.6x faster than 256 KiB
+READ_BUFFER_BYTES = 4 << 20  # per gzip reader (measured: docs/speed.md, "pipeline")
 # Records a file's reader hands the interleave at once. tf.data's cost is per element,
-# so the records stay in blocks all the way to the batches: blocks of records instead
-# of single records made the streamed training input 2.5x faster (134k -> 330k
-# records/s, 2 shards, 2 cores), and permuting windows instead of a per-record shuffle
-# buffer another 1.5x (`benchmarks/pipeline_bench`).
+# so the records stay in blocks all the way to the batches, and training permutes
+# windows instead of a per-record shuffle buffer (measured: docs/speed.md).
 READ_BLOCK_RECORDS = 64
 # Records of consecutive reading a training window permutes at once.
 SHUFFLE_WINDOW_RECORDS = 50_000

@@ -20,10 +20,13 @@ import time
 from typing import Dict, List, Sequence
 
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from features import spec as spec_lib
 from features.fileio import write_json_atomic
 from features.preprocessed import PreprocessedData
+from models.registry import ModelConfig
 from pipeline import data
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -55,7 +58,6 @@ def read_spec(version_dir: str) -> spec_lib.FeatureSpec:
 
 def read_model_config(version_dir: str):
   """The export's ModelConfig, or None for an export written without one."""
-  from models.registry import ModelConfig
   path = model_config_path(version_dir)
   if not tf.io.gfile.exists(path):
     return None
@@ -152,7 +154,6 @@ def next_version(export_root: str) -> int:
 def _mark_classify_signature(export_dir: str) -> None:
   """tf.saved_model.save writes every signature as predict; TF Serving's Classify API
   needs the classify method name, so it is set in the saved proto."""
-  from tensorflow.core.protobuf import saved_model_pb2
   path = os.path.join(export_dir, SAVED_MODEL_FILE)
   saved_model = saved_model_pb2.SavedModel()
   with tf.io.gfile.GFile(path, "rb") as f:
@@ -166,7 +167,6 @@ def _mark_classify_signature(export_dir: str) -> None:
 
 def _write_warmup(export_dir: str, examples: Sequence[bytes]) -> None:
   """assets.extra/tf_serving_warmup_requests: PredictionLogs for serving_default."""
-  from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
   path = warmup_path(export_dir)
   with tf.io.TFRecordWriter(path) as writer:
     for batch in (examples[:1], examples):

@@ -4,8 +4,8 @@ tf-keras' Adam treats a sparse gradient (an embedding lookup's `IndexedSlices`) 
 dense one with zeros elsewhere: every step it decays the moments of EVERY row of the
 table and moves every row whose momentum is not yet zero. That is Adam's definition,
 and what the PyTorch CTR libraries do with dense embedding gradients, but its cost
-grows with the table, not the batch (`benchmarks/optimizer_bench`: 77 ms per step for
-a 1M x 16 table at batch 512 on the 2-core machine, against 0.4 ms for Adagrad).
+grows with the table, not the batch (`benchmarks/optimizer_bench`; figures in
+docs/speed.md, "pipeline").
 
 `LazyAdam` (as in TF Addons, TF Recommenders-Addons, PyTorch's SparseAdam) updates only
 the rows the batch looked up: their moments and their values, by Adam's formula; a row

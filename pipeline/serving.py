@@ -9,6 +9,7 @@ import sys
 from typing import Dict, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from features import spec as spec_lib
 from features.fileio import jsonable
@@ -43,7 +44,6 @@ def predict(saved_model: str, request_path: str) -> Dict:
   {"predictions": [{output name: value}, ...]}. The request is checked against the
   export's spec first (serving_request), so a bad one is a RequestError naming the
   instance and the feature, not a TensorFlow node error."""
-  import tensorflow as tf
   version = latest_version(saved_model)
   request = serving_request.load_request(request_path)
   loaded = tf.saved_model.load(version)
@@ -59,7 +59,7 @@ def predict(saved_model: str, request_path: str) -> Dict:
     out = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
   except tf.errors.InvalidArgumentError as e:  # the signatures' own checks
     raise serving_request.RequestError(f"{request_path}: {_node_reason(e)}")
-  predictions = [{k: jsonable(v[i]) for k, v in out.items()}
+  predictions = [{k: jsonable(np.asarray(v[i])) for k, v in out.items()}
                  for i in range(len(request["instances"]))]
   return {"predictions": predictions}
 

@@ -15,6 +15,9 @@ import json
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
+from google.protobuf import message
+from tensorflow.core.example import example_pb2
 
 from features import spec as spec_lib
 from features.fileio import short
@@ -136,8 +139,6 @@ def examples_from_instances(instances: Sequence[Any],
 
 
 def check_example(spec: spec_lib.FeatureSpec, serialized: bytes, i: int = 0) -> None:
-  from google.protobuf import message
-  from tensorflow.core.example import example_pb2
   try:
     example = example_pb2.Example.FromString(serialized)
   except (message.DecodeError, ValueError, RuntimeError) as e:
@@ -236,7 +237,6 @@ def instances_from_examples(spec: spec_lib.FeatureSpec, serialized: Sequence[byt
   """Builds request instances from tf.Example rows (for demos and warm-up files)."""
   if not raw:
     return [{"examples": {"b64": base64.b64encode(s).decode()}} for s in serialized]
-  import tensorflow as tf
   instances = []
   for s in serialized:
     ex = tf.train.Example.FromString(s).features.feature

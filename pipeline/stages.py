@@ -5,9 +5,13 @@ import os
 import sys
 from typing import Dict, Optional, Sequence
 
-from features.preprocessed import EVAL, PreprocessedData
+import tensorflow as tf
+
+from beam_jobs import generated_logs  # no Beam
 from features.fileio import write_json_atomic
-from pipeline import quiet
+from features.preprocessed import EVAL, PreprocessedData
+from features.run_directory import absolute
+from pipeline import data, evaluate, export, quiet, serving, train
 
 WARMUP_ROWS = 8  # eval rows written into an export's warm-up requests
 VERIFY_ROWS = 3  # eval rows `run` asks the export about in a fresh process
@@ -15,13 +19,11 @@ VERIFY_ROWS = 3  # eval rows `run` asks the export about in a fresh process
 
 def generated_raw(output_dir: str) -> str:
   """The CSV files `generate` writes (beam_jobs/generated_logs.py owns the layout)."""
-  from beam_jobs import generated_logs
   return generated_logs.raw_glob(output_dir)
 
 
 def generated_spec(output_dir: str) -> str:
   """The spec a generator writes beside its CSV files."""
-  from beam_jobs import generated_logs
   return generated_logs.spec_path(output_dir)
 
 
@@ -37,7 +39,7 @@ def generate(output_dir: str, generator, config) -> Dict:
 def preprocess(config, beam_args: Sequence[str] = ()) -> Dict:
   """The Beam job (beam_jobs.config.PreprocessConfig) -> its metadata. The only stage
   that imports Beam."""
-  from beam_jobs import preprocess as preprocess_lib
+  from beam_jobs import preprocess as preprocess_lib  # here: only this stage loads Beam
   with quiet.beam_worker_noise_filtered(sys.argv):
     metadata = preprocess_lib.run(config, beam_args=list(beam_args))
   written = metadata["rows_written"]
@@ -51,7 +53,6 @@ def evaluate_and_report(predict, data_dir: str, model_config=None,
                         output: Optional[str] = None) -> Dict:
   """evaluate.run (with HMDN code usage when the model config is known); prints the
   per-distribution table and writes the metrics to `output` if given."""
-  from pipeline import evaluate
   result = evaluate.run(predict, data_dir,
                         model_config.codebook_size if model_config else None,
                         model_config.code_views if model_config else [])
@@ -65,9 +66,6 @@ def train_evaluate_export(config, out: str, generator_summary: Optional[Dict] = 
                           verify_export: bool = True) -> Dict:
   """After preprocessing: train (pipeline.train.TrainConfig), evaluate, export into
   `out/export`, write `out/metrics.json`, and check the export in a fresh process."""
-  import tensorflow as tf
-  from features.run_directory import absolute
-  from pipeline import data, evaluate, export, serving, train
   out = absolute(out)  # the fresh-process check runs from another directory
   model = train.train(config)
   spec = PreprocessedData(config.data_dir).spec
