@@ -19,7 +19,6 @@ from models.quantizer import CODEBOOK_UPDATES
 
 HMDN_PREFIX = "hmdn_"
 HMDN_CONDITIONS = ("concat", "hierarchical_only")
-CONDITIONS = HMDN_CONDITIONS  # older name of the hmdn_condition choices
 # The backbone's own condition: the coarsest distribution field's embedding (the
 # paper's single-distribution baseline), every distribution field's embedding
 # concatenated, or one embedding of their cross.
