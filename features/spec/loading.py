@@ -52,10 +52,7 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Feature
       raise SpecError(f"{source}: features[{i}] needs at least 'name' and 'kind', got "
                       f"{item!r}")
     where = f"{source}: field {item['name']!r}"
-    unknown = set(item) - _FIELD_KEYS
-    if unknown:
-      raise SpecError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: "
-                      f"{sorted(_FIELD_KEYS)}")
+    _refuse_unknown_keys(f"{where}:", item, _FIELD_KEYS)
     kwargs = dict(item)
     if "boundaries" in kwargs:
       try:
@@ -73,15 +70,20 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Feature
                      source=source)
 
 
+def _refuse_unknown_keys(where: str, given: Mapping, allowed) -> None:
+  """A key the schema does not know is an error listing the keys it does."""
+  unknown = set(given) - set(allowed)
+  if unknown:
+    raise SpecError(f"{where} unknown key(s) {sorted(unknown)}; allowed: "
+                    f"{sorted(allowed)}")
+
+
 def _derived_from_dict(raw: Any, where: str) -> Derived:
   if isinstance(raw, Derived):
     return raw
   if not isinstance(raw, Mapping) or "kind" not in raw:
     raise SpecError(f"{where}: derived must be a mapping with a 'kind', got {raw!r}")
-  unknown = set(raw) - _DERIVED_KEYS
-  if unknown:
-    raise SpecError(f"{where}: derived: unknown key(s) {sorted(unknown)}; allowed: "
-                    f"{sorted(_DERIVED_KEYS)}")
+  _refuse_unknown_keys(f"{where}: derived:", raw, _DERIVED_KEYS)
   kwargs = dict(raw)
   if "boundaries" in kwargs:
     bounds = kwargs["boundaries"]

@@ -3,17 +3,7 @@ import pytest
 
 from features import spec as spec_lib
 
-BASE = [
-    {"name": "click", "kind": "numeric", "role": "label"},
-    {"name": "scenario", "kind": "categorical", "distribution_level": 0},
-    {"name": "user_id", "kind": "categorical", "user_id": True},
-    {"name": "price", "kind": "numeric"},
-    {"name": "tags", "kind": "multi_categorical", "default": ""},
-]
-
-
-def _spec(features):
-  return spec_lib.spec_from_dict({"name": "t", "features": features}, source="t.yaml")
+from spec_cases import BASE, _spec  # noqa: E402  (the spec these tests vary)
 
 
 def _with(name, **changes):
