@@ -48,8 +48,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from features.fileio import write_json_atomic  # noqa: E402
-from features.preprocessed import EVAL, TRAIN, PreprocessedData  # noqa: E402
+from hmdn.features.fileio import write_json_atomic  # noqa: E402
+from hmdn.features.preprocessed import EVAL, TRAIN, PreprocessedData  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "hmdn_moe", "Model trained and served.")
@@ -126,12 +126,12 @@ class ServeRun:
 
 def _worker_train() -> dict:
   """model.fit under the strategy, with the input pipeline train.train builds."""
-  from pipeline import strategies
+  from hmdn.pipeline import strategies
   strategies.split_cpu(FLAGS.replicas)  # before anything initialises TensorFlow
   import tensorflow as tf
-  from models.registry import ModelConfig
-  from pipeline import callbacks as callbacks_lib
-  from pipeline import data, export, train
+  from hmdn.models.registry import ModelConfig
+  from hmdn.pipeline import callbacks as callbacks_lib
+  from hmdn.pipeline import data, export, train
 
   tf.keras.utils.set_random_seed(0)
   strategy = (strategies.make_strategy("mirrored", FLAGS.replicas)
@@ -196,7 +196,7 @@ def _input_stages(spec) -> Dict[str, float]:
   (`data.read_blocks`), cut into batches; then with its shuffle windows; then (no
   shuffle) parsed. Shows which stage bounds the streamed rate."""
   import tensorflow as tf
-  from pipeline import data
+  from hmdn.pipeline import data
   files = data.files_of(FLAGS.data_dir, TRAIN)
   batches = FLAGS.input_batches
 
@@ -217,8 +217,7 @@ def _input_stages(spec) -> Dict[str, float]:
   return {
       "read + gunzip": rate(blocks().rebatch(FLAGS.batch_size)),
       "read + gunzip + shuffle windows": rate(data.shuffled_windows(
-          blocks(), FLAGS.batch_size, data.SHUFFLE_WINDOW_RECORDS, seed=0,
-          ordered=False)),
+          blocks(), FLAGS.batch_size, data.SHUFFLE_WINDOW_RECORDS, seed=0)),
       "read + gunzip + parse batch": rate(blocks().rebatch(FLAGS.batch_size).map(
           parse, num_parallel_calls=tf.data.AUTOTUNE)),
   }
@@ -227,7 +226,7 @@ def _input_stages(spec) -> Dict[str, float]:
 def _worker_input() -> dict:
   """The training input pipeline alone, consumed as fast as it produces."""
   import tensorflow as tf  # noqa: F401  (initialised here, not inside the clock)
-  from pipeline import data
+  from hmdn.pipeline import data
   spec = PreprocessedData(FLAGS.data_dir).spec
   it = iter(data.make_dataset(FLAGS.data_dir, TRAIN, spec, FLAGS.batch_size,
                               training=True, seed=0, cache=FLAGS.cache_input))

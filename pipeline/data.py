@@ -12,8 +12,8 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import tensorflow as tf
 
-from features import spec as spec_lib
-from features.preprocessed import EVAL, TRAIN, PreprocessedData, as_data  # noqa: F401
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import EVAL, TRAIN, PreprocessedData, as_data  # noqa: F401
 
 DataDir = Union[str, PreprocessedData]
 
@@ -85,11 +85,11 @@ def _cached_epochs(blocks: tf.data.Dataset, batch_size: int, seed: int
 
 
 def shuffled_windows(blocks: tf.data.Dataset, batch_size: int, window: int,
-                     seed: int, ordered: bool) -> tf.data.Dataset:
+                     seed: int) -> tf.data.Dataset:
   """Full batches, repeated over epochs, of the blocks' records permuted a window at
   a time: every `window` consecutive records of an epoch (its last window shorter)
   are put in a uniformly random order by one op, seeded by `seed` and the window's
-  count, so a seed gives the same batches when the reading is `ordered`.
+  count, so a seed gives the same batches when the reading is ordered.
 
   A record moves anywhere within its window and never out of it; a shuffle buffer
   of the same size moves records by a geometric number of places (some far, most
@@ -98,8 +98,11 @@ def shuffled_windows(blocks: tf.data.Dataset, batch_size: int, window: int,
   def permute(index, records):
     return tf.random.experimental.stateless_shuffle(
         records, seed=tf.stack([tf.constant(seed, tf.int64), index]))
+  # The windows stay in order even when the reading is not: an unordered map would let
+  # a busy machine hand out the next epoch's first window before this epoch's last one,
+  # so an epoch would see some records twice and miss others.
   return (blocks.rebatch(window).repeat().enumerate()
-          .map(permute, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
+          .map(permute, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .rebatch(batch_size, drop_remainder=True))
 
 
@@ -151,7 +154,7 @@ def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
   elif cache:
     ds = _cached_epochs(ds, batch_size, seed)
   else:
-    ds = shuffled_windows(ds, batch_size, shuffle_window, seed, ordered)
+    ds = shuffled_windows(ds, batch_size, shuffle_window, seed)
   ds = ds.map(lambda s: split_label(
       parse_batch(s, spec, for_serving=True, with_label=True), spec),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from features.preprocessed import TRAIN, PreprocessedData
-from pipeline import data
+from hmdn.features.preprocessed import TRAIN, PreprocessedData
+from hmdn.pipeline import data
 
 BATCH = 64
 
@@ -33,7 +33,7 @@ def test_cached_epochs_are_permutations_of_the_split():
 def _windowed(records, window, seed, batches, block=7):
   blocks = tf.data.Dataset.from_tensor_slices(records).batch(block)
   return [b.numpy().tolist() for b in data.shuffled_windows(
-      blocks, BATCH, window, seed, ordered=True).take(batches)]
+      blocks, BATCH, window, seed).take(batches)]
 
 
 def test_shuffled_windows_permute_each_window_of_each_epoch():
