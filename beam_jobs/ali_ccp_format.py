@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from features import spec as spec_lib
+from hmdn.features import spec as spec_lib
 
 SKELETON = "sample_skeleton_"
 COMMON = "common_features_"

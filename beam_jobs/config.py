@@ -7,7 +7,7 @@ input formats live here too: `beam_jobs/sources/` registers one reader per sourc
 import dataclasses
 from typing import Optional
 
-from features.options import option
+from hmdn.features.options import option
 
 # Sources (`--source`): the reader of `--raw`, one module each in beam_jobs/sources/.
 GENERIC = "generic"

@@ -3,9 +3,9 @@ from typing import Dict, Mapping
 
 from apache_beam.metrics.metric import MetricsFilter
 
-from beam_jobs.sources import base
-from beam_jobs.transforms.batches import NAMESPACE
-from features.preprocessed import EVAL, SPLITS, TRAIN
+from hmdn.beam_jobs.sources import base
+from hmdn.beam_jobs.transforms.batches import NAMESPACE
+from hmdn.features.preprocessed import EVAL, SPLITS, TRAIN
 
 
 class CountersError(RuntimeError):

@@ -7,7 +7,7 @@ generator.json (with `rows`, `ctr` and `oracle_auc`). Beam-free: numpy only.
 import dataclasses
 from typing import Any, Callable, Dict, Type
 
-from beam_jobs import longtail_logs, synthetic_logs
+from hmdn.beam_jobs import longtail_logs, synthetic_logs
 
 PLANTED = "planted"
 LONGTAIL = "longtail"

@@ -3,11 +3,11 @@ clears, and the split flags fit the spec."""
 import os
 import re
 
-from beam_jobs import sources
-from beam_jobs.config import PreprocessConfig, PreprocessError
-from beam_jobs.sources import base
-from features import spec as spec_lib
-from features.preprocessed import PreprocessedData
+from hmdn.beam_jobs import sources
+from hmdn.beam_jobs.config import PreprocessConfig, PreprocessError
+from hmdn.beam_jobs.sources import base
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import PreprocessedData
 
 
 def _inside(path: str, root: str) -> bool:

@@ -27,9 +27,9 @@ from typing import Dict, List
 
 import numpy as np
 
-from beam_jobs import generated_logs
-from features.options import option
-from features import spec as spec_lib
+from hmdn.beam_jobs import generated_logs
+from hmdn.features.options import option
+from hmdn.features import spec as spec_lib
 
 SPEC_PATH = os.path.join(spec_lib.SPECS_DIR, "longtail.yaml")
 

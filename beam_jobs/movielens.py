@@ -24,7 +24,7 @@ import tempfile
 import zipfile
 from typing import Dict, List, Tuple
 
-from features import spec as spec_lib
+from hmdn.features import spec as spec_lib
 
 ML_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy",
              "Crime", "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror",

@@ -42,24 +42,25 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from absl import logging as absl_logging
 
-from beam_jobs import sources
-from beam_jobs.config import PreprocessConfig, PreprocessError
-from beam_jobs.counters import CountersError, job_counters, reconcile  # run raises CountersError
-from beam_jobs.input_safety import (check_inputs_outside_outputs,
-                                    check_raw_outside_outputs, check_split_flags)
-from beam_jobs.local_runner import ProgressPrinter, local_runner
-from beam_jobs.sources import base
-from beam_jobs.tfds_metadata import tfds_name, write_tfds_metadata
-from beam_jobs.transforms.batches import DEAD_LETTER, RECORDS, Batched
-from beam_jobs.transforms.derived import AddDerivedFeatures
-from beam_jobs.transforms.side_results import WriteDeadLetter, WriteSideResults
-from beam_jobs.transforms.statistics import DistributionStatistics, NumericMoments
-from beam_jobs.transforms.time_split import SplitByTime
-from beam_jobs.transforms.tfrecord_sink import WriteExamples
-from beam_jobs.transforms.vocabularies import ComputeVocabularies
-from features import spec as spec_lib
-from features.preprocessed import EVAL, SPLITS, TRAIN, PreprocessedData, delete_tree
-from features.quiet import quiet_libraries
+from hmdn.beam_jobs import sources
+from hmdn.beam_jobs.config import PreprocessConfig, PreprocessError
+# run() raises CountersError
+from hmdn.beam_jobs.counters import CountersError, job_counters, reconcile
+from hmdn.beam_jobs.input_safety import (check_inputs_outside_outputs,
+                                         check_raw_outside_outputs, check_split_flags)
+from hmdn.beam_jobs.local_runner import ProgressPrinter, local_runner
+from hmdn.beam_jobs.sources import base
+from hmdn.beam_jobs.tfds_metadata import tfds_name, write_tfds_metadata
+from hmdn.beam_jobs.transforms.batches import DEAD_LETTER, RECORDS, Batched
+from hmdn.beam_jobs.transforms.derived import AddDerivedFeatures
+from hmdn.beam_jobs.transforms.side_results import WriteDeadLetter, WriteSideResults
+from hmdn.beam_jobs.transforms.statistics import DistributionStatistics, NumericMoments
+from hmdn.beam_jobs.transforms.time_split import SplitByTime
+from hmdn.beam_jobs.transforms.tfrecord_sink import WriteExamples
+from hmdn.beam_jobs.transforms.vocabularies import ComputeVocabularies
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import EVAL, SPLITS, TRAIN, PreprocessedData, delete_tree
+from hmdn.features.quiet import quiet_libraries
 
 STAGING_PREFIX = PreprocessedData.STAGING_PREFIX
 SIDE_RESULTS = "side_results"

@@ -17,8 +17,8 @@ from typing import Dict
 
 import numpy as np
 
-from beam_jobs import generated_logs
-from features import spec as spec_lib
+from hmdn.beam_jobs import generated_logs
+from hmdn.features import spec as spec_lib
 
 SPEC_PATH = os.path.join(spec_lib.SPECS_DIR, "synthetic.yaml")
 

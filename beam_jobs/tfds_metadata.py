@@ -4,8 +4,8 @@ TensorFlow and TFDS are imported inside the functions: they load only with `--tf
 import re
 from typing import Dict, List
 
-from features import spec as spec_lib
-from features.preprocessed import PreprocessedData
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import PreprocessedData
 
 
 def tfds_name(spec: spec_lib.FeatureSpec) -> str:

@@ -3,4 +3,4 @@
 They are not tests: nothing here asserts on speed. Run them with `make bench`, or one at
 a time with `python -m benchmarks.models_bench` / `python -m benchmarks.pipeline_bench`.
 """
-import features  # noqa: F401  (selects legacy Keras before TensorFlow loads)
+import hmdn.features  # noqa: F401  (selects legacy Keras before TensorFlow loads)

@@ -86,18 +86,18 @@ def stage_rates(raw_glob: str, spec_path: str, stage_rows: int) -> List[Dict]:
   """rows/s of each step of the hot path, on the same batches the DoFns get."""
   import glob
   import itertools
-  from beam_jobs import config as C
-  from beam_jobs.transforms.batches import batch_len, batch_rows
-  from beam_jobs.transforms.derived import (_batch_derived, _row_wise_chain,
-                                            _train_pair_counts)
-  from beam_jobs.transforms.examples import ExampleEncoder
-  from beam_jobs.transforms.statistics import (_BatchMomentsFn, _MergeCellsFn,
-                                               column_moments, distribution_counts)
-  from beam_jobs.transforms.tfrecord_sink import tfrecord_frames
-  from beam_jobs.transforms.vocabularies import _MergeCountsFn, _column_values
-  from beam_jobs.sources import base, generic
-  from features import spec as spec_lib
-  from features.preprocessed import TRAIN
+  from hmdn.beam_jobs import config as C
+  from hmdn.beam_jobs.transforms.batches import batch_len, batch_rows
+  from hmdn.beam_jobs.transforms.derived import (_batch_derived, _row_wise_chain,
+                                                 _train_pair_counts)
+  from hmdn.beam_jobs.transforms.examples import ExampleEncoder
+  from hmdn.beam_jobs.transforms.statistics import (_BatchMomentsFn, _MergeCellsFn,
+                                                    column_moments, distribution_counts)
+  from hmdn.beam_jobs.transforms.tfrecord_sink import tfrecord_frames
+  from hmdn.beam_jobs.transforms.vocabularies import _MergeCountsFn, _column_values
+  from hmdn.beam_jobs.sources import base, generic
+  from hmdn.features import spec as spec_lib
+  from hmdn.features.preprocessed import TRAIN
   spec = spec_lib.load_spec(spec_path)
   paths = sorted(glob.glob(raw_glob))
   headers = generic.read_headers(paths, spec, ",")
@@ -225,8 +225,8 @@ def stage_rates(raw_glob: str, spec_path: str, stage_rows: int) -> List[Dict]:
 
 def _per_row_examples(spec, rows) -> int:
   import tensorflow as tf
-  from features import spec as spec_lib
-  from features.preprocessed import TRAIN
+  from hmdn.features import spec as spec_lib
+  from hmdn.features.preprocessed import TRAIN
   for record in rows:
     feature = {}
     for f in spec.features:
@@ -244,7 +244,7 @@ def _per_row_examples(spec, rows) -> int:
 # --- 2. Whole runs ----------------------------------------------------------------------
 def run_preprocess(raw: str, spec: str, data_dir: str, workers: int,
                    tfds: bool) -> Dict:
-  cmd = [sys.executable, "-m", "pipeline.cli", "preprocess", f"--raw={raw}",
+  cmd = [sys.executable, "-m", "hmdn.pipeline.cli", "preprocess", f"--raw={raw}",
          f"--spec={spec}", f"--data_dir={data_dir}", f"--direct_num_workers={workers}",
          "--tfds" if tfds else "--notfds"]
   start = time.perf_counter()
@@ -263,7 +263,7 @@ def run_preprocess(raw: str, spec: str, data_dir: str, workers: int,
     raise RuntimeError(f"preprocess failed ({proc.returncode}):\n{err[-3000:]}")
   job = [l for l in out.splitlines() if "Beam job done in" in l]
   beam_seconds = float(job[-1].split("done in ")[1].split("s:")[0]) if job else seconds
-  from features.preprocessed import PreprocessedData
+  from hmdn.features.preprocessed import PreprocessedData
   meta = PreprocessedData(data_dir).metadata
   others = [mb for pid, mb in peak.items() if pid != proc.pid]
   return {"workers": workers, "seconds": seconds, "beam_seconds": beam_seconds,
@@ -291,9 +291,9 @@ def main(argv=None) -> None:
   parser.add_argument("--tfds", action="store_true", help="also write the TFDS copy")
   parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench_out"))
   args = parser.parse_args(argv)
-  from beam_jobs import synthetic_logs
+  from hmdn.beam_jobs import synthetic_logs
   raw_dir = os.path.join(args.out, f"beam_raw_{args.rows}")
-  from beam_jobs import generated_logs
+  from hmdn.beam_jobs import generated_logs
   if not os.path.exists(generated_logs.summary_path(raw_dir)):
     print(f"generating {args.rows} synthetic rows into {raw_dir} (once; cached)",
           flush=True)

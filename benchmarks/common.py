@@ -15,7 +15,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def generated_raw(generated_dir: str) -> str:
   """The CSV files `synthetic_logs.generate(generated_dir, ...)` writes."""
-  from beam_jobs import generated_logs
+  from hmdn.beam_jobs import generated_logs
   return generated_logs.raw_glob(generated_dir)
 
 
@@ -25,11 +25,11 @@ def prepare_data(out_dir: str, rows: int) -> str:
   The Beam job writes its completion marker last (features/preprocessed.py), so a run
   killed half-way is simply redone.
   """
-  from features.preprocessed import PreprocessedData
+  from hmdn.features.preprocessed import PreprocessedData
   data_dir = os.path.join(out_dir, f"data_{rows}")
   if not PreprocessedData(data_dir).is_complete():
-    from beam_jobs import preprocess, synthetic_logs
-    from beam_jobs.config import PreprocessConfig
+    from hmdn.beam_jobs import preprocess, synthetic_logs
+    from hmdn.beam_jobs.config import PreprocessConfig
     raw = os.path.join(out_dir, f"raw_{rows}")
     print(f"generating {rows} synthetic rows and preprocessing them into {data_dir} "
           "(once; cached)", flush=True)

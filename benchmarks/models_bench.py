@@ -46,7 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from features.fileio import write_json_atomic  # noqa: E402
+from hmdn.features.fileio import write_json_atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rows", 50_000, "Synthetic rows (generated once, cached).")
@@ -104,7 +104,7 @@ class PairResult:
 
 def _cached_batches(data_dir: str, spec, batch_size: int, count: int):
   """`count` training batches as eager tensors: the steps then read only memory."""
-  from pipeline import data
+  from hmdn.pipeline import data
   ds = data.make_dataset(data_dir, data.TRAIN, spec, batch_size, training=True)
   return [(dict(f), l) for f, l in ds.take(count)]
 
@@ -155,7 +155,7 @@ def _einsum_flops(graph) -> int:
 
 def _pair_groups(names: List[str]) -> List[List[str]]:
   """[[backbone, hmdn_backbone], [dnn], ...]: each pair together, the rest alone."""
-  from models.registry import HMDN_PREFIX
+  from hmdn.models.registry import HMDN_PREFIX
   groups, seen = [], set()
   for name in names:
     if name in seen:
@@ -173,8 +173,8 @@ class _Bench:
 
   def __init__(self, name: str, data_dir: str, batches, steps_per_execution: int = 1):
     import tensorflow as tf
-    from models.registry import ModelConfig
-    from pipeline import train
+    from hmdn.models.registry import ModelConfig
+    from hmdn.pipeline import train
     tf.keras.utils.set_random_seed(0)
     self.name = name
     # Steady state: the codebooks are seeded on the first (untimed) step, so the
@@ -240,8 +240,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   import tensorflow as tf
-  from features.preprocessed import PreprocessedData
-  from models.registry import HMDN_PREFIX, model_names
+  from hmdn.features.preprocessed import PreprocessedData
+  from hmdn.models.registry import HMDN_PREFIX, model_names
 
   names = [m for m in FLAGS.models.split(",") if m] or model_names()
   unknown = sorted(set(names) - set(model_names()))

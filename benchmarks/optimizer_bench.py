@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from features.fileio import write_json_atomic  # noqa: E402
+from hmdn.features.fileio import write_json_atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["10000", "100000", "1000000", "4000000"], "Table sizes.")
@@ -60,7 +60,7 @@ def _step_ms(tf, optimizer, rows: int) -> float:
 def main(argv):
   del argv
   import tensorflow as tf
-  from pipeline import optimizers
+  from hmdn.pipeline import optimizers
   makers = {name: (lambda n=name: optimizers.make_optimizer(n, 1e-3))
             for name in optimizers.OPTIMIZERS}
   makers["adagrad (reference)"] = lambda: tf.keras.optimizers.Adagrad(1e-2)

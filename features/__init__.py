@@ -8,6 +8,6 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from features.spec import (CATEGORICAL, FEATURE, LABEL, MULTI_CATEGORICAL,  # noqa: E402
-                           NUMERIC, ORACLE, PASSTHROUGH, Feature, FeatureSpec, SpecError,
-                           load_spec, spec_from_dict)
+from hmdn.features.spec import (CATEGORICAL, FEATURE, LABEL, MULTI_CATEGORICAL,  # noqa: E402
+                                NUMERIC, ORACLE, PASSTHROUGH, Feature, FeatureSpec, SpecError,
+                                load_spec, spec_from_dict)

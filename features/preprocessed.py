@@ -30,8 +30,8 @@ import shutil
 import uuid
 from typing import Any, Dict, List
 
-from features import fileio
-from features import spec as spec_lib
+from hmdn.features import fileio
+from hmdn.features import spec as spec_lib
 
 TRAIN = "train"
 EVAL = "eval"

@@ -27,7 +27,7 @@ import platform
 import sys
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from features.fileio import write_json_atomic
+from hmdn.features.fileio import write_json_atomic
 
 RUN_FORMAT = 1
 # The advice at the end of every refusal of a run directory's contents.

@@ -9,12 +9,12 @@ from typing import Any, Dict, Mapping, Optional
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from features import spec as spec_lib
-from models.backbones import BACKBONES
-from models.embedding import FeatureEmbeddings
-from models.hierarchical import (EXPLICIT, IMPLICIT,
-                                 HierarchicalDistributionRepresentation)
-from models.registry import ModelConfig
+from hmdn.features import spec as spec_lib
+from hmdn.models.backbones import BACKBONES
+from hmdn.models.embedding import FeatureEmbeddings
+from hmdn.models.hierarchical import (EXPLICIT, IMPLICIT,
+                                      HierarchicalDistributionRepresentation)
+from hmdn.models.registry import ModelConfig
 
 
 class CTRModel(tfrs.Model):

@@ -14,8 +14,8 @@ from typing import Any, Dict, Mapping, Optional
 
 import tensorflow as tf
 
-from features import spec as spec_lib
-from features.preprocessed import escape_tensor, holds_escapes, unescape_tensor
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import escape_tensor, holds_escapes, unescape_tensor
 
 
 def _vocab_size(path: str) -> int:

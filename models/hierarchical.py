@@ -12,8 +12,8 @@ from typing import Dict, Sequence
 import numpy as np
 import tensorflow as tf
 
-from models.mlp import MLP
-from models.quantizer import ResidualQuantizer
+from hmdn.models.mlp import MLP
+from hmdn.models.quantizer import ResidualQuantizer
 
 EXPLICIT, IMPLICIT = "explicit", "implicit"
 EXTRACTIONS = (EXPLICIT, IMPLICIT, "dual")

@@ -12,10 +12,10 @@ import dataclasses
 import inspect
 from typing import Any, Dict, List, Tuple
 
-from features.options import option
-from models.backbones import BACKBONES
-from models.hierarchical import EXTRACTIONS, views_of
-from models.quantizer import CODEBOOK_UPDATES
+from hmdn.features.options import option
+from hmdn.models.backbones import BACKBONES
+from hmdn.models.hierarchical import EXTRACTIONS, views_of
+from hmdn.models.quantizer import CODEBOOK_UPDATES
 
 HMDN_PREFIX = "hmdn_"
 HMDN_CONDITIONS = ("concat", "hierarchical_only")

@@ -1,2 +1,2 @@
 """The trainer: tf.data input, tf.distribute training, evaluation and export."""
-import features  # noqa: F401  (selects legacy Keras before TensorFlow loads)
+import hmdn.features  # noqa: F401  (selects legacy Keras before TensorFlow loads)

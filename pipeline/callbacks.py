@@ -18,8 +18,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from features.preprocessed import PreprocessedData, as_data
-from pipeline import evaluate
+from hmdn.features.preprocessed import PreprocessedData, as_data
+from hmdn.pipeline import evaluate
 
 
 class TrainingError(ValueError):

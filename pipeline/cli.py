@@ -33,27 +33,27 @@ import os
 import sys
 from typing import Dict, List
 
-import features  # noqa: E402,F401  (selects legacy Keras before TensorFlow loads)
-from pipeline import quiet  # noqa: E402
+import hmdn.features  # noqa: E402,F401  (selects legacy Keras before TensorFlow loads)
+from hmdn.pipeline import quiet  # noqa: E402
 
 quiet.silence_libraries(sys.argv)  # before TensorFlow loads; --verbosity keeps it all
 
 from absl import app, flags, logging  # noqa: E402
 
-from beam_jobs import generators, movielens  # noqa: E402  (no Beam)
-from beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402  (no Beam)
-from features import spec as spec_lib  # noqa: E402
-from features.preprocessed import EVAL, PreprocessedData  # noqa: E402
-from features.run_directory import (  # noqa: E402
+from hmdn.beam_jobs import generators, movielens  # noqa: E402  (no Beam)
+from hmdn.beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402  (no Beam)
+from hmdn.features import spec as spec_lib  # noqa: E402
+from hmdn.features.preprocessed import EVAL, PreprocessedData  # noqa: E402
+from hmdn.features.run_directory import (  # noqa: E402
     RUN_REMEDY, RunDirectory, absolute, model_config_from_record)
-from features.spec import SpecError  # noqa: E402
-from models.registry import ModelConfig  # noqa: E402
-from pipeline import argv as argv_lib  # noqa: E402
-from pipeline import (  # noqa: E402
+from hmdn.features.spec import SpecError  # noqa: E402
+from hmdn.models.registry import ModelConfig  # noqa: E402
+from hmdn.pipeline import argv as argv_lib  # noqa: E402
+from hmdn.pipeline import (  # noqa: E402
     compare, config_flags, data, evaluate, export, serving, stages, strategies, train)
-from pipeline.argv import Command, FlagGroup  # noqa: E402
-from pipeline.serving_request import RequestError  # noqa: E402
-from pipeline.train import TrainConfig  # noqa: E402
+from hmdn.pipeline.argv import Command, FlagGroup  # noqa: E402
+from hmdn.pipeline.serving_request import RequestError  # noqa: E402
+from hmdn.pipeline.train import TrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
 # Flags whose name differs from their config field (the names users already type, and

@@ -27,11 +27,11 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from features import spec as spec_lib
-from features.fileio import write_json_atomic
-from features.preprocessed import TRAIN, PreprocessedData
-from models.registry import HMDN_PREFIX, ModelConfig
-from pipeline import evaluate, metrics, train
+from hmdn.features import spec as spec_lib
+from hmdn.features.fileio import write_json_atomic
+from hmdn.features.preprocessed import TRAIN, PreprocessedData
+from hmdn.models.registry import HMDN_PREFIX, ModelConfig
+from hmdn.pipeline import evaluate, metrics, train
 
 LEAF = "leaf (cross of distribution fields)"
 

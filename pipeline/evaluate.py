@@ -11,9 +11,9 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from features import spec as spec_lib
-from features.preprocessed import EVAL, PreprocessedData, as_data
-from pipeline import data, export, metrics
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import EVAL, PreprocessedData, as_data
+from hmdn.pipeline import data, export, metrics
 
 Predictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 

@@ -23,11 +23,11 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from features import spec as spec_lib
-from features.fileio import write_json_atomic
-from features.preprocessed import PreprocessedData
-from models.registry import ModelConfig
-from pipeline import data
+from hmdn.features import spec as spec_lib
+from hmdn.features.fileio import write_json_atomic
+from hmdn.features.preprocessed import PreprocessedData
+from hmdn.models.registry import ModelConfig
+from hmdn.pipeline import data
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 # The layout of one version directory (besides TF's own SavedModel files).

@@ -16,7 +16,7 @@ import threading
 import warnings
 from typing import Sequence
 
-from features import quiet
+from hmdn.features import quiet
 
 
 def wants_library_logs(argv: Sequence[str]) -> bool:

@@ -11,9 +11,9 @@ from typing import Dict, Sequence
 import numpy as np
 import tensorflow as tf
 
-from features import spec as spec_lib
-from features.fileio import jsonable
-from pipeline import export, serving_request
+from hmdn.features import spec as spec_lib
+from hmdn.features.fileio import jsonable
+from hmdn.pipeline import export, serving_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,7 +75,7 @@ def verify_in_fresh_process(spec: spec_lib.FeatureSpec, rows: Sequence[bytes],
   with open(request_path, "w") as f:
     json.dump(request, f, indent=1)
   proc = subprocess.run(
-      [sys.executable, "-m", "pipeline.cli", "predict", f"--saved_model={export_dir}",
+      [sys.executable, "-m", "hmdn.pipeline.cli", "predict", f"--saved_model={export_dir}",
        f"--input={request_path}"], capture_output=True, text=True, cwd=ROOT)
   if proc.returncode != 0:
     raise RuntimeError(f"the export failed to answer in a fresh process:\n{proc.stderr}")

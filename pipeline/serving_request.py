@@ -19,8 +19,8 @@ import tensorflow as tf
 from google.protobuf import message
 from tensorflow.core.example import example_pb2
 
-from features import spec as spec_lib
-from features.fileio import short
+from hmdn.features import spec as spec_lib
+from hmdn.features.fileio import short
 
 
 class RequestError(ValueError):

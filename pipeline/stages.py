@@ -7,11 +7,11 @@ from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 
-from beam_jobs import generated_logs  # no Beam
-from features.fileio import write_json_atomic
-from features.preprocessed import EVAL, PreprocessedData
-from features.run_directory import absolute
-from pipeline import data, evaluate, export, quiet, serving, train
+from hmdn.beam_jobs import generated_logs  # no Beam
+from hmdn.features.fileio import write_json_atomic
+from hmdn.features.preprocessed import EVAL, PreprocessedData
+from hmdn.features.run_directory import absolute
+from hmdn.pipeline import data, evaluate, export, quiet, serving, train
 
 WARMUP_ROWS = 8  # eval rows written into an export's warm-up requests
 VERIFY_ROWS = 3  # eval rows `run` asks the export about in a fresh process
@@ -39,7 +39,7 @@ def generate(output_dir: str, generator, config) -> Dict:
 def preprocess(config, beam_args: Sequence[str] = ()) -> Dict:
   """The Beam job (beam_jobs.config.PreprocessConfig) -> its metadata. The only stage
   that imports Beam."""
-  from beam_jobs import preprocess as preprocess_lib  # here: only this stage loads Beam
+  from hmdn.beam_jobs import preprocess as preprocess_lib  # here: only this stage loads Beam
   with quiet.beam_worker_noise_filtered(sys.argv):
     metadata = preprocess_lib.run(config, beam_args=list(beam_args))
   written = metadata["rows_written"]

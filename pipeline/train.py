@@ -19,15 +19,15 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 
-from features import preprocessed, run_directory
-from features.fileio import write_json_atomic
-from features.options import option
-from features.preprocessed import PreprocessedData
-from features.run_directory import RunDirectory, RunMismatchError
-from models.ctr_model import CTRModel
-from models.registry import ModelConfig
-from pipeline import callbacks as callbacks_lib
-from pipeline import data, evaluate, optimizers, strategies
+from hmdn.features import preprocessed, run_directory
+from hmdn.features.fileio import write_json_atomic
+from hmdn.features.options import option
+from hmdn.features.preprocessed import PreprocessedData
+from hmdn.features.run_directory import RunDirectory, RunMismatchError
+from hmdn.models.ctr_model import CTRModel
+from hmdn.models.registry import ModelConfig
+from hmdn.pipeline import callbacks as callbacks_lib
+from hmdn.pipeline import data, evaluate, optimizers, strategies
 
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")

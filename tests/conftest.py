@@ -7,7 +7,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import features  # noqa: E402,F401  (selects legacy Keras before TensorFlow loads)
+import hmdn.features  # noqa: E402,F401  (selects legacy Keras before TensorFlow loads)
 
 import tensorflow as tf  # noqa: E402
 
@@ -24,8 +24,8 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def planted_data_dir(tmp_path_factory):
   """A small preprocessed synthetic dataset (planted hierarchy), shared by the suite."""
-  from beam_jobs import preprocess, synthetic_logs
-  from beam_jobs.config import PreprocessConfig
+  from hmdn.beam_jobs import preprocess, synthetic_logs
+  from hmdn.beam_jobs.config import PreprocessConfig
   root = tmp_path_factory.mktemp("planted")
   synthetic_logs.generate(str(root / "raw"), synthetic_logs.GeneratorConfig(
       rows=6000, seed=1))

@@ -12,11 +12,11 @@ The names (and the other config choices) are in the Beam-free `beam_jobs.config`
 """
 from typing import Dict
 
-from beam_jobs import config as C
-from beam_jobs.sources.ali_ccp_raw import AliCcpRawSource
-from beam_jobs.sources.base import Inputs, LineParserFn, Source
-from beam_jobs.sources.generic import GenericSource
-from beam_jobs.sources.movielens import MovieLensSource
+from hmdn.beam_jobs import config as C
+from hmdn.beam_jobs.sources.ali_ccp_raw import AliCcpRawSource
+from hmdn.beam_jobs.sources.base import Inputs, LineParserFn, Source
+from hmdn.beam_jobs.sources.generic import GenericSource
+from hmdn.beam_jobs.sources.movielens import MovieLensSource
 
 REGISTRY: Dict[str, Source] = {s.name: s for s in (
     GenericSource(), AliCcpRawSource(), MovieLensSource())}

@@ -2,12 +2,12 @@
 joined with its common_features_<part>.csv (the line format: beam_jobs/ali_ccp_format)."""
 import apache_beam as beam
 
-from beam_jobs import ali_ccp_format as fmt
-from beam_jobs import config as C
-from beam_jobs.transforms.batches import DEAD_LETTER, RECORDS
-from beam_jobs.transforms.parse import parse_record
-from beam_jobs.sources import base
-from features import spec as spec_lib
+from hmdn.beam_jobs import ali_ccp_format as fmt
+from hmdn.beam_jobs import config as C
+from hmdn.beam_jobs.transforms.batches import DEAD_LETTER, RECORDS
+from hmdn.beam_jobs.transforms.parse import parse_record
+from hmdn.beam_jobs.sources import base
+from hmdn.features import spec as spec_lib
 
 COMMON_READ = "ali_ccp_common_rows_read"
 COMMON_REJECTED = "ali_ccp_common_rows_rejected"

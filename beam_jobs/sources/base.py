@@ -23,14 +23,14 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.transforms.batches import (Batch, DEAD_LETTER, NAMESPACE, Record,
-                                          rows_to_batches)
+from hmdn.beam_jobs.transforms.batches import (Batch, DEAD_LETTER, NAMESPACE, Record,
+                                               rows_to_batches)
 
-from beam_jobs.transforms.progress import Progress
+from hmdn.beam_jobs.transforms.progress import Progress
 
-from beam_jobs.transforms.time_split import split_of
-from beam_jobs.config import PreprocessConfig, PreprocessError
-from features import spec as spec_lib
+from hmdn.beam_jobs.transforms.time_split import split_of
+from hmdn.beam_jobs.config import PreprocessConfig, PreprocessError
+from hmdn.features import spec as spec_lib
 
 ROWS_READ = "rows_read"
 ROWS_REJECTED = "rows_rejected"

@@ -11,12 +11,12 @@ from typing import Any, Dict, List, Mapping, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import config as C
-from beam_jobs.transforms.batches import RECORDS, merge_batches, rows_to_batches
-from beam_jobs.transforms.parse import parse_record
-from beam_jobs.sources import base
-from features import spec as spec_lib
-from features.preprocessed import EVAL, TRAIN
+from hmdn.beam_jobs import config as C
+from hmdn.beam_jobs.transforms.batches import RECORDS, merge_batches, rows_to_batches
+from hmdn.beam_jobs.transforms.parse import parse_record
+from hmdn.beam_jobs.sources import base
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import EVAL, TRAIN
 
 
 class ParseRowFn(base.LineParserFn):

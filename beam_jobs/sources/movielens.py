@@ -5,11 +5,11 @@ import os
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import config as C
-from beam_jobs import movielens as ml
-from beam_jobs.transforms.batches import DEAD_LETTER, RECORDS
-from beam_jobs.transforms.parse import parse_record
-from beam_jobs.sources import base
+from hmdn.beam_jobs import config as C
+from hmdn.beam_jobs import movielens as ml
+from hmdn.beam_jobs.transforms.batches import DEAD_LETTER, RECORDS
+from hmdn.beam_jobs.transforms.parse import parse_record
+from hmdn.beam_jobs.sources import base
 
 
 class _ParseRatingFn(base.LineParserFn):

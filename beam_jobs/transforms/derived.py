@@ -5,9 +5,9 @@ from typing import Any, Dict, List, Sequence
 
 import apache_beam as beam
 
-from beam_jobs.transforms.batches import Batch, Batched, Unbatched
-from features import spec as spec_lib
-from features.preprocessed import TRAIN, PreprocessedData, escape_value
+from hmdn.beam_jobs.transforms.batches import Batch, Batched, Unbatched
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import TRAIN, PreprocessedData, escape_value
 
 
 class _AttachTableValuesFn(beam.DoFn):

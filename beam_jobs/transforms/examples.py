@@ -5,9 +5,9 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import apache_beam as beam
 
-from beam_jobs.transforms.batches import NAMESPACE, Batch
-from beam_jobs.transforms.progress import Progress
-from features import spec as spec_lib
+from hmdn.beam_jobs.transforms.batches import NAMESPACE, Batch
+from hmdn.beam_jobs.transforms.progress import Progress
+from hmdn.features import spec as spec_lib
 
 
 def _varint(n: int) -> bytes:

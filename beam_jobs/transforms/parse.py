@@ -1,8 +1,8 @@
 """Raw cells -> a typed record of the spec's raw fields (the sources' parsers call it)."""
 from typing import Any, Mapping, Optional
 
-from beam_jobs.transforms.batches import Record
-from features import spec as spec_lib
+from hmdn.beam_jobs.transforms.batches import Record
+from hmdn.features import spec as spec_lib
 
 
 def parse_record(spec: spec_lib.FeatureSpec, cells: Mapping[str, Any],

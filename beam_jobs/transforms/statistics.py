@@ -4,8 +4,8 @@ from typing import Any, Dict, Sequence, Tuple
 import apache_beam as beam
 import numpy as np
 
-from beam_jobs.transforms.batches import Batch
-from features import spec as spec_lib
+from hmdn.beam_jobs.transforms.batches import Batch
+from hmdn.features import spec as spec_lib
 
 
 class _MomentsFn(beam.CombineFn):

@@ -10,9 +10,9 @@ from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.transforms.batches import Batch
-from beam_jobs.transforms.examples import ToExampleFn
-from features.preprocessed import PreprocessedData
+from hmdn.beam_jobs.transforms.batches import Batch
+from hmdn.beam_jobs.transforms.examples import ToExampleFn
+from hmdn.features.preprocessed import PreprocessedData
 
 
 def _masked_crc32c(data: bytes) -> int:

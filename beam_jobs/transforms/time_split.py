@@ -3,8 +3,8 @@ import hashlib
 
 import apache_beam as beam
 
-from beam_jobs.transforms.batches import Batch, regroup
-from features.preprocessed import EVAL, TRAIN
+from hmdn.beam_jobs.transforms.batches import Batch, regroup
+from hmdn.features.preprocessed import EVAL, TRAIN
 
 
 def split_of(key: str, eval_fraction: float) -> str:

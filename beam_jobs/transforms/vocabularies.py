@@ -6,9 +6,9 @@ from typing import Any, Iterable, List, Mapping, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.transforms.batches import Batch
-from features import spec as spec_lib
-from features.preprocessed import PreprocessedData, escape_value
+from hmdn.beam_jobs.transforms.batches import Batch
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import PreprocessedData, escape_value
 
 
 def _values(feature: spec_lib.Feature, value: Any) -> List[str]:

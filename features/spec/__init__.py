@@ -5,12 +5,12 @@ Callers import the package (`from features import spec as spec_lib`); its module
 TF specs derived from them), `validation` (the rules, checked on construction), `cells`
 (one raw cell -> a value, never coerced) and `loading` (YAML in and out).
 """
-from features.spec.cells import check_cell, parse_value
-from features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS, DERIVED_KINDS,
-                                 FEATURE, FIELD_NAME_PATTERN, FLOAT32_MAX, KINDS, LABEL,
-                                 MAX_CELL_CHARS, MODE, MULTI_CATEGORICAL, NUMERIC, ORACLE,
-                                 PASSTHROUGH, PROFILE_KINDS, ROLES, SHARE, TABLE_KINDS,
-                                 SpecError)
-from features.spec.loading import (SPECS_DIR, load_spec, read_text, spec_from_dict,
-                                   write_text)
-from features.spec.schema import Derived, Feature, FeatureSpec
+from hmdn.features.spec.cells import check_cell, parse_value
+from hmdn.features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS, DERIVED_KINDS,
+                                      FEATURE, FIELD_NAME_PATTERN, FLOAT32_MAX, KINDS, LABEL,
+                                      MAX_CELL_CHARS, MODE, MULTI_CATEGORICAL, NUMERIC, ORACLE,
+                                      PASSTHROUGH, PROFILE_KINDS, ROLES, SHARE, TABLE_KINDS,
+                                      SpecError)
+from hmdn.features.spec.loading import (SPECS_DIR, load_spec, read_text, spec_from_dict,
+                                        write_text)
+from hmdn.features.spec.schema import Derived, Feature, FeatureSpec

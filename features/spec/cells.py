@@ -8,12 +8,12 @@ the same way on both sides: the job dead-letters the row, serving rejects the re
 import math
 from typing import TYPE_CHECKING, Any, List, Union
 
-from features.fileio import short
-from features.spec.kinds import (FLOAT32_MAX, LABEL, MAX_CELL_CHARS, MULTI_CATEGORICAL,
-                                 NUMERIC, SpecError)
+from hmdn.features.fileio import short
+from hmdn.features.spec.kinds import (FLOAT32_MAX, LABEL, MAX_CELL_CHARS, MULTI_CATEGORICAL,
+                                      NUMERIC, SpecError)
 
 if TYPE_CHECKING:  # schema imports this module; the annotation only needs the name
-  from features.spec.schema import Feature
+  from hmdn.features.spec.schema import Feature
 
 Value = Union[str, float, List[str]]
 

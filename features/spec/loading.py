@@ -7,9 +7,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from features.spec.kinds import SpecError
-from features.spec.schema import Derived, Feature, FeatureSpec
-from features.spec.validation import check_value
+from hmdn.features.spec.kinds import SpecError
+from hmdn.features.spec.schema import Derived, Feature, FeatureSpec
+from hmdn.features.spec.validation import check_value
 
 # The specs shipped with the package (setup.py's package_data `features: specs/*.yaml`).
 SPECS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

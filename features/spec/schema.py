@@ -12,11 +12,11 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import yaml
 
-from features.fileio import write_text_atomic
-from features.spec import cells
-from features.spec.kinds import (CATEGORICAL, COUNT_BUCKET, CROSS, FEATURE, LABEL,
-                                 MULTI_CATEGORICAL, NUMERIC, ORACLE, TABLE_KINDS)
-from features.spec.validation import validate
+from hmdn.features.fileio import write_text_atomic
+from hmdn.features.spec import cells
+from hmdn.features.spec.kinds import (CATEGORICAL, COUNT_BUCKET, CROSS, FEATURE, LABEL,
+                                      MULTI_CATEGORICAL, NUMERIC, ORACLE, TABLE_KINDS)
+from hmdn.features.spec.validation import validate
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,13 +3,13 @@ the file, the field and the offending value, so a wrong spec fails before any jo
 import re
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
-from features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS, DERIVED_KINDS,
-                                 FEATURE, FIELD_NAME_PATTERN, KINDS, LABEL, MODE, NUMERIC,
-                                 ORACLE, PROFILE_KINDS, ROLES, SHARE, TABLE_KINDS,
-                                 SpecError)
+from hmdn.features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS, DERIVED_KINDS,
+                                      FEATURE, FIELD_NAME_PATTERN, KINDS, LABEL, MODE, NUMERIC,
+                                      ORACLE, PROFILE_KINDS, ROLES, SHARE, TABLE_KINDS,
+                                      SpecError)
 
 if TYPE_CHECKING:  # schema imports this module; the annotations only need the names
-  from features.spec.schema import Derived, Feature, FeatureSpec
+  from hmdn.features.spec.schema import Derived, Feature, FeatureSpec
 
 
 def check_value(where: str, key: str, value: Any, ok: bool = True, expected: str = "",

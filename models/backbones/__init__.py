@@ -3,15 +3,15 @@
 Every layer here is Keras-serializable under the package "hmdn"
 (`tf.keras.layers.deserialize` rebuilds it without `custom_objects`).
 """
-from models.backbones.apg import APG  # noqa: E402
-from models.backbones.base import Backbone  # noqa: E402
-from models.backbones.dnn import DNN  # noqa: E402
-from models.backbones.epnet import EPNet  # noqa: E402
-from models.backbones.hinet import HiNet  # noqa: E402
-from models.backbones.mmoe import MMoE  # noqa: E402
-from models.backbones.moe import MoE  # noqa: E402
-from models.backbones.ple import PLE  # noqa: E402
-from models.backbones.star import STAR  # noqa: E402
+from hmdn.models.backbones.apg import APG  # noqa: E402
+from hmdn.models.backbones.base import Backbone  # noqa: E402
+from hmdn.models.backbones.dnn import DNN  # noqa: E402
+from hmdn.models.backbones.epnet import EPNet  # noqa: E402
+from hmdn.models.backbones.hinet import HiNet  # noqa: E402
+from hmdn.models.backbones.mmoe import MMoE  # noqa: E402
+from hmdn.models.backbones.moe import MoE  # noqa: E402
+from hmdn.models.backbones.ple import PLE  # noqa: E402
+from hmdn.models.backbones.star import STAR  # noqa: E402
 
 BACKBONES = {
     "dnn": DNN,

@@ -7,8 +7,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from models.backbones import base
-from models.mlp import MLP, GroupedMLP
+from hmdn.models.backbones import base
+from hmdn.models.mlp import MLP, GroupedMLP
 
 
 @tf.keras.utils.register_keras_serializable(package="hmdn")

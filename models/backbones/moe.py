@@ -3,9 +3,9 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from models.backbones import base
-from models.backbones import experts
-from models.mlp import MLP
+from hmdn.models.backbones import base
+from hmdn.models.backbones import experts
+from hmdn.models.mlp import MLP
 
 
 @tf.keras.utils.register_keras_serializable(package="hmdn")

@@ -1,6 +1,6 @@
 """The HMDRR residual quantizer: the layer (`layer`), its residual chain
 (`chain`), the seeding of its codebooks (`seeding`), their learning after
 seeding (`updates`) and code health (`health`)."""
-from models.quantizer.layer import CODEBOOK_UPDATES, ResidualQuantizer
+from hmdn.models.quantizer.layer import CODEBOOK_UPDATES, ResidualQuantizer
 
 __all__ = ["CODEBOOK_UPDATES", "ResidualQuantizer"]

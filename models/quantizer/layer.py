@@ -8,10 +8,10 @@ from typing import Dict, List, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from models.quantizer import chain as chain_lib
-from models.quantizer import health
-from models.quantizer import seeding
-from models.quantizer import updates
+from hmdn.models.quantizer import chain as chain_lib
+from hmdn.models.quantizer import health
+from hmdn.models.quantizer import seeding
+from hmdn.models.quantizer import updates
 
 CODEBOOK_UPDATES = ("ema", "loss")
 

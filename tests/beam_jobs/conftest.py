@@ -7,9 +7,9 @@ def read_split():
   """read_split(data_dir, spec, split) -> (rows as {field: str or float}, serialized
   records) of a preprocessed split, read back through the trainer's parser."""
   import tensorflow as tf
-  from features import spec as spec_lib
-  from features.preprocessed import PreprocessedData
-  from pipeline import data as data_lib
+  from hmdn.features import spec as spec_lib
+  from hmdn.features.preprocessed import PreprocessedData
+  from hmdn.pipeline import data as data_lib
 
   def read(out, spec, split):
     files = PreprocessedData(out).split_files(split)
@@ -30,7 +30,7 @@ class _DerivedChecks:
 
   @staticmethod
   def layer(job):
-    from models.embedding import FeatureEmbeddings
+    from hmdn.models.embedding import FeatureEmbeddings
     layout = job["layout"]
     return FeatureEmbeddings(job["spec"].to_dict(), layout.vocab_dir,
                              layout.numeric_moments, layout.tables_dir)
@@ -39,7 +39,7 @@ class _DerivedChecks:
     """The model derives `field` of `users` as the job's table says ("" when unseen,
     the last two users here) and embeds it with the vocabulary's ids (OOV 0)."""
     import tensorflow as tf
-    from features.preprocessed import unescape_value
+    from hmdn.features.preprocessed import unescape_value
     layer = self.layer(job)
     batch = {"user_id": tf.constant(users), "device": tf.constant(["pc"] * len(users)),
              "hour": tf.constant([1.0] * len(users))}
@@ -57,8 +57,8 @@ class _DerivedChecks:
     """Every derived value in the TFRecords equals the model's recomputation from the
     raw inputs a server would be sent."""
     import tensorflow as tf
-    from features.preprocessed import EVAL, TRAIN
-    from pipeline import data as data_lib
+    from hmdn.features.preprocessed import EVAL, TRAIN
+    from hmdn.pipeline import data as data_lib
     layer, spec = self.layer(job), job["spec"]
     for split in (TRAIN, EVAL):
       fed = data_lib.parse_batch(tf.constant(job["serialized"][split]), spec,

@@ -13,11 +13,11 @@ import os
 import pytest
 import yaml
 
-from beam_jobs import preprocess
-from beam_jobs.config import PreprocessConfig, PreprocessError
-from features import spec as spec_lib
-from features.preprocessed import (IncompleteDataError, PreprocessedData,
-                                   unescape_value)
+from hmdn.beam_jobs import preprocess
+from hmdn.beam_jobs.config import PreprocessConfig, PreprocessError
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import (IncompleteDataError, PreprocessedData,
+                                        unescape_value)
 
 SPEC = {"name": "bad_input", "features": [
     # First column, optional: a BOM left on the header would rename it, and every row

@@ -21,20 +21,20 @@ from apache_beam.io.filesystem import CompressionTypes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beam_jobs import config as C
-from beam_jobs import local_runner, preprocess
-from beam_jobs.transforms.batches import batch_rows, rows_to_batches
-from beam_jobs.transforms.examples import ExampleEncoder
-from beam_jobs.transforms.progress import Progress
-from beam_jobs.transforms.statistics import (_BatchMomentsFn, _MergeCellsFn,
-                                             column_moments, distribution_counts)
-from beam_jobs.transforms.tfrecord_sink import tfrecord_frames
-from beam_jobs.transforms.time_split import split_of
-from beam_jobs.transforms.vocabularies import _MergeCountsFn, _column_values, _values
-from beam_jobs.config import PreprocessConfig
-from beam_jobs.sources import base, generic
-from features import spec as spec_lib
-from features.preprocessed import PreprocessedData
+from hmdn.beam_jobs import config as C
+from hmdn.beam_jobs import local_runner, preprocess
+from hmdn.beam_jobs.transforms.batches import batch_rows, rows_to_batches
+from hmdn.beam_jobs.transforms.examples import ExampleEncoder
+from hmdn.beam_jobs.transforms.progress import Progress
+from hmdn.beam_jobs.transforms.statistics import (_BatchMomentsFn, _MergeCellsFn,
+                                                  column_moments, distribution_counts)
+from hmdn.beam_jobs.transforms.tfrecord_sink import tfrecord_frames
+from hmdn.beam_jobs.transforms.time_split import split_of
+from hmdn.beam_jobs.transforms.vocabularies import _MergeCountsFn, _column_values, _values
+from hmdn.beam_jobs.config import PreprocessConfig
+from hmdn.beam_jobs.sources import base, generic
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import PreprocessedData
 import test_properties as P  # its strategies and one-line oracle
 
 FAST = settings(max_examples=150, deadline=None, database=None,

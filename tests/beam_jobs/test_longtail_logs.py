@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from beam_jobs import generators, longtail_logs, synthetic_logs
-from features import spec as spec_lib
-from pipeline import metrics
+from hmdn.beam_jobs import generators, longtail_logs, synthetic_logs
+from hmdn.features import spec as spec_lib
+from hmdn.pipeline import metrics
 
 ROWS = 30_000
 SEED = 5

@@ -13,11 +13,11 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from beam_jobs import preprocess
-from beam_jobs.transforms.derived import _ModeFn
-from beam_jobs.config import PreprocessConfig
-from features import spec as spec_lib
-from features.preprocessed import EVAL, TRAIN, PreprocessedData, unescape_value
+from hmdn.beam_jobs import preprocess
+from hmdn.beam_jobs.transforms.derived import _ModeFn
+from hmdn.beam_jobs.config import PreprocessConfig
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import EVAL, TRAIN, PreprocessedData, unescape_value
 
 HOUR_EDGES = [6, 12, 18]
 SPEC = {"name": "mode_log", "features": [

@@ -16,9 +16,9 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from beam_jobs import preprocess, synthetic_logs
-from beam_jobs.config import PreprocessConfig
-from features.preprocessed import SPLITS, PreprocessedData
+from hmdn.beam_jobs import preprocess, synthetic_logs
+from hmdn.beam_jobs.config import PreprocessConfig
+from hmdn.features.preprocessed import SPLITS, PreprocessedData
 
 ROWS = 3000
 POOL_START_S = 30.0

@@ -17,11 +17,11 @@ import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 from apache_beam.options import pipeline_options as beam_options  # noqa: E402
 
-from beam_jobs import preprocess  # noqa: E402
-from beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402
-from features import spec as spec_lib  # noqa: E402
-from features.preprocessed import IncompleteDataError, PreprocessedData  # noqa: E402
-from pipeline import data  # noqa: E402
+from hmdn.beam_jobs import preprocess  # noqa: E402
+from hmdn.beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402
+from hmdn.features import spec as spec_lib  # noqa: E402
+from hmdn.features.preprocessed import IncompleteDataError, PreprocessedData  # noqa: E402
+from hmdn.pipeline import data  # noqa: E402
 
 SPEC = {"name": "test_log", "features": [
     {"name": "click", "kind": "numeric", "role": "label"},
@@ -483,7 +483,7 @@ def test_load_metadata_on_empty_dir(tmp_path):
 
 def test_moments_merge_matches_numpy():
   """Workers' partial moments merge exactly, even around a large offset."""
-  from beam_jobs.transforms.statistics import _MomentsFn
+  from hmdn.beam_jobs.transforms.statistics import _MomentsFn
   fn = _MomentsFn()
   x = 1.7e9 + np.random.default_rng(1).normal(0, 3, 1_000)
   accs = [fn.create_accumulator()]  # an empty worker merges as a no-op

@@ -19,14 +19,14 @@ import tensorflow as tf
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from beam_jobs import ali_ccp_format as A
-from beam_jobs import config as C
-from beam_jobs import preprocess
-from beam_jobs.transforms.batches import DEAD_LETTER
-from beam_jobs.config import PreprocessConfig
-from beam_jobs.sources import ali_ccp_raw, base, generic
-from features import spec as spec_lib
-from features.preprocessed import SPLITS, PreprocessedData
+from hmdn.beam_jobs import ali_ccp_format as A
+from hmdn.beam_jobs import config as C
+from hmdn.beam_jobs import preprocess
+from hmdn.beam_jobs.transforms.batches import DEAD_LETTER
+from hmdn.beam_jobs.config import PreprocessConfig
+from hmdn.beam_jobs.sources import ali_ccp_raw, base, generic
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import SPLITS, PreprocessedData
 
 SPEC = spec_lib.spec_from_dict({"name": "props", "features": [
     {"name": "x", "kind": "numeric", "default": 0},

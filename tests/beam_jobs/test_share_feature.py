@@ -17,11 +17,11 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from beam_jobs import preprocess
-from beam_jobs.transforms.derived import _SumCountsFn, _share_counts
-from beam_jobs.config import PreprocessConfig
-from features import spec as spec_lib
-from features.preprocessed import EVAL, TRAIN, PreprocessedData, unescape_value
+from hmdn.beam_jobs import preprocess
+from hmdn.beam_jobs.transforms.derived import _SumCountsFn, _share_counts
+from hmdn.beam_jobs.config import PreprocessConfig
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import EVAL, TRAIN, PreprocessedData, unescape_value
 
 HOUR_EDGES = [6, 12, 18]
 SHARE_EDGES = [0.25, 0.5, 0.75]  # exact in float32: a share of 1/2 is on a boundary

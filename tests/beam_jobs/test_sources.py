@@ -16,12 +16,12 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
-from beam_jobs import ali_ccp_format as A  # noqa: E402
-from beam_jobs import preprocess  # noqa: E402
-from beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402
-from features import spec as spec_lib  # noqa: E402
-from features.preprocessed import PreprocessedData  # noqa: E402
-from pipeline import data  # noqa: E402
+from hmdn.beam_jobs import ali_ccp_format as A  # noqa: E402
+from hmdn.beam_jobs import preprocess  # noqa: E402
+from hmdn.beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402
+from hmdn.features import spec as spec_lib  # noqa: E402
+from hmdn.features.preprocessed import PreprocessedData  # noqa: E402
+from hmdn.pipeline import data  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
@@ -271,8 +271,8 @@ def test_exported_savedmodel_carries_the_tables_and_recomputes_derived_values(
     ali_raw, tmp_path):
   """Training and serving cannot disagree: the export's own lookups, fed only the raw
   ids of each eval example, give the values the Beam job wrote."""
-  from models.registry import ModelConfig
-  from pipeline import export, train
+  from hmdn.models.registry import ModelConfig
+  from hmdn.pipeline import export, train
   spec, out = ali_raw["spec"], ali_raw["out"]
   model = train.build_model(out, ModelConfig(name="dnn"))
   version = export.export(model, spec, str(tmp_path / "export"))
@@ -431,7 +431,7 @@ def test_bad_split_and_source_flags(tmp_path, kwargs, match):
 
 def test_movielens_convert_writes_the_ml100k_layout(tmp_path):
   """`hmdn data fetch` rewrites RecBole's atomic files in the ml-100k layout."""
-  from beam_jobs import movielens as ml
+  from hmdn.beam_jobs import movielens as ml
   inter = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t2\t4\t88\n"
   user = ("user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
           "1\t24\tM\ttechnician\t85711\n")
@@ -453,8 +453,8 @@ def test_movielens_convert_writes_the_ml100k_layout(tmp_path):
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "ali_ccp_sample")),
                     reason="../shared/data/ali_ccp_sample is not present")
 def test_shared_ali_ccp_sample_end_to_end(tmp_path):
-  from models.registry import ModelConfig
-  from pipeline import train
+  from hmdn.models.registry import ModelConfig
+  from hmdn.pipeline import train
   sample = os.path.join(SHARED_DATA, "ali_ccp_sample")
   out = str(tmp_path / "out")
   meta = preprocess.run(PreprocessConfig(

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from beam_jobs import synthetic_logs
-from features import spec as spec_lib
-from pipeline import metrics
+from hmdn.beam_jobs import synthetic_logs
+from hmdn.features import spec as spec_lib
+from hmdn.pipeline import metrics
 
 ROWS = 20_000
 SEED = 3

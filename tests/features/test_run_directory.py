@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from features import preprocessed
-from features.run_directory import RunDirectory, RunMismatchError, absolute
+from hmdn.features import preprocessed
+from hmdn.features.run_directory import RunDirectory, RunMismatchError, absolute
 
 
 def _record(run, **model):

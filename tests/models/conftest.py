@@ -2,8 +2,8 @@
 directory, its spec and 40 training batches of 256 rows."""
 import pytest
 
-from features.preprocessed import PreprocessedData
-from pipeline import data
+from hmdn.features.preprocessed import PreprocessedData
+from hmdn.pipeline import data
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.backbones import BACKBONES
-from models.backbones import base
+from hmdn.models.backbones import BACKBONES
+from hmdn.models.backbones import base
 
 from test_backbones import C
 from test_backbones import D
@@ -25,8 +25,8 @@ from test_backbones import TINY
 from test_backbones import make
 from test_backbones import random_inputs
 
-MODULES = ["models.mlp"] + [
-    f"models.backbones.{m}" for m in ("base", "experts", "dnn", "moe", "mmoe",
+MODULES = ["hmdn.models.mlp"] + [
+    f"hmdn.models.backbones.{m}" for m in ("base", "experts", "dnn", "moe", "mmoe",
                                       "ple", "hinet", "star", "apg", "epnet")
 ]
 

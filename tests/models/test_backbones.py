@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.backbones import BACKBONES
-from models.backbones import uses_condition
-from models.backbones import uses_domain
-from models.backbones.apg import APG
-from models.backbones.apg import OverparamFactors
+from hmdn.models.backbones import BACKBONES
+from hmdn.models.backbones import uses_condition
+from hmdn.models.backbones import uses_domain
+from hmdn.models.backbones.apg import APG
+from hmdn.models.backbones.apg import OverparamFactors
 
 F, C, D, OUT = 6, 4, 3, 4
 
@@ -436,7 +436,7 @@ def test_saved_model_round_trip(name, tmp_path):
 @pytest.mark.parametrize("per_group_input", [False, True])
 def test_grouped_mlp_group_is_the_mlp_with_its_weights(per_group_input):
   # The fused einsum must compute, for every group, exactly the MLP it replaces.
-  from models.mlp import MLP, GroupedMLP
+  from hmdn.models.mlp import MLP, GroupedMLP
   rng = np.random.default_rng(0)
   x = rng.normal(size=(6, 3, 5) if per_group_input else (6, 5)).astype(np.float32)
   grouped = GroupedMLP(3, [7, 4], activation="tanh", output_activation="relu")
@@ -456,7 +456,7 @@ def test_grouped_mlp_group_is_the_mlp_with_its_weights(per_group_input):
 
 
 def test_grouped_mlp_refuses_a_wrong_group_axis():
-  from models.mlp import GroupedMLP
+  from hmdn.models.mlp import GroupedMLP
   with pytest.raises(ValueError, match="3 groups.*4 groups"):
     GroupedMLP(3, [4])(np.zeros((2, 4, 5), np.float32))
   with pytest.raises(ValueError, match="groups.*0"):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from features import spec as spec_lib
-from features.preprocessed import PreprocessedData
-from models import registry
-from models.registry import ModelConfig
-from pipeline import data, evaluate, export, metrics, train
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import PreprocessedData
+from hmdn.models import registry
+from hmdn.models.registry import ModelConfig
+from hmdn.pipeline import data, evaluate, export, metrics, train
 
 SMALL = dict(output_dim=8, distribution_dim=8, view_units=(16,), num_levels=2,
              codebook_size=4, codebook_warmup_steps=2)
@@ -51,7 +51,7 @@ def test_explicit_view_needs_a_distribution_field(tmp_path, data_dir):
       name="plain", source="plain.yaml",
       features=tuple(dataclasses.replace(f, distribution_level=None)
                      for f in spec.features))
-  from models.ctr_model import CTRModel
+  from hmdn.models.ctr_model import CTRModel
   with pytest.raises(ValueError, match="distribution field"):
     CTRModel(plain, PreprocessedData(data_dir).vocab_dir, {},
              ModelConfig(name="hmdn_apg", extraction="explicit"))
@@ -59,7 +59,7 @@ def test_explicit_view_needs_a_distribution_field(tmp_path, data_dir):
 
 def test_implicit_view_reads_the_spec_marked_fields_unless_overridden(data_dir, batches):
   import dataclasses
-  from models.ctr_model import CTRModel
+  from hmdn.models.ctr_model import CTRModel
   spec = PreprocessedData(data_dir).spec
   marked = spec_lib.FeatureSpec(
       name="marked", source="marked.yaml",
@@ -156,7 +156,7 @@ def test_explicit_codes_carry_the_planted_coarse_group(data_dir, spec, batches):
 
 def test_every_config_field_has_flag_help_and_enum_choices():
   import dataclasses
-  from models import hierarchical, quantizer
+  from hmdn.models import hierarchical, quantizer
   fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
   for f in fields.values():
     assert f.metadata.get("help"), f.name

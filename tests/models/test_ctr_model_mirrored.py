@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import registry
-from models.registry import ModelConfig
-from pipeline import train
+from hmdn.models import registry
+from hmdn.models.registry import ModelConfig
+from hmdn.pipeline import train
 from test_ctr_model import SMALL, _as_dataset
 
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import strategies as st
 import tensorflow as tf
 
-from features import spec as spec_lib
-from models.embedding import FeatureEmbeddings
+from hmdn.features import spec as spec_lib
+from hmdn.models.embedding import FeatureEmbeddings
 
 SPEC = {"name": "t", "features": [
     {"name": "y", "kind": "numeric", "role": "label"},
@@ -91,7 +91,7 @@ def test_config_round_trip(layer):
 
 
 def test_values_with_tabs_newlines_and_backslashes_find_their_own_rows(tmp_path):
-  from features.preprocessed import escape_value
+  from hmdn.features.preprocessed import escape_value
   odd = ["tab\there", "new\nline", "back\\slash", "\\n", "ünï"]
   with open(tmp_path / "page.txt", "w", encoding="utf-8", newline="\n") as f:
     f.write("".join(escape_value(v) + "\n" for v in odd))
@@ -114,7 +114,7 @@ def test_ids_equal_the_escaped_lookup_whether_or_not_the_file_holds_escapes(
     vocab, inputs):
   """A vocabulary with no escaped line is looked up with the raw inputs: every input
   must still get the id of its escaped form's line, or OOV, as with escaping."""
-  from features.preprocessed import escape_value, holds_escapes
+  from hmdn.features.preprocessed import escape_value, holds_escapes
   lines = [escape_value(v) for v in vocab]
   # A directory of its own per example: TensorFlow shares a table by its file's path.
   with tempfile.TemporaryDirectory() as directory:

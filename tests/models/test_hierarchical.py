@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.hierarchical import HierarchicalDistributionRepresentation
+from hmdn.models.hierarchical import HierarchicalDistributionRepresentation
 
 
 def _inputs(n=32, seed=0):

@@ -6,7 +6,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from models.quantizer import ResidualQuantizer  # noqa: E402
+from hmdn.models.quantizer import ResidualQuantizer  # noqa: E402
 
 
 def _mixture(n, dim=4, clusters=6, seed=0):

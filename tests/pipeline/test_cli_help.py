@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pipeline import cli
+from hmdn.pipeline import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -58,7 +58,7 @@ def test_every_command_has_help_naming_only_defined_flags(helps):
 
 def test_the_console_script_exits_0_on_help():
   for args in ([], ["run", "--help"]):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "hmdn.pipeline.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("usage: hmdn"), proc.stdout[:200]

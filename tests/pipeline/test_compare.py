@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import compare
+from hmdn.pipeline import compare
 
 
 def test_variants_are_parsed_and_typed_like_their_config_fields():
@@ -48,7 +48,7 @@ def test_deltas_are_paired_by_seed_and_against_every_variant_of_the_backbone():
 
 
 def test_leaf_key_is_the_cross_of_distribution_field_values(planted_data_dir):
-  from features.preprocessed import PreprocessedData
+  from hmdn.features.preprocessed import PreprocessedData
   spec = PreprocessedData(planted_data_dir).spec
   names = [f.name for f in spec.distribution_fields]
   columns = {n: np.array([b"a", b"b"]) for n in names}
@@ -60,7 +60,7 @@ def test_leaf_key_is_the_cross_of_distribution_field_values(planted_data_dir):
 
 def test_compare_writes_a_report_with_paired_deltas_deciles_and_plots(
     planted_data_dir, tmp_path):
-  from pipeline.train import TrainConfig
+  from hmdn.pipeline.train import TrainConfig
   report = str(tmp_path / "report")
   base = TrainConfig(data_dir=planted_data_dir, model_dir=report, epochs=1,
                      steps_per_epoch=4, batch_size=256)
@@ -105,8 +105,8 @@ def test_report_escapes_list_labels_and_averages_codes_over_seeds():
 def test_model_flags_apply_to_every_variant_under_its_own_overrides(tmp_path):
   # `hmdn compare --codebook_warmup_steps=3 --num_levels=2` must reach every run;
   # a variant's own `num_levels=5` wins over the flag.
-  from models.registry import ModelConfig
-  from pipeline.train import TrainConfig
+  from hmdn.models.registry import ModelConfig
+  from hmdn.pipeline.train import TrainConfig
   base = TrainConfig(data_dir="unused", model_dir=str(tmp_path),
                      model=ModelConfig(codebook_warmup_steps=3, num_levels=2))
   config = compare.run_config(base, "hmdn_moe:num_levels=5", 7, str(tmp_path))
@@ -119,7 +119,7 @@ def test_model_flags_apply_to_every_variant_under_its_own_overrides(tmp_path):
 
 def test_a_variant_that_would_never_quantize_is_refused_before_any_run(
     planted_data_dir, tmp_path):
-  from pipeline.train import TrainConfig
+  from hmdn.pipeline.train import TrainConfig
   report = tmp_path / "report"
   base = TrainConfig(data_dir=planted_data_dir, model_dir=str(report), epochs=1,
                      steps_per_epoch=4, batch_size=256)

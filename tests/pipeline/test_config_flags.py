@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional, Tuple
 import pytest
 from absl import flags
 
-from pipeline import config_flags
+from hmdn.pipeline import config_flags
 
 
 @dataclasses.dataclass
@@ -77,10 +77,10 @@ def test_a_flag_name_is_shared_only_when_asked():
 
 def test_hmdn_flags_default_to_the_configs():
   """Users' flag names keep working, and each default is the config's."""
-  from beam_jobs.config import PreprocessConfig
-  from models.registry import ModelConfig
-  from pipeline import cli, strategies
-  from pipeline.train import LR_SCHEDULES, TrainConfig
+  from hmdn.beam_jobs.config import PreprocessConfig
+  from hmdn.models.registry import ModelConfig
+  from hmdn.pipeline import cli, strategies
+  from hmdn.pipeline.train import LR_SCHEDULES, TrainConfig
   for name in ("model", "seed", "data_dir", "spec", "raw", "strategy", "lr_schedule",
                "extraction", "backbone_kwargs", "direct_num_workers", "rows",
                "output_dir", "saved_model", "verify_export"):

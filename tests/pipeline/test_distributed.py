@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from features.preprocessed import PreprocessedData
-from models.registry import ModelConfig
-from pipeline import evaluate, train
+from hmdn.features.preprocessed import PreprocessedData
+from hmdn.models.registry import ModelConfig
+from hmdn.pipeline import evaluate, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_FLAGS = ["--model=hmdn_moe", "--batch_size=256", "--num_levels=2",
@@ -32,7 +32,7 @@ def _start(task_type, index, cluster, args, log_path):
   env = dict(os.environ, TF_CONFIG=json.dumps(
       {"cluster": cluster, "task": {"type": task_type, "index": index}}))
   log = open(log_path, "w")
-  return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "train", *args],
+  return subprocess.Popen([sys.executable, "-m", "hmdn.pipeline.cli", "train", *args],
                           cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -96,7 +96,7 @@ def test_parameter_server_with_sharded_embeddings(planted_data_dir, tmp_path, op
 
 
 def _train_cmd(data_dir, model_dir):
-  return [sys.executable, "-m", "pipeline.cli", "train", f"--data_dir={data_dir}",
+  return [sys.executable, "-m", "hmdn.pipeline.cli", "train", f"--data_dir={data_dir}",
           f"--model_dir={model_dir}", "--epochs=3", "--backup_every_steps=4",
           *TRAIN_FLAGS]
 

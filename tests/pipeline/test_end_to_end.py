@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from features.preprocessed import EVAL, PreprocessedData
+from hmdn.features.preprocessed import EVAL, PreprocessedData
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def hmdn(*args, check=True):
   """Runs the CLI in a fresh process, as the console script would."""
-  proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
+  proc = subprocess.run([sys.executable, "-m", "hmdn.pipeline.cli", *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
   if check and proc.returncode != 0:
     raise AssertionError(f"hmdn {args} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -72,8 +72,8 @@ def test_export_reloads_in_fresh_process_with_same_predictions(run_dir):
   p_ser = np.array([p["probability"] for p in serialized["predictions"]])
   np.testing.assert_allclose(p_raw, p_ser, atol=1e-6)
   # And equal to the trained model restored in this process from its checkpoint.
-  from models.registry import ModelConfig
-  from pipeline import evaluate, train
+  from hmdn.models.registry import ModelConfig
+  from hmdn.pipeline import evaluate, train
   model = train.load_trained(str(run_dir / "data"), str(run_dir / "model"),
                              ModelConfig(name="dnn", seed=3))
   spec = PreprocessedData(str(run_dir / "data")).spec

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from features import spec as spec_lib
-from features.preprocessed import EVAL, TRAIN, PreprocessedData
-from models.registry import ModelConfig
-from pipeline import data, evaluate, export, serving_request, train
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import EVAL, TRAIN, PreprocessedData
+from hmdn.models.registry import ModelConfig
+from hmdn.pipeline import data, evaluate, export, serving_request, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -47,7 +47,7 @@ def _version(root):
 
 
 def _cli(*args):
-  proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
+  proc = subprocess.run([sys.executable, "-m", "hmdn.pipeline.cli", *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
   return proc
 

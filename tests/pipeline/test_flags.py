@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from pipeline import cli
+from hmdn.pipeline import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -93,7 +93,7 @@ def test_unexpected_positional_arguments_still_reach_main(parse):
 
 SCRIPT = textwrap.dedent("""
     import json, sys
-    from pipeline import cli
+    from hmdn.pipeline import cli
     codes = []
     for argv in (["hmdn", "train", "--epoch=1"], ["hmdn", "evaluate", "--data_dir=x"],
                  ["hmdn", "predict", "--runner=DirectRunner"]):
@@ -116,7 +116,7 @@ def test_other_commands_never_import_beam():
 
 
 def test_the_command_line_fails_in_one_line_and_helpfull_works(tmp_path):
-  hmdn = [sys.executable, "-m", "pipeline.cli"]
+  hmdn = [sys.executable, "-m", "hmdn.pipeline.cli"]
   proc = subprocess.run(hmdn + ["train", "--epoch=1", "--batchsize=64", "--data_dir=x",
                                 "--model_dir=y"], cwd=tmp_path, capture_output=True,
                         text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))

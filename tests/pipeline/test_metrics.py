@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import metrics
+from hmdn.pipeline import metrics
 
 
 def _pair_auc(labels, scores):

@@ -11,10 +11,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPT = textwrap.dedent("""
     import json, sys
     data_dir, export_root = sys.argv[1], sys.argv[2]
-    import features
-    from features.preprocessed import EVAL, TRAIN, PreprocessedData
-    from models.registry import ModelConfig
-    from pipeline import cli, data, evaluate, export, serving, train
+    import hmdn.features
+    from hmdn.features.preprocessed import EVAL, TRAIN, PreprocessedData
+    from hmdn.models.registry import ModelConfig
+    from hmdn.pipeline import cli, data, evaluate, export, serving, train
 
     contract = PreprocessedData(data_dir)
     spec, stats = contract.spec, contract.stats

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from features.run_directory import RunDirectory
-from pipeline import optimizers, train
+from hmdn.features.run_directory import RunDirectory
+from hmdn.pipeline import optimizers, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LR, B1, B2, EPS = 0.1, 0.9, 0.999, 1e-7
@@ -80,7 +80,7 @@ def test_unknown_optimizer_names_the_flag_and_value():
 
 def _train(data_dir, model_dir, *flags):
   return subprocess.run(
-      [sys.executable, "-m", "pipeline.cli", "train", f"--data_dir={data_dir}",
+      [sys.executable, "-m", "hmdn.pipeline.cli", "train", f"--data_dir={data_dir}",
        f"--model_dir={model_dir}", "--model=hmdn_moe", "--epochs=1",
        "--steps_per_epoch=20", "--batch_size=128", "--codebook_warmup_steps=5",
        *flags], cwd=ROOT, capture_output=True, text=True, timeout=400)

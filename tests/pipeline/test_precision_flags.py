@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from features.run_directory import RunDirectory
-from models.registry import ModelConfig
-from pipeline import train
+from hmdn.features.run_directory import RunDirectory
+from hmdn.models.registry import ModelConfig
+from hmdn.pipeline import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,7 +39,7 @@ def test_a_precision_outside_the_choices_is_refused(planted_data_dir, tmp_path):
 def test_jit_compile_trains_with_xla_auto_clustering_on_cpu(planted_data_dir, tmp_path):
   env = dict(os.environ, TF_XLA_FLAGS="--tf_xla_cpu_global_jit")
   proc = subprocess.run(
-      [sys.executable, "-m", "pipeline.cli", "train", f"--data_dir={planted_data_dir}",
+      [sys.executable, "-m", "hmdn.pipeline.cli", "train", f"--data_dir={planted_data_dir}",
        f"--model_dir={tmp_path / 'jit'}", "--model=moe", "--epochs=1",
        "--steps_per_epoch=3", "--batch_size=128", "--jit_compile"],
       capture_output=True, text=True, cwd=REPO, env=env, timeout=600)

@@ -10,7 +10,7 @@ NOISE = ("oneDNN", "cuda", "absl::InitializeLog", "WARNING:tensorflow")
 def _train(tmp_path, *extra):
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   return subprocess.run(
-      [sys.executable, "-m", "pipeline.cli", "train", f"--data_dir={tmp_path}/none",
+      [sys.executable, "-m", "hmdn.pipeline.cli", "train", f"--data_dir={tmp_path}/none",
        f"--model_dir={tmp_path}/m", *extra], capture_output=True, text=True, cwd=REPO,
       env=env, timeout=300)
 
@@ -33,12 +33,12 @@ def _preprocess_with_two_workers(tmp_path, *extra):
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   raw = tmp_path / "raw"
   if not raw.exists():
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "generate",
+    subprocess.run([sys.executable, "-m", "hmdn.pipeline.cli", "generate",
                     f"--output_dir={raw}", "--rows=2000", "--seed=0"], check=True,
                    capture_output=True, cwd=REPO, env=env, timeout=300)
-  from beam_jobs import generated_logs
+  from hmdn.beam_jobs import generated_logs
   return subprocess.run(
-      [sys.executable, "-m", "pipeline.cli", "preprocess",
+      [sys.executable, "-m", "hmdn.pipeline.cli", "preprocess",
        f"--raw={generated_logs.raw_glob(str(raw))}",
        f"--spec={generated_logs.spec_path(str(raw))}",
        f"--data_dir={tmp_path}/data{len(extra)}", "--direct_num_workers=2", *extra],
@@ -60,7 +60,7 @@ def test_stderr_lines_pass_while_the_beam_block_runs_and_noise_does_not(capfd):
   the real stderr before the block ends, not when it ends; the workers' start-up
   lines never do."""
   import time
-  from pipeline import quiet
+  from hmdn.pipeline import quiet
   capfd.readouterr()
   with quiet.beam_worker_noise_filtered(["hmdn"]):
     os.write(2, b"INFO Logging handler created.\n")

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from features import preprocessed
-from features.preprocessed import PreprocessedData
-from features.run_directory import RunDirectory, RunMismatchError
-from models.registry import ModelConfig
-from pipeline import callbacks as callbacks_lib
-from pipeline import train
+from hmdn.features import preprocessed
+from hmdn.features.preprocessed import PreprocessedData
+from hmdn.features.run_directory import RunDirectory, RunMismatchError
+from hmdn.models.registry import ModelConfig
+from hmdn.pipeline import callbacks as callbacks_lib
+from hmdn.pipeline import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST = dict(batch_size=128, steps_per_epoch=3, keep_checkpoints=1)
@@ -26,7 +26,7 @@ HMDN_FLAGS = ["--batch_size=128", "--steps_per_epoch=3", "--epochs=1", "--num_le
 
 
 def hmdn(*args, cwd=ROOT, timeout=400):
-  return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd,
+  return subprocess.run([sys.executable, "-m", "hmdn.pipeline.cli", *args], cwd=cwd,
                         capture_output=True, text=True, timeout=timeout,
                         env=dict(os.environ, PYTHONPATH=ROOT))
 
@@ -379,7 +379,7 @@ def test_export_and_evaluate_use_the_recorded_model(hmdn_run, planted_data_dir,
               f"--export_dir={export_root}")  # the default --model is dnn
   assert proc.returncode == 0, proc.stderr[-3000:]
   version = next(p for p in export_root.iterdir() if p.name.isdigit())
-  from pipeline import export
+  from hmdn.pipeline import export
   assert export.read_model_config(str(version)).name == "hmdn_moe"
   proc = hmdn("evaluate", f"--data_dir={planted_data_dir}", f"--model_dir={model_dir}",
               "--model=dnn")

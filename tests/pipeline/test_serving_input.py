@@ -14,11 +14,11 @@ import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from features import spec as spec_lib
-from features.preprocessed import EVAL, PreprocessedData
-from models.registry import ModelConfig
-from pipeline import data, export, serving, serving_request, train
-from pipeline.serving_request import RequestError
+from hmdn.features import spec as spec_lib
+from hmdn.features.preprocessed import EVAL, PreprocessedData
+from hmdn.models.registry import ModelConfig
+from hmdn.pipeline import data, export, serving, serving_request, train
+from hmdn.pipeline.serving_request import RequestError
 
 SPEC = spec_lib.spec_from_dict({"name": "t", "features": [
     {"name": "click", "kind": "numeric", "role": "label"},

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.registry import ModelConfig
-from pipeline import train
+from hmdn.models.registry import ModelConfig
+from hmdn.pipeline import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def run(planted_data_dir, tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp("loop") / "model")
   proc = subprocess.run(
-      [sys.executable, "-m", "pipeline.cli", "train", f"--data_dir={planted_data_dir}",
+      [sys.executable, "-m", "hmdn.pipeline.cli", "train", f"--data_dir={planted_data_dir}",
        f"--model_dir={model_dir}", "--model=hmdn_mmoe", "--epochs=5",
        "--keep_checkpoints=2", "--early_stopping_patience=1", "--lr_schedule=cosine",
        "--warmup_steps=3", "--batch_size=256", "--num_levels=2", "--codebook_size=4",
@@ -117,7 +117,7 @@ def test_evaluate_from_checkpoint_matches_training_summary(run, tmp_path):
   out = tmp_path / "eval.json"
   # No model flags: the run's recorded config (hmdn_mmoe, 2 levels of 4 codes).
   proc = subprocess.run(
-      [sys.executable, "-m", "pipeline.cli", "evaluate", f"--data_dir={data_dir}",
+      [sys.executable, "-m", "hmdn.pipeline.cli", "evaluate", f"--data_dir={data_dir}",
        f"--model_dir={model_dir}", f"--output={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]

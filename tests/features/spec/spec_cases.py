@@ -1,5 +1,5 @@
 """The small spec the spec tests vary, and how they build it (not a test module)."""
-from features import spec as spec_lib
+from hmdn.features import spec as spec_lib
 
 BASE = [
     {"name": "click", "kind": "numeric", "role": "label"},

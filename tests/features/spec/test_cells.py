@@ -1,7 +1,7 @@
 """Raw-cell typing: a value that does not fit its field is rejected, never coerced."""
 import pytest
 
-from features import spec as spec_lib
+from hmdn.features import spec as spec_lib
 
 from spec_cases import BASE, _spec  # noqa: E402  (the spec these tests vary)
 

@@ -7,9 +7,9 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
-from beam_jobs.transforms.examples import ToExampleFn
-from features import spec as spec_lib  # noqa: E402
-from pipeline import data  # noqa: E402
+from hmdn.beam_jobs.transforms.examples import ToExampleFn
+from hmdn.features import spec as spec_lib  # noqa: E402
+from hmdn.pipeline import data  # noqa: E402
 
 
 def _base():

@@ -1,7 +1,7 @@
 """Spec validation: every rule has a case that breaks it, naming field and value."""
 import pytest
 
-from features import spec as spec_lib
+from hmdn.features import spec as spec_lib
 
 from spec_cases import BASE, _spec  # noqa: E402  (the spec these tests vary)
 
