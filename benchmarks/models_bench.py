@@ -45,7 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, domain_sweep  # noqa: E402
 from hmdn.features.fileio import write_json_atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -66,6 +66,9 @@ flags.DEFINE_integer("flops_batch", 64, "Static batch of the graph the FLOPs are
 flags.DEFINE_string("models", "", "Comma-separated model names (default: every "
                     "registered model).")
 flags.DEFINE_string("out_dir", "bench_out", "Cache of data and results.")
+flags.DEFINE_list("domain_sweep", [], "Instead: the per-domain backbones' training "
+                  "speed at these numbers of domains, every branch vs the own branch "
+                  "(benchmarks/domain_sweep.py), e.g. 4,32,400.")
 
 TARGET_OVERHEAD = 0.10  # the issue: HMDN at most 10% slower than its backbone
 # Config overrides of every benchmarked model (ignored by baselines): no codebook
@@ -239,6 +242,14 @@ class _Bench:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  if FLAGS.domain_sweep:
+    counts = [int(d) for d in FLAGS.domain_sweep]
+    rates = domain_sweep.run(counts, FLAGS.batch_size, FLAGS.steps, FLAGS.rounds)
+    path = os.path.join(FLAGS.out_dir, "domain_sweep.json")
+    write_json_atomic(path, {"batch_size": FLAGS.batch_size, "steps": FLAGS.steps,
+                             "rounds": FLAGS.rounds, "examples_per_sec": rates})
+    print(f"results: {path}")
+    return
   import tensorflow as tf
   from hmdn.features.preprocessed import PreprocessedData
   from hmdn.models.registry import HMDN_PREFIX, model_names

@@ -133,9 +133,6 @@ class GroupedMLP(tf.keras.layers.Layer):
     """input_shape: [batch, fan_in] (one input for all groups) or
     [batch, groups, fan_in] (an input per group)."""
     shape = tf.TensorShape(input_shape)
-    if shape.rank == 3 and shape[1] != self.groups:
-      raise ValueError(f"GroupedMLP with {self.groups} groups got an input of "
-                       f"{shape[1]} groups ({shape}).")
     if shape.rank not in (2, 3):
       raise ValueError(f"GroupedMLP input must be [batch, fan_in] or "
                        f"[batch, groups, fan_in], got {shape}.")
@@ -150,21 +147,46 @@ class GroupedMLP(tf.keras.layers.Layer):
       fan_in = u
     super().build(input_shape)
 
-  def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
-    """Applies every group's MLP.
+  def call(self, inputs: tf.Tensor, training: bool = False,
+           select: Optional[tf.Tensor] = None, members: int = 1) -> tf.Tensor:
+    """Applies every group's MLP, or with `select` only the groups each example uses.
 
     Args:
-      inputs: `[batch_size, fan_in]` (shared) or `[batch_size, groups, fan_in]`.
+      inputs: `[batch_size, fan_in]` (shared) or `[batch_size, groups, fan_in]`; with
+        `select`, `[batch_size, fan_in]` or `[batch_size, members, fan_in]`.
       training: whether dropout is active.
+      select: optional integer `[batch_size]`: example b runs only groups
+        `select[b] * members ... select[b] * members + members - 1` (a domain's
+        tower, or its block of experts), gathering their weights per example, so the
+        cost does not grow with the number of groups. The result equals the same
+        groups' slice of the full computation.
+      members: consecutive groups per selected block; divides `groups`.
 
     Returns:
-      `[batch_size, groups, units[-1]]`.
+      `[batch_size, groups, units[-1]]`; with `select`, `[batch_size, members,
+      units[-1]]`.
     """
     x = inputs
+    if select is None and x.shape.rank == 3 and x.shape[1] != self.groups:
+      raise ValueError(f"GroupedMLP with {self.groups} groups got an input of "
+                       f"{x.shape[1]} groups ({x.shape}).")
+    if select is not None:
+      if self.groups % members:
+        raise ValueError(f"GroupedMLP: members={members} does not divide "
+                         f"groups={self.groups}.")
+      blocks = self.groups // members
+      select = tf.cast(select, tf.int32)
     last = len(self.units) - 1
     for i, (kernel, bias) in enumerate(zip(self._kernels, self._biases)):
-      equation = "bi,gio->bgo" if x.shape.rank == 2 else "bgi,gio->bgo"
-      x = tf.einsum(equation, x, kernel) + bias
+      if select is None:
+        equation = "bi,gio->bgo" if x.shape.rank == 2 else "bgi,gio->bgo"
+        x = tf.einsum(equation, x, kernel) + bias
+      else:
+        fan_in, fan_out = kernel.shape[1], kernel.shape[2]
+        own = tf.gather(tf.reshape(kernel, [blocks, members, fan_in, fan_out]), select)
+        own_bias = tf.gather(tf.reshape(bias, [blocks, members, fan_out]), select)
+        equation = "bi,bmio->bmo" if x.shape.rank == 2 else "bmi,bmio->bmo"
+        x = tf.einsum(equation, x, own) + own_bias
       x = tf.keras.activations.get(
           self.output_activation if i == last else self.activation)(x)
       if self._dropout is not None and i < last:

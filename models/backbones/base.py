@@ -117,6 +117,18 @@ def check_options(options: Dict[str, Any],
   return checked
 
 
+def runs_own_branch_only(num_domains: int, from_domains: int) -> bool:
+  """Whether a layer with per-domain weights computes only each example's own branch.
+
+  From `from_domains` domains on (a class attribute of each such layer, measured by
+  `python -m benchmarks.models_bench --domain_sweep`, docs/speed.md), a layer gathers
+  each example's own weights, so its cost stops growing with the domains; below, one
+  dense einsum over every domain's branch, keeping the own one, is cheaper. Either
+  way the result is the same.
+  """
+  return num_domains >= from_domains
+
+
 def select_by_domain(per_domain: tf.Tensor, domain: tf.Tensor) -> tf.Tensor:
   """Picks each example's own domain slice: [B, D, ...] x [B] -> [B, ...].
 

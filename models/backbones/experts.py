@@ -3,7 +3,7 @@
 MoE, MMoE, PLE and HiNet all mix a bank of MLP experts with a softmax gate;
 they differ only in how many banks/gates there are and what the gates read.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 
@@ -42,18 +42,24 @@ class ExpertBank(tf.keras.layers.Layer):
     self._experts = GroupedMLP(self.num_experts, self.units,
                                dropout=self.dropout, name="experts")
 
-  def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
-    """Runs every expert.
+  def call(self, inputs: tf.Tensor, training: bool = False,
+           select: Optional[tf.Tensor] = None, members: int = 1) -> tf.Tensor:
+    """Runs every expert, or with `select` only each example's block of experts.
 
     Args:
       inputs: `[batch_size, input_dim]`, or `[batch_size, num_experts,
-        input_dim]` for an input per expert.
+        input_dim]` for an input per expert (`[batch_size, members, input_dim]`
+        with `select`).
       training: whether dropout is active.
+      select: optional integer `[batch_size]`: example b runs only experts
+        `select[b] * members ...` (its domain's block; see GroupedMLP).
+      members: experts per block.
 
     Returns:
-      `[batch_size, num_experts, units[-1]]`.
+      `[batch_size, num_experts, units[-1]]` (`[batch_size, members, units[-1]]`
+      with `select`).
     """
-    return self._experts(inputs, training=training)
+    return self._experts(inputs, training=training, select=select, members=members)
 
   def get_config(self):
     config = super().get_config()
@@ -102,19 +108,29 @@ class SoftmaxGate(tf.keras.layers.Layer):
                  else MLP(units, output_activation=None, dropout=self.dropout,
                           name="mlp"))
 
-  def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
+  def call(self, inputs: tf.Tensor, training: bool = False,
+           select: Optional[tf.Tensor] = None) -> tf.Tensor:
     """Computes the gate weights.
 
     Args:
       inputs: `[batch_size, gate_input_dim]`; with `num_gates` also
         `[batch_size, num_gates, gate_input_dim]` (an input per gate).
       training: whether dropout is active.
+      select: with `num_gates`, optional integer `[batch_size]`: only gate
+        `select[b]` runs for example b (its domain's gate), at a cost that does not
+        grow with `num_gates`.
 
     Returns:
       `[batch_size, num_experts]` (`[batch_size, num_gates, num_experts]` with
-      `num_gates`), each row summing to 1.
+      `num_gates`, `[batch_size, num_experts]` again with `select`), each row
+      summing to 1.
     """
-    return tf.nn.softmax(self._mlp(inputs, training=training), axis=-1)
+    if select is None:
+      return tf.nn.softmax(self._mlp(inputs, training=training), axis=-1)
+    if not self.num_gates:
+      raise ValueError("SoftmaxGate: `select` needs num_gates > 0.")
+    logits = self._mlp(inputs, training=training, select=select)[:, 0]
+    return tf.nn.softmax(logits, axis=-1)
 
   def get_config(self):
     config = super().get_config()

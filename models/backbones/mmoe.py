@@ -15,7 +15,8 @@ class MMoE(base.Backbone):
 
   The tasks of MMoE become domains: shared MLP experts read the features, and
   each domain has its own softmax gate (reading the condition z) and tower.
-  All domains are computed and each example keeps its own domain's branch.
+  Each example runs its own domain's gate and tower (with few domains, all are
+  computed and the own one kept: `base.runs_own_branch_only`).
 
   Args:
     num_domains: number of domains, i.e. of gates and towers.
@@ -30,6 +31,8 @@ class MMoE(base.Backbone):
 
   reads_condition = True
   reads_domain = True
+  # Own gate and tower only from this many domains (base.runs_own_branch_only).
+  own_branch_from_domains = 8
 
   def __init__(self,
                num_domains: int,
@@ -55,7 +58,7 @@ class MMoE(base.Backbone):
                               dropout=self.dropout, name="towers")
 
   def call(self, inputs, training: bool = False) -> tf.Tensor:
-    """Runs every domain's gate and tower; keeps the example's own domain.
+    """Runs the example's own domain's gate and tower over the shared experts.
 
     Args:
       inputs: dict with "features" `[batch_size, F]`, "condition"
@@ -67,6 +70,10 @@ class MMoE(base.Backbone):
     """
     features, condition, domain = self.unpack(inputs)
     bank = self._experts(features, training=training)  # [B, E, H]
+    if base.runs_own_branch_only(self.num_domains, self.own_branch_from_domains):
+      weights = self._gates(condition, training=training, select=domain)  # [B, E]
+      mixture = experts.mix(bank, weights)
+      return self._towers(mixture, training=training, select=domain)[:, 0]
     weights = self._gates(condition, training=training)  # [B, domains, E]
     mixtures = tf.einsum("beh,bde->bdh", bank, weights)
     outputs = self._towers(mixtures, training=training)  # [B, domains, out]

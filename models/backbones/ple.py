@@ -17,7 +17,9 @@ class PLE(base.Backbone):
   shared experts and `num_specific_experts` experts per domain. Domain d's gate
   reads [its level input, z] and mixes its own plus the shared experts; between
   levels a shared gate reading [shared input, z] mixes all experts. Per-domain
-  towers finish, and each example keeps its own domain's output.
+  towers finish, and each example keeps its own domain's output. With many
+  domains the last level and the towers run for the example's own domain only
+  (`base.runs_own_branch_only`); the levels below it need every domain's experts.
 
   Args:
     num_domains: number of domains (PLE's tasks): specific experts, gates and
@@ -35,6 +37,8 @@ class PLE(base.Backbone):
 
   reads_condition = True
   reads_domain = True
+  # Own gate and tower only from this many domains (base.runs_own_branch_only).
+  own_branch_from_domains = 16
 
   def __init__(self,
                num_domains: int,
@@ -90,9 +94,13 @@ class PLE(base.Backbone):
     """
     features, condition, domain = self.unpack(inputs)
     d, p = self.num_domains, self.num_specific_experts
+    own_only = base.runs_own_branch_only(d, self.own_branch_from_domains)
     # Level 0: every domain reads the features; above: [B, d, H], its own.
     domain_inputs, shared_input = features, features
     for level in range(self.num_levels):
+      if own_only and level == self.num_levels - 1:
+        return self._own_last_level(domain_inputs, shared_input, condition, domain,
+                                    training)
       shared = self._shared_experts[level](shared_input, training=training)
       per_expert = (domain_inputs if level == 0 else
                     tf.repeat(domain_inputs, p, axis=1))  # own domain's input
@@ -117,3 +125,22 @@ class PLE(base.Backbone):
       domain_inputs = next_inputs
     outputs = self._towers(domain_inputs, training=training)  # [B, d, out]
     return base.select_by_domain(outputs, domain)
+
+  def _own_last_level(self, domain_inputs, shared_input, condition, domain, training):
+    """The last CGC level and the tower of each example's own domain only.
+
+    The levels below need every domain (the shared gate between levels mixes all
+    domains' experts, as in the paper); the last level feeds the towers alone, so
+    its per-domain experts, gate and tower run for the example's domain only.
+    """
+    level = self.num_levels - 1
+    own_input = (domain_inputs if level == 0 else
+                 base.select_by_domain(domain_inputs, domain))  # [B, F] or [B, H]
+    shared = self._shared_experts[level](shared_input, training=training)
+    specific = self._specific_experts[level](
+        own_input, training=training, select=domain,
+        members=self.num_specific_experts)  # [B, p, H]
+    weights = self._domain_gates[level](tf.concat([own_input, condition], -1),
+                                        training=training, select=domain)
+    mixed = experts.mix(tf.concat([specific, shared], axis=1), weights)
+    return self._towers(mixed, training=training, select=domain)[:, 0]

@@ -67,9 +67,10 @@ class StarDense(tf.keras.layers.Layer):
   """Fully-connected layer with weight W ⊙ W_d and bias b + b_d for domain d.
 
   STAR's star-topology FC layer (Sheng et al., arXiv 2101.11427, Sec. "Star
-  Topology Fully-Connected Network"). Every domain's branch is computed
-  (`[B, D, units]`) and the example's own is kept; this costs D matmuls but
-  never materialises a `[B, in, units]` weight. The domain factors start at
+  Topology Fully-Connected Network"). With many domains each example gathers
+  its own domain's weight (`[B, in, units]`, a cost independent of D); with few,
+  every domain's branch is computed (`[B, D, units]`) and the own one kept
+  (`base.runs_own_branch_only`). The domain factors start at
   ones / zeros, so all domains equal the shared layer at initialisation.
 
   Args:
@@ -78,6 +79,10 @@ class StarDense(tf.keras.layers.Layer):
     activation: activation applied to the output (a Keras name).
     **kwargs: standard `tf.keras.layers.Layer` arguments.
   """
+
+  # Own weight only from this many domains (base.runs_own_branch_only): gathering a
+  # [in, units] weight per example costs more than a few domains' dense einsum.
+  own_branch_from_domains = 64
 
   def __init__(self, num_domains: int, units: int, activation: str = "relu",
                **kwargs):
@@ -111,9 +116,13 @@ class StarDense(tf.keras.layers.Layer):
       `[batch_size, units]`.
     """
     x, domain = inputs
-    kernels = self.kernel[tf.newaxis] * self.domain_kernel  # [D, in, units]
-    per_domain = tf.einsum("bi,dio->bdo", x, kernels)
-    out = base.select_by_domain(per_domain, domain)
+    if base.runs_own_branch_only(self.num_domains, self.own_branch_from_domains):
+      own = self.kernel[tf.newaxis] * tf.gather(self.domain_kernel, domain)
+      out = tf.einsum("bi,bio->bo", x, own)  # [B, units]
+    else:
+      kernels = self.kernel[tf.newaxis] * self.domain_kernel  # [D, in, units]
+      per_domain = tf.einsum("bi,dio->bdo", x, kernels)
+      out = base.select_by_domain(per_domain, domain)
     out += self.bias + tf.gather(self.domain_bias, domain)
     return self._activation(out)
 
