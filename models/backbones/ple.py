@@ -38,7 +38,7 @@ class PLE(base.Backbone):
   reads_condition = True
   reads_domain = True
   # Own gate and tower only from this many domains (base.runs_own_branch_only).
-  own_branch_from_domains = 16
+  own_branch_from_domains = 32
 
   def __init__(self,
                num_domains: int,

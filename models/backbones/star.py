@@ -82,7 +82,7 @@ class StarDense(tf.keras.layers.Layer):
 
   # Own weight only from this many domains (base.runs_own_branch_only): gathering a
   # [in, units] weight per example costs more than a few domains' dense einsum.
-  own_branch_from_domains = 64
+  own_branch_from_domains = 96
 
   def __init__(self, num_domains: int, units: int, activation: str = "relu",
                **kwargs):
