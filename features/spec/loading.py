@@ -51,16 +51,22 @@ def load_spec(path: str) -> FeatureSpec:
     text = read_text(path)
   except (IOError, OSError, tf.errors.OpError, UnicodeDecodeError) as e:
     raise SpecError(f"{path}: cannot read the spec ({getattr(e, 'message', e)})")
+  return spec_from_yaml(text, source=path)
+
+
+def spec_from_yaml(text: str, source: str = "<memory>") -> FeatureSpec:
+  """A spec from YAML text: a key given twice in a mapping is an error (not the last
+  one silently kept), and so is every other wrong value, naming the source."""
   try:
     data = yaml.load(text, Loader=_UniqueKeyLoader)
   except SpecError as e:
-    raise SpecError(f"{path}: {e}")
+    raise SpecError(f"{source}: {e}")
   except yaml.YAMLError as e:
-    raise SpecError(f"{path}: not valid YAML ({e})")
+    raise SpecError(f"{source}: not valid YAML ({e})")
   try:
-    return spec_from_dict(data, source=path)
+    return spec_from_dict(data, source=source)
   except TypeError as e:  # e.g. a wrong value type the dataclass could not take
-    raise SpecError(f"{path}: {e}")
+    raise SpecError(f"{source}: {e}")
 
 
 def spec_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> FeatureSpec:

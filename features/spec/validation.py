@@ -67,8 +67,10 @@ DERIVED_TYPES = {
 
 
 def _increasing(bounds: Sequence[float]) -> bool:
-  """Strictly increasing in float32, as the model's Bucketize sees them (1e39 and
-  1e40 are both float32 inf)."""
+  """Within float32 and strictly increasing there, as the model's Bucketize sees them
+  (1e39 and 1e40 would both be float32 inf)."""
+  if not all(abs(b) <= FLOAT32_MAX for b in bounds):  # also false for NaN
+    return False
   edges = [float(np.float32(b)) for b in bounds]
   return all(math.isfinite(e) for e in edges) and all(
       a < b for a, b in zip(edges, edges[1:]))
