@@ -44,17 +44,19 @@ BAD_CSV = [
     (b"1,1,bad_\xff\xfe,c0,t1", ["not valid utf-8", "offset 8"]),
     (b"1,1,bad_large," + b"c" * BIG + b",t1", ["'cat'", f"{BIG} characters",
                                                  str(spec_lib.MAX_CELL_CHARS)]),
-    (b"1,1,bad_huge," + b"c" * HUGE + b",t1", ["not a valid CSV line", "field limit"]),
+    (b"1,1,bad_huge," + b"c" * HUGE + b",t1", ["not a valid CSV record", "field limit"]),
     (b"1,1,bad_many,c0,t1,extra", ["expected 5 columns", "got 6"]),
     (b"1,1,bad_few", ["expected 5 columns", "got 3"]),
-    (b'1,1,"bad_quote"x,c0,t1', ["not a valid CSV line"]),
+    (b'1,1,"bad_quote"x,c0,t1', ["not a valid CSV record"]),
     # Python's float() takes these; the strict number grammar does not.
     (b"1_000,1,bad_underscore,c0,t1", ["'x'", "'1_000'", "ASCII decimal"]),
     ("\uff11\uff12,1,bad_fullwidth,c0,t1".encode(), ["'x'", "ASCII decimal"]),
     ("1,\uff11,bad_fullwidth_label,c0,t1".encode(), ["'click'", "ASCII decimal"]),
 ]
-# Good ids that a vocabulary file must round-trip (a tab in a quoted CSV cell).
-ODD_CSV_IDS = ["tab\there", "back\\slash\\t", "ünïcødé 😀"]
+# Good ids that a vocabulary file must round-trip (a tab in a quoted CSV cell; line
+# breaks in one: RFC 4180 records of several lines, each counted as one row).
+ODD_CSV_IDS = ["tab\there", "back\\slash\\t", "ünïcødé 😀", "new\nline", "crlf\r\nx",
+               'quote"\n"d']
 
 
 def _write_spec(root):
