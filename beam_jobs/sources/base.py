@@ -9,7 +9,8 @@ reason: one bad line never aborts the job, and read = written + rejected holds f
 every source.
 
 The generic source takes the batched path: `ReadLineBatches` cuts the files into byte
-ranges the workers share and reads each into batches of lines; `ParseBatchFn` hands a
+ranges the workers share and reads each into batches of lines (of CSV, of records: a
+quoted field may hold line breaks, see `csv_records`); `ParseBatchFn` hands a
 batch to `LineParserFn.parse_batch`, which types it column by column and sends only
 the lines it is not sure of through the per-line `parse_line`, so a bad line is still
 rejected alone with the reason `process` gives it, and counted once.

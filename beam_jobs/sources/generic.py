@@ -6,7 +6,7 @@ import json
 import math
 import operator
 import re
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -16,7 +16,7 @@ from hmdn.beam_jobs.transforms.batches import RECORDS, merge_batches, rows_to_ba
 from hmdn.beam_jobs.transforms.parse import parse_record
 from hmdn.beam_jobs.sources import base
 from hmdn.features import spec as spec_lib
-from hmdn.features.fileio import short
+from hmdn.features.fileio import RepeatedKeyError, object_once
 from hmdn.features.spec import cells as cell_lib
 from hmdn.features.preprocessed import EVAL, TRAIN
 
@@ -152,7 +152,7 @@ class ParseRowFn(base.LineParserFn):
       obj = None
       if i not in slow and not _SURROGATE.search(t):
         try:
-          obj = json.loads(t, object_pairs_hook=_object_once)
+          obj = json.loads(t, object_pairs_hook=object_once)
         except (ValueError, RecursionError):
           pass
       if not isinstance(obj, dict):
@@ -242,27 +242,11 @@ def _missing(column: Sequence[Any]) -> int:
   return column.count(None) + column.count("") + column.count([])
 
 
-class RepeatedKeyError(ValueError):
-  """A JSON object gives a key twice: which value is meant is not known."""
-
-
-def _object_once(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-  """json.loads' object hook: an object whose keys are distinct (json.loads alone
-  keeps the last of a repeated key)."""
-  obj = dict(pairs)
-  if len(obj) != len(pairs):
-    seen = set()
-    key = next(k for k, _ in pairs if k in seen or seen.add(k))
-    raise RepeatedKeyError(f"a JSON object gives key {short(key)} "
-                           f"{sum(1 for k, _ in pairs if k == key)} times")
-  return obj
-
-
 def json_object(line: str) -> Dict[str, Any]:
   """A JSONL line -> its object; raises SpecError (not JSON, too deep, not an object,
   a key given twice in any object of it)."""
   try:
-    obj = json.loads(line, object_pairs_hook=_object_once)
+    obj = json.loads(line, object_pairs_hook=object_once)
   except RepeatedKeyError as e:
     raise spec_lib.SpecError(str(e))
   except RecursionError:
