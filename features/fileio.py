@@ -1,6 +1,7 @@
-"""Small file and text helpers every package shares: atomic writes, JSON of numpy values,
-JSON objects whose keys are distinct, and a bad value quoted short in an error message. Beam-free and Keras-free, on
-`tf.io.gfile` so that the same call writes locally, to gs:// or to hdfs://."""
+"""Small file and text helpers every package shares: atomic writes, JSON of numpy
+values, JSON objects whose keys are distinct, and a bad value quoted short in an error
+message. Beam-free and Keras-free, on `tf.io.gfile` so that the same call writes
+locally, to gs:// or to hdfs://."""
 import json
 import os
 from typing import Any, Dict, List, Tuple

@@ -46,8 +46,11 @@ class RecordJoiner:
 
   def feed(self, lines: List[bytes]) -> List[bytes]:
     """The records these lines complete (a record still open waits for more)."""
-    if not self._open and QUOTE not in b"\n".join(lines):
-      return [line[:-1] if line[-1:] == b"\r" else line for line in lines]
+    joined = b"\n".join(lines)
+    if not self._open and QUOTE not in joined:  # each line a record (C speed)
+      if b"\r" not in joined or not lines:
+        return lines
+      return (joined + b"\n").replace(b"\r\n", b"\n")[:-1].split(b"\n")
     out = []
     for line in lines:
       text = line[:-1] if line[-1:] == b"\r" else line

@@ -129,12 +129,12 @@ def _derived_from_dict(raw: Any, where: str) -> Derived:
   if "boundaries" in kwargs:
     bounds = kwargs["boundaries"]
     check_value(where, "derived: boundaries", bounds,
-                isinstance(bounds, list) and not any(isinstance(b, bool) for b in bounds),
-                "a list of numbers")
+                isinstance(bounds, (list, tuple)) and
+                not any(isinstance(b, bool) for b in bounds), "a list of numbers")
     kwargs["boundaries"] = _numbers(bounds)
     check_value(where, "derived: boundaries", bounds,
                 isinstance(kwargs["boundaries"], tuple), "numbers")
-  if isinstance(kwargs.get("sources"), list):  # else refused by the validation
+  if isinstance(kwargs.get("sources"), (list, tuple)):  # else refused by the validation
     kwargs["sources"] = tuple(kwargs["sources"])
   return Derived(**kwargs)
 
