@@ -101,13 +101,14 @@ def stage_rates(raw_glob: str, spec_path: str, stage_rows: int) -> List[Dict]:
   spec = spec_lib.load_spec(spec_path)
   paths = sorted(glob.glob(raw_glob))
   headers = generic.read_headers(paths, spec, ",")
-  reader = base.ReadRangeFn()
+  reader = base.ReadRangeFn(csv_delimiter=",")  # CSV records, as the job reads them
   line_batches = []
 
   def read():
     line_batches.clear()
     n = 0
-    for rng in base.byte_ranges(paths, skip_header_lines=1):
+    ranges = base.csv_record_ranges(base.byte_ranges(paths, skip_header_lines=1), ",")
+    for rng in ranges:
       for path, lines in reader.process(rng):
         if n >= stage_rows:
           break

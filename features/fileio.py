@@ -1,9 +1,10 @@
-"""Small file and text helpers every package shares: atomic writes, JSON of numpy values,
-and a bad value quoted short in an error message. Beam-free and Keras-free, on
-`tf.io.gfile` so that the same call writes locally, to gs:// or to hdfs://."""
+"""Small file and text helpers every package shares: atomic writes, JSON of numpy
+values, JSON objects whose keys are distinct, and a bad value quoted short in an error
+message. Beam-free and Keras-free, on `tf.io.gfile` so that the same call writes
+locally, to gs:// or to hdfs://."""
 import json
 import os
-from typing import Any
+from typing import Any, Dict, List, Tuple
 
 SHOWN_CHARS = 60  # characters of a bad value quoted in an error message
 
@@ -12,6 +13,22 @@ def short(value: Any, limit: int = SHOWN_CHARS) -> str:
   """`repr(value)`, cut to `limit` characters: one huge cell must not flood an error."""
   text = repr(value)
   return text if len(text) <= limit else text[:limit] + "..."
+
+
+class RepeatedKeyError(ValueError):
+  """A JSON object gives a key twice: which value is meant is not known."""
+
+
+def object_once(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+  """`json.loads(..., object_pairs_hook=object_once)`: an object whose keys are
+  distinct, else RepeatedKeyError naming the key (json.loads alone keeps the last)."""
+  obj = dict(pairs)
+  if len(obj) != len(pairs):
+    seen = set()
+    key = next(k for k, _ in pairs if k in seen or seen.add(k))
+    raise RepeatedKeyError(f"a JSON object gives key {short(key)} "
+                           f"{sum(1 for k, _ in pairs if k == key)} times")
+  return obj
 
 
 def jsonable(value: Any) -> Any:

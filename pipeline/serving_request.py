@@ -20,7 +20,7 @@ from google.protobuf import message
 from tensorflow.core.example import example_pb2
 
 from hmdn.features import spec as spec_lib
-from hmdn.features.fileio import short
+from hmdn.features.fileio import RepeatedKeyError, object_once, short
 
 
 class RequestError(ValueError):
@@ -36,7 +36,9 @@ SIGNATURES = (SERVING_DEFAULT, PREDICT, CLASSIFY)
 def parse_request(body, source: str = "request") -> Dict[str, Any]:
   """A request body (JSON text or bytes) -> the request dict, its shape checked."""
   try:
-    request = json.loads(body)
+    request = json.loads(body, object_pairs_hook=object_once)
+  except RepeatedKeyError as e:
+    raise RequestError(f"{source}: {e}")
   except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
     raise RequestError(f"{source}: not a JSON request ({short(str(e))})")
   return check_request(request, source)

@@ -9,7 +9,8 @@ reason: one bad line never aborts the job, and read = written + rejected holds f
 every source.
 
 The generic source takes the batched path: `ReadLineBatches` cuts the files into byte
-ranges the workers share and reads each into batches of lines; `ParseBatchFn` hands a
+ranges the workers share and reads each into batches of lines (of CSV, of records: a
+quoted field may hold line breaks, see `csv_records`); `ParseBatchFn` hands a
 batch to `LineParserFn.parse_batch`, which types it column by column and sends only
 the lines it is not sure of through the per-line `parse_line`, so a bad line is still
 rejected alone with the reason `process` gives it, and counted once.
@@ -23,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from hmdn.beam_jobs.sources import csv_records
 from hmdn.beam_jobs.transforms.batches import (Batch, DEAD_LETTER, NAMESPACE, Record,
                                                rows_to_batches)
 
@@ -270,12 +272,38 @@ def byte_ranges(paths: Sequence[str], skip_header_lines: int = 0,
   return out
 
 
-def _split_lines(data: bytes, final: bool) -> Tuple[List[bytes], bytes]:
+def csv_record_ranges(ranges: Sequence[Tuple[str, int, int, int]],
+                      delimiter: str) -> List[Tuple[str, int, int, int]]:
+  """`byte_ranges` of CSV files, each range moved to start at a record (RFC 4180: a
+  quoted field may hold line breaks, so a line start may be inside a record): each
+  file is scanned from its start (`csv_records.record_starts`, at C speed where it
+  holds no quote); ranges left empty are dropped. A range reader then reads the
+  records that start in its range, none running past its end."""
+  from apache_beam.io.filesystem import CompressionTypes
+  by_path: Dict[str, List[Tuple[str, int, int, int]]] = {}
+  for r in ranges:
+    by_path.setdefault(r[0], []).append(r)
+  out = []
+  for path, rs in by_path.items():
+    if len(rs) == 1:  # one range (a compressed file, a small one) starts at 0
+      out.extend(rs)
+      continue
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      starts = [0] + csv_records.record_starts(f, [r[1] for r in rs[1:]], delimiter)
+    ends = starts[1:] + [rs[-1][2]]
+    out.extend((path, s, e, rs[0][3]) for s, e in zip(starts, ends) if s < e)
+  return out
+
+
+def _split_lines(data: bytes, final: bool,
+                 keep_cr: bool = False) -> Tuple[List[bytes], bytes]:
   """Lines of a buffer as Beam's text reader cuts them ("\\n", or "\\r\\n" as one
-  separator); returns (complete lines, the unterminated rest)."""
+  separator); returns (complete lines, the unterminated rest). `keep_cr`: a line's
+  "\\r" is kept (a CSV record joins its lines with their own line breaks)."""
   lines = data.split(b"\n")
   rest = lines.pop()
-  lines = [l[:-1] if l.endswith(b"\r") else l for l in lines]
+  if not keep_cr:
+    lines = [l[:-1] if l.endswith(b"\r") else l for l in lines]
   if final and rest:
     lines.append(rest)
     rest = b""
@@ -289,33 +317,44 @@ def _nonblank(lines: List[bytes]) -> List[bytes]:
 class ReadRangeFn(beam.DoFn):
   """(path, start, end, skip) -> (path, [line bytes]) batches of the lines that START
   in [start, end) (the first `skip` lines of the file dropped, blank lines skipped,
-  as `ReadLines` reads them)."""
+  as `ReadLines` reads them), in file order.
+
+  With `csv_delimiter`, an element is a CSV record (RFC 4180: the lines of a quoted
+  field's line breaks joined, see `csv_records`), so a batch holds `batch_rows`
+  records and `rows_read` counts records; the ranges must then start at records
+  (`csv_record_ranges`).
+  """
   CHUNK = 1 << 16
 
-  def __init__(self, batch_rows: int = BATCH_ROWS):
+  def __init__(self, batch_rows: int = BATCH_ROWS, csv_delimiter: str = ""):
     self._batch_rows = batch_rows
+    self._csv_delimiter = csv_delimiter
 
   def process(self, element):
     path, start, end, skip = element
     pending: List[bytes] = []
     size = self._batch_rows
-    for lines in self._lines(path, start, end, skip):
-      pending += _nonblank(lines)
+    joiner = csv_records.RecordJoiner(self._csv_delimiter) if self._csv_delimiter \
+        else None
+    for lines in self._lines(path, start, end, skip, keep_cr=joiner is not None):
+      pending += _nonblank(joiner.feed(lines) if joiner else lines)
       full = len(pending) - len(pending) % size
       for i in range(0, full, size):
         yield path, pending[i:i + size]
       pending = pending[full:]
+    if joiner:
+      pending += _nonblank(joiner.finish())
     if pending:
       yield path, pending
 
-  def _lines(self, path, start, end, skip):
+  def _lines(self, path, start, end, skip, keep_cr=False):
     from apache_beam.io.filesystem import CompressionTypes
     if end < 0:  # compressed: the whole file, streamed.
       with FileSystems.open(path) as f:
         rest = b""
         while True:
           chunk = f.read(8 << 20)
-          lines, rest = _split_lines(rest + chunk, final=not chunk)
+          lines, rest = _split_lines(rest + chunk, final=not chunk, keep_cr=keep_cr)
           if skip:
             dropped = lines[:skip]
             lines, skip = lines[skip:], skip - len(dropped)
@@ -347,18 +386,25 @@ class ReadRangeFn(beam.DoFn):
         data += piece if cut < 0 else piece[:cut + 1]
         if cut >= 0:
           break
-      lines, _ = _split_lines(data, final=True)
+      lines, _ = _split_lines(data, final=True, keep_cr=keep_cr)
       yield lines[skip:] if start == 0 and skip else lines
 
 
 @beam.ptransform_fn
 def ReadLineBatches(p, paths: Sequence[str], skip_header_lines: int = 0,
-                    batch_rows: int = BATCH_ROWS):
-  """Every non-blank line of the files, as (file, [line bytes]) batches, the files
-  cut into byte ranges the workers share."""
-  return (p | "Ranges" >> beam.Create(byte_ranges(paths, skip_header_lines))
+                    batch_rows: int = BATCH_ROWS, csv_delimiter: str = ""):
+  """Every non-blank line (with `csv_delimiter`: CSV record) of the files, as (file,
+  [bytes]) batches, the files cut into byte ranges the workers share."""
+  ranges = byte_ranges(paths, skip_header_lines)
+  if csv_delimiter:  # each file's ranges moved to record starts, a file a worker
+    by_file = [[r for r in ranges if r[0] == path] for path in paths]
+    ranges = (p | "Files" >> beam.Create(by_file)
+              | "RangesAtRecords" >> beam.FlatMap(csv_record_ranges, csv_delimiter))
+  else:
+    ranges = p | "Ranges" >> beam.Create(ranges)
+  return (ranges
           | "SpreadRanges" >> beam.Reshuffle()
-          | "ReadRanges" >> beam.ParDo(ReadRangeFn(batch_rows)))
+          | "ReadRanges" >> beam.ParDo(ReadRangeFn(batch_rows, csv_delimiter)))
 
 
 class ParseBatchFn(beam.DoFn):

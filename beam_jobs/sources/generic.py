@@ -16,6 +16,8 @@ from hmdn.beam_jobs.transforms.batches import RECORDS, merge_batches, rows_to_ba
 from hmdn.beam_jobs.transforms.parse import parse_record
 from hmdn.beam_jobs.sources import base
 from hmdn.features import spec as spec_lib
+from hmdn.features.fileio import RepeatedKeyError, object_once
+from hmdn.features.spec import cells as cell_lib
 from hmdn.features.preprocessed import EVAL, TRAIN
 
 
@@ -102,11 +104,17 @@ class ParseRowFn(base.LineParserFn):
     return batches, dead
 
   def _decoded(self, lines):
-    """Each line's text (BOM dropped) and the set of lines that did not decode."""
+    """Each line's (record's) text, BOM dropped, and the set of those that did not
+    decode."""
     slow = set()
-    try:
-      texts = b"\n".join(lines).decode("utf-8").split("\n")
-    except UnicodeDecodeError:
+    texts = None
+    joined = b"\n".join(lines)
+    if joined.count(b"\n") == len(lines) - 1:  # else a CSV record of several lines
+      try:
+        texts = joined.decode("utf-8").split("\n")
+      except UnicodeDecodeError:
+        pass
+    if texts is None:
       texts = []
       for i, line in enumerate(lines):
         try:
@@ -114,8 +122,6 @@ class ParseRowFn(base.LineParserFn):
         except UnicodeDecodeError:
           texts.append("")
           slow.add(i)
-    if len(texts) != len(lines):  # a line holding "\n" (not from the reader)
-      return [""] * len(lines), set(range(len(lines)))
     return [t[1:] if t[:1] == base.BOM else t for t in texts], slow
 
   def _csv_cells(self, path, texts, slow):
@@ -123,9 +129,9 @@ class ParseRowFn(base.LineParserFn):
     if header is None or self._delimiter in '"\r\n':
       return None
     joined = "".join(texts)
-    if '"' in joined or "\r" in joined or "\x00" in joined:  # the csv module's cases
+    if any(c in joined for c in _CSV_SLOW):  # the csv module's cases
       for i, t in enumerate(texts):
-        if '"' in t or "\r" in t or "\x00" in t:
+        if any(c in t for c in _CSV_SLOW):
           slow.add(i)
     if max(map(len, texts), default=0) > csv.field_size_limit():
       for i, t in enumerate(texts):
@@ -146,7 +152,7 @@ class ParseRowFn(base.LineParserFn):
       obj = None
       if i not in slow and not _SURROGATE.search(t):
         try:
-          obj = json.loads(t)
+          obj = json.loads(t, object_pairs_hook=object_once)
         except (ValueError, RecursionError):
           pass
       if not isinstance(obj, dict):
@@ -171,12 +177,9 @@ class ParseRowFn(base.LineParserFn):
       sep = f.separator
       return [p if "" not in p else [x for x in p if x]
               for p in (v.split(sep) for v in raw)]
-    if plain:  # a number or the label: all parse, all finite, all in range?
-      try:
-        values = list(map(float, raw))
-      except ValueError:
-        values = None
-      if values is not None:
+    if plain and cell_lib.is_number_column(raw):  # all numbers: finite, in range?
+      values = list(map(float, raw))
+      if values:
         if kind == "label":
           if set(values) <= {0.0, 1.0}:
             return values
@@ -196,7 +199,7 @@ class ParseRowFn(base.LineParserFn):
       for i, v in enumerate(raw):
         if values[i].__class__ is str:
           try:
-            x = float(v)
+            x = cell_lib.strict_float(v)
           except ValueError:
             unsure.append(i)
             continue
@@ -227,6 +230,9 @@ class ParseRowFn(base.LineParserFn):
 
 
 _BOM_BYTES = base.BOM.encode("utf-8")
+# A record holding one of these is left to the csv module (`csv_cells`): a quote, a line
+# break (inside quotes, or one it refuses), a NUL byte.
+_CSV_SLOW = ('"', "\r", "\n", "\x00")
 # A JSON escape of a lone surrogate (no UTF-8 form): such a line takes the exact path.
 _SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -237,9 +243,12 @@ def _missing(column: Sequence[Any]) -> int:
 
 
 def json_object(line: str) -> Dict[str, Any]:
-  """A JSONL line -> its object; raises SpecError (not JSON, too deep, not an object)."""
+  """A JSONL line -> its object; raises SpecError (not JSON, too deep, not an object,
+  a key given twice in any object of it)."""
   try:
-    obj = json.loads(line)
+    obj = json.loads(line, object_pairs_hook=object_once)
+  except RepeatedKeyError as e:
+    raise spec_lib.SpecError(str(e))
   except RecursionError:
     raise spec_lib.SpecError("not valid JSON (nested too deeply)")
   except ValueError as e:  # also an integer too long to convert
@@ -249,13 +258,17 @@ def json_object(line: str) -> Dict[str, Any]:
   return obj
 
 
-def csv_cells(line: str, delimiter: str) -> List[str]:
-  """One CSV line -> its cells; raises SpecError on what the csv module refuses (a
-  field over its size limit, a stray carriage return or NUL byte)."""
+def csv_cells(record: str, delimiter: str) -> List[str]:
+  """One CSV record (its lines joined: a quoted field may hold line breaks) -> its
+  cells; raises SpecError on what the csv module refuses (a field over its size
+  limit, a quote left open, a stray carriage return or NUL byte)."""
+  if record[-1:] in ("\n", "\r"):  # the csv module would drop it as a line's end
+    raise spec_lib.SpecError("not a valid CSV record (a line break outside quotes at its "
+                             "end)")
   try:
-    return next(csv.reader([line], delimiter=delimiter, strict=True), [])
+    return next(csv.reader([record], delimiter=delimiter, strict=True), [])
   except csv.Error as e:
-    raise spec_lib.SpecError(f"not a valid CSV line ({e})")
+    raise spec_lib.SpecError(f"not a valid CSV record ({e})")
 
 
 @beam.ptransform_fn
@@ -263,8 +276,10 @@ def ReadGeneric(p, paths, spec, input_format, headers, delimiter=",", split_key=
                 eval_fraction=0.2, progress_prefix=""):
   """CSV / JSONL files described by the spec (the column names are its field names)
   -> {records: record batches, dead_letter: rejected lines}."""
+  is_csv = input_format == C.CSV
   return (p | "ReadLines" >> base.ReadLineBatches(
-              paths, skip_header_lines=1 if input_format == C.CSV else 0)
+              paths, skip_header_lines=1 if is_csv else 0,
+              csv_delimiter=delimiter if is_csv else "")
           | "ParseRows" >> base.ParseLineBatches(
               ParseRowFn(spec, input_format, headers, delimiter, split_key,
                          eval_fraction), main=RECORDS, progress_prefix=progress_prefix))

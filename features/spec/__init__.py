@@ -12,5 +12,5 @@ from hmdn.features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS, 
                                       PASSTHROUGH, PROFILE_KINDS, ROLES, SHARE, TABLE_KINDS,
                                       SpecError)
 from hmdn.features.spec.loading import (SPECS_DIR, load_spec, read_text, spec_from_dict,
-                                        write_text)
+                                        spec_from_yaml, write_text)
 from hmdn.features.spec.schema import Derived, Feature, FeatureSpec

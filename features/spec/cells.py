@@ -6,6 +6,7 @@ float32, a cell longer than MAX_CELL_CHARS, a string without a UTF-8 form) is re
 the same way on both sides: the job dead-letters the row, serving rejects the request.
 """
 import math
+import re
 from typing import TYPE_CHECKING, Any, List, Union
 
 from hmdn.features.fileio import short
@@ -16,6 +17,37 @@ if TYPE_CHECKING:  # schema imports this module; the annotation only needs the n
   from hmdn.features.spec.schema import Feature
 
 Value = Union[str, float, List[str]]
+
+# A raw number: ASCII decimal or scientific notation, blanks (space, tab) around it
+# allowed. Python's float() also takes "1_000", full-width "\uff11\uff12", "nan" and
+# "infinity"; a cell is checked against this first, so none of those is ever a number.
+NUMBER_PATTERN = r"[ \t]*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?[ \t]*"
+_NUMBER = re.compile(NUMBER_PATTERN)
+# One regex call checks a whole column, its cells joined by "\n" (the batched parser).
+_NUMBER_COLUMN = re.compile(f"{NUMBER_PATTERN}(?:\n{NUMBER_PATTERN})*")
+_NON_FINITE = re.compile(r"[ \t]*[+-]?(?:nan|inf|infinity)[ \t]*", re.IGNORECASE)
+NOT_A_NUMBER = "is not a number (ASCII decimal or scientific notation, e.g. 12, -0.5, 1e-3)"
+
+
+def is_number_column(cells: List[str]) -> bool:
+  """Every cell of a column of strings is a number by the strict grammar (one regex
+  call for the column: the batched parser's fast path)."""
+  joined = "\n".join(cells)
+  return (joined.count("\n") == len(cells) - 1
+          and _NUMBER_COLUMN.fullmatch(joined) is not None)
+
+
+def strict_float(raw: Any) -> float:
+  """A raw number -> float; raises ValueError for a string outside the grammar (a
+  "nan"/"inf" string passes, as a non-finite float its caller refuses), TypeError for
+  a value that is not a string or a number."""
+  if isinstance(raw, str):
+    if _NUMBER.fullmatch(raw) is None and _NON_FINITE.fullmatch(raw) is None:
+      raise ValueError(raw)
+    return float(raw)
+  if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+    raise TypeError(raw)
+  return float(raw)
 
 
 def parse_value(feature: "Feature", raw: Any) -> Value:
@@ -82,9 +114,9 @@ def _label(feature: "Feature", raw: Any) -> float:
   if isinstance(raw, (dict, list, tuple)):
     raise SpecError(f"field {feature.name!r}: label {short(raw)} is not a number")
   try:
-    value = float(raw)
+    value = strict_float(raw)
   except (TypeError, ValueError, OverflowError):
-    raise SpecError(f"field {feature.name!r}: label {short(raw)} is not a number")
+    raise SpecError(f"field {feature.name!r}: label {short(raw)} {NOT_A_NUMBER}")
   if value not in (0.0, 1.0):
     raise SpecError(f"field {feature.name!r}: label {raw!r} is not 0 or 1")
   return value
@@ -95,12 +127,12 @@ def _number(feature: "Feature", raw: Any, what: str) -> float:
   if isinstance(raw, (dict, list, tuple)) or isinstance(raw, bool):
     raise SpecError(f"field {feature.name!r}: {what} {short(raw)} is not a number")
   try:
-    value = float(raw)
+    value = strict_float(raw)
   except OverflowError:  # a JSON integer beyond any float
     raise SpecError(f"field {feature.name!r}: {what} {short(raw)} is outside the "
                     "float32 range the model computes in")
   except (TypeError, ValueError):
-    raise SpecError(f"field {feature.name!r}: {what} {short(raw)} is not a number")
+    raise SpecError(f"field {feature.name!r}: {what} {short(raw)} {NOT_A_NUMBER}")
   if not math.isfinite(value):
     raise SpecError(f"field {feature.name!r}: {what} {short(raw)} is not a finite "
                     "number")

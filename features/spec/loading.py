@@ -2,6 +2,7 @@
 mapping; every error is a SpecError naming the source, so a typo in a spec file is
 reported as such and not as a TypeError deep in a job."""
 import dataclasses
+import difflib
 import os
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +18,27 @@ SPECS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 
 _FIELD_KEYS = {f.name for f in dataclasses.fields(Feature)}
 _DERIVED_KEYS = {f.name for f in dataclasses.fields(Derived)}
+_SPEC_KEYS = {"name", "features"}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+  """YAML's safe loader, but a mapping that gives a key twice is an error (PyYAML
+  keeps the last, so a second `kind:` would silently win)."""
+
+  def construct_mapping(self, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+      key = self.construct_object(key_node, deep=True)
+      line = key_node.start_mark.line + 1
+      try:
+        first = seen.get(key)
+      except TypeError:  # an unhashable key: the base loader reports it
+        continue
+      if first is not None:
+        raise SpecError(f"duplicate key {key!r} (line {first} and line {line}): a key "
+                        "is given once")
+      seen[key] = line
+    return super().construct_mapping(node, deep=deep)
 
 
 def load_spec(path: str) -> FeatureSpec:
@@ -29,20 +51,31 @@ def load_spec(path: str) -> FeatureSpec:
     text = read_text(path)
   except (IOError, OSError, tf.errors.OpError, UnicodeDecodeError) as e:
     raise SpecError(f"{path}: cannot read the spec ({getattr(e, 'message', e)})")
+  return spec_from_yaml(text, source=path)
+
+
+def spec_from_yaml(text: str, source: str = "<memory>") -> FeatureSpec:
+  """A spec from YAML text: a key given twice in a mapping is an error (not the last
+  one silently kept), and so is every other wrong value, naming the source."""
   try:
-    data = yaml.safe_load(text)
+    data = yaml.load(text, Loader=_UniqueKeyLoader)
+  except SpecError as e:
+    raise SpecError(f"{source}: {e}")
   except yaml.YAMLError as e:
-    raise SpecError(f"{path}: not valid YAML ({e})")
+    raise SpecError(f"{source}: not valid YAML ({e})")
   try:
-    return spec_from_dict(data, source=path)
+    return spec_from_dict(data, source=source)
   except TypeError as e:  # e.g. a wrong value type the dataclass could not take
-    raise SpecError(f"{path}: {e}")
+    raise SpecError(f"{source}: {e}")
 
 
 def spec_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> FeatureSpec:
   """Builds a spec from parsed YAML/JSON, with errors naming the source."""
   if not isinstance(data, Mapping) or "features" not in data:
     raise SpecError(f"{source}: expected a mapping with a 'features' list")
+  _refuse_unknown_keys(f"{source}:", data, _SPEC_KEYS)
+  name = data.get("name", "unnamed")
+  check_value(source, "name", name, isinstance(name, str), "a string")
   raw_features = data["features"]
   if not isinstance(raw_features, Sequence) or isinstance(raw_features, str):
     raise SpecError(f"{source}: 'features' must be a list")
@@ -54,27 +87,35 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Feature
     where = f"{source}: field {item['name']!r}"
     _refuse_unknown_keys(f"{where}:", item, _FIELD_KEYS)
     kwargs = dict(item)
-    if "boundaries" in kwargs:
-      try:
-        kwargs["boundaries"] = tuple(float(b) for b in kwargs["boundaries"])
-      except (TypeError, ValueError):
-        check_value(where, "boundaries", item["boundaries"], False, "numbers")
-    for int_key in ("embedding_dim", "vocab_min_count", "hash_buckets"):
-      if int_key in kwargs:
-        check_value(where, int_key, kwargs[int_key], isinstance(kwargs[int_key], int),
-                    "an integer")
+    if "boundaries" in kwargs:  # the type is checked by validation, not converted here
+      kwargs["boundaries"] = _numbers(kwargs["boundaries"])
     if kwargs.get("derived") is not None:
       kwargs["derived"] = _derived_from_dict(kwargs["derived"], where)
     features.append(Feature(**kwargs))
-  return FeatureSpec(name=str(data.get("name", "unnamed")), features=tuple(features),
-                     source=source)
+  return FeatureSpec(name=name, features=tuple(features), source=source)
+
+
+def _numbers(value: Any) -> Any:
+  """A YAML list of numbers as a tuple of floats; anything else as it is, for the
+  validation to refuse by name (a string is not spread into characters)."""
+  if isinstance(value, (list, tuple)) and all(
+      isinstance(b, (int, float)) and not isinstance(b, bool) for b in value):
+    return tuple(float(b) for b in value)
+  return value
 
 
 def _refuse_unknown_keys(where: str, given: Mapping, allowed) -> None:
-  """A key the schema does not know is an error listing the keys it does."""
-  unknown = set(given) - set(allowed)
+  """A key the schema does not know is an error naming the closest key it does know,
+  and listing them all."""
+  unknown = sorted(set(given) - set(allowed), key=str)
   if unknown:
-    raise SpecError(f"{where} unknown key(s) {sorted(unknown)}; allowed: "
+    hints = []
+    for key in unknown:
+      close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
+      if close:
+        hints.append(f"{key!r}: did you mean {close[0]!r}?")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    raise SpecError(f"{where} unknown key(s) {unknown}{hint}; allowed: "
                     f"{sorted(allowed)}")
 
 
@@ -88,18 +129,13 @@ def _derived_from_dict(raw: Any, where: str) -> Derived:
   if "boundaries" in kwargs:
     bounds = kwargs["boundaries"]
     check_value(where, "derived: boundaries", bounds,
-                isinstance(bounds, Sequence) and not isinstance(bounds, str) and
+                isinstance(bounds, (list, tuple)) and
                 not any(isinstance(b, bool) for b in bounds), "a list of numbers")
-  try:
-    if "boundaries" in kwargs:
-      kwargs["boundaries"] = tuple(float(b) for b in kwargs["boundaries"])
-    if "sources" in kwargs:
-      if isinstance(kwargs["sources"], str):
-        raise TypeError
-      kwargs["sources"] = tuple(str(s) for s in kwargs["sources"])
-  except (TypeError, ValueError):
-    raise SpecError(f"{where}: derived: boundaries must be numbers and sources a list "
-                    f"of field names, got {raw!r}")
+    kwargs["boundaries"] = _numbers(bounds)
+    check_value(where, "derived: boundaries", bounds,
+                isinstance(kwargs["boundaries"], tuple), "numbers")
+  if isinstance(kwargs.get("sources"), (list, tuple)):  # else refused by the validation
+    kwargs["sources"] = tuple(kwargs["sources"])
   return Derived(**kwargs)
 
 

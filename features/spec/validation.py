@@ -1,12 +1,15 @@
 """The rules a spec obeys, checked once when a `FeatureSpec` is built: each error names
 the file, the field and the offending value, so a wrong spec fails before any job runs."""
+import math
 import re
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
+import numpy as np
+
 from hmdn.features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS, DERIVED_KINDS,
-                                      FEATURE, FIELD_NAME_PATTERN, KINDS, LABEL, MODE, NUMERIC,
-                                      ORACLE, PROFILE_KINDS, ROLES, SHARE, TABLE_KINDS,
-                                      SpecError)
+                                      FEATURE, FIELD_NAME_PATTERN, FLOAT32_MAX, KINDS, LABEL,
+                                      MODE, NUMERIC, ORACLE, PROFILE_KINDS, ROLES, SHARE,
+                                      TABLE_KINDS, SpecError)
 
 if TYPE_CHECKING:  # schema imports this module; the annotations only need the names
   from hmdn.features.spec.schema import Derived, Feature, FeatureSpec
@@ -24,6 +27,62 @@ def check_value(where: str, key: str, value: Any, ok: bool = True, expected: str
     raise SpecError(f"{where}: {key} must be {expected}, got {value!r}")
 
 
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_list_of(v: Any, each) -> bool:
+  return isinstance(v, (list, tuple)) and all(each(x) for x in v)
+
+
+# Each key has one type (a boolean is not an integer, a string is not a list); a value
+# of another type is refused, never converted. (key -> (is of the type, its words))
+FIELD_TYPES = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "kind": (lambda v: isinstance(v, str), "a string"),
+    "role": (lambda v: isinstance(v, str), "a string"),
+    "embedding_dim": (_is_int, "an integer"),
+    "vocab_min_count": (_is_int, "an integer"),
+    "hash_buckets": (_is_int, "an integer"),
+    "boundaries": (lambda v: _is_list_of(v, _is_number), "a list of finite numbers"),
+    "distribution_level": (lambda v: v is None or _is_int(v), "an integer"),
+    "user_id": (lambda v: isinstance(v, bool), "true or false"),
+    "implicit_view": (lambda v: isinstance(v, bool), "true or false"),
+    "default": (lambda v: v is None or isinstance(v, str) or _is_number(v),
+                "a string or a finite number"),
+    "separator": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+}
+DERIVED_TYPES = {
+    "kind": (lambda v: isinstance(v, str), "a string"),
+    "source": (lambda v: isinstance(v, str), "a field name (a string)"),
+    "sources": (lambda v: _is_list_of(v, lambda x: isinstance(x, str)),
+                "a list of field names (strings)"),
+    "separator": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "of": (lambda v: isinstance(v, str), "a field name (a string)"),
+}
+
+
+def _increasing(bounds: Sequence[float]) -> bool:
+  """Within float32 and strictly increasing there, as the model's Bucketize sees them
+  (1e39 and 1e40 would both be float32 inf)."""
+  if not all(abs(b) <= FLOAT32_MAX for b in bounds):  # also false for NaN
+    return False
+  edges = [float(np.float32(b)) for b in bounds]
+  return all(math.isfinite(e) for e in edges) and all(
+      a < b for a, b in zip(edges, edges[1:]))
+
+
+def check_types(where: str, obj: Any, types: Mapping[str, Any], prefix: str = "") -> None:
+  """Every key of `types` on the dataclass `obj` holds a value of its one type."""
+  for key, (ok, expected) in types.items():
+    value = getattr(obj, key)
+    check_value(where, prefix + key, value, ok(value), expected)
+
+
 def validate(spec: "FeatureSpec") -> None:
   """Every rule over the whole spec; raises SpecError at the first broken one."""
   src = spec.source
@@ -35,7 +94,7 @@ def validate(spec: "FeatureSpec") -> None:
       raise SpecError(f"{src}: a field has no name ({f!r})")
     where = f"{src}: field {f.name!r}"
     if f.name in seen:
-      raise SpecError(f"{where}: declared twice")
+      raise SpecError(f"{where}: declared twice (name {f.name!r})")
     seen.add(f.name)
     _validate_field(spec, f, where)
   labels = [f.name for f in spec.features if f.role == LABEL]
@@ -50,7 +109,8 @@ def validate(spec: "FeatureSpec") -> None:
   levels = [f.distribution_level for f in spec.features
             if f.distribution_level is not None]
   if len(levels) != len(set(levels)):
-    raise SpecError(f"{src}: two distribution fields share a level: {sorted(levels)}")
+    raise SpecError(f"{src}: two distribution fields share a distribution_level: "
+                    f"{sorted(levels)}")
   coarsest = spec.distribution_fields[0] if levels else None
   if coarsest is not None and coarsest.is_derived:
     raise SpecError(f"{src}: field {coarsest.name!r}: the coarsest distribution field "
@@ -62,6 +122,7 @@ def validate(spec: "FeatureSpec") -> None:
 
 def _validate_field(spec: "FeatureSpec", f: "Feature", where: str) -> None:
   """The rules of one field, alone and against the fields declared before it."""
+  check_types(where, f, FIELD_TYPES)
   if not re.fullmatch(FIELD_NAME_PATTERN, f.name):
     raise SpecError(f"{where}: a field name must be letters, digits and underscores "
                     "(at most 128, not starting with an underscore): it is a "
@@ -75,14 +136,14 @@ def _validate_field(spec: "FeatureSpec", f: "Feature", where: str) -> None:
   check_value(where, "hash_buckets", f.hash_buckets, f.hash_buckets >= 0, ">= 0")
   if f.boundaries and f.kind != NUMERIC:
     raise SpecError(f"{where}: boundaries are for numeric fields, kind is {f.kind!r}")
-  check_value(where, "boundaries", list(f.boundaries),
-              list(f.boundaries) == sorted(set(f.boundaries)), "strictly increasing")
+  check_value(where, "boundaries", list(f.boundaries), _increasing(f.boundaries),
+              "strictly increasing (as float32, the model's precision)")
   if f.hash_buckets and f.kind == NUMERIC:
     raise SpecError(f"{where}: hash_buckets is for categorical fields")
   if f.distribution_level is not None:
     if f.kind != CATEGORICAL:
-      raise SpecError(f"{where}: a distribution field must be categorical, kind is "
-                      f"{f.kind!r}")
+      raise SpecError(f"{where}: distribution_level marks a distribution field, which "
+                      f"must be categorical; kind is {f.kind!r}")
     if f.role != FEATURE:
       raise SpecError(f"{where}: a distribution field must have role 'feature', "
                       f"got {f.role!r}")
@@ -91,8 +152,6 @@ def _validate_field(spec: "FeatureSpec", f: "Feature", where: str) -> None:
                 "an integer >= 0")
   if f.derived is not None:
     _validate_derived(spec, f, where)
-  check_value(where, "implicit_view", f.implicit_view,
-              isinstance(f.implicit_view, bool), "true or false")
   if f.implicit_view and f.role != FEATURE:
     raise SpecError(f"{where}: implicit_view marks a model feature, but the role is "
                     f"{f.role!r}")
@@ -100,16 +159,20 @@ def _validate_field(spec: "FeatureSpec", f: "Feature", where: str) -> None:
     raise SpecError(f"{where}: the user_id field must be categorical, kind is "
                     f"{f.kind!r}")
   if f.role in (LABEL, ORACLE) and f.kind != NUMERIC:
-    raise SpecError(f"{where}: a {f.role} field must be numeric, kind is {f.kind!r}")
+    raise SpecError(f"{where}: a {f.role} field (role {f.role!r}) must be numeric, kind "
+                    f"is {f.kind!r}")
   if f.default is not None and f.kind == NUMERIC:
-    try:
-      float(f.default)
-    except (TypeError, ValueError):
-      raise SpecError(f"{where}: default {f.default!r} is not a number")
+    check_value(where, "default", f.default,
+                _is_number(f.default) and abs(f.default) <= FLOAT32_MAX,
+                "a number for a numeric field (not a string), within float32")
+  elif f.default is not None:
+    check_value(where, "default", f.default, isinstance(f.default, str),
+                f"a string for a {f.kind} field (quote it in YAML)")
 
 
 def _validate_derived(spec: "FeatureSpec", f: "Feature", where: str) -> None:
   d = f.derived
+  check_types(where, d, DERIVED_TYPES, prefix="derived: ")
   check_value(where, "derived kind", d.kind, choices=DERIVED_KINDS)
   if f.kind != CATEGORICAL or f.role != FEATURE:
     raise SpecError(f"{where}: a derived field must be a categorical feature, got kind "
@@ -167,8 +230,8 @@ def _validate_derived_boundaries(d: "Derived", where: str) -> None:
   check_value(where, "boundaries", bounds,
               all(isinstance(b, (int, float)) and not isinstance(b, bool)
                   for b in bounds), "numbers")
-  check_value(where, "boundaries", bounds, bounds == sorted(set(bounds)),
-              "strictly increasing")
+  check_value(where, "boundaries", bounds, _increasing(bounds),
+              "strictly increasing (as float32, the model's precision)")
   if d.kind == SHARE and not all(0 < b < 1 for b in bounds):
     raise SpecError(f"{where}: a share's boundaries must lie in (0, 1) (a share is a "
                     f"fraction of rows), got {bounds}")

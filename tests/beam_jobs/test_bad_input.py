@@ -44,13 +44,19 @@ BAD_CSV = [
     (b"1,1,bad_\xff\xfe,c0,t1", ["not valid utf-8", "offset 8"]),
     (b"1,1,bad_large," + b"c" * BIG + b",t1", ["'cat'", f"{BIG} characters",
                                                  str(spec_lib.MAX_CELL_CHARS)]),
-    (b"1,1,bad_huge," + b"c" * HUGE + b",t1", ["not a valid CSV line", "field limit"]),
+    (b"1,1,bad_huge," + b"c" * HUGE + b",t1", ["not a valid CSV record", "field limit"]),
     (b"1,1,bad_many,c0,t1,extra", ["expected 5 columns", "got 6"]),
     (b"1,1,bad_few", ["expected 5 columns", "got 3"]),
-    (b'1,1,"bad_quote"x,c0,t1', ["not a valid CSV line"]),
+    (b'1,1,"bad_quote"x,c0,t1', ["not a valid CSV record"]),
+    # Python's float() takes these; the strict number grammar does not.
+    (b"1_000,1,bad_underscore,c0,t1", ["'x'", "'1_000'", "ASCII decimal"]),
+    ("\uff11\uff12,1,bad_fullwidth,c0,t1".encode(), ["'x'", "ASCII decimal"]),
+    ("1,\uff11,bad_fullwidth_label,c0,t1".encode(), ["'click'", "ASCII decimal"]),
 ]
-# Good ids that a vocabulary file must round-trip (a tab in a quoted CSV cell).
-ODD_CSV_IDS = ["tab\there", "back\\slash\\t", "ünïcødé 😀"]
+# Good ids that a vocabulary file must round-trip (a tab in a quoted CSV cell; line
+# breaks in one: RFC 4180 records of several lines, each counted as one row).
+ODD_CSV_IDS = ["tab\there", "back\\slash\\t", "ünïcødé 😀", "new\nline", "crlf\r\nx",
+               'quote"\n"d']
 
 
 def _write_spec(root):
@@ -197,26 +203,34 @@ def jsonl_run(tmp_path_factory):
   odd_ids = ["new\nline", "tab\there", "cr\rlf\r\n", "back\\n", "\\", "x\u2028y",
              "😀"]
   good += [dict(good[0], uid=v) for v in odd_ids]
-  base = json.dumps(dict(good[0], uid="bad"))[:-1]  # an object without its brace
+  row = dict(good[0], uid="bad")
+
+  def base(key):  # the row without `key`, without its closing brace
+    return json.dumps({k: v for k, v in row.items() if k != key})[:-1]
+
   bad = [
-      (base + ', "x": 1e39}', ["'x'", "float32"]),
-      (base + ', "x": NaN}', ["'x'", "finite"]),
-      (base + ', "x": true}', ["'x'", "boolean"]),
-      (base + ', "click": true}', ["'click'", "boolean"]),
-      (base + ', "cat": false}', ["'cat'", "boolean"]),
-      (base + ', "cat": {"a": 1}}', ["'cat'", "not a categorical value"]),
-      (base + ', "cat": [1, 2]}', ["'cat'", "not a categorical value"]),
-      (base + ', "tags": {"a": 1}}', ["'tags'", "JSON object"]),
-      (base + ', "tags": [["t"]]}', ["'tags'", "not a categorical value"]),
-      (base + ', "x": 1' + "0" * 400 + "}", []),  # float() overflows: any reason
-      (base + ', "cat": 1' + "0" * 5000 + "}", ["not valid JSON"]),
-      (base + ', "cat": "\\ud800"}', ["'cat'", "not valid Unicode"]),
-      (base + ', "cat": "' + "c" * BIG + '"}', ["'cat'", "over the limit"]),
-      (base + ', "tags": ["' + "t" * BIG + '"]}', ["'tags'", "over the limit"]),
+      (base("x") + ', "x": 1e39}', ["'x'", "float32"]),
+      (base("x") + ', "x": NaN}', ["'x'", "finite"]),
+      (base("x") + ', "x": true}', ["'x'", "boolean"]),
+      (base("click") + ', "click": true}', ["'click'", "boolean"]),
+      (base("cat") + ', "cat": false}', ["'cat'", "boolean"]),
+      (base("cat") + ', "cat": {"a": 1}}', ["'cat'", "not a categorical value"]),
+      (base("cat") + ', "cat": [1, 2]}', ["'cat'", "not a categorical value"]),
+      (base("tags") + ', "tags": {"a": 1}}', ["'tags'", "JSON object"]),
+      (base("tags") + ', "tags": [["t"]]}', ["'tags'", "not a categorical value"]),
+      (base("x") + ', "x": 1' + "0" * 400 + "}", []),  # float() overflows: any reason
+      (base("cat") + ', "cat": 1' + "0" * 5000 + "}", ["not valid JSON"]),
+      (base("cat") + ', "cat": "\\ud800"}', ["'cat'", "not valid Unicode"]),
+      (base("cat") + ', "cat": "' + "c" * BIG + '"}', ["'cat'", "over the limit"]),
+      (base("tags") + ', "tags": ["' + "t" * BIG + '"]}', ["'tags'", "over the limit"]),
       ("[1, 2]", ["expected a JSON object, got list"]),
       ('"a string"', ["expected a JSON object, got str"]),
       ("[" * 100_000, ["nested too deeply"]),
       ('{"x": 1,', ["not valid JSON"]),
+      (base("x") + ', "x": 1, "x": 2, "x": 3}', ["key 'x' 3 times"]),  # not the last
+      (base("tags") + ', "tags": [{"a": 1, "a": 2}]}', ["key 'a' 2 times"]),
+      (base("x") + ', "x": "\uff11\uff12"}', ["'x'", "ASCII decimal"]),
+      (base("x") + ', "x": "1_000"}', ["'x'", "ASCII decimal"]),
   ]
   lines = [json.dumps(g).encode() for g in good]
   lines[0] = b"\xef\xbb\xbf" + lines[0]  # a BOM on the first line

@@ -7,6 +7,8 @@ against `tf.train.Example`; the TFRecord framing against TensorFlow's reader; th
 combiners' per-batch work against per-row counts; progress lines and quiet logs.
 """
 import collections
+import csv
+import io
 import json
 import logging
 import os
@@ -32,10 +34,10 @@ from hmdn.beam_jobs.transforms.tfrecord_sink import tfrecord_frames
 from hmdn.beam_jobs.transforms.time_split import split_of
 from hmdn.beam_jobs.transforms.vocabularies import _MergeCountsFn, _column_values, _values
 from hmdn.beam_jobs.config import PreprocessConfig
-from hmdn.beam_jobs.sources import base, generic
+from hmdn.beam_jobs.sources import base, csv_records, generic
 from hmdn.features import spec as spec_lib
 from hmdn.features.preprocessed import PreprocessedData
-import test_properties as P  # its strategies and one-line oracle
+import line_strategies as L  # the raw-line strategies and the one-record oracle
 
 FAST = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -44,7 +46,7 @@ FAST = settings(max_examples=150, deadline=None, database=None,
 def _per_row(fn, path, lines):
   records, dead = [], []
   for line in lines:
-    kind, out = P._one(fn, path, line)
+    kind, out = L.one(fn, path, line)
     (records if kind == "record" else dead).append(out)
   return records, dead
 
@@ -68,26 +70,26 @@ def _same_verdicts(fn, path, lines):
   assert len(b_rows) + len(b_dead) == len(lines)
 
 
-good_csv = P.good_rows().map(P._csv_line)
-good_json = P.good_rows().map(P._json_line)
+good_csv = L.good_rows().map(L.csv_line)
+good_json = L.good_rows().map(L.json_line)
 
 
 @FAST
-@given(st.lists(st.one_of(good_csv, good_csv, P.raw_lines(P.line_of_cells)),
+@given(st.lists(st.one_of(good_csv, good_csv, L.raw_lines(L.line_of_cells)),
                 min_size=1, max_size=12))
 def test_csv_batch_equals_row_by_row(lines):
-  _same_verdicts(P._csv_fn(), "f.csv", lines)
+  _same_verdicts(L.csv_parser(), "f.csv", lines)
 
 
 @FAST
-@given(st.lists(st.one_of(good_json, good_json, P.raw_lines(P.json_lines)),
+@given(st.lists(st.one_of(good_json, good_json, L.raw_lines(L.json_lines)),
                 min_size=1, max_size=12))
 def test_jsonl_batch_equals_row_by_row(lines):
-  _same_verdicts(P._json_fn(), "f.jsonl", lines)
+  _same_verdicts(L.json_parser(), "f.jsonl", lines)
 
 
 def test_batch_split_key_and_missing_columns_equal_row_by_row():
-  spec = P.SPEC
+  spec = L.SPEC
   header = ["uid", "click", "tags", "x"]  # no "cat" column: its default, counted
   fn = generic.ParseRowFn(spec, C.CSV, {"f.csv": header}, ",", "uid", 0.5)
   lines = [f"u{i % 9},{i % 2},a|b,{i * 0.5}".encode() for i in range(200)]
@@ -127,6 +129,69 @@ def test_ranges_read_every_line_once_as_beam_does(tmp_path_factory, pieces, newl
   fn = base.ReadRangeFn(batch_rows=7)
   got = [l for r in ranges for p, batch in fn.process(r) for l in batch]
   assert got == _beam_lines(path, skip)
+
+
+csv_cells_nl = st.text(st.sampled_from(list('ab,"\n\r é')), max_size=6)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(st.lists(st.lists(csv_cells_nl, min_size=1, max_size=3), max_size=25),
+       st.sampled_from(["\n", "\r\n"]), st.integers(1, 97), st.integers(1, 5),
+       st.integers(1, 64))
+def test_csv_ranges_read_every_record_once_as_the_csv_module_does(
+    tmp_path_factory, rows, newline, step, batch, scan):
+  """RFC 4180: a quoted field's line breaks stay in its record, across the batches;
+  each record is one element (rows_read counts records), in file order."""
+  if newline == "\n":  # a bare "\r" is then written unquoted: no line end for Beam
+    rows = [[c.replace("\r", "") for c in r] for r in rows]
+  buf = io.StringIO(newline="")
+  csv.writer(buf, lineterminator=newline).writerows([["h1", "h2"]] + rows)
+  data = buf.getvalue().encode("utf-8")
+  path = str(tmp_path_factory.mktemp("csv_ranges") / "f.csv")
+  with open(path, "wb") as f:
+    f.write(data)
+  old = (base.MIN_RANGE_BYTES, base.MAX_RANGE_BYTES, csv_records.SCAN_CHUNK_BYTES)
+  base.MIN_RANGE_BYTES = base.MAX_RANGE_BYTES = step  # many small ranges
+  csv_records.SCAN_CHUNK_BYTES = scan  # the scan's blocks with and without quotes
+  try:
+    ranges = base.csv_record_ranges(base.byte_ranges([path], 1), ",")
+  finally:
+    base.MIN_RANGE_BYTES, base.MAX_RANGE_BYTES, csv_records.SCAN_CHUNK_BYTES = old
+  assert [r[1] for r in ranges[1:]] == [r[2] for r in ranges[:-1]]  # contiguous
+  assert ranges[0][1] == 0 and ranges[-1][2] == len(data)
+  assert all(data[r[1] - 1:r[1]] == b"\n" for r in ranges[1:])  # at line starts
+  if b'"' not in data:  # every line starts a record: a range at each line a cut hits
+    cuts = {data.find(b"\n", c - 1) + 1 for c in range(step, len(data), step)}
+    assert len(ranges) == len(cuts - {0, len(data)}) + 1
+  fn = base.ReadRangeFn(batch_rows=batch, csv_delimiter=",")
+  got = [generic.csv_cells(r.decode("utf-8"), ",")
+         for r in ranges for p, records in fn.process(r) for r in records]
+  expected = [r for r in csv.reader(io.StringIO(data.decode("utf-8"), newline=""),
+                                    strict=True)][1:]
+  blank = [[]] + [[" " * n] for n in range(1, 20)]  # blank lines: skipped, as Beam does
+  assert got == [r for r in expected if r not in blank]
+
+
+def test_csv_records_left_open_or_broken_cost_one_record():
+  """A quote that never closes runs to the end of the file (one dead letter there); a
+  quoted field followed by text ends its record at its line, as the csv module's error
+  does, so the next line is a record of its own."""
+  joiner = csv_records.RecordJoiner(",")
+  lines = [b'a,"x', b"y", b'z",b\r', b'"p"q,"r', b"s,t", b'u,"open', b"v"]
+  assert joiner.feed(lines[:2]) == []
+  assert joiner.feed(lines[2:]) == [b'a,"x\ny\nz",b', b'"p"q,"r', b"s,t"]
+  assert joiner.finish() == [b'u,"open\nv']
+  assert joiner.finish() == []
+  old, csv_records.MAX_RECORD_BYTES = csv_records.MAX_RECORD_BYTES, 12
+  try:  # a record still open past the limit ends there: the next line is a record
+    assert joiner.feed([b'a,"x', b"y" * 9, b"z", b"w"]) == [b'a,"x\n' + b"y" * 9, b"z",
+                                                            b"w"]
+  finally:
+    csv_records.MAX_RECORD_BYTES = old
+  for record, message in [(b'u,"open\nv', "unexpected end of data"),
+                          (b'"p"q,"r', "',' expected after '\"'")]:
+    with pytest.raises(spec_lib.SpecError, match=message):
+      generic.csv_cells(record.decode(), ",")
 
 
 def test_gzip_file_is_one_range_read_whole(tmp_path):
@@ -241,7 +306,7 @@ def test_progress_lines_and_final_line(tmp_path, capsys, monkeypatch):
   lines = ["x,click,uid,cat,tags"] + [f"{i},{i % 2},u{i % 7},c,t" for i in range(3000)]
   raw.write_text("\n".join(lines + ["1,7,bad,c,t"]) + "\n")
   spec_path = tmp_path / "spec.yaml"
-  P.SPEC.save(str(spec_path))
+  L.SPEC.save(str(spec_path))
   meta = preprocess.run(PreprocessConfig(
       raw=str(raw), output_dir=str(tmp_path / "out"), spec_path=str(spec_path),
       eval_fraction=0.3, direct_num_workers=1, tfds=False))

@@ -22,6 +22,7 @@ from hmdn.beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E40
 from hmdn.features import spec as spec_lib  # noqa: E402
 from hmdn.features.preprocessed import IncompleteDataError, PreprocessedData  # noqa: E402
 from hmdn.pipeline import data  # noqa: E402
+from split_reader import parsed_rows, serialized_records  # noqa: E402  (one split reader)
 
 SPEC = {"name": "test_log", "features": [
     {"name": "click", "kind": "numeric", "role": "label"},
@@ -92,31 +93,13 @@ def _split_dir(out, split):
 
 def _read_examples(out, split):
   """Serialized examples of a split, canonicalized (tf.Example maps have no order)."""
-  files = sorted(glob.glob(PreprocessedData(out).split_pattern(split)))
-  ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
-  return [tf.train.Example.FromString(s.numpy()).SerializeToString(deterministic=True)
-          for s in ds]
+  return [tf.train.Example.FromString(s).SerializeToString(deterministic=True)
+          for s in serialized_records(out, split)]
 
 
 def _records(serialized, spec):
   """Parsed examples keyed by row id."""
-  if not serialized:
-    return {}
-  parsed = {k: v.numpy() for k, v in data.parse_batch(tf.constant(serialized),
-                                                      spec).items()}
-  out = {}
-  for i in range(len(serialized)):
-    r = {}
-    for f in spec.features:
-      v = parsed[f.name][i]
-      if f.kind == spec_lib.MULTI_CATEGORICAL:
-        r[f.name] = [x.decode() for x in v if x]
-      elif f.kind == spec_lib.CATEGORICAL:
-        r[f.name] = v.decode()
-      else:
-        r[f.name] = float(v)
-    out[r["rid"]] = r
-  return out
+  return {r["rid"]: r for r in parsed_rows(serialized, spec)}
 
 
 def _snapshot(out, spec):

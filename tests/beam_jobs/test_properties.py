@@ -3,12 +3,11 @@ written exactly once or dead-lettered with a reason, the counters reconcile, and
 exception escapes.
 
 The line-parsing layer (`LineParserFn` subclasses: bytes in, one record or one dead
-letter out) is tested on many generated lines; the whole Beam job (`preprocess.run`)
-on a few generated files, against that layer as the oracle.
+letter out; a CSV record may hold quoted line breaks) is tested on many generated
+lines; the whole Beam job (`preprocess.run`) on a few generated files, against that
+layer as the oracle. The strategies are in `line_strategies`.
 """
-import csv
 import glob
-import io
 import json
 import math
 import os
@@ -22,116 +21,18 @@ from hypothesis import strategies as st
 from hmdn.beam_jobs import ali_ccp_format as A
 from hmdn.beam_jobs import config as C
 from hmdn.beam_jobs import preprocess
-from hmdn.beam_jobs.transforms.batches import DEAD_LETTER
 from hmdn.beam_jobs.config import PreprocessConfig
-from hmdn.beam_jobs.sources import ali_ccp_raw, base, generic
+from hmdn.beam_jobs.sources import ali_ccp_raw, base, csv_records
 from hmdn.features import spec as spec_lib
 from hmdn.features.preprocessed import SPLITS, PreprocessedData
+from line_strategies import (BOM, HEADER, SPEC, csv_line, csv_parser, csv_record,  # noqa
+                             good_rows, json_line, json_lines, json_parser, line_of_cells,
+                             one, raw_lines, row_cells, text)
 
-SPEC = spec_lib.spec_from_dict({"name": "props", "features": [
-    {"name": "x", "kind": "numeric", "default": 0},
-    {"name": "click", "kind": "numeric", "role": "label"},
-    {"name": "uid", "kind": "categorical"},
-    {"name": "cat", "kind": "categorical", "default": "none"},
-    {"name": "tags", "kind": "multi_categorical"},
-]})
-HEADER = [f.name for f in SPEC.features]
-BOM = b"\xef\xbb\xbf"
 FAST = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 BEAM = settings(max_examples=3, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
-
-# --- Strategies -----------------------------------------------------------------------
-# Cells: any Unicode (no line breaks: the reader splits lines first), separators,
-# quotes, empty, huge, numbers good and bad, booleans, JSON-looking text.
-text = st.text(st.characters(blacklist_characters="\n\r"), max_size=30)
-special = st.sampled_from([
-    "", " ", ",", '"', '""', '"a,b"', "|", "||", "\t", "\x00", "\ufeff", "nan", "NaN",
-    "inf", "-inf", "1e39", "-1e39", "3.4e38", "1e-50", "true", "false", "True", "null",
-    '{"a": 1}', "[1, 2]", "0", "1", "2", "-0", "0x10", "1_000", "é", "😀", "\u2028",
-    "c" * (spec_lib.MAX_CELL_CHARS + 1), "d" * 140_000])
-cell = st.one_of(text, special)
-line_of_cells = st.lists(cell, max_size=8).map(lambda cells: ",".join(cells))
-
-
-def _with_noise(line: bytes, draw) -> bytes:
-  """A BOM in front, or an undecodable byte somewhere, sometimes."""
-  if draw(st.booleans()):
-    line = BOM + line
-  if draw(st.integers(0, 4)) == 0:
-    at = draw(st.integers(0, len(line)))
-    bad = draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80"]))
-    line = line[:at] + bad + line[at:]
-  return line
-
-
-@st.composite
-def raw_lines(draw, structured):
-  """Any line a file can hand the reader: random bytes, or cells joined (or a JSON
-  value serialized), with noise."""
-  if draw(st.integers(0, 3)) == 0:
-    return draw(st.binary(max_size=60).filter(
-        lambda b: b"\n" not in b and b"\r" not in b))
-  return _with_noise(draw(structured).encode("utf-8", "surrogatepass"), draw)
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | cell,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
-    max_leaves=8)
-json_objects = st.dictionaries(st.sampled_from(HEADER + ["other"]), json_values,
-                               max_size=6)
-json_lines = st.one_of(json_objects, json_values).map(json.dumps)
-
-
-def _good_text(draw, forbid=""):
-  value = draw(st.text(st.characters(blacklist_characters="\n\r" + forbid,
-                                     blacklist_categories=("Cs",)), min_size=1,
-                       max_size=20))
-  assume(value.strip() != "" and not value.startswith("\ufeff"))
-  return value
-
-
-@st.composite
-def good_rows(draw):
-  """A valid row: {field: the value it must be written as}."""
-  return {
-      "x": float(draw(st.floats(allow_nan=False, allow_infinity=False, width=32))),
-      "click": float(draw(st.sampled_from([0, 1]))),
-      "uid": _good_text(draw),
-      "cat": _good_text(draw),
-      "tags": [_good_text(draw, forbid="|") for _ in range(draw(st.integers(1, 3)))],
-  }
-
-
-def _csv_line(row) -> bytes:
-  buf = io.StringIO()
-  cells = [repr(row["x"]), str(int(row["click"])), row["uid"], row["cat"],
-           "|".join(row["tags"])]
-  csv.writer(buf, lineterminator="").writerow(cells)
-  return buf.getvalue().encode("utf-8")
-
-
-def _json_line(row) -> bytes:
-  return json.dumps(row).encode("utf-8")
-
-
-# --- The one-line oracle --------------------------------------------------------------
-def _one(fn, path, line):
-  """The parser's single output for a line: ("dead", {source, row, reason}) or
-  ("record", value); anything else fails."""
-  outputs = list(fn.process((path, line)))
-  assert len(outputs) == 1, outputs
-  out = outputs[0]
-  if hasattr(out, "tag"):
-    assert out.tag == DEAD_LETTER
-    dead = out.value
-    assert isinstance(dead["reason"], str) and dead["reason"].strip()
-    assert dead["source"] == path and isinstance(dead["row"], str)
-    json.dumps(dead)  # the dead letter is writable
-    return "dead", dead
-  return "record", out
 
 
 def _check_record(record):
@@ -149,21 +50,13 @@ def _check_record(record):
   assert record["click"] in (0.0, 1.0)
 
 
-def _csv_fn():
-  return generic.ParseRowFn(SPEC, C.CSV, {"*": HEADER}, ",", "", 0.3)
-
-
-def _json_fn():
-  return generic.ParseRowFn(SPEC, C.JSONL, {}, ",", "", 0.3)
-
-
 # --- Line layer: generic CSV and JSONL ------------------------------------------------
 @FAST
 @given(st.lists(raw_lines(line_of_cells), min_size=1, max_size=5))
 def test_csv_any_line_is_one_record_or_one_dead_letter(lines):
-  fn = _csv_fn()
+  fn = csv_parser()
   for line in lines:
-    kind, out = _one(fn, "f.csv", line)
+    kind, out = one(fn, "f.csv", line)
     if kind == "record":
       split, record = out
       assert split in SPLITS
@@ -173,19 +66,19 @@ def test_csv_any_line_is_one_record_or_one_dead_letter(lines):
 @FAST
 @given(st.lists(raw_lines(json_lines), min_size=1, max_size=5))
 def test_jsonl_any_line_is_one_record_or_one_dead_letter(lines):
-  fn = _json_fn()
+  fn = json_parser()
   for line in lines:
-    kind, out = _one(fn, "f.jsonl", line)
+    kind, out = one(fn, "f.jsonl", line)
     if kind == "record":
       _check_record(out[1])
 
 
 @FAST
-@given(good_rows(), st.booleans(), st.sampled_from([_csv_line, _json_line]))
+@given(good_rows(), st.booleans(), st.sampled_from([csv_line, json_line]))
 def test_a_valid_row_is_written_with_exactly_its_values(row, bom, to_line):
   """Nothing is coerced or truncated: quotes, separators, Unicode all survive."""
-  fn = _csv_fn() if to_line is _csv_line else _json_fn()
-  kind, out = _one(fn, "f", (BOM if bom else b"") + to_line(row))
+  fn = csv_parser() if to_line is csv_line else json_parser()
+  kind, out = one(fn, "f", (BOM if bom else b"") + to_line(row))
   assert kind == "record", out
   assert out[1] == row
 
@@ -201,24 +94,18 @@ BAD_CELLS = {"x": ["nan", "inf", "-inf", "1e39", "-3.5e38", "true", "abc", "1,5"
 @given(good_rows(), st.sampled_from(sorted(BAD_CELLS)), st.data())
 def test_a_row_with_one_bad_cell_is_dead_lettered_naming_the_field(row, field, data):
   bad = data.draw(st.sampled_from(BAD_CELLS[field]))
-  cells = [repr(row["x"]), str(int(row["click"])), row["uid"], row["cat"],
-           "|".join(row["tags"])]
+  cells = row_cells(row)
   cells[HEADER.index(field)] = bad
-  buf = io.StringIO()
-  csv.writer(buf, lineterminator="").writerow(cells)
-  kind, out = _one(_csv_fn(), "f.csv", buf.getvalue().encode())
+  kind, out = one(csv_parser(), "f.csv", csv_record(cells))
   assert kind == "dead" and f"'{field}'" in out["reason"], out
 
 
 @FAST
 @given(good_rows(), st.sampled_from([-2, -1, 1, 2]), text)
 def test_a_row_with_too_many_or_too_few_cells_is_dead_lettered(row, change, extra):
-  cells = [repr(row["x"]), str(int(row["click"])), row["uid"], row["cat"],
-           "|".join(row["tags"])]
+  cells = row_cells(row)
   cells = cells[:change] if change < 0 else cells + [extra] * change
-  buf = io.StringIO()
-  csv.writer(buf, lineterminator="").writerow(cells)
-  kind, out = _one(_csv_fn(), "f.csv", buf.getvalue().encode())
+  kind, out = one(csv_parser(), "f.csv", csv_record(cells))
   assert kind == "dead", out
   assert f"expected {len(HEADER)} columns" in out["reason"], out
   assert f"got {len(cells)}" in out["reason"], out
@@ -230,7 +117,7 @@ def test_a_row_with_too_many_or_too_few_cells_is_dead_lettered(row, change, extr
                                                  max_size=2),
                  st.lists(st.lists(st.integers(), max_size=2), min_size=1, max_size=2)))
 def test_json_booleans_and_nesting_are_never_coerced(row, field, value):
-  kind, out = _one(_json_fn(), "f.jsonl", _json_line(dict(row, **{field: value})))
+  kind, out = one(json_parser(), "f.jsonl", json_line(dict(row, **{field: value})))
   assert kind == "dead" and f"'{field}'" in out["reason"], out
 
 
@@ -244,8 +131,8 @@ ali_text = st.text(st.sampled_from(list("\x01\x02\x03,.0123abé😀 \t") + ["\uf
 def test_ali_ccp_any_line_is_one_parse_or_one_dead_letter(lines):
   skeleton, common = ali_ccp_raw._ParseSkeletonFn(), ali_ccp_raw._ParseCommonFn()
   for line in lines:
-    _one(skeleton, "sample_skeleton_p.csv", line)
-    _one(common, "common_features_p.csv", line)
+    one(skeleton, "sample_skeleton_p.csv", line)
+    one(common, "common_features_p.csv", line)
 
 
 ids = st.text(st.characters(blacklist_characters="\x01\x02\x03,\n\r",
@@ -261,7 +148,7 @@ def test_ali_ccp_valid_skeleton_lines_parse_to_their_entries(sample_id, click, i
                                                              items):
   assume(not sample_id.startswith("\ufeff"))
   line = A.skeleton_line(sample_id, click, 0, index, items).encode("utf-8")
-  kind, out = _one(ali_ccp_raw._ParseSkeletonFn(), "sample_skeleton_p.csv", line)
+  kind, out = one(ali_ccp_raw._ParseSkeletonFn(), "sample_skeleton_p.csv", line)
   expected = {}
   for field, fid, _ in items:
     expected.setdefault(field, []).append(fid)
@@ -300,14 +187,19 @@ def _dead_rows(out):
   return sorted(r["row"] for r in rows)
 
 
-def _check_job_against_lines(meta, out, fn, path, lines, n_header=0):
-  """The job's output equals the line layer's verdict on each non-blank line."""
+def _check_job_against_lines(meta, out, fn, path, lines, n_header=0, csv_file=False):
+  """The job's output equals the line layer's verdict on each non-blank line (of a
+  CSV file: each record, its quoted line breaks joined)."""
   expected_ids, expected_dead, read = [], [], 0
-  for line in lines[n_header:]:
+  lines = lines[n_header:]
+  if csv_file:
+    joiner = csv_records.RecordJoiner(",")
+    lines = joiner.feed(b"\n".join(lines).split(b"\n")) + joiner.finish()
+  for line in lines:
     if base.is_blank(line):
       continue
     read += 1
-    kind, value = _one(fn, path, line)
+    kind, value = one(fn, path, line)
     if kind == "record":
       expected_ids.append(value[1]["uid"])
     else:
@@ -344,7 +236,7 @@ def _mixed(draw, to_line, junk):
 @BEAM
 @given(st.data())
 def test_csv_job_writes_or_dead_letters_every_line_once(data):
-  lines = _mixed(data.draw, _csv_line, line_of_cells)
+  lines = _mixed(data.draw, csv_line, line_of_cells)
   header = (BOM if data.draw(st.booleans()) else b"") + ",".join(HEADER).encode()
   with _Files() as files:
     path = os.path.join(files.root, "log.csv")
@@ -352,20 +244,21 @@ def test_csv_job_writes_or_dead_letters_every_line_once(data):
       f.write(b"\n".join([header] + list(lines)) + b"\n")
     out = os.path.join(files.root, "out")
     meta = _run(path, out, files.spec_path)
-    _check_job_against_lines(meta, out, _csv_fn(), path, [header] + list(lines), 1)
+    _check_job_against_lines(meta, out, csv_parser(), path, [header] + list(lines), 1,
+                             csv_file=True)
 
 
 @BEAM
 @given(st.data())
 def test_jsonl_job_writes_or_dead_letters_every_line_once(data):
-  lines = _mixed(data.draw, _json_line, json_lines)
+  lines = _mixed(data.draw, json_line, json_lines)
   with _Files() as files:
     path = os.path.join(files.root, "log.jsonl")
     with open(path, "wb") as f:
       f.write(b"\n".join(lines) + b"\n")
     out = os.path.join(files.root, "out")
     meta = _run(path, out, files.spec_path)
-    _check_job_against_lines(meta, out, _json_fn(), path, list(lines))
+    _check_job_against_lines(meta, out, json_parser(), path, list(lines))
 
 
 @BEAM

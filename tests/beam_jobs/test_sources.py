@@ -22,33 +22,11 @@ from hmdn.beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E40
 from hmdn.features import spec as spec_lib  # noqa: E402
 from hmdn.features.preprocessed import PreprocessedData  # noqa: E402
 from hmdn.pipeline import data  # noqa: E402
+from split_reader import read_split  # noqa: E402  (the tests' one split reader)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 E1, E2, E3 = "\x01", "\x02", "\x03"
-
-
-def _read_split(out, spec, split):
-  """Every example of a split as {field: python value}, parsed by the trainer's parser."""
-  files = sorted(glob.glob(PreprocessedData(out).split_pattern(split)))
-  serialized = [s.numpy() for s in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-  if not serialized:
-    return [], []
-  parsed = {k: v.numpy() for k, v in data.parse_batch(tf.constant(serialized),
-                                                      spec).items()}
-  rows = []
-  for i in range(len(serialized)):
-    r = {}
-    for f in spec.features:
-      v = parsed[f.name][i]
-      if f.kind == spec_lib.MULTI_CATEGORICAL:
-        r[f.name] = [x.decode() for x in v if x]
-      elif f.kind == spec_lib.CATEGORICAL:
-        r[f.name] = v.decode()
-      else:
-        r[f.name] = float(v)
-    rows.append(r)
-  return rows, serialized
 
 
 def _snapshot(out, spec):
@@ -63,8 +41,8 @@ def _snapshot(out, spec):
     with open(path) as f:
       tables[os.path.basename(path)[:-len(suffix)]] = dict(
           line.rstrip("\n").split("\t") for line in f if line.strip())
-  train, train_ser = _read_split(out, spec, "train")
-  evals, eval_ser = _read_split(out, spec, "eval")
+  train, train_ser = read_split(out, spec, "train")
+  evals, eval_ser = read_split(out, spec, "eval")
   return {"out": out, "spec": spec, "train": train, "eval": evals, "dead": dead,
           "serialized": {"train": train_ser, "eval": eval_ser}, "tables": tables,
           "metadata": layout.metadata, "stats": layout.stats}

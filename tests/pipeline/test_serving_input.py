@@ -106,6 +106,8 @@ def test_a_missing_required_feature_names_it():
     ("{\"instances\": [1], \"inputs\": {}}", "unknown key(s) ['inputs']"),
     ("{\"instances\": [1], \"signature_name\": 7}", "signature_name must be a string"),
     ("[" * 100000 + "]" * 100000, "not a JSON request"),
+    ("{\"instances\": [1], \"instances\": [2]}", "gives key 'instances' 2 times"),
+    ("{\"instances\": [{\"a\": 1, \"a\": 2}]}", "gives key 'a' 2 times"),
 ])
 def test_bad_bodies_are_one_clear_error(body, message):
   with pytest.raises(RequestError) as e:

@@ -63,3 +63,36 @@ def test_check_cell_refuses_what_a_tf_example_cannot_hold(spec):
     spec_lib.check_cell(tags, spec.parse_value(tags, "a|\ud800"))
   with pytest.raises(spec_lib.SpecError, match=r"'scenario': a value of 10001 "):
     spec_lib.check_cell(spec["scenario"], "x" * (spec_lib.MAX_CELL_CHARS + 1))
+
+
+# Python's float() takes each of these (it would coerce them); the strict grammar does not.
+FLOAT_TAKES = ["1_000", "\uff11\uff12", "\u0661\u0662", "\u00a012", "12\n", "1\u3000"]
+
+
+@pytest.mark.parametrize("field,raw", [(f, r) for f in ("price", "click")
+                                       for r in FLOAT_TAKES + ["0x10", "1 000", "1e", "."]])
+def test_numbers_outside_the_ascii_grammar_are_rejected(spec, field, raw):
+  with pytest.raises(spec_lib.SpecError, match=rf"'{field}': (label|value) .* is not a "
+                     r"number \(ASCII decimal or scientific notation"):
+    spec.parse_value(spec[field], raw)
+
+
+def test_float_would_have_coerced_the_rejected_numbers():
+  assert [float(r) for r in FLOAT_TAKES] == [1000.0, 12.0, 12.0, 12.0, 12.0, 1.0]
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("12", 12.0), ("-0.5", -0.5), ("+.5", 0.5), ("5.", 5.0), ("1e3", 1000.0),
+    ("1E-3", 0.001), (" 2.5\t", 2.5), ("007", 7.0),
+])
+def test_numbers_in_the_ascii_grammar_are_read(spec, raw, expected):
+  assert spec.parse_value(spec["price"], raw) == expected
+  assert spec_lib.cells.is_number_column([raw, "1"])
+
+
+def test_a_column_is_numbers_only_if_every_cell_is():
+  is_numbers = spec_lib.cells.is_number_column
+  assert is_numbers(["1", "2.5", "-3e2"])
+  assert not is_numbers(["1", "1_000"])
+  assert not is_numbers(["1", "2\n3"])  # a cell holding the joining newline
+  assert not is_numbers(["1", ""])
