@@ -235,6 +235,27 @@ def _run_staged(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
   return metadata
 
 
+def value_statistics(spec: spec_lib.FeatureSpec, rows: int, positives: Sequence[int]
+                     ) -> Dict:
+  """One distribution value's statistics: rows, the first label's clicks and CTR, and
+  with several labels each task's positives and rate over all rows; a task `after`
+  another also its rate over that one's positives (CVR over clicks; its rate over all
+  rows is ESMM's CTCVR)."""
+  first = positives[0]
+  out = {"rows": rows, "clicks": first, "ctr": first / rows if rows else 0.0}
+  if len(spec.labels) > 1:
+    count = {f.name: n for f, n in zip(spec.labels, positives)}
+    tasks = {}
+    for f in spec.labels:
+      task = {"positives": count[f.name], "rate": count[f.name] / rows if rows else 0.0}
+      if f.after is not None:
+        before = count[f.after]
+        task["rate_after"] = count[f.name] / before if before else 0.0
+      tasks[f.name] = task
+    out["tasks"] = tasks
+  return out
+
+
 def _assemble_stats(data: PreprocessedData, spec: spec_lib.FeatureSpec,
                     counters: Dict, side: Dict[str, List]) -> Dict:
   vocab_sizes = dict(side.get("vocab_sizes", []))
@@ -247,9 +268,9 @@ def _assemble_stats(data: PreprocessedData, spec: spec_lib.FeatureSpec,
     if f.derived.has_table and not FileSystems.exists(path):
       spec_lib.write_text(path, "")
   distribution: Dict = {}
-  for (split, field, value), (rows, clicks) in side.get("distribution", []):
+  for (split, field, value), (rows, *positives) in side.get("distribution", []):
     cell = distribution.setdefault(split, {}).setdefault(field, {})
-    cell[value] = {"rows": rows, "clicks": clicks, "ctr": clicks / rows if rows else 0.0}
+    cell[value] = value_statistics(spec, rows, positives)
   stats = {
       "vocab_sizes": vocab_sizes,
       "distinct_train": dict(side.get("distinct", [])),

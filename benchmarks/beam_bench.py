@@ -192,7 +192,7 @@ def stage_rates(raw_glob: str, spec_path: str, stage_rows: int) -> List[Dict]:
   def distribution():
     accs: Dict = {}
     for b in batches:
-      for key, c in distribution_counts(b, dist_fields, spec.label.name):
+      for key, c in distribution_counts(b, dist_fields, [f.name for f in spec.labels]):
         accs[key] = cells.add_input(accs.get(key, {}), c)
     return n_rows
 

@@ -38,6 +38,11 @@ class CTRModel(tfrs.Model):
     # Keras reports the first replica's copy instead of summing them ("auto" may sum).
     self.distribute_reduction_method = "first"
     config.validate()
+    if len(spec.labels) > 1:
+      raise ValueError(
+          f"spec {spec.source} has {len(spec.labels)} labels "
+          f"({', '.join(f.name for f in spec.labels)}): the models train one task; "
+          "give the others role: passthrough to train on the first")
     self.config = config
     self.feature_spec = spec
     self.embeddings = FeatureEmbeddings(spec.to_dict(), vocab_dir, numeric_moments,

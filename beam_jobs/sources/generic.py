@@ -73,6 +73,8 @@ class ParseRowFn(base.LineParserFn):
         raw = cells.get(f.name)
         columns[f.name] = self._column(f, raw if raw is not None else [None] * n, slow,
                                        strings=raw is not None and self._format == C.CSV)
+    if cells is not None:
+      _mark_task_violations(self._spec, columns, slow)
     good = [i for i in range(n) if i not in slow] if cells is not None else []
     if good:
       for f in self._spec.raw_fields:
@@ -235,6 +237,17 @@ _BOM_BYTES = base.BOM.encode("utf-8")
 _CSV_SLOW = ('"', "\r", "\n", "\x00")
 # A JSON escape of a lone surrogate (no UTF-8 form): such a line takes the exact path.
 _SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _mark_task_violations(spec, columns, slow) -> None:
+  """Rows where an `after` task is 1 and its prerequisite 0 go the per-row way, whose
+  parse_record rejects them with the reason."""
+  for f in spec.labels:
+    if f.after is None:
+      continue
+    for i, (task, prerequisite) in enumerate(zip(columns[f.name], columns[f.after])):
+      if task == 1.0 and prerequisite == 0.0:
+        slow.add(i)
 
 
 def _missing(column: Sequence[Any]) -> int:

@@ -74,39 +74,41 @@ def NumericMoments(train_batches, spec):
           | "Moments" >> beam.CombinePerKey(_BatchMomentsFn()))
 
 
-def distribution_counts(batch: Batch, fields: Sequence[str], label: str):
-  """A batch's ((split, field), {value: [rows, clicks]}) for each distribution field
-  (and "__all__")."""
+def distribution_counts(batch: Batch, fields: Sequence[str], labels: Sequence[str]):
+  """A batch's ((split, field), {value: [rows, positives of each label]}) for each
+  distribution field (and "__all__"); the labels in spec order, one per task."""
   split, columns = batch
-  clicks = columns[label]
-  out = [((split, "__all__"), {"__all__": [len(clicks), sum(clicks)]})]
+  tasks = list(zip(*[columns[name] for name in labels]))  # a row's labels
+  out = [((split, "__all__"), {"__all__": [len(tasks)] + [sum(c) for c in zip(*tasks)]
+                                if tasks else [0] + [0] * len(labels)})]
   for name in fields:
     cells: Dict[Any, list] = {}
-    for value, click in zip(columns[name], clicks):
+    for value, row in zip(columns[name], tasks):
       cell = cells.get(value)
       if cell is None:
-        cells[value] = [1, click]
+        cells[value] = [1, *row]
       else:
         cell[0] += 1
-        cell[1] += click
+        for i, positive in enumerate(row, 1):
+          cell[i] += positive
     out.append(((split, name), cells))
   return out
 
 
 class _MergeCellsFn(beam.CombineFn):
-  """{value: [rows, clicks]} dicts summed value by value."""
+  """{value: [rows, positives...]} dicts summed value by value."""
 
   def create_accumulator(self):
     return {}
 
   def add_input(self, acc, cells):
-    for value, (rows, clicks) in cells.items():
+    for value, counts in cells.items():
       cell = acc.get(value)
       if cell is None:
-        acc[value] = [rows, clicks]
+        acc[value] = list(counts)
       else:
-        cell[0] += rows
-        cell[1] += clicks
+        for i, n in enumerate(counts):
+          cell[i] += n
     return acc
 
   def merge_accumulators(self, accs):
@@ -121,14 +123,15 @@ class _MergeCellsFn(beam.CombineFn):
 
 @beam.ptransform_fn
 @beam.typehints.with_input_types(Batch)
-@beam.typehints.with_output_types(Tuple[Tuple[str, str, Any], Tuple[Any, Any]])
+@beam.typehints.with_output_types(Tuple[Tuple[str, str, Any], Tuple[Any, ...]])
 def DistributionStatistics(batches, spec):
-  """((split, field, value), (rows, clicks)) for every distribution field value."""
+  """((split, field, value), (rows, positives of each label)) for every distribution
+  field value."""
   fields = [f.name for f in spec.distribution_fields]
-  label = spec.label.name
+  labels = [f.name for f in spec.labels]
   return (batches
-          | "DistributionCounts" >> beam.FlatMap(distribution_counts, fields, label)
-          | "SumRowsClicks" >> beam.CombinePerKey(_MergeCellsFn())
+          | "DistributionCounts" >> beam.FlatMap(distribution_counts, fields, labels)
+          | "SumRowsPositives" >> beam.CombinePerKey(_MergeCellsFn())
           | "PerValue" >> beam.FlatMap(
-              lambda kv: [((kv[0][0], kv[0][1], v), (rc[0], rc[1]))
-                          for v, rc in kv[1].items()]))
+              lambda kv: [((kv[0][0], kv[0][1], v), tuple(counts))
+                          for v, counts in kv[1].items()]))

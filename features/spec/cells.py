@@ -7,14 +7,14 @@ the same way on both sides: the job dead-letters the row, serving rejects the re
 """
 import math
 import re
-from typing import TYPE_CHECKING, Any, List, Union
+from typing import TYPE_CHECKING, Any, List, Mapping, Union
 
 from hmdn.features.fileio import short
 from hmdn.features.spec.kinds import (FLOAT32_MAX, LABEL, MAX_CELL_CHARS, MULTI_CATEGORICAL,
                                       NUMERIC, SpecError)
 
 if TYPE_CHECKING:  # schema imports this module; the annotation only needs the name
-  from hmdn.features.spec.schema import Feature
+  from hmdn.features.spec.schema import Feature, FeatureSpec
 
 Value = Union[str, float, List[str]]
 
@@ -154,3 +154,13 @@ def _category(feature: "Feature", raw: Any) -> str:
     if raw.is_integer():
       raw = int(raw)
   return _check_text(feature, str(raw))
+
+
+def check_tasks(spec: "FeatureSpec", record: Mapping[str, Any]) -> None:
+  """A row's labels agree with their `after` links: a task observed only after
+  another's positive (a purchase after a click) is 0 wherever that one is 0; raises
+  SpecError naming both fields and their values."""
+  for f in spec.labels:
+    if f.after is not None and record.get(f.name) == 1.0 and record.get(f.after) == 0.0:
+      raise SpecError(f"field {f.name!r}: label 1 where {f.after!r} is 0 ({f.name} is "
+                      f"observed only after a {f.after}: after: {f.after})")

@@ -99,6 +99,8 @@ class Feature:
     separator: joins the values of a multi_categorical cell.
     derived: computed from other fields (see `Derived`), not read from the raw log and
       not fed at serving: the model recomputes it from the raw inputs it reads.
+    after: labels only: the label this task is observed after (a purchase after a
+      click): it can be 1 only where that label is 1 (ESMM's entire-space tasks).
   """
   name: str
   kind: str
@@ -113,6 +115,7 @@ class Feature:
   default: Optional[Union[str, float]] = None
   separator: str = "|"
   derived: Optional[Derived] = None
+  after: Optional[str] = None
 
   @property
   def is_derived(self) -> bool:
@@ -159,8 +162,14 @@ class FeatureSpec:
     return [f.name for f in self.features]
 
   @property
+  def labels(self) -> List[Feature]:
+    """Every task's label, in spec order (one per task)."""
+    return [f for f in self.features if f.role == LABEL]
+
+  @property
   def label(self) -> Feature:
-    return next(f for f in self.features if f.role == LABEL)
+    """The first task's label (the only one of a one-task spec)."""
+    return self.labels[0]
 
   @property
   def oracle(self) -> Optional[Feature]:

@@ -55,6 +55,7 @@ FIELD_TYPES = {
     "default": (lambda v: v is None or isinstance(v, str) or _is_number(v),
                 "a string or a finite number"),
     "separator": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "after": (lambda v: v is None or isinstance(v, str), "a label field's name"),
 }
 DERIVED_TYPES = {
     "kind": (lambda v: isinstance(v, str), "a string"),
@@ -97,10 +98,9 @@ def validate(spec: "FeatureSpec") -> None:
       raise SpecError(f"{where}: declared twice (name {f.name!r})")
     seen.add(f.name)
     _validate_field(spec, f, where)
-  labels = [f.name for f in spec.features if f.role == LABEL]
-  if len(labels) != 1:
-    raise SpecError(f"{src}: the spec needs exactly one field with role 'label', "
-                    f"found {labels}")
+  if not any(f.role == LABEL for f in spec.features):
+    raise SpecError(f"{src}: the spec needs a field with role 'label' (one per task)")
+  _validate_tasks(spec, src)
   for role_name, found in (("oracle", [f for f in spec.features if f.role == ORACLE]),
                            ("user_id", [f for f in spec.features if f.user_id])):
     if len(found) > 1:
@@ -118,6 +118,33 @@ def validate(spec: "FeatureSpec") -> None:
                     "derived; give it a higher distribution_level")
   if not any(f.is_model_input for f in spec.features):
     raise SpecError(f"{src}: the spec has no model input (role 'feature')")
+
+
+def _validate_tasks(spec: "FeatureSpec", src: str) -> None:
+  """`after` links labels only, to another existing label, without a cycle."""
+  by_name = {f.name: f for f in spec.features}
+  for f in spec.features:
+    if f.after is None:
+      continue
+    where = f"{src}: field {f.name!r}: after"
+    if f.role != LABEL:
+      raise SpecError(f"{where} is for labels only (a task observed after another); "
+                      f"this field's role is {f.role!r}")
+    if f.after == f.name:
+      raise SpecError(f"{where} names the field itself")
+    if f.after not in by_name:
+      raise SpecError(f"{where} names {f.after!r}, which is not a field of the spec; "
+                      f"labels: {[g.name for g in spec.features if g.role == LABEL]}")
+    if by_name[f.after].role != LABEL:
+      raise SpecError(f"{where} names {f.after!r}, which is not a label (role "
+                      f"{by_name[f.after].role!r})")
+    chain, current = [f.name], f
+    while current.after is not None:
+      if current.after in chain:
+        raise SpecError(f"{src}: field {f.name!r}: after forms a cycle: "
+                        f"{' -> '.join(chain + [current.after])}")
+      chain.append(current.after)
+      current = by_name[current.after]
 
 
 def _validate_field(spec: "FeatureSpec", f: "Feature", where: str) -> None:

@@ -289,7 +289,7 @@ def test_batch_combiners_equal_per_row_counts():
   cells = _MergeCellsFn()
   accs = {}
   for b in batches:
-    for key, c in distribution_counts(b, ["cat"], "click"):
+    for key, c in distribution_counts(b, ["cat"], ["click"]):
       accs[key] = cells.add_input(accs.get(key, {}), c)
   for (split, field), by_value in accs.items():
     for value, (n, clicks) in by_value.items():

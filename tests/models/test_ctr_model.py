@@ -57,6 +57,17 @@ def test_explicit_view_needs_a_distribution_field(tmp_path, data_dir):
              ModelConfig(name="hmdn_apg", extraction="explicit"))
 
 
+def test_a_spec_with_two_tasks_is_refused_in_one_line(data_dir):
+  spec = PreprocessedData(data_dir).spec
+  purchase = spec_lib.Feature(name="purchase", kind=spec_lib.NUMERIC,
+                              role=spec_lib.LABEL, after=spec.label.name)
+  two = spec_lib.FeatureSpec(name="two", source="two.yaml",
+                             features=spec.features + (purchase,))
+  from hmdn.models.ctr_model import CTRModel
+  with pytest.raises(ValueError, match=r"two.yaml has 2 labels \(click, purchase\)"):
+    CTRModel(two, PreprocessedData(data_dir).vocab_dir, {}, ModelConfig(name="moe"))
+
+
 def test_implicit_view_reads_the_spec_marked_fields_unless_overridden(data_dir, batches):
   import dataclasses
   from hmdn.models.ctr_model import CTRModel
