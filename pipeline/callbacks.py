@@ -320,6 +320,27 @@ class BestCheckpoint(tf.keras.callbacks.Callback):
     self.model.save_weights(self._path)
 
 
+class EarlyStopping(tf.keras.callbacks.Callback):
+  """Stops training once `patience` epochs in a row have not beaten the best exact eval
+  AUC of the run (a tie is no better), epochs before a kill included: read from the
+  evaluation's history, as BestCheckpoint does (Keras' EarlyStopping starts counting
+  afresh in a resumed process)."""
+
+  def __init__(self, evaluation: DistributionEvaluation, patience: int):
+    super().__init__()
+    self._evaluation = evaluation
+    self._patience = patience
+
+  def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
+    best_epoch, best = 0, None
+    for h in self._evaluation.history:
+      if h["epoch"] <= epoch + 1 and _finite(h["auc"]) and (best is None or
+                                                           h["auc"] > best):
+        best_epoch, best = h["epoch"], h["auc"]
+    if epoch + 1 - best_epoch >= self._patience:
+      self.model.stop_training = True
+
+
 class KeepCheckpoints(tf.keras.callbacks.Callback):
   """Saves weights every epoch into `directory`, keeping the newest `keep` of them."""
 

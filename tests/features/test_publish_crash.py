@@ -108,7 +108,9 @@ def _assert_complete(out, version):
   data = PreprocessedData(out)
   assert data.metadata["version"] == version
   for rel in OUTPUTS:
-    with open(os.path.join(out, rel)) as f:
+    path = os.path.join(out, rel)
+    assert os.path.exists(path), f"{out} is marked complete without {rel}"
+    with open(path) as f:
       assert f.read() == version, rel
   assert data.spec.name == "crash"
 
