@@ -1,12 +1,13 @@
 """Keras callbacks of the trainer: exact per-distribution evaluation, the run's history
-across resumes, the best checkpoint, throughput, the progress line and divergence.
+across resumes, early stopping, the best checkpoint, throughput, the progress line and divergence.
 
 Keras' streaming AUC is approximate (thresholds) and gives no breakdown, so at the end of
 every epoch `DistributionEvaluation` scores the eval split exactly (pipeline/metrics.py)
 and logs overall, per-distribution and HMDN code-usage figures to TensorBoard and to the
-epoch logs (`val_exact_auc`), where early stopping and the best checkpoint read them.
-Its history starts with the epochs of the run before a kill (history.json), so the best
-checkpoint is the best epoch of the whole run, not of the last process.
+epoch logs (`val_exact_auc`) and its history, where early stopping and the best
+checkpoint read them. The history starts with the epochs of the run before a kill
+(history.json), so early stopping counts them and the best checkpoint is the best
+epoch of the whole run, not of the last process.
 """
 import contextlib
 import math
