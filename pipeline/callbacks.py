@@ -1,12 +1,13 @@
 """Keras callbacks of the trainer: exact per-distribution evaluation, the run's history
-across resumes, the best checkpoint, throughput, the progress line and divergence.
+across resumes, early stopping, the best checkpoint, throughput, the progress line and divergence.
 
 Keras' streaming AUC is approximate (thresholds) and gives no breakdown, so at the end of
 every epoch `DistributionEvaluation` scores the eval split exactly (pipeline/metrics.py)
 and logs overall, per-distribution and HMDN code-usage figures to TensorBoard and to the
-epoch logs (`val_exact_auc`), where early stopping and the best checkpoint read them.
-Its history starts with the epochs of the run before a kill (history.json), so the best
-checkpoint is the best epoch of the whole run, not of the last process.
+epoch logs (`val_exact_auc`) and its history, where early stopping and the best
+checkpoint read them. The history starts with the epochs of the run before a kill
+(history.json), so early stopping counts them and the best checkpoint is the best
+epoch of the whole run, not of the last process.
 """
 import contextlib
 import math
@@ -318,6 +319,27 @@ class BestCheckpoint(tf.keras.callbacks.Callback):
       raise TrainingError(f"epoch {epoch + 1}: the weights hold non-finite values; "
                           "nothing was saved as best (lower --learning_rate)")
     self.model.save_weights(self._path)
+
+
+class EarlyStopping(tf.keras.callbacks.Callback):
+  """Stops training once `patience` epochs in a row have not beaten the best exact eval
+  AUC of the run (a tie is no better), epochs before a kill included: read from the
+  evaluation's history, as BestCheckpoint does (Keras' EarlyStopping starts counting
+  afresh in a resumed process)."""
+
+  def __init__(self, evaluation: DistributionEvaluation, patience: int):
+    super().__init__()
+    self._evaluation = evaluation
+    self._patience = patience
+
+  def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
+    best_epoch, best = 0, None
+    for h in self._evaluation.history:
+      if h["epoch"] <= epoch + 1 and _finite(h["auc"]) and (best is None or
+                                                           h["auc"] > best):
+        best_epoch, best = h["epoch"], h["auc"]
+    if epoch + 1 - best_epoch >= self._patience:
+      self.model.stop_training = True
 
 
 class KeepCheckpoints(tf.keras.callbacks.Callback):

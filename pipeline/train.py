@@ -295,8 +295,8 @@ def _callbacks(config: TrainConfig, run: RunDirectory, epoch_steps: int,
     callbacks.append(tf.keras.callbacks.TensorBoard(
         _writable(run, run.logs_dir), update_freq=max(1, epoch_steps // 10)))
   if config.early_stopping_patience:
-    callbacks.append(tf.keras.callbacks.EarlyStopping(
-        monitor="val_exact_auc", mode="max", patience=config.early_stopping_patience))
+    callbacks.append(callbacks_lib.EarlyStopping(evaluation,
+                                                 config.early_stopping_patience))
   if chief:
     callbacks.append(callbacks_lib.ProgressLine(config.epochs, evaluation))
   # Last: an epoch is backed up only once its metrics and checkpoints are written.
