@@ -74,7 +74,8 @@ flags.DEFINE_string("report_dir", None, "compare: where report.md, plots and run
 # Flags of the commands themselves, not of a config.
 flags.DEFINE_string("output_dir", None, "generate/run: directory of every output; data "
                     "fetch: where the dataset goes.")
-flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices.")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (0: "
+                     "as TensorFlow finds it).", lower_bound=0)
 flags.DEFINE_string("export_dir", None, "Export root: versions go to <export_dir>/<v>/.")
 flags.DEFINE_string("saved_model", None, "An exported version dir (or export root: the "
                     "latest version is used).")
