@@ -64,7 +64,8 @@ def evaluate_and_report(predict, data_dir: str, model_config=None,
 
 def train_evaluate_export(config, out: str, generator_summary: Optional[Dict] = None,
                           verify_export: bool = True,
-                          follow_codebook_warmup_steps: bool = False) -> Dict:
+                          follow_codebook_warmup_steps: bool = False,
+                          keep_export_versions: int = 0) -> Dict:
   """After preprocessing: train (pipeline.train.TrainConfig), evaluate, export into
   `out/export`, write `out/metrics.json`, and check the export in a fresh process."""
   out = absolute(out)  # the fresh-process check runs from another directory
@@ -81,6 +82,8 @@ def train_evaluate_export(config, out: str, generator_summary: Optional[Dict] = 
   export_dir = export.export(model, spec, os.path.join(out, "export"),
                              data.first_records(config.data_dir, EVAL, WARMUP_ROWS))
   result["export_dir"] = export_dir
+  print(export.describe(export_dir))
+  export.prune_versions(os.path.dirname(export_dir), keep_export_versions)
   write_json_atomic(os.path.join(out, "metrics.json"), result)
   print(f"metrics: {os.path.join(out, 'metrics.json')}")
   print(f"SavedModel for TF Serving: {export_dir}")
