@@ -328,23 +328,29 @@ class ProgressLine(tf.keras.callbacks.Callback):
     self._epoch = epoch
     self._last = self._t0
     self._first_step = _iterations(self.model)
+    self._after_first: Optional[tuple] = None
 
   def on_train_batch_end(self, batch: int, logs: Optional[Dict] = None):
     now = time.perf_counter()
+    if self._after_first is None:  # rates leave out the first execution (tracing)
+      self._after_first = (now, _iterations(self.model))
+      return
     if not self._steps or now - self._last < self._interval:
       return
-    self._last = now
     done = _iterations(self.model) - self._first_step
+    timed = _iterations(self.model) - self._after_first[1]
+    seconds = now - self._after_first[0]
+    if timed <= 0 or seconds <= 0:
+      return
+    self._last = now
     parts = [f"epoch {self._epoch + 1}/{self._epochs}",
              f"step {done}/{self._steps}"]
     loss = (logs or {}).get("loss")
     if loss is not None and _finite(loss):
       parts.append(f"loss {float(loss):.4f}")
-    seconds = now - self._t0
-    if done > 0 and seconds > 0:
-      if self._batch:
-        parts.append(_rate(done * self._batch / seconds))
-      parts.append(f"~{seconds / done * max(0, self._steps - done):.0f} s left in epoch")
+    if self._batch:
+      parts.append(_rate(timed * self._batch / seconds))
+    parts.append(f"~{seconds / timed * max(0, self._steps - done):.0f} s left in epoch")
     line = "  ".join(parts)
     if self._tty:
       self._stream.write("\r\033[K" + line)

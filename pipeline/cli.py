@@ -223,7 +223,14 @@ def cmd_run() -> None:
   out = FLAGS.output_dir
   # Built first: a bad model or training option fails now, not after preprocessing.
   config = train_config(os.path.join(out, "data"), os.path.join(out, "model"))
-  RunDirectory(config.model_dir).check_resumable(config)  # before any work
+  run_dir = RunDirectory(config.model_dir)
+  if _codebook_warmup_unset() and not config.overwrite and run_dir.has_run():
+    # Resuming a run whose codebook warm-up followed its length: the recorded one.
+    recorded = run_dir.check_model({}, remedy=RUN_REMEDY)
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, codebook_warmup_steps=recorded.get(
+            "codebook_warmup_steps", config.model.codebook_warmup_steps)))
+  run_dir.check_resumable(config)  # before any work
   raw, spec = FLAGS.raw, FLAGS.spec
   summary = None
   if raw is None:

@@ -240,15 +240,16 @@ def test_progress_inside_an_epoch_and_the_resume_line(monkeypatch):
                                     global_batch_size=10, stream=stream, interval=5.0)
   progress.set_model(model)
   progress.on_epoch_begin(0)
-  for step in range(1, 41):  # a step every 0.25 s: a line every 5 s (20 steps)
-    now[0] += 0.25
+  for step in range(1, 41):  # the first step traces (8 s), then a step every 0.25 s
+    now[0] += 8.0 if step == 1 else 0.25
     model.steps(1)
     progress.on_train_batch_end(step - 1, {"loss": tf.constant(0.5 + step / 1000)})
+  # A line every 5 s, its rate and time left measured after the traced first step.
   assert stream.getvalue().splitlines() == [
-      "epoch 1/2  step 20/100  loss 0.5200  40 ex/s  ~20 s left in epoch",
-      "epoch 1/2  step 40/100  loss 0.5400  40 ex/s  ~15 s left in epoch"]
+      "epoch 1/2  step 2/100  loss 0.5020  40 ex/s  ~24 s left in epoch",
+      "epoch 1/2  step 22/100  loss 0.5220  40 ex/s  ~20 s left in epoch"]
   progress.on_epoch_end(0, {"loss": 0.53, "examples_per_sec": 40.0})
-  assert printed[0].startswith("epoch 1/2  loss 0.5300  40 ex/s  10 s")
+  assert printed[0].startswith("epoch 1/2  loss 0.5300  40 ex/s  18 s")
 
   lines = []
   resume = callbacks.ResumeLine(30, "/runs/m/backup", print_fn=lines.append)
