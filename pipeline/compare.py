@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import re
-import textwrap
 import time
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -296,6 +295,17 @@ def depth_table(results: Dict[str, List[Dict]]) -> List[Dict]:
   return sorted(kept, key=lambda r: (r["line"], r["num_levels"]))
 
 
+def wrap_label(label: str, width: int) -> str:
+  """A variant name in lines of about `width` characters, cut only after a `:` or a
+  `|` (a piece longer than the width stays whole on its line)."""
+  lines = [""]
+  for piece in re.split(r"(?<=[:|])", label):
+    if lines[-1] and len(lines[-1]) + len(piece) > width:
+      lines.append("")
+    lines[-1] += piece
+  return "\n".join(lines)
+
+
 def plots(summary: Dict, report_dir: str) -> List[str]:
   """PNG plots next to report.md; returns their file names."""
   # Imported here: the backend is chosen before pyplot loads, and only plots need it.
@@ -359,11 +369,9 @@ def plots(summary: Dict, report_dir: str) -> List[str]:
         ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
                 color="white" if matrix[i, j] < 0.5 else "black")
     fig.colorbar(im, ax=ax)
-    # Wrapped to the figure's width: a long variant name stays whole.
-    title = f"NMI of codes (mean of {len(runs)} seeds): {label}"
-    width = max(20, int(fig.get_figwidth() * 12))
-    ax.set_title("\n".join(textwrap.wrap(title, width, break_on_hyphens=False)),
-                 fontsize=8)
+    # Wrapped to the figure's width after a `:` or `|`: a long variant name is whole.
+    ax.set_title(f"NMI of codes (mean of {len(runs)} seeds)\n"
+                 + wrap_label(label, max(16, int(fig.get_figwidth() * 11))), fontsize=8)
     save(fig, f"codes_{file_name(label)}.png")
   return written
 

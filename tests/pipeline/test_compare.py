@@ -157,3 +157,11 @@ def test_the_depth_line_joins_only_variants_that_differ_in_depth():
   results["hmdn_moe:extraction=explicit:num_levels=5"] = runs(0.66)
   lines = {r["line"] for r in compare.depth_table(results)}
   assert lines == {"hmdn_moe", "hmdn_moe:extraction=explicit"}
+
+
+def test_a_long_variant_name_wraps_after_its_separators():
+  label = "hmdn_moe:num_levels=6:extraction=explicit:implicit_fields=user_id|device"
+  lines = compare.wrap_label(label, 24).split("\n")
+  assert "".join(lines) == label
+  assert lines == ["hmdn_moe:num_levels=6:", "extraction=explicit:",
+                   "implicit_fields=user_id|", "device"]
