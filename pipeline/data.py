@@ -23,6 +23,18 @@ def files_of(data_dir: DataDir, split: str) -> List[str]:
   return as_data(data_dir).split_files(split)
 
 
+def content_order(files: List[str]) -> List[str]:
+  """The shards ordered by their first record, not by name: the Beam job writes the
+  same shards on every run but may number them differently, and a deterministic run
+  must read the same records in the same order (two `make demo --deterministic` runs
+  gave AUC 0.7690 and 0.7697 on identical shards named the other way round)."""
+  def first(path: str) -> bytes:
+    for record in tf.data.TFRecordDataset(path, compression_type="GZIP").take(1):
+      return record.numpy()
+    return b""
+  return sorted(files, key=lambda path: (first(path), path))
+
+
 def parse_batch(serialized: tf.Tensor, spec: spec_lib.FeatureSpec,
                 for_serving: bool = False, with_label: bool = False
                 ) -> Dict[str, tf.Tensor]:
@@ -139,6 +151,8 @@ def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
     raise ValueError(f"shuffle_window={shuffle_window!r}: expected an integer >= 1")
   ordered = deterministic or not training
   files = files_of(data_dir, split)
+  if deterministic and training:
+    files = content_order(files)
   ds = tf.data.Dataset.from_tensor_slices(files)
   pipelines = input_context.num_input_pipelines if input_context is not None else 1
   shard_files = pipelines > 1 and len(files) >= pipelines
