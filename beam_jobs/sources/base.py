@@ -118,7 +118,14 @@ class LineParserFn(beam.DoFn, abc.ABC):
     return self.parse(path, line)
 
   def setup(self):
-    self._progress = Progress(self.progress_prefix, "parse")
+    self._progress_counts()
+
+  def _progress_counts(self) -> Progress:
+    """The progress file's counts, made on first use (a caller may skip setup)."""
+    progress = getattr(self, "_progress", None)
+    if progress is None:
+      progress = self._progress = Progress(self.progress_prefix, "parse")
+    return progress
 
   def process(self, element: Tuple[str, Any]):
     path, line = element
@@ -127,17 +134,17 @@ class LineParserFn(beam.DoFn, abc.ABC):
       out = self.parse_line(path, line)
     except DATA_ERRORS as e:
       self._rejected.inc()
-      self._progress.add(read=1, rejected=1)
+      self._progress_counts().add(read=1, rejected=1)
       yield dead_letter(path, printable_row(line, self._encoding), reason_of(e))
       return
-    self._progress.add(read=1)
+    self._progress_counts().add(read=1)
     yield out
 
   def finish_bundle(self):
-    self._progress.flush()
+    self._progress_counts().flush()
 
   def teardown(self):
-    self._progress.flush()
+    self._progress_counts().flush()
 
   def parse_rows(self, path: str, lines: Sequence[Any]) -> Tuple[List, List]:
     """`process` over lines already counted as read: (parsed, dead letters)."""
