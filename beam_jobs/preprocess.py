@@ -59,6 +59,7 @@ from hmdn.beam_jobs.transforms.time_split import SplitByTime
 from hmdn.beam_jobs.transforms.tfrecord_sink import WriteExamples
 from hmdn.beam_jobs.transforms.vocabularies import ComputeVocabularies
 from hmdn.features import spec as spec_lib
+from hmdn.features.fileio import short
 from hmdn.features.preprocessed import EVAL, SPLITS, TRAIN, PreprocessedData, delete_tree
 from hmdn.features.quiet import quiet_libraries
 
@@ -125,11 +126,15 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig,
   _ = side_results | "SideResults" >> WriteSideResults(_scratch(data, SIDE_RESULTS))
 
 
-def run(config: PreprocessConfig, beam_args: Optional[Sequence[str]] = None) -> Dict:
-  """Runs the job; returns the metadata also written as the completion marker."""
+def run(config: PreprocessConfig, beam_args: Optional[Sequence[str]] = None,
+        require_splits: bool = False) -> Dict:
+  """Runs the job; returns the metadata also written as the completion marker. A job
+  that writes no row at all is a PreprocessError (with the commonest reasons its rows
+  were rejected) and leaves no data directory; with `require_splits` (the CLI) so is a
+  split with no row (nothing to train on, or nothing to evaluate)."""
   config.validate()  # before anything is read or touched
   with quiet_libraries(verbose()):
-    return _run(config, beam_args)
+    return _run(config, beam_args, require_splits)
 
 
 def verbose() -> bool:
@@ -138,7 +143,8 @@ def verbose() -> bool:
   return absl_logging.get_verbosity() >= absl_logging.INFO
 
 
-def _run(config: PreprocessConfig, beam_args: Optional[Sequence[str]]) -> Dict:
+def _run(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
+         require_splits: bool = False) -> Dict:
   spec = spec_lib.load_spec(config.spec_path)
   if config.split_key and config.split_key not in spec.names:
     raise PreprocessError(f"--split_key {config.split_key!r} is not a field of "
@@ -159,6 +165,9 @@ def _run(config: PreprocessConfig, beam_args: Optional[Sequence[str]]) -> Dict:
   staging = data.staging()
   try:
     metadata = _run_staged(config, beam_args, spec, source, inputs, staging)
+    refusal = _no_rows(config, metadata, staging, require_splits)
+    if refusal:
+      raise PreprocessError(refusal)
     data.publish_from(staging)
     data.write_metadata(metadata)  # last
   except BaseException:
@@ -172,6 +181,56 @@ def _run(config: PreprocessConfig, beam_args: Optional[Sequence[str]]) -> Dict:
     raise
   delete_tree(staging.data_dir)
   return metadata
+
+
+TOP_REASONS = 3  # the commonest dead-letter reasons quoted when no row was written
+
+
+def _no_rows(config: PreprocessConfig, metadata: Dict, staging: PreprocessedData,
+             require_splits: bool) -> Optional[str]:
+  """Why the job's output is unusable (no row written; with `require_splits` a split
+  without a row), or None."""
+  written, read = metadata["rows_written"], metadata["rows_read"]
+  if not sum(written.values()):
+    if not read:
+      return f"--raw={config.raw}: no row to read (the input holds no data line)"
+    reasons = _top_reasons(staging)
+    return (f"no row written: all {read:,} rows read were rejected"
+            + (f"; commonest reasons: {reasons}" if reasons else ""))
+  if not require_splits:
+    return None
+  for split, other in ((TRAIN, EVAL), (EVAL, TRAIN)):
+    if not written[split]:
+      return (f"no {split} row: {_split_flags(config)} put all {written[other]:,} "
+              f"written rows in the {other} split; choose a split that leaves rows in "
+              "both")
+  return None
+
+
+def _split_flags(config: PreprocessConfig) -> str:
+  if config.split_time_field:
+    where = (f"--split_time_cutoff={config.split_time_cutoff}"
+             if config.split_time_cutoff is not None else
+             f"--split_time_quantile={config.split_time_quantile}"
+             if config.split_time_quantile is not None else
+             f"--eval_fraction={config.eval_fraction}")
+    return f"--split_time_field={config.split_time_field} {where}"
+  return f"--eval_fraction={config.eval_fraction}" + (
+      f" --split_key={config.split_key}" if config.split_key else "")
+
+
+def _top_reasons(data: PreprocessedData) -> str:
+  """The commonest reasons in the dead letter: '"reason" (n rows); ...'."""
+  found = FileSystems.match([f"{data.dead_letter_prefix}-*"])[0].metadata_list
+  counts: Dict[str, int] = {}
+  for m in found:
+    with FileSystems.open(m.path) as f:
+      for line in f.read().decode("utf-8").splitlines():
+        if line.strip():
+          reason = json.loads(line).get("reason", "?")
+          counts[reason] = counts.get(reason, 0) + 1
+  top = sorted(counts.items(), key=lambda kv: -kv[1])[:TOP_REASONS]
+  return "; ".join(f"{short(r, 120)} ({n:,} rows)" for r, n in top)
 
 
 def _is_own_spec(data: PreprocessedData, spec_path: str) -> bool:

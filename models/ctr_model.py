@@ -16,6 +16,9 @@ from hmdn.models.hierarchical import (EXPLICIT, IMPLICIT,
                                       HierarchicalDistributionRepresentation)
 from hmdn.models.registry import ModelConfig
 
+# The losses a step reports (as their means over the epoch so far).
+LOSSES = ("loss", "regularization_loss", "total_loss", "aux_loss")
+
 
 class CTRModel(tfrs.Model):
   """Click-through-rate model built from a feature spec and a `ModelConfig`.
@@ -97,6 +100,11 @@ class CTRModel(tfrs.Model):
         loss=tf.keras.losses.BinaryCrossentropy(
             from_logits=True, reduction=tf.keras.losses.Reduction.SUM),
         metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")])
+    # The reported losses are means since the epoch's start (Keras resets `metrics`
+    # each epoch), so the epoch's logs hold the epoch's mean, not the last batch's
+    # loss. Not tracked: checkpoints keep the same variables as before.
+    object.__setattr__(self, "loss_means", {
+        name: tf.keras.metrics.Mean(name=name) for name in LOSSES})
 
   def _cross_ids(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
     """Hash bucket of the joined ids of every distribution field: [batch]."""
@@ -204,16 +212,22 @@ class CTRModel(tfrs.Model):
   def test_step(self, inputs):
     return self._report(*self._loss_terms(inputs, training=False))
 
+  @property
+  def metrics(self):
+    return super().metrics + list(self.loss_means.values())
+
   def _report(self, bce, aux, regularization):
-    """Metric results and the losses summed over replicas (each holds its share):
-    loss (BCE), aux_loss (implicit view's CTR head), regularization_loss
-    (quantization), total_loss."""
+    """Metric results and the losses' means since the epoch began, each batch's loss
+    summed over replicas first (each holds its share): loss (BCE), aux_loss (implicit
+    view's CTR head), regularization_loss (quantization), total_loss."""
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
       bce, aux, regularization = context.all_reduce("sum", [bce, aux, regularization])
-    metrics = {m.name: m.result() for m in self.metrics}
-    metrics.update(loss=bce, regularization_loss=regularization,
-                   total_loss=bce + aux + regularization)
-    if self.aux_head is not None:
-      metrics["aux_loss"] = aux
+    batch = {"loss": bce, "regularization_loss": regularization,
+             "total_loss": bce + aux + regularization, "aux_loss": aux}
+    for name, mean in self.loss_means.items():
+      mean.update_state(batch[name])
+    metrics = {m.name: m.result() for m in super().metrics}
+    metrics.update({name: mean.result() for name, mean in self.loss_means.items()
+                    if name != "aux_loss" or self.aux_head is not None})
     return metrics

@@ -1,8 +1,10 @@
 """The `hmdn` command line's grammar: the command table's entries, argv into our flags,
 Beam's pipeline options and the command's arguments, and the help of each command.
 
-Our flags are absl flags (defined in pipeline/cli.py from the config dataclasses). An
-unknown flag is an error naming the closest known one, except that a command marked
+Our flags are absl flags (defined in pipeline/cli.py from the config dataclasses). A
+command takes only the flags of its groups (a flag of another command, which it would
+ignore, is an error naming the commands it is for). An unknown flag is an error naming
+the closest known one, except that a command marked
 `beam` passes Beam the pipeline options Beam itself recognises (e.g.
 --runner=DataflowRunner), and anything after a bare `--` unchecked; no other command
 imports Beam. Beam's options are known through its public API: the parser
@@ -40,6 +42,11 @@ class Command:
   flag_groups: Tuple[FlagGroup, ...] = ()
   beam: bool = False  # runs a Beam pipeline: takes Beam's pipeline options too
   args: str = ""  # the positional arguments it takes (usage text), if any
+
+  @property
+  def flag_names(self) -> Tuple[str, ...]:
+    """Every flag of its groups: the only flags of ours it accepts."""
+    return tuple(n for group in self.flag_groups for n in group.names)
 
 
 # --- Help --------------------------------------------------------------------------------
@@ -131,6 +138,28 @@ def unknown_flags_message(unknown: Sequence[str], known: Sequence[str]) -> str:
   return f"unknown flag{'s' * (len(parts) > 1)} {', '.join(parts)}; see --helpfull"
 
 
+def _flags_of_other_commands(command: Optional[str], commands: Mapping[str, Command],
+                              flag_values) -> Optional[str]:
+  """"--eval_fraction is not a flag of train (it is one of preprocess, run)": a flag
+  of ours (defined in an hmdn module) given to a command that would ignore it. The
+  flags of absl and other libraries (--verbosity, --logtostderr) stay accepted."""
+  if command is None:
+    return None
+  own = set(commands[command].flag_names)
+  ours = {f.name for module, defined in flag_values.flags_by_module_dict().items()
+          if module.startswith("hmdn") for f in defined}
+  given = sorted(n for n in ours - own if flag_values[n].present)
+  if not given:
+    return None
+  parts = []
+  for name in given:
+    takers = [c.name for c in commands.values() if name in c.flag_names]
+    parts.append(f"--{name}" + (f" (a flag of {', '.join(takers)})" if takers else ""))
+  return (f"{'flags' if len(parts) > 1 else 'flag'} {', '.join(parts)} "
+          f"{'are' if len(parts) > 1 else 'is'} not for {command}: it would ignore "
+          f"{'them' if len(parts) > 1 else 'it'}; see hmdn {command} --help")
+
+
 def parse(argv: List[str], commands: Mapping[str, Command], beam_args: List[str],
           flag_values=FLAGS) -> List[str]:
   """Parses our flags into `flag_values` and sets `beam_args` to what goes to Beam;
@@ -175,6 +204,9 @@ def parse(argv: List[str], commands: Mapping[str, Command], beam_args: List[str]
     if command not in beam_commands and message.count("did you mean") < len(unknown):
       message += f" (Beam pipeline options are for {' and '.join(beam_commands)} only)"
     fail(message)
+  foreign = _flags_of_other_commands(command, commands, flag_values)
+  if foreign:
+    fail(foreign)
   if passthrough and command not in beam_commands:
     fail(f"arguments after -- go to Beam, and only {' and '.join(beam_commands)} run "
          f"a Beam pipeline: {passthrough}")

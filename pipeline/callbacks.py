@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import re
+import sys
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -224,31 +225,68 @@ class Throughput(tf.keras.callbacks.Callback):
   """Training examples/s and mean step time of each epoch (evaluation excluded) ->
   logs["examples_per_sec"], logs["step_time_ms"], logs["train_seconds"].
 
-  Wall clock between the epoch's start and end, no batch hook (a per-step hook runs
-  Python between steps and reads the step's logs back); the steps are counted by the
-  optimizer (a resumed epoch may run fewer than `steps_per_epoch`). It comes before
-  every other callback's epoch end (they evaluate and save, which is not training).
+  The rate is timed from the end of the epoch's first execution of steps to the
+  epoch's end: the first step of a run also traces and compiles the step function
+  (epoch 1 read 875 ex/s against 58k after), which is not the training rate. An epoch
+  of one execution is timed whole. The steps are counted by the optimizer (a resumed
+  epoch may run fewer than `steps_per_epoch`); the batch hook only reads a clock (no
+  step output is read back). It comes before every other callback's epoch end (they
+  evaluate and save, which is not training).
   """
 
   def __init__(self, global_batch_size: int, steps_per_epoch: int):
     super().__init__()
     self._batch = global_batch_size
     self._steps_per_epoch = steps_per_epoch
+    self._supports_tf_logs = True  # the logs are never read: no copy to the host
 
   def on_epoch_begin(self, epoch: int, logs: Optional[Dict] = None):
     self._first_step = _iterations(self.model)
     self._start = time.perf_counter()
+    self._after_first: Optional[tuple] = None  # (time, iterations) after the first
+
+  def on_train_batch_end(self, batch: int, logs: Optional[Dict] = None):
+    if self._after_first is None:
+      self._after_first = (time.perf_counter(), _iterations(self.model))
 
   def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
-    seconds = time.perf_counter() - self._start
+    end = time.perf_counter()
+    seconds = end - self._start
     steps = _iterations(self.model) - self._first_step
     if steps <= 0:  # no optimizer step count (or a schedule-free optimizer)
       steps = self._steps_per_epoch
     if logs is None or not steps or seconds <= 0:
       return
-    logs["examples_per_sec"] = steps * self._batch / seconds
-    logs["step_time_ms"] = 1000.0 * seconds / steps
+    timed_steps, timed_seconds = steps, seconds
+    if self._after_first is not None:
+      later = _iterations(self.model) - self._after_first[1]
+      if later > 0 and end > self._after_first[0]:
+        timed_steps, timed_seconds = later, end - self._after_first[0]
+    logs["examples_per_sec"] = timed_steps * self._batch / timed_seconds
+    logs["step_time_ms"] = 1000.0 * timed_seconds / timed_steps
     logs["train_seconds"] = seconds
+
+
+class ResumeLine(tf.keras.callbacks.Callback):
+  """One line when a run resumes: from which epoch and step (read after
+  BackupAndRestore restored the state: it must come after it in the list)."""
+
+  def __init__(self, steps_per_epoch: int, backup_dir: str,
+               print_fn: Callable[[str], None] = None):
+    super().__init__()
+    self._steps_per_epoch = steps_per_epoch
+    self._backup_dir = backup_dir
+    self._print = print_fn or (lambda line: print(line, flush=True))
+
+  def on_train_begin(self, logs: Optional[Dict] = None):
+    done = _iterations(self.model)
+    if done <= 0:
+      self._print(f"resuming: no backup of a training step in {self._backup_dir} yet; "
+                  "training from epoch 1, step 0")
+      return
+    epoch, step = divmod(done, self._steps_per_epoch)
+    self._print(f"resuming from {self._backup_dir}: epoch {epoch + 1}, step {step} of "
+                f"{self._steps_per_epoch} ({done} steps done)")
 
 
 def _rate(examples_per_sec: Optional[float]) -> str:
@@ -263,20 +301,70 @@ def _rate(examples_per_sec: Optional[float]) -> str:
 
 class ProgressLine(tf.keras.callbacks.Callback):
   """One line per epoch, instead of Keras' progress bars:
-  `epoch 2/3  loss 0.4100  eval AUC 0.7810  38k ex/s  12 s  ~24 s left`."""
+  `epoch 2/3  loss 0.4100  eval AUC 0.7810  38k ex/s  12 s  ~24 s left`
+  (loss: the epoch's mean). Inside an epoch that lasts, the progress on stderr: one
+  line every `interval` seconds when stderr is not a terminal (a log file), else one
+  line redrawn in place each second. Reading the step's loss back is done only then.
+  """
 
   def __init__(self, epochs: int, evaluation: Optional[DistributionEvaluation] = None,
-               print_fn: Callable[[str], None] = None):
+               print_fn: Callable[[str], None] = None, steps_per_epoch: int = 0,
+               global_batch_size: int = 0, stream=None, interval: float = 10.0):
     super().__init__()
     self._epochs = epochs
     self._evaluation = evaluation
     self._print = print_fn or (lambda line: print(line, flush=True))
     self._walls: List[float] = []
+    self._steps = steps_per_epoch
+    self._batch = global_batch_size
+    self._stream = stream if stream is not None else sys.stderr
+    isatty = getattr(self._stream, "isatty", None)
+    self._tty = bool(isatty and isatty())
+    self._interval = 1.0 if self._tty else interval
+    self._drawn = False
+    self._supports_tf_logs = True  # logs stay tensors until a line is due
 
   def on_epoch_begin(self, epoch: int, logs: Optional[Dict] = None):
     self._t0 = time.perf_counter()
+    self._epoch = epoch
+    self._last = self._t0
+    self._first_step = _iterations(self.model)
+    self._after_first: Optional[tuple] = None
+
+  def on_train_batch_end(self, batch: int, logs: Optional[Dict] = None):
+    now = time.perf_counter()
+    if self._after_first is None:  # rates leave out the first execution (tracing)
+      self._after_first = (now, _iterations(self.model))
+      return
+    if not self._steps or now - self._last < self._interval:
+      return
+    done = _iterations(self.model) - self._first_step
+    timed = _iterations(self.model) - self._after_first[1]
+    seconds = now - self._after_first[0]
+    if timed <= 0 or seconds <= 0:
+      return
+    self._last = now
+    parts = [f"epoch {self._epoch + 1}/{self._epochs}",
+             f"step {done}/{self._steps}"]
+    loss = (logs or {}).get("loss")
+    if loss is not None and _finite(loss):
+      parts.append(f"loss {float(loss):.4f}")
+    if self._batch:
+      parts.append(_rate(timed * self._batch / seconds))
+    parts.append(f"~{seconds / timed * max(0, self._steps - done):.0f} s left in epoch")
+    line = "  ".join(parts)
+    if self._tty:
+      self._stream.write("\r\033[K" + line)
+      self._drawn = True
+    else:
+      self._stream.write(line + "\n")
+    self._stream.flush()
 
   def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
+    if self._drawn:  # the redrawn line gives way to the epoch's line
+      self._stream.write("\r\033[K")
+      self._stream.flush()
+      self._drawn = False
     logs = logs or {}
     wall = time.perf_counter() - self._t0
     self._walls.append(wall)

@@ -74,13 +74,18 @@ flags.DEFINE_string("report_dir", None, "compare: where report.md, plots and run
 # Flags of the commands themselves, not of a config.
 flags.DEFINE_string("output_dir", None, "generate/run: directory of every output; data "
                     "fetch: where the dataset goes.")
-flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices.")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (0: "
+                     "as TensorFlow finds it).", lower_bound=0)
 flags.DEFINE_string("export_dir", None, "Export root: versions go to <export_dir>/<v>/.")
 flags.DEFINE_string("saved_model", None, "An exported version dir (or export root: the "
                     "latest version is used).")
 flags.DEFINE_string("input", None, "predict: JSON request in TF Serving REST format.")
 flags.DEFINE_string("output", None, "evaluate: write metrics JSON here.")
 flags.DEFINE_bool("verify_export", True, "run: reload the export in a fresh process.")
+flags.DEFINE_integer("keep_export_versions", 0, "export/run: after exporting, remove "
+                     "the versions of the export root older than its newest N (0: keep "
+                     "every version; run --overwrite: 1, the run's own export replaced).",
+                     lower_bound=0)
 flags.DEFINE_bool("debug", False, "Show tracebacks of input errors.")
 
 _BEAM_ARGS: List[str] = []  # set by _parse_flags: what preprocess and run pass to Beam
@@ -107,6 +112,11 @@ def given_model_options() -> Dict:
     return {}
   values = dataclasses.asdict(config_flags.from_flags(ModelConfig, MODEL_FLAGS))
   return {field: values[field] for field in present}
+
+
+def _codebook_warmup_unset() -> bool:
+  """--codebook_warmup_steps not given: a short new run may follow its length."""
+  return not FLAGS[MODEL_FLAGS["warmup_steps"]].present
 
 
 # Flags holding a local path (or comma-separated globs: --raw): made absolute at start.
@@ -172,7 +182,7 @@ def cmd_train() -> None:
     recorded = run.check_model(given_model_options(), remedy=RUN_REMEDY)
     config = dataclasses.replace(config, model=model_config_from_record(recorded,
                                                                         ModelConfig))
-  train.train(config)
+  train.train(config, follow_codebook_warmup_steps=_codebook_warmup_unset())
 
 
 def cmd_evaluate() -> None:
@@ -197,7 +207,9 @@ def cmd_export() -> None:
                              given=given_model_options())
   rows = data.first_records(FLAGS.data_dir, EVAL, stages.WARMUP_ROWS)
   spec = PreprocessedData(FLAGS.data_dir).spec
-  print(f"exported: {export.export(model, spec, FLAGS.export_dir, rows)}")
+  version = export.export(model, spec, FLAGS.export_dir, rows)
+  print(export.describe(version))
+  export.prune_versions(FLAGS.export_dir, FLAGS.keep_export_versions)
 
 
 def cmd_predict() -> None:
@@ -211,7 +223,14 @@ def cmd_run() -> None:
   out = FLAGS.output_dir
   # Built first: a bad model or training option fails now, not after preprocessing.
   config = train_config(os.path.join(out, "data"), os.path.join(out, "model"))
-  RunDirectory(config.model_dir).check_resumable(config)  # before any work
+  run_dir = RunDirectory(config.model_dir)
+  if _codebook_warmup_unset() and not config.overwrite and run_dir.has_run():
+    # Resuming a run whose codebook warm-up followed its length: the recorded one.
+    recorded = run_dir.check_model({}, remedy=RUN_REMEDY)
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, codebook_warmup_steps=recorded.get(
+            "codebook_warmup_steps", config.model.codebook_warmup_steps)))
+  run_dir.check_resumable(config)  # before any work
   raw, spec = FLAGS.raw, FLAGS.spec
   summary = None
   if raw is None:
@@ -221,7 +240,11 @@ def cmd_run() -> None:
   elif spec is None:
     raise ValueError("--spec is needed with --raw: it declares the fields of the log")
   stages.preprocess(preprocess_config(raw, spec, config.data_dir), _BEAM_ARGS)
-  stages.train_evaluate_export(config, out, summary, FLAGS.verify_export)
+  # --overwrite replaces the run: its export too, unless told how many to keep.
+  keep = FLAGS.keep_export_versions or (1 if config.overwrite else 0)
+  stages.train_evaluate_export(config, out, summary, FLAGS.verify_export,
+                               follow_codebook_warmup_steps=_codebook_warmup_unset(),
+                               keep_export_versions=keep)
 
 
 def cmd_compare() -> None:
@@ -285,13 +308,14 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
             "(--saved_model)", cmd_evaluate, (FlagGroup("evaluate", (
                 "data_dir", "model_dir", "saved_model", "output")), MODEL, EVERY)),
     Command("export", "a run's model as a SavedModel version under --export_dir",
-            cmd_export, (FlagGroup("export", ("data_dir", "model_dir", "export_dir")),
-                         MODEL, EVERY)),
+            cmd_export, (FlagGroup("export", ("data_dir", "model_dir", "export_dir",
+                                              "keep_export_versions")), MODEL, EVERY)),
     Command("predict", "answer a TF Serving REST request (--input) with an export",
             cmd_predict, (FlagGroup("predict", ("saved_model", "input")), EVERY)),
     Command("run", "every stage (generate or --raw, preprocess, train, evaluate, "
             "export) into --output_dir", cmd_run, (
-                FlagGroup("run", ("output_dir", "raw", "spec", "verify_export")),
+                FlagGroup("run", ("output_dir", "raw", "spec", "verify_export",
+                                  "keep_export_versions")),
                 GENERATED, config_group(TRAIN.title, TrainConfig, skip=DIRS), MODEL,
                 config_group(PREPROCESS.title, PreprocessConfig, PREPROCESS_FLAGS,
                              skip=DIRS), EVERY), beam=True),

@@ -241,10 +241,11 @@ def markdown(summary: Dict) -> str:
       lines.append(f"| {_cell(label)} | " + " | ".join(cells) + " |")
   depth = summary.get("depth")
   if depth:
-    lines += ["", "## AUC vs codebook depth D", "", "| D | model | AUC |", "|---|---|---|"]
+    lines += ["", "## AUC vs codebook depth D (variants that differ in D only)", "",
+              "| variant | D | model | AUC |", "|---|---|---|---|"]
     for row in depth:
-      lines.append(f"| {row['num_levels']} | {_cell(row['model'])} | {row['auc']:.4f} ± "
-                   f"{row['std']:.4f} |")
+      lines.append(f"| {_cell(row.get('line', ''))} | {row['num_levels']} | "
+                   f"{_cell(row['model'])} | {row['auc']:.4f} ± {row['std']:.4f} |")
   for label, runs in summary["results"].items():
     if not runs[0].get("codes"):
       continue
@@ -263,8 +264,21 @@ def markdown(summary: Dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _depth_line(label: str) -> str:
+  """The variant a depth line follows: the model and every override but num_levels
+  (`hmdn_moe:extraction=explicit`), so a line joins only runs that differ in D."""
+  name, overrides = parse_variant(label)
+  return ":".join([name] + [f"{k}={_option_text(v)}" for k, v in sorted(
+      overrides.items()) if k != "num_levels"])
+
+
+def _option_text(value) -> str:
+  return "|".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def depth_table(results: Dict[str, List[Dict]]) -> List[Dict]:
-  """AUC per num_levels for HMDN variants that differ in depth."""
+  """AUC per num_levels of the HMDN variants that differ in depth only: one line
+  (`line`) per model and other options, kept when it has two depths or more."""
   rows = []
   for label, runs in results.items():
     if not is_hmdn(label):
@@ -272,9 +286,24 @@ def depth_table(results: Dict[str, List[Dict]]) -> List[Dict]:
     _, overrides = parse_variant(label)
     depth = overrides.get("num_levels", ModelConfig().num_levels)
     auc, std = _mean_std([r["auc"] for r in runs])
-    rows.append({"model": label, "num_levels": depth, "auc": auc, "std": std})
-  depths = {r["num_levels"] for r in rows}
-  return sorted(rows, key=lambda r: r["num_levels"]) if len(depths) > 1 else []
+    rows.append({"model": label, "line": _depth_line(label), "num_levels": depth,
+                 "auc": auc, "std": std})
+  depths: Dict[str, set] = {}
+  for r in rows:
+    depths.setdefault(r["line"], set()).add(r["num_levels"])
+  kept = [r for r in rows if len(depths[r["line"]]) > 1]
+  return sorted(kept, key=lambda r: (r["line"], r["num_levels"]))
+
+
+def wrap_label(label: str, width: int) -> str:
+  """A variant name in lines of about `width` characters, cut only after a `:` or a
+  `|` (a piece longer than the width stays whole on its line)."""
+  lines = [""]
+  for piece in re.split(r"(?<=[:|])", label):
+    if lines[-1] and len(lines[-1]) + len(piece) > width:
+      lines.append("")
+    lines[-1] += piece
+  return "\n".join(lines)
 
 
 def plots(summary: Dict, report_dir: str) -> List[str]:
@@ -313,10 +342,15 @@ def plots(summary: Dict, report_dir: str) -> List[str]:
     ax.legend(fontsize=6)
     save(fig, "auc_by_leaf_decile.png")
   if summary.get("depth"):
-    fig, ax = plt.subplots(figsize=(5, 3))
-    rows = summary["depth"]
-    ax.errorbar([r["num_levels"] for r in rows], [r["auc"] for r in rows],
-                yerr=[r["std"] for r in rows], marker="o")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    lines: Dict[str, List[Dict]] = {}
+    for r in summary["depth"]:
+      lines.setdefault(r.get("line", ""), []).append(r)
+    for line, rows in lines.items():  # one line per variant: only D differs along it
+      ax.errorbar([r["num_levels"] for r in rows], [r["auc"] for r in rows],
+                  yerr=[r["std"] for r in rows], marker="o", label=line, capsize=2)
+    if len(lines) > 1:
+      ax.legend(fontsize=6)
     ax.set_xlabel("codebook depth D")
     ax.set_ylabel("AUC")
     save(fig, "auc_vs_depth.png")
@@ -335,7 +369,9 @@ def plots(summary: Dict, report_dir: str) -> List[str]:
         ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
                 color="white" if matrix[i, j] < 0.5 else "black")
     fig.colorbar(im, ax=ax)
-    ax.set_title(f"NMI of codes (mean of {len(runs)} seeds): {label}", fontsize=8)
+    # Wrapped to the figure's width after a `:` or `|`: a long variant name is whole.
+    ax.set_title(f"NMI of codes (mean of {len(runs)} seeds)\n"
+                 + wrap_label(label, max(16, int(fig.get_figwidth() * 11))), fontsize=8)
     save(fig, f"codes_{file_name(label)}.png")
   return written
 
@@ -348,8 +384,18 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
     raise ValueError("--models: give at least one model")
   if not seeds:
     raise ValueError("--seeds: give at least one seed")
-  if len(set(labels)) != len(labels):
-    raise ValueError(f"--models lists a model twice: {list(labels)}")
+  repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+  if repeated:
+    raise ValueError(f"--seeds={','.join(map(str, seeds))}: seed {repeated[0]} is listed "
+                     "twice (one run counted twice; its spread would be understated)")
+  variants: Dict[Tuple, str] = {}
+  for label in labels:  # the same model written twice, in any spelling
+    name, overrides = parse_variant(label)
+    key = (name, tuple(sorted((k, _option_text(v)) for k, v in overrides.items())))
+    if key in variants:
+      raise ValueError(f"--models: {label!r} is the same model as {variants[key]!r} "
+                       "(listed twice)")
+    variants[key] = label
   data = PreprocessedData(base.data_dir).check_complete()
   steps = train.steps_per_epoch(base, data.rows(TRAIN))
   for label in labels:  # every bad model or option fails before the first run

@@ -19,8 +19,22 @@ DataDir = Union[str, PreprocessedData]
 
 
 def files_of(data_dir: DataDir, split: str) -> List[str]:
-  """The split's TFRecord shards (see features/preprocessed.py for the layout)."""
-  return as_data(data_dir).split_files(split)
+  """The split's TFRecord shards (see features/preprocessed.py for the layout), in the
+  order of their content (`content_order`)."""
+  return content_order(as_data(data_dir).split_files(split))
+
+
+def content_order(files: List[str]) -> List[str]:
+  """The shards ordered by their first record, not by name: the Beam job writes the
+  same shards on every run but may number them differently, and a deterministic run
+  must read the same records in the same order, for training and evaluation alike
+  (two `make demo --deterministic` runs gave AUC 0.7690 and 0.7697 on identical
+  shards named the other way round)."""
+  def first(path: str) -> bytes:
+    for record in tf.data.TFRecordDataset(path, compression_type="GZIP").take(1):
+      return record.numpy()
+    return b""
+  return sorted(files, key=lambda path: (first(path), path))
 
 
 def parse_batch(serialized: tf.Tensor, spec: spec_lib.FeatureSpec,

@@ -111,13 +111,45 @@ def code_report(columns, spec, codebook_size, views) -> Dict:
   return report
 
 
+# A field with more values than this prints its largest and worst few and a summary
+# of the rest (the long-tail log's table ran to 1,170 lines, 875 of them `nan`).
+TABLE_ALL_VALUES = 12
+TABLE_LARGEST = 5
+TABLE_WORST = 5
+
+
+def _value_line(field: str, value: str, m: Dict) -> str:
+  return (f"{field:<14} {value:<14} {m['rows']:>8d} {m['ctr']:>7.4f} "
+          f"{m['auc']:>7.4f} {m['logloss']:>8.4f}")
+
+
+def _field_lines(field: str, values: Dict[str, Dict]) -> list:
+  """Every value of a field with few; else the largest by rows, the lowest finite
+  AUCs, and one line for the rest (rows, CTR, how many have one class only)."""
+  if len(values) <= TABLE_ALL_VALUES:
+    return [_value_line(field, v, m) for v, m in sorted(values.items())]
+  largest = sorted(values, key=lambda v: (-values[v]["rows"], v))[:TABLE_LARGEST]
+  scored = [v for v in values if v not in largest and np.isfinite(values[v]["auc"])]
+  worst = sorted(scored, key=lambda v: (values[v]["auc"], v))[:TABLE_WORST]
+  rest = [v for v in values if v not in largest and v not in worst]
+  rows = sum(values[v]["rows"] for v in rest)
+  ctr = (sum(values[v]["ctr"] * values[v]["rows"] for v in rest) / rows) if rows else 0.0
+  undefined = sum(1 for v in rest if not np.isfinite(values[v]["auc"]))
+  lines = [f"{field}: {len(values)} values; the {len(largest)} with most rows, the "
+           f"{len(worst)} with the lowest AUC, the rest in one line (every value: "
+           "the metrics JSON)"]
+  lines += [_value_line(field, v, values[v]) for v in largest]
+  lines += [_value_line(field, v, values[v]) for v in worst]
+  lines.append(f"{field:<14} {f'{len(rest)} others':<14} {rows:>8d} {ctr:>7.4f}  "
+               f"({undefined} with one class only: AUC undefined)")
+  return lines
+
+
 def format_table(result: Dict) -> str:
   """The per-distribution table printed at the end of a run."""
   lines = [f"{'field':<14} {'value':<14} {'rows':>8} {'ctr':>7} {'auc':>7} {'logloss':>8}"]
   for field, values in result["per_distribution"].items():
-    for value, m in sorted(values.items()):
-      lines.append(f"{field:<14} {value:<14} {m['rows']:>8d} {m['ctr']:>7.4f} "
-                   f"{m['auc']:>7.4f} {m['logloss']:>8.4f}")
+    lines += _field_lines(field, values)
   lines.append(f"{'overall':<14} {'':<14} {result['rows_eval']:>8d} "
                f"{result['ctr_eval']:>7.4f} {result['auc']:>7.4f} {result['logloss']:>8.4f}")
   extras = [f"{k} {result[k]:.4f}" for k in ("gauc", "oracle_auc") if k in result]

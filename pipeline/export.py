@@ -146,6 +146,42 @@ class ServingModule(tf.Module):
     return {"scores": scores, "classes": classes}
 
 
+def prune_versions(export_root: str, keep: int, log=print) -> List[int]:
+  """Removes the version directories under `export_root` older than its newest `keep`
+  (0: none removed); only directories holding a SavedModel, never anything else.
+  Returns the versions removed, said in one line."""
+  if keep <= 0:
+    return []
+  numbered = [v for v in versions(export_root)
+              if is_version(os.path.join(export_root, str(v)))]
+  removed = numbered[:-keep]
+  for version in removed:
+    tf.io.gfile.rmtree(os.path.join(export_root, str(version)))
+  if removed:
+    log(f"export: removed {len(removed)} earlier version{'s' * (len(removed) > 1)} of "
+        f"{export_root} ({', '.join(map(str, removed))}); kept the newest {keep}")
+  return removed
+
+
+def describe(version_dir: str) -> str:
+  """One line saying what an export holds: its signatures, warm-up requests, the
+  files beside the model and its size."""
+  loaded = saved_model_pb2.SavedModel()
+  with tf.io.gfile.GFile(os.path.join(version_dir, SAVED_MODEL_FILE), "rb") as f:
+    loaded.ParseFromString(f.read())
+  signatures = sorted(loaded.meta_graphs[0].signature_def) if loaded.meta_graphs else []
+  warmup = (sum(1 for _ in tf.data.TFRecordDataset(warmup_path(version_dir)))
+            if tf.io.gfile.exists(warmup_path(version_dir)) else 0)
+  size = sum(tf.io.gfile.stat(os.path.join(root, name)).length
+             for root, _, files in tf.io.gfile.walk(version_dir) for name in files)
+  extra = [n for n in (SPEC_FILE, MODEL_CONFIG_FILE)
+           if tf.io.gfile.exists(os.path.join(version_dir, ASSETS_EXTRA, n))]
+  return (f"exported {version_dir}: SavedModel with signatures "
+          f"{', '.join(s for s in signatures if not s.startswith('__'))}; {warmup} "
+          f"warm-up requests; {', '.join(extra) or 'nothing'} in {ASSETS_EXTRA}/; "
+          f"{size / 1e6:.1f} MB")
+
+
 def next_version(export_root: str) -> int:
   """A version number larger than any existing one (seconds since the epoch)."""
   return max([int(time.time())] + [v + 1 for v in versions(export_root)])

@@ -41,7 +41,7 @@ def preprocess(config, beam_args: Sequence[str] = ()) -> Dict:
   that imports Beam."""
   from hmdn.beam_jobs import preprocess as preprocess_lib  # here: only this stage loads Beam
   with quiet.beam_worker_noise_filtered(sys.argv):
-    metadata = preprocess_lib.run(config, beam_args=list(beam_args))
+    metadata = preprocess_lib.run(config, beam_args=list(beam_args), require_splits=True)
   written = metadata["rows_written"]
   print(f"preprocess: {written['train']} train / {written['eval']} eval rows in "
         f"{config.output_dir}; dead letter: "
@@ -63,11 +63,13 @@ def evaluate_and_report(predict, data_dir: str, model_config=None,
 
 
 def train_evaluate_export(config, out: str, generator_summary: Optional[Dict] = None,
-                          verify_export: bool = True) -> Dict:
+                          verify_export: bool = True,
+                          follow_codebook_warmup_steps: bool = False,
+                          keep_export_versions: int = 0) -> Dict:
   """After preprocessing: train (pipeline.train.TrainConfig), evaluate, export into
   `out/export`, write `out/metrics.json`, and check the export in a fresh process."""
   out = absolute(out)  # the fresh-process check runs from another directory
-  model = train.train(config)
+  model = train.train(config, follow_codebook_warmup_steps=follow_codebook_warmup_steps)
   spec = PreprocessedData(config.data_dir).spec
   result = {"model": config.model.name, "seed": config.seed}
   result.update(evaluate_and_report(evaluate.model_predictor(model, spec),
@@ -80,6 +82,8 @@ def train_evaluate_export(config, out: str, generator_summary: Optional[Dict] = 
   export_dir = export.export(model, spec, os.path.join(out, "export"),
                              data.first_records(config.data_dir, EVAL, WARMUP_ROWS))
   result["export_dir"] = export_dir
+  print(export.describe(export_dir))
+  export.prune_versions(os.path.dirname(export_dir), keep_export_versions)
   write_json_atomic(os.path.join(out, "metrics.json"), result)
   print(f"metrics: {os.path.join(out, 'metrics.json')}")
   print(f"SavedModel for TF Serving: {export_dir}")

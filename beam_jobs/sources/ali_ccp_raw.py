@@ -108,7 +108,7 @@ class _JoinCommonFn(beam.DoFn):
 
 
 @beam.ptransform_fn
-def ReadAliCcpRaw(p, paths, spec, split_key="", eval_fraction=0.2):
+def ReadAliCcpRaw(p, paths, spec, split_key="", eval_fraction=0.2, progress_prefix=""):
   """Ali-CCP's raw release: each skeleton row (one impression) joined with its common
   features (the user side) on (part, common_feature_index) by a CoGroupByKey; repeated
   sample ids are found by a GroupByKey. The split hashes the sample id by default."""
@@ -116,7 +116,8 @@ def ReadAliCcpRaw(p, paths, spec, split_key="", eval_fraction=0.2):
   skeleton_files = [f for part in parts.values() for f in part["skeleton"]]
   common_files = [f for part in parts.values() for f in part["common"]]
   skeleton = (p | "ReadSkeleton" >> base.ReadLines(skeleton_files)
-              | "ParseSkeleton" >> base.ParseLines(_ParseSkeletonFn()))
+              | "ParseSkeleton" >> base.ParseLines(_ParseSkeletonFn(),
+                                                   progress_prefix=progress_prefix))
   common = (p | "ReadCommon" >> base.ReadLines(common_files)
             | "ParseCommon" >> base.ParseLines(_ParseCommonFn()))
   unique = (skeleton["rows"]
@@ -148,4 +149,4 @@ class AliCcpRawSource(base.Source):
 
   def read(self, p, inputs, spec, config, progress_prefix=""):
     return p | self.label >> ReadAliCcpRaw(list(inputs.paths), spec, config.split_key,
-                                           config.eval_fraction)
+                                           config.eval_fraction, progress_prefix)

@@ -96,7 +96,10 @@ class LineParserFn(beam.DoFn, abc.ABC):
   (`rejected_counter`) when `parse` raises `SpecError`; a subclass says only how its
   lines parse. Side files (Ali-CCP common features, MovieLens users and items) count
   in their own counters, so the impressions' read = written + rejected still holds.
+  With `progress_prefix` set (ParseLines does, for the impressions only) it also
+  feeds the progress lines the driver prints while the job runs.
   """
+  progress_prefix = ""
 
   def __init__(self, read_counter: str = ROWS_READ,
                rejected_counter: str = ROWS_REJECTED, encoding: str = "utf-8"):
@@ -116,6 +119,16 @@ class LineParserFn(beam.DoFn, abc.ABC):
       line = line[1:]
     return self.parse(path, line)
 
+  def setup(self):
+    self._progress_counts()
+
+  def _progress_counts(self) -> Progress:
+    """The progress file's counts, made on first use (a caller may skip setup)."""
+    progress = getattr(self, "_progress", None)
+    if progress is None:
+      progress = self._progress = Progress(self.progress_prefix, "parse")
+    return progress
+
   def process(self, element: Tuple[str, Any]):
     path, line = element
     self._read.inc()
@@ -123,9 +136,17 @@ class LineParserFn(beam.DoFn, abc.ABC):
       out = self.parse_line(path, line)
     except DATA_ERRORS as e:
       self._rejected.inc()
+      self._progress_counts().add(read=1, rejected=1)
       yield dead_letter(path, printable_row(line, self._encoding), reason_of(e))
       return
+    self._progress_counts().add(read=1)
     yield out
+
+  def finish_bundle(self):
+    self._progress_counts().flush()
+
+  def teardown(self):
+    self._progress_counts().flush()
 
   def parse_rows(self, path: str, lines: Sequence[Any]) -> Tuple[List, List]:
     """`process` over lines already counted as read: (parsed, dead letters)."""
@@ -149,8 +170,10 @@ class LineParserFn(beam.DoFn, abc.ABC):
 
 
 @beam.ptransform_fn
-def ParseLines(lines, fn: LineParserFn, main: str = "rows"):
-  """(file, line) pairs -> {main: parsed, dead_letter: rejected lines}."""
+def ParseLines(lines, fn: LineParserFn, main: str = "rows", progress_prefix: str = ""):
+  """(file, line) pairs -> {main: parsed, dead_letter: rejected lines}; with
+  `progress_prefix`, the lines count in the progress lines as read."""
+  fn.progress_prefix = progress_prefix
   return lines | "Parse" >> beam.ParDo(fn).with_outputs(DEAD_LETTER, main=main)
 
 

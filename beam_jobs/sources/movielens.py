@@ -84,14 +84,15 @@ class _JoinSideFn(beam.DoFn):
 
 
 @beam.ptransform_fn
-def ReadMovieLens(p, files, spec, split_key="", eval_fraction=0.2):
+def ReadMovieLens(p, files, spec, split_key="", eval_fraction=0.2, progress_prefix=""):
   """Ratings joined with their user (CoGroupByKey on user id), then with their movie
   (CoGroupByKey on item id); label = rating >= 4. `files` is {kind: path}
   (`movielens.layout_files`). Records carry user_id, item_id, rating, timestamp,
   click, age, gender, occupation, zip_code, title, release_year and genres (a list);
   the spec picks the ones it declares."""
   ratings = (p | "ReadRatings" >> base.ReadLines([files[ml.RATINGS]])
-             | "ParseRatings" >> base.ParseLines(_ParseRatingFn()))
+             | "ParseRatings" >> base.ParseLines(_ParseRatingFn(),
+                                                 progress_prefix=progress_prefix))
   sides = {}
   for kind in (ml.USERS, ml.ITEMS):
     sides[kind] = (p | f"Read{kind}s" >> base.ReadLines([files[kind]])
@@ -129,4 +130,5 @@ class MovieLensSource(base.Source):
 
   def read(self, p, inputs, spec, config, progress_prefix=""):
     return p | self.label >> ReadMovieLens(ml.layout_files(config.raw), spec,
-                                           config.split_key, config.eval_fraction)
+                                           config.split_key, config.eval_fraction,
+                                           progress_prefix)

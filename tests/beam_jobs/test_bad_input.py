@@ -409,3 +409,42 @@ def test_failure_while_publishing_removes_the_published_outputs(csv_run, tmp_pat
   assert _leftovers(out) == []
   with pytest.raises(IncompleteDataError):
     layout.metadata
+
+
+def test_a_job_that_writes_no_row_fails_with_the_reasons_and_leaves_nothing(tmp_path):
+  spec_path = _write_spec(tmp_path)
+  raw = tmp_path / "all_bad.csv"
+  raw.write_bytes(b"\n".join([HEADER.encode()] + [b"nan,1,u,c0,t1"] * 3
+                             + [b"1,1,few"]) + b"\n")
+  out = str(tmp_path / "out")
+  with pytest.raises(PreprocessError) as e:
+    preprocess.run(PreprocessConfig(raw=str(raw), output_dir=out, spec_path=spec_path,
+                                    direct_num_workers=1, tfds=False))
+  message = str(e.value)
+  assert message.startswith("no row written: all 4 rows read were rejected; "
+                            "commonest reasons: "), message
+  assert "(3 rows)" in message and "(1 rows)" in message and "\n" not in message
+  with pytest.raises(IncompleteDataError):
+    PreprocessedData(out).metadata
+  assert raw.exists()  # the input stays
+
+
+def test_the_cli_refuses_a_split_that_leaves_no_training_row(tmp_path):
+  import subprocess
+  import sys
+  spec_path = _write_spec(tmp_path)
+  raw = tmp_path / "log.csv"
+  raw.write_text("\n".join([HEADER] + [f"{i}.5,{i % 2},u{i},c0,t1" for i in range(8)])
+                 + "\n")
+  proc = subprocess.run(
+      [sys.executable, "-m", "hmdn.pipeline.cli", "preprocess", f"--raw={raw}",
+       f"--spec={spec_path}", f"--data_dir={tmp_path / 'out'}", "--split_time_field=x",
+       "--split_time_cutoff=0", "--direct_num_workers=1", "--notfds"],
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  err = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert err[-1] == ("hmdn preprocess: error: no train row: --split_time_field=x "
+                     "--split_time_cutoff=0.0 put all 8 written rows in the eval split; "
+                     "choose a split that leaves rows in both"), err
+  with pytest.raises(IncompleteDataError):
+    PreprocessedData(str(tmp_path / "out")).metadata

@@ -448,3 +448,19 @@ def test_shared_ali_ccp_sample_end_to_end(tmp_path):
                                                  training=False)))
   p = model(features)["probability"].numpy()
   assert p.shape == (len(labels), 1) and np.all((p > 0) & (p < 1))
+
+
+def test_movielens_ratings_count_in_the_progress_lines(tmp_path):
+  """The progress lines read 0 rows on MovieLens (its per-line parser fed no
+  progress file) while 95,939 rows were written."""
+  import apache_beam as beam
+  from hmdn.beam_jobs.local_runner import ProgressPrinter
+  from hmdn.beam_jobs.sources import base
+  from hmdn.beam_jobs.sources import movielens as ml_source
+  prefix = str(tmp_path / "progress")
+  lines = [("u.data", b"1\t1\t5\t880000000"), ("u.data", b"2\t3\t4\t880000001"),
+           ("u.data", b"1\t1\tx\t880000000")]
+  with beam.Pipeline() as p:
+    _ = (p | beam.Create(lines)
+         | base.ParseLines(ml_source._ParseRatingFn(), progress_prefix=prefix))
+  assert ProgressPrinter(prefix).counts() == {"read": 3, "rejected": 1}

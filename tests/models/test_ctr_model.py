@@ -330,3 +330,22 @@ def test_mixed_bfloat16_model_matches_float32_and_trains(data_dir, batches):
   history = model.fit(_as_dataset(batches[:4]), epochs=1, verbose=0).history
   assert all(np.isfinite(history[k][-1]) for k in ("loss", "total_loss", "aux_loss"))
   assert all(v.dtype == tf.float32 for v in quantizer.weights if v.dtype.is_floating)
+
+
+def test_the_epoch_loss_is_the_mean_of_its_batch_losses(data_dir, batches):
+  # Learning rate 0: every batch keeps its own loss, so the epoch's figure can be
+  # told apart from the last batch's (what the epoch logs held before).
+  tf.keras.utils.set_random_seed(0)
+  model = train.build_model(data_dir, ModelConfig(name="dnn", **SMALL))
+  model.compile(optimizer=tf.keras.optimizers.SGD(0.0))
+  some = batches[:6]
+  each = [model.evaluate(_as_dataset([b]), verbose=0, return_dict=True) for b in some]
+  losses = [e["loss"] for e in each]
+  assert np.ptp(losses) > 1e-3, losses  # the batches' losses differ
+  history = model.fit(_as_dataset(some), epochs=2, verbose=0).history
+  np.testing.assert_allclose(history["loss"], [np.mean(losses)] * 2, rtol=1e-5)
+  np.testing.assert_allclose(history["total_loss"],
+                             [np.mean([e["total_loss"] for e in each])] * 2, rtol=1e-5)
+  assert abs(history["loss"][-1] - losses[-1]) > 1e-4
+  together = model.evaluate(_as_dataset(some), verbose=0, return_dict=True)
+  np.testing.assert_allclose(together["loss"], np.mean(losses), rtol=1e-5)

@@ -1,6 +1,7 @@
 """`hmdn compare`: model variants, paired deltas, and the report directory."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -126,3 +127,41 @@ def test_a_variant_that_would_never_quantize_is_refused_before_any_run(
   with pytest.raises(ValueError, match="codebook_warmup_steps=100.*only 4 training"):
     compare.run(base, ["moe", "hmdn_moe"], [0], str(report), log=lambda *_: None)
   assert not (report / "runs").exists()  # moe was not trained first
+
+
+@pytest.mark.parametrize("models, seeds, message", [
+    (["moe"], [0, 1, 0], "--seeds=0,1,0: seed 0 is listed twice"),
+    (["hmdn_moe:num_levels=2:extraction=explicit",
+      "hmdn_moe:extraction=explicit:num_levels=2"], [0],
+     "'hmdn_moe:extraction=explicit:num_levels=2' is the same model as"),
+    (["moe", "moe"], [0], "'moe' is the same model as 'moe'"),
+])
+def test_repeated_seeds_and_models_are_refused_before_any_run(tmp_path, models, seeds,
+                                                             message):
+  from hmdn.pipeline.train import TrainConfig
+  base = TrainConfig(data_dir=str(tmp_path / "none"), model_dir=str(tmp_path))
+  with pytest.raises(ValueError, match=re.escape(message)):
+    compare.run(base, models, seeds, str(tmp_path / "report"), log=lambda *_: None)
+  assert not (tmp_path / "report").exists()
+
+
+def test_the_depth_line_joins_only_variants_that_differ_in_depth():
+  runs = lambda auc: [{"auc": auc}]  # noqa: E731
+  results = {"moe": runs(0.6),
+             "hmdn_moe:num_levels=2": runs(0.70), "hmdn_moe:num_levels=4": runs(0.72),
+             "hmdn_moe:num_levels=3:extraction=explicit": runs(0.65)}
+  depth = compare.depth_table(results)
+  assert [(r["line"], r["num_levels"]) for r in depth] == [("hmdn_moe", 2),
+                                                           ("hmdn_moe", 4)]
+  # Two depths of the explicit variant: a second line, not a join with the first.
+  results["hmdn_moe:extraction=explicit:num_levels=5"] = runs(0.66)
+  lines = {r["line"] for r in compare.depth_table(results)}
+  assert lines == {"hmdn_moe", "hmdn_moe:extraction=explicit"}
+
+
+def test_a_long_variant_name_wraps_after_its_separators():
+  label = "hmdn_moe:num_levels=6:extraction=explicit:implicit_fields=user_id|device"
+  lines = compare.wrap_label(label, 24).split("\n")
+  assert "".join(lines) == label
+  assert lines == ["hmdn_moe:num_levels=6:", "extraction=explicit:",
+                   "implicit_fields=user_id|", "device"]

@@ -206,3 +206,25 @@ def test_bad_requests_are_one_line_in_a_fresh_process(trained, export_root, tmp_
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("hmdn predict: error:") and message in last, last
   assert "Traceback" not in proc.stderr and "node" not in last
+
+
+def test_describe_says_what_the_export_holds(export_root):
+  line = export.describe(_version(export_root))
+  assert line.startswith(f"exported {_version(export_root)}: SavedModel with signatures "
+                         "classify, predict, serving_default; 2 warm-up requests; "
+                         "spec.yaml, model_config.json in assets.extra/; "), line
+  assert line.endswith(" MB")
+
+
+def test_prune_keeps_the_newest_versions_and_touches_nothing_else(tmp_path):
+  root = tmp_path / "exports"
+  for version in (5, 7, 9):
+    (root / str(version)).mkdir(parents=True)
+    (root / str(version) / export.SAVED_MODEL_FILE).write_bytes(b"")
+  (root / "3").mkdir()  # a numbered directory without a SavedModel: not a version
+  (root / "notes.txt").write_text("the user's")
+  lines = []
+  assert export.prune_versions(str(root), 0, log=lines.append) == []
+  assert export.prune_versions(str(root), 2, log=lines.append) == [5]
+  assert sorted(os.listdir(root)) == ["3", "7", "9", "notes.txt"]
+  assert lines == [f"export: removed 1 earlier version of {root} (5); kept the newest 2"]

@@ -59,7 +59,8 @@ def test_a_bad_value_is_one_line(parse):
 def test_beam_options_go_to_beam_for_the_beam_commands(parse, command):
   code, err, beam_args, rest = parse(
       command, "--runner=DirectRunner", "--direct_running_mode", "in_memory", "--raw=r",
-      "--spec=s", "--data_dir=d", "--", "--anything_after_the_separator=1")
+      "--spec=s", "--data_dir=d" if command == "preprocess" else "--output_dir=d", "--",
+      "--anything_after_the_separator=1")
   assert code is None, err
   assert rest == ["hmdn", command]  # "in_memory" is an option's value, not an argument
   assert beam_args == ["--runner=DirectRunner", "--direct_running_mode", "in_memory",
@@ -84,6 +85,35 @@ def test_beam_options_are_errors_for_other_commands(parse):
   assert code == 2 and "unknown flag --runner" in err[0]
   code, err, _, _ = parse("train", "--data_dir=x", "--", "--runner=DirectRunner")
   assert code == 2 and "--runner=DirectRunner" in err[0]
+
+
+@pytest.mark.parametrize("command, flag, takers", [
+    ("train", "--eval_fraction=0.5", "preprocess, run"),
+    ("preprocess", "--epochs=2", "train, run, compare"),
+    ("run", "--data_dir=d", "preprocess, train, evaluate, export, compare"),
+    ("predict", "--model=dnn", "train, evaluate, export, run, compare"),
+    ("generate", "--seeds=0,1", "compare"),
+])
+def test_a_flag_of_another_command_is_refused_naming_it(parse, command, flag, takers):
+  code, err, _, _ = parse(command, flag)
+  name = flag.split("=")[0]
+  assert code == 2 and len(err) == 1, err
+  assert err[0] == (f"hmdn {command}: error: flag {name} (a flag of {takers}) is not "
+                    f"for {command}: it would ignore it; see hmdn {command} --help")
+
+
+def test_every_flag_a_command_lists_is_accepted_and_library_flags_too(parse):
+  for command in cli.COMMANDS.values():
+    own = [n for n in command.flag_names if n in cli.FLAGS]
+    args = [cli.FLAGS[n].serialize() if cli.FLAGS[n].value is not None else f"--{n}=1"
+            for n in own]
+    code, err, _, _ = parse(command.name, *args, "--verbosity=0", "--logtostderr")
+    assert (command.name, code, err) == (command.name, None, [])
+
+
+def test_a_negative_cpu_devices_is_refused(parse):
+  code, err, _, _ = parse("train", "--cpu_devices=-1")
+  assert code == 2 and len(err) == 1 and "--cpu_devices=-1" in err[0]
 
 
 def test_unexpected_positional_arguments_still_reach_main(parse):

@@ -250,3 +250,26 @@ def test_leaf_size_deciles_bad_arguments(kwargs, match):
 def test_leaf_size_deciles_rejects_columns_of_different_lengths():
   with pytest.raises(ValueError, match=r"differ in length \(2, 2, 3\)"):
     metrics.leaf_size_deciles([1, 0], [0.5, 0.5], ["a", "b", "c"], {})
+
+
+def test_a_long_per_value_table_shows_the_largest_and_worst_and_sums_up_the_rest():
+  from hmdn.pipeline import evaluate
+  values = {f"v{i:02d}": {"rows": 100 - i, "ctr": 0.1, "auc": 0.5 + i / 100,
+                          "logloss": 0.3} for i in range(20)}
+  for i in range(20, 40):  # one class only: AUC undefined
+    values[f"v{i:02d}"] = {"rows": 2, "ctr": 0.0, "auc": float("nan"), "logloss": 0.1}
+  few = {"a": {"rows": 5, "ctr": 0.2, "auc": 0.6, "logloss": 0.4}}
+  text = evaluate.format_table({"per_distribution": {"item": values, "scenario": few},
+                                "rows_eval": 1000, "ctr_eval": 0.1, "auc": 0.7,
+                                "logloss": 0.3})
+  lines = text.splitlines()
+  assert len(lines) == 1 + 1 + 5 + 5 + 1 + 1 + 1  # header, item, scenario, overall
+  assert lines[1].startswith("item: 40 values; the 5 with most rows, the 5 with the "
+                             "lowest AUC")
+  shown = [l.split()[1] for l in lines[2:12]]
+  assert shown == ["v00", "v01", "v02", "v03", "v04", "v05", "v06", "v07", "v08", "v09"]
+  rest_rows = sum(100 - i for i in range(10, 20)) + 20 * 2
+  assert lines[12].split()[:4] == ["item", "30", "others", str(rest_rows)]
+  assert lines[12].endswith("(20 with one class only: AUC undefined)")
+  assert lines[13].split()[:2] == ["scenario", "a"]
+  assert sum("nan" in l for l in lines) == 0

@@ -1,6 +1,7 @@
 """The training loop's run directory: config and versions, kept checkpoints, best
 checkpoint, early stopping, TensorBoard scalars (per distribution, code usage), and
 the learning-rate schedule."""
+import dataclasses
 import glob
 import json
 import os
@@ -15,6 +16,7 @@ from hmdn.models.registry import ModelConfig
 from hmdn.pipeline import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONSOLE = {}  # the `run` fixture's stdout
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +30,7 @@ def run(planted_data_dir, tmp_path_factory):
        "--codebook_warmup_steps=5", "--learning_rate=0.01"],
       cwd=ROOT, capture_output=True, text=True, timeout=500)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  CONSOLE["stdout"] = proc.stdout
   return model_dir, planted_data_dir
 
 
@@ -127,3 +130,130 @@ def test_evaluate_from_checkpoint_matches_training_summary(run, tmp_path):
   assert "gauc" in result
   level1 = result["codes"]["explicit/level_1"]
   assert sum(v["rows"] for v in level1["per_code"].values()) == result["rows_eval"]
+
+
+def test_the_console_names_strategy_replicas_and_few_steps(run):
+  model_dir, data_dir = run
+  lines = CONSOLE["stdout"].splitlines()
+  rows = json.load(open(os.path.join(data_dir, "metadata.json")))["rows_written"]["train"]
+  steps = rows // 256
+  assert (f"training hmdn_mmoe with strategy 'default' on 1 replica (the default "
+          f"device): global batch 256 (256 per replica), {steps} steps per epoch x 5 "
+          "epochs") in lines, lines
+  hint = [l for l in lines if l.startswith(f"note: {steps} training steps per epoch")]
+  assert len(hint) == 1 and "--batch_size=256" in hint[0] and "--batch_size=64" in hint[0]
+  # An explicit --codebook_warmup_steps is never changed.
+  assert not [l for l in lines if "follows the run's length" in l]
+  epochs = [l for l in lines if l.startswith("epoch ")]
+  history = json.load(open(os.path.join(model_dir, "history.json")))
+  assert len(epochs) == len(history)
+  for line, entry in zip(epochs, history):  # the epoch line's loss is history's
+    assert f"loss {entry['loss']:.4f}" in line
+
+
+def test_a_short_run_follows_the_default_codebook_warmup_in_one_line(planted_data_dir,
+                                                                     tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "hmdn.pipeline.cli", "train", f"--data_dir={planted_data_dir}",
+       f"--model_dir={tmp_path / 'm'}", "--model=hmdn_moe", "--epochs=1",
+       "--batch_size=512", "--num_levels=2", "--codebook_size=4"],
+      cwd=ROOT, capture_output=True, text=True, timeout=500)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.load(open(tmp_path / "m" / "run_config.json"))
+  followed = record["model"]["codebook_warmup_steps"]
+  steps = record["config"]["epochs"] * (json.load(open(os.path.join(
+      planted_data_dir, "metadata.json")))["rows_written"]["train"] // 512)
+  assert followed == steps // 3 and followed < 100
+  notes = [l for l in proc.stdout.splitlines() if "follows the run's length" in l]
+  assert notes == [f"note: --codebook_warmup_steps follows the run's length: {followed} "
+                   f"steps (the default 100 needs a run of 300 steps or more; this one "
+                   f"has {steps}); set the flag to choose"], proc.stdout
+
+
+def test_an_explicit_codebook_warmup_or_a_long_lr_warmup_is_refused():
+  base = train.TrainConfig(data_dir="d", model_dir="m", epochs=2,
+                           model=ModelConfig(name="hmdn_moe", codebook_warmup_steps=100))
+  with pytest.raises(ValueError, match=r"--codebook_warmup_steps=100: the run has only "
+                     r"20 training steps \(2 epochs x 10\)"):
+    train.check_quantizer_starts(base, 10)
+  long_lr = train.TrainConfig(data_dir="d", model_dir="m", epochs=2,
+                              lr_schedule="cosine", warmup_steps=20)
+  with pytest.raises(ValueError, match=r"--warmup_steps=20: the run has only 20 "
+                     r"training steps \(2 epochs x 10\), so the learning rate would "
+                     "never leave its warm-up"):
+    train.check_lr_warmup(long_lr, 10)
+  train.check_lr_warmup(long_lr, 11)  # 22 steps: the warm-up ends inside the run
+  with pytest.raises(ValueError, match="--warmup_steps=5: the learning-rate warm-up is "
+                     "part of --lr_schedule=cosine"):
+    train.TrainConfig(data_dir="d", model_dir="m", warmup_steps=5).validate()
+
+
+def test_follow_codebook_warmup_keeps_a_run_long_enough_and_baselines():
+  lines = []
+  hmdn = train.TrainConfig(data_dir="d", model_dir="m", epochs=3,
+                           model=ModelConfig(name="hmdn_moe"))
+  assert train.follow_codebook_warmup(hmdn, 100, log=lines.append) is hmdn
+  short = train.follow_codebook_warmup(hmdn, 31, log=lambda *a, **k: lines.append(a))
+  assert short.model.codebook_warmup_steps == 31 and len(lines) == 1
+  baseline = dataclasses.replace(hmdn, model=ModelConfig(name="moe"))
+  assert train.follow_codebook_warmup(baseline, 1, log=lines.append) is baseline
+
+
+class _FakeModel:
+  """What the console callbacks read of a model: the optimizer's step count."""
+
+  def __init__(self):
+    self.optimizer = type("Optimizer", (), {})()
+    self.optimizer.iterations = tf.Variable(0, dtype=tf.int64)
+    self.stop_training = False
+
+  def steps(self, n):
+    self.optimizer.iterations.assign_add(n)
+
+
+def test_throughput_leaves_out_the_first_execution(monkeypatch):
+  from hmdn.pipeline import callbacks
+  clock = iter([0.0, 10.0, 12.0])  # epoch start, after the traced first step, end
+  monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+  model = _FakeModel()
+  throughput = callbacks.Throughput(global_batch_size=100, steps_per_epoch=5)
+  throughput.set_model(model)
+  throughput.on_epoch_begin(0)
+  model.steps(1)
+  throughput.on_train_batch_end(0)
+  model.steps(4)
+  logs = {}
+  throughput.on_epoch_end(0, logs)
+  assert logs["examples_per_sec"] == pytest.approx(4 * 100 / 2.0)  # not 500 / 12
+  assert logs["step_time_ms"] == pytest.approx(500.0)
+  assert logs["train_seconds"] == pytest.approx(12.0)
+
+
+def test_progress_inside_an_epoch_and_the_resume_line(monkeypatch):
+  import io
+  from hmdn.pipeline import callbacks
+  now = [0.0]
+  monkeypatch.setattr(callbacks.time, "perf_counter", lambda: now[0])
+  model = _FakeModel()
+  stream, printed = io.StringIO(), []
+  progress = callbacks.ProgressLine(2, print_fn=printed.append, steps_per_epoch=100,
+                                    global_batch_size=10, stream=stream, interval=5.0)
+  progress.set_model(model)
+  progress.on_epoch_begin(0)
+  for step in range(1, 41):  # the first step traces (8 s), then a step every 0.25 s
+    now[0] += 8.0 if step == 1 else 0.25
+    model.steps(1)
+    progress.on_train_batch_end(step - 1, {"loss": tf.constant(0.5 + step / 1000)})
+  # A line every 5 s, its rate and time left measured after the traced first step.
+  assert stream.getvalue().splitlines() == [
+      "epoch 1/2  step 2/100  loss 0.5020  40 ex/s  ~24 s left in epoch",
+      "epoch 1/2  step 22/100  loss 0.5220  40 ex/s  ~20 s left in epoch"]
+  progress.on_epoch_end(0, {"loss": 0.53, "examples_per_sec": 40.0})
+  assert printed[0].startswith("epoch 1/2  loss 0.5300  40 ex/s  18 s")
+
+  lines = []
+  resume = callbacks.ResumeLine(30, "/runs/m/backup", print_fn=lines.append)
+  resume.set_model(model)  # 40 steps restored
+  resume.on_train_begin()
+  assert lines == ["resuming from /runs/m/backup: epoch 2, step 10 of 30 (40 steps "
+                   "done)"]
