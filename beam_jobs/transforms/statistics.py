@@ -78,19 +78,29 @@ def distribution_counts(batch: Batch, fields: Sequence[str], labels: Sequence[st
   """A batch's ((split, field), {value: [rows, positives of each label]}) for each
   distribution field (and "__all__"); the labels in spec order, one per task."""
   split, columns = batch
-  tasks = list(zip(*[columns[name] for name in labels]))  # a row's labels
-  out = [((split, "__all__"), {"__all__": [len(tasks)] + [sum(c) for c in zip(*tasks)]
-                                if tasks else [0] + [0] * len(labels)})]
+  clicks = columns[labels[0]]
+  out = [((split, "__all__"), {"__all__": [len(clicks)] + [sum(columns[name])
+                                                          for name in labels]})]
+  tasks = list(zip(*[columns[name] for name in labels])) if len(labels) > 1 else None
   for name in fields:
     cells: Dict[Any, list] = {}
-    for value, row in zip(columns[name], tasks):
-      cell = cells.get(value)
-      if cell is None:
-        cells[value] = [1, *row]
-      else:
-        cell[0] += 1
-        for i, positive in enumerate(row, 1):
-          cell[i] += positive
+    if len(labels) == 1:  # the common case, without a loop over the tasks per row
+      for value, click in zip(columns[name], clicks):
+        cell = cells.get(value)
+        if cell is None:
+          cells[value] = [1, click]
+        else:
+          cell[0] += 1
+          cell[1] += click
+    else:
+      for value, row in zip(columns[name], tasks):
+        cell = cells.get(value)
+        if cell is None:
+          cells[value] = [1, *row]
+        else:
+          cell[0] += 1
+          for i, positive in enumerate(row, 1):
+            cell[i] += positive
     out.append(((split, name), cells))
   return out
 
