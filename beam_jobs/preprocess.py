@@ -58,6 +58,7 @@ from hmdn.beam_jobs.transforms.statistics import DistributionStatistics, Numeric
 from hmdn.beam_jobs.transforms.time_split import SplitByTime
 from hmdn.beam_jobs.transforms.tfrecord_sink import WriteExamples
 from hmdn.beam_jobs.transforms.vocabularies import ComputeVocabularies
+from hmdn.features import locks, ownership
 from hmdn.features import spec as spec_lib
 from hmdn.features.preprocessed import EVAL, SPLITS, TRAIN, PreprocessedData, delete_tree
 from hmdn.features.quiet import quiet_libraries
@@ -149,7 +150,26 @@ def _run(config: PreprocessConfig, beam_args: Optional[Sequence[str]]) -> Dict:
   check_raw_outside_outputs(config.raw, data)  # before any input is even read
   inputs = source.resolve(config, spec)
   check_inputs_outside_outputs(inputs, data, config.spec_path)
+  with locks.held(data.data_dir, "--data_dir"):  # one writer; refused before any write
+    _claim(data, config)
+    return _run_owned(config, beam_args, spec, source, inputs, data)
 
+
+def _claim(data: PreprocessedData, config: PreprocessConfig) -> None:
+  """The data directory is new, empty or ours (`features.ownership`); a complete one
+  is replaced only with --overwrite."""
+  ours = ownership.claim(data.data_dir, ownership.DATA, "--data_dir",
+                         signature=(data.METADATA_FILE,), own=data.is_output_name)
+  if ours and data.is_complete() and not config.overwrite:
+    raise PreprocessError(
+        f"--data_dir={data.data_dir} holds a complete output of an earlier `hmdn "
+        "preprocess`; pass --overwrite to replace it, or use another --data_dir")
+
+
+def _run_owned(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
+               spec: spec_lib.FeatureSpec, source: sources.Source,
+               inputs: sources.Inputs, data: PreprocessedData) -> Dict:
+  """The run in a data directory this process holds (locked and claimed)."""
   # Nothing was touched so far. The completion marker goes first, then the leftovers.
   delete_tree(data.metadata_path)
   stale = data.remove_stale()

@@ -27,6 +27,7 @@ import platform
 import sys
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
+from hmdn.features import ownership
 from hmdn.features.fileio import write_json_atomic
 
 RUN_FORMAT = 1
@@ -153,6 +154,16 @@ class RunDirectory:
 
   def write_history(self, history: Iterable[Mapping[str, Any]]) -> None:
     write_json_atomic(self.history_path, list(history))
+
+  OUTPUT_NAMES = (CONFIG_FILE, HISTORY_FILE, SUMMARY_FILE, CHECKPOINTS_DIR, BACKUP_DIR,
+                  LOGS_DIR)
+
+  def claim(self) -> bool:
+    """The directory is new, empty or a run directory (`features.ownership`): a folder
+    of the user's is refused before anything is written. True when it held a run."""
+    return ownership.claim(self.model_dir, ownership.RUN, "--model_dir",
+                           signature=(self.CONFIG_FILE,),
+                           own=lambda name: name in self.OUTPUT_NAMES)
 
   def clear(self) -> None:
     """Removes what a run writes (for `train --overwrite`); nothing else in the dir."""

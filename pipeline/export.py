@@ -23,6 +23,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from hmdn.features import locks, ownership
 from hmdn.features import spec as spec_lib
 from hmdn.features.fileio import write_json_atomic
 from hmdn.features.preprocessed import PreprocessedData
@@ -36,6 +37,7 @@ ASSETS_EXTRA = "assets.extra"
 SPEC_FILE = PreprocessedData.SPEC_FILE  # named as in the data the model was trained on
 MODEL_CONFIG_FILE = "model_config.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
+TMP_PREFIX = ".tmp-"  # a version being written: `<export_root>/.tmp-<version>/`
 
 
 def spec_path(version_dir: str) -> str:
@@ -184,12 +186,34 @@ def export(model: tf.keras.Model, spec: spec_lib.FeatureSpec, export_root: str,
   """Saves to a temporary directory, then renames it to `<export_root>/<version>`.
 
   Over-parameterised factors (APG) are merged first: same outputs, fewer weights.
-  A watcher (TF Serving polls the root) never sees a half-written version.
+  A watcher (TF Serving polls the root) never sees a half-written version. The root is
+  new, empty or an export root (`features.ownership`; a new version never replaces
+  one), locked while it is written; a failed write removes its temporary version.
   """
-  tf.io.gfile.makedirs(export_root)
-  version = next_version(export_root)
-  final = os.path.join(export_root, str(version))
-  tmp = os.path.join(export_root, f".tmp-{version}")
+  with locks.held(export_root, "--export_dir"):
+    ownership.claim(export_root, ownership.EXPORT, "--export_dir",
+                    signature=str.isdigit, own=_is_export_entry)
+    version = next_version(export_root)
+    final = os.path.join(export_root, str(version))
+    tmp = os.path.join(export_root, f"{TMP_PREFIX}{version}")
+    try:
+      _save(model, spec, tmp, warmup_examples)
+      tf.io.gfile.rename(tmp, final)
+    except BaseException:
+      if tf.io.gfile.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
+      raise
+  return final
+
+
+def _is_export_entry(name: str) -> bool:
+  """A version directory, or a killed export's temporary one."""
+  return name.isdigit() or name.startswith(TMP_PREFIX)
+
+
+def _save(model: tf.keras.Model, spec: spec_lib.FeatureSpec, tmp: str,
+          warmup_examples: Sequence[bytes]) -> None:
+  """The SavedModel with its signatures and assets.extra, into `tmp`."""
   if tf.io.gfile.exists(tmp):
     tf.io.gfile.rmtree(tmp)
   backbone = getattr(model, "backbone", None)
@@ -210,5 +234,3 @@ def export(model: tf.keras.Model, spec: spec_lib.FeatureSpec, export_root: str,
     write_json_atomic(model_config_path(tmp), dataclasses.asdict(model.config))
   if warmup_examples:
     _write_warmup(tmp, list(warmup_examples))
-  tf.io.gfile.rename(tmp, final)
-  return final

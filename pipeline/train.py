@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 
-from hmdn.features import preprocessed, run_directory
+from hmdn.features import locks, preprocessed, run_directory
 from hmdn.features.fileio import write_json_atomic
 from hmdn.features.options import option
 from hmdn.features.preprocessed import PreprocessedData
@@ -311,12 +311,24 @@ def _callbacks(config: TrainConfig, run: RunDirectory, epoch_steps: int,
 def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
           ) -> CTRModel:
   """Trains (or resumes); returns the model holding the best-eval-AUC weights of the
-  whole run (also saved as final)."""
+  whole run (also saved as final). The chief holds the run directory's lock
+  (`features.locks`) for the whole run and writes only into a directory of its own."""
   config.validate()
   config.model.validate()
   data_files = PreprocessedData(config.data_dir).check_complete()
   run = RunDirectory(config.model_dir)
   chief = strategies.is_chief()
+  if not chief:
+    return _train_held(config, strategy, data_files, run, chief)
+  with locks.held(run.model_dir, "--model_dir"):
+    run.claim()
+    return _train_held(config, strategy, data_files, run, chief)
+
+
+def _train_held(config: TrainConfig, strategy: Optional[tf.distribute.Strategy],
+                data_files: PreprocessedData, run: RunDirectory, chief: bool
+                ) -> CTRModel:
+  """`train` once the chief holds the run directory."""
   fingerprints = preprocessed.fingerprints(data_files)
   resume = run.prepare(config, fingerprints, write=chief)  # before any write
   _seed(config)
