@@ -24,6 +24,10 @@ class LockedError(ValueError):
   """Another running process writes into the directory."""
 
 
+class OutputPathError(ValueError):
+  """An output directory's path is taken by something else (a file)."""
+
+
 def lock_path(directory: str) -> str:
   return os.path.join(directory, LOCK_FILE)
 
@@ -77,6 +81,9 @@ def _try_create(directory: str) -> bool:
 
 def _acquire(directory: str, flag: str) -> bool:
   """Takes the lock; True when this call created it (and must remove it)."""
+  if os.path.lexists(directory) and not os.path.isdir(directory):
+    raise OutputPathError(f"{flag}={directory} is a file, not a directory; nothing "
+                          "was written")
   os.makedirs(directory, exist_ok=True)
   for _ in range(3):
     if _try_create(directory):

@@ -18,13 +18,35 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from hmdn.features.preprocessed import PreprocessedData, as_data
+from hmdn.features.preprocessed import PreprocessedData, as_data, delete_tree
 from hmdn.pipeline import evaluate
 
 
 class TrainingError(ValueError):
   """Training cannot go on or its result must not be kept (a non-finite loss or
   weights): bad options or data, reported in one line with exit status 2."""
+
+
+# TensorFlow writes a checkpoint's shards into `<prefix>_temp/` and merges them last.
+CHECKPOINT_TEMP_SUFFIX = "_temp"
+
+
+@contextlib.contextmanager
+def removing_partial_checkpoint(prefix_pattern: str):
+  """A failed checkpoint write (a full disk, a read-only directory) removes the
+  `<prefix>_temp/` directory TensorFlow leaves; the checkpoint before it is intact."""
+  try:
+    yield
+  except BaseException:
+    for leftover in tf.io.gfile.glob(prefix_pattern + CHECKPOINT_TEMP_SUFFIX):
+      delete_tree(leftover)
+    raise
+
+
+def save_weights(model: tf.keras.Model, path: str) -> None:
+  """`model.save_weights(path)`, leaving nothing half written when it fails."""
+  with removing_partial_checkpoint(path):
+    model.save_weights(path)
 
 
 def _finite(value) -> bool:
@@ -317,7 +339,37 @@ class BestCheckpoint(tf.keras.callbacks.Callback):
     if non_finite_weight(self.model) is not None:
       raise TrainingError(f"epoch {epoch + 1}: the weights hold non-finite values; "
                           "nothing was saved as best (lower --learning_rate)")
-    self.model.save_weights(self._path)
+    save_weights(self.model, self._path)
+
+
+class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
+  """EarlyStopping on the exact eval AUC whose count survives a resume: Keras' own
+  starts from scratch at every `fit`, so a run killed and resumed would wait `patience`
+  epochs more than asked. At the first epoch it takes the best AUC and the epochs
+  since it from the evaluation's history (the epochs before the kill)."""
+
+  def __init__(self, patience: int, evaluation: DistributionEvaluation):
+    super().__init__(monitor="val_exact_auc", mode="max", patience=patience)
+    self._evaluation = evaluation
+    self._started = False
+
+  def on_train_begin(self, logs: Optional[Dict] = None):
+    super().on_train_begin(logs)
+    self._started = False
+
+  def on_epoch_begin(self, epoch: int, logs: Optional[Dict] = None):
+    if self._started:
+      return
+    self._started = True
+    # (After the evaluation in the callback list: its history holds a recovered epoch.)
+    done = [h for h in self._evaluation.history
+            if h["epoch"] <= epoch and _finite(h["auc"])]
+    if not done:
+      return
+    best = max(done, key=lambda h: h["auc"])  # the first of equal bests
+    self.best = float(best["auc"])
+    self.best_epoch = best["epoch"] - 1
+    self.wait = max(h["epoch"] for h in done) - best["epoch"]
 
 
 class KeepCheckpoints(tf.keras.callbacks.Callback):
@@ -336,4 +388,5 @@ class KeepCheckpoints(tf.keras.callbacks.Callback):
       checkpoint = tf.train.Checkpoint(model=self.model)
       self._manager = tf.train.CheckpointManager(checkpoint, self._directory,
                                                  max_to_keep=self._keep)
-    self._manager.save(checkpoint_number=epoch + 1)
+    with removing_partial_checkpoint(os.path.join(self._directory, "ckpt-*")):
+      self._manager.save(checkpoint_number=epoch + 1)

@@ -181,6 +181,7 @@ def cmd_evaluate() -> None:
   _require("data_dir")
   if FLAGS.saved_model:
     version = serving.latest_version(FLAGS.saved_model)
+    export.check_data(version, FLAGS.data_dir)
     stages.evaluate_and_report(evaluate.saved_model_predictor(version), FLAGS.data_dir,
                                export.read_model_config(version), FLAGS.output)
     return

@@ -26,7 +26,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from hmdn.features import locks, ownership
 from hmdn.features import spec as spec_lib
 from hmdn.features.fileio import write_json_atomic
-from hmdn.features.preprocessed import PreprocessedData
+from hmdn.features.preprocessed import PreprocessedData, spec_fingerprint
 from hmdn.models.registry import ModelConfig
 from hmdn.pipeline import data
 
@@ -65,6 +65,21 @@ def read_model_config(version_dir: str):
     return None
   with tf.io.gfile.GFile(path) as f:
     return ModelConfig(**json.load(f))
+
+
+def check_data(version_dir: str, data_dir: str) -> None:
+  """The data directory holds data of the spec the export was trained with: another
+  dataset's examples would fail deep inside TensorFlow, or be scored as garbage."""
+  data_files = PreprocessedData(data_dir).check_complete()
+  if not tf.io.gfile.exists(spec_path(version_dir)):
+    return  # an export written before the spec travelled with it
+  exported = read_spec(version_dir)
+  if spec_fingerprint(exported) != spec_fingerprint(data_files.spec):
+    raise ValueError(
+        f"--data_dir={data_dir} holds data of the spec {data_files.spec.name!r} "
+        f"(fingerprint {spec_fingerprint(data_files.spec)}), not of the spec "
+        f"{exported.name!r} the export {version_dir} was trained with (fingerprint "
+        f"{spec_fingerprint(exported)}); evaluate it on data of its own spec")
 
 
 def is_version(path: str) -> bool:

@@ -294,14 +294,17 @@ def _callbacks(config: TrainConfig, run: RunDirectory, epoch_steps: int,
   if not is_ps:
     callbacks.append(tf.keras.callbacks.TensorBoard(
         _writable(run, run.logs_dir), update_freq=max(1, epoch_steps // 10)))
-  if config.early_stopping_patience:
-    callbacks.append(tf.keras.callbacks.EarlyStopping(
-        monitor="val_exact_auc", mode="max", patience=config.early_stopping_patience))
+  if config.early_stopping_patience:  # its count goes on after a resume
+    callbacks.append(callbacks_lib.ResumableEarlyStopping(
+        config.early_stopping_patience, evaluation))
   if chief:
     callbacks.append(callbacks_lib.ProgressLine(config.epochs, evaluation))
   # Last: an epoch is backed up only once its metrics and checkpoints are written.
+  # Every worker is given the run's backup: Keras has a non-chief write into
+  # backup/workertemp_<id>/ (removed after each save) and restore from the chief's, so
+  # every task of a killed multi-worker run resumes from the same epoch.
   callbacks.append(tf.keras.callbacks.BackupAndRestore(
-      _writable(run, run.backup_dir),
+      run.backup_dir,
       # Keras counts its batch hooks, one per execution of steps_per_execution steps.
       save_freq=(max(1, config.backup_every_steps // config.steps_per_execution)
                  if config.backup_every_steps else "epoch")))
@@ -359,7 +362,7 @@ def _train_held(config: TrainConfig, strategy: Optional[tf.distribute.Strategy],
   if tf.io.gfile.exists(best_path + ".index"):
     model.load_weights(best_path)
   check_finite_weights(model, "final weights")
-  model.save_weights(_writable(run, run.checkpoint(run.FINAL_CHECKPOINT)))
+  callbacks_lib.save_weights(model, _writable(run, run.checkpoint(run.FINAL_CHECKPOINT)))
   if chief:
     _write_summary(run, config, strategy, model, evaluation, data_files)
   return model
@@ -417,7 +420,13 @@ def load_trained(data_dir: str, model_dir: str,
     raise FileNotFoundError(f"no trained weights at {path}; `hmdn train` has not "
                             "finished this run")
   model = build_model(data_files, config)
-  status = model.load_weights(path)
+  try:
+    status = model.load_weights(path)
+  except (tf.errors.OpError, IndexError, ValueError) as e:  # a truncated .index/.data
+    detail = (e.message if isinstance(e, tf.errors.OpError) else str(e)).strip()
+    first = detail.splitlines()[0][:200] if detail else type(e).__name__
+    raise RunMismatchError(f"{path} cannot be read ({first}): the checkpoint is truncated "
+                           "or corrupt; retrain with --overwrite") from None
   try:
     # Every variable of the model restored; the optimizer's slots are not needed.
     status.assert_existing_objects_matched().expect_partial()
