@@ -159,11 +159,17 @@ def _claim(data: PreprocessedData, config: PreprocessConfig) -> None:
   """The data directory is new, empty or ours (`features.ownership`); a complete one
   is replaced only with --overwrite."""
   ours = ownership.claim(data.data_dir, ownership.DATA, "--data_dir",
-                         signature=(data.METADATA_FILE,), own=data.is_output_name)
+                         signature=_older_output, own=data.is_output_name)
   if ours and data.is_complete() and not config.overwrite:
     raise PreprocessError(
         f"--data_dir={data.data_dir} holds a complete output of an earlier `hmdn "
         "preprocess`; pass --overwrite to replace it, or use another --data_dir")
+
+
+def _older_output(name: str) -> bool:
+  """An entry only hmdn writes: an unmarked directory holding one is an output of an
+  earlier version (complete: the metadata; killed: a staging directory)."""
+  return name == PreprocessedData.METADATA_FILE or name.startswith(STAGING_PREFIX)
 
 
 def _run_owned(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
@@ -183,7 +189,8 @@ def _run_owned(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
     data.write_metadata(metadata)  # last
   except BaseException:
     for cleanup in (lambda: delete_tree(staging.data_dir),
-                    lambda: data.clear(keep_spec=_is_own_spec(data, config.spec_path))):
+                    lambda: data.clear(keep_spec=_is_own_spec(data, config.spec_path)),
+                    lambda: ownership.unclaim_if_empty(data.data_dir)):
       try:
         cleanup()
       except Exception as e:  # the original error matters more; say what is left.

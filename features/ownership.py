@@ -93,3 +93,13 @@ def claim(directory: str, kind: str, flag: str,
   raise ForeignDirectoryError(
       f"{flag}={directory} is not empty and was not written by hmdn (it holds {shown});"
       f" nothing was touched; use an empty or new directory")
+
+
+def unclaim_if_empty(directory: str) -> None:
+  """Removes the marker of a directory a failed command left empty: it is as the user
+  gave it (an empty directory is claimed again by the next run anyway)."""
+  if "://" not in directory and os.path.isdir(directory) and not user_entries(directory):
+    try:
+      os.remove(marker_path(directory))
+    except FileNotFoundError:
+      pass

@@ -162,7 +162,8 @@ class RunDirectory:
     """The directory is new, empty or a run directory (`features.ownership`): a folder
     of the user's is refused before anything is written. True when it held a run."""
     return ownership.claim(self.model_dir, ownership.RUN, "--model_dir",
-                           signature=(self.CONFIG_FILE,),
+                           signature=(self.CONFIG_FILE, self.CHECKPOINTS_DIR,
+                                      self.BACKUP_DIR),
                            own=lambda name: name in self.OUTPUT_NAMES)
 
   def clear(self) -> None:

@@ -299,7 +299,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
                 FlagGroup("run", ("output_dir", "raw", "spec", "verify_export")),
                 GENERATED, config_group(TRAIN.title, TrainConfig, skip=DIRS), MODEL,
                 config_group(PREPROCESS.title, PreprocessConfig, PREPROCESS_FLAGS,
-                             skip=DIRS), EVERY), beam=True),
+                             skip=DIRS + ("overwrite",)), EVERY), beam=True),
     Command("compare", "models x seeds, same budget: report.md, plots, paired deltas",
             cmd_compare, (FlagGroup("compare", ("data_dir", "report_dir", "models",
                                                 "seeds")),

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from hmdn.models.registry import ModelConfig
+from hmdn.pipeline import callbacks as callbacks_lib
 from hmdn.pipeline import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -127,3 +128,37 @@ def test_evaluate_from_checkpoint_matches_training_summary(run, tmp_path):
   assert "gauc" in result
   level1 = result["codes"]["explicit/level_1"]
   assert sum(v["rows"] for v in level1["per_code"].values()) == result["rows_eval"]
+
+
+class _Evaluation:
+  """The part of DistributionEvaluation early stopping reads: the run's history."""
+
+  def __init__(self, history):
+    self.history = history
+
+
+def test_early_stopping_goes_on_counting_after_a_resume():
+  """Issue 22.7: the run's epochs before a kill count towards the patience (Keras'
+  own EarlyStopping starts from scratch in each process)."""
+  history = [{"epoch": 1, "auc": 0.70}, {"epoch": 2, "auc": 0.80},
+             {"epoch": 3, "auc": 0.75}]
+  stopped = {}
+  for name, callback in (
+      ("resumable", callbacks_lib.ResumableEarlyStopping(2, _Evaluation(history))),
+      ("keras", tf.keras.callbacks.EarlyStopping(monitor="val_exact_auc", mode="max",
+                                                 patience=2))):
+    model = tf.keras.Sequential()
+    model.stop_training = False
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_epoch_begin(3)  # resumed at the fourth epoch
+    callback.on_epoch_end(3, {"val_exact_auc": 0.79})
+    stopped[name] = model.stop_training
+  # Two epochs (3 and 4) without beating epoch 2's 0.80: patience 2 is used up.
+  assert stopped == {"resumable": True, "keras": False}
+  # An epoch recorded after the backup the run resumed from is not counted.
+  callback = callbacks_lib.ResumableEarlyStopping(2, _Evaluation(history))
+  callback.set_model(tf.keras.Sequential())
+  callback.on_train_begin()
+  callback.on_epoch_begin(2)
+  assert (callback.best, callback.wait, callback.best_epoch) == (0.80, 0, 1)
