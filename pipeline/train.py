@@ -12,6 +12,7 @@ so `best` stays the best epoch of the whole run and the summary covers every epo
 """
 import contextlib
 import dataclasses
+import hashlib
 import math
 import os
 import tempfile
@@ -160,13 +161,19 @@ def _learning_rate(config: TrainConfig, total_steps: int):
 
 def _writable(run: RunDirectory, path: str) -> str:
   """Only the chief writes into the run directory; other workers write the same
-  layout under a scratch directory."""
+  layout under a scratch directory of their task and run (the same after a restart,
+  so a resumed worker finds its best checkpoint; the backup is the run's own)."""
   if strategies.is_chief():
     return path
+  return os.path.join(_scratch(run), os.path.relpath(path, run.model_dir))
+
+
+def _scratch(run: RunDirectory) -> str:
+  """A non-chief task's scratch directory for this run."""
   task = strategies.cluster_task()
-  scratch = os.path.join(tempfile.gettempdir(),
-                         f"hmdn-{task['type']}-{task['index']}-{os.getpid()}")
-  return os.path.join(scratch, os.path.relpath(path, run.model_dir))
+  run_key = hashlib.sha256(run.model_dir.encode("utf-8")).hexdigest()[:12]
+  return os.path.join(tempfile.gettempdir(),
+                      f"hmdn-{task['type']}-{task['index']}-{run_key}")
 
 
 def steps_per_epoch(config: TrainConfig, train_rows: int) -> int:
@@ -334,6 +341,8 @@ def _train_held(config: TrainConfig, strategy: Optional[tf.distribute.Strategy],
   """`train` once the chief holds the run directory."""
   fingerprints = preprocessed.fingerprints(data_files)
   resume = run.prepare(config, fingerprints, write=chief)  # before any write
+  if not chief and not resume:  # a new run: nothing of an earlier one in the scratch
+    preprocessed.delete_tree(_scratch(run))
   _seed(config)
   strategy = strategy or strategies.make_strategy(
       config.strategy, config.num_devices, config.tpu, config.ps_min_shard_bytes)
