@@ -33,8 +33,11 @@ The pieces live beside it: `input_safety` (the checks before anything is touched
 `features.preprocessed.PreprocessedData` (staging and publishing).
 """
 import dataclasses
+import errno
 import json
 import logging
+import os
+import re
 from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
@@ -201,6 +204,23 @@ def _run_owned(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
   return metadata
 
 
+# Beam's runners re-raise a worker's exception as text: "OSError: [Errno 28] No space
+# left on device [while running 'Writetrain/...']".
+_WORKER_OS_ERROR = re.compile(r"\b\w*Error: \[Errno (\d+)\] ([^\[\]]+?)\s*"
+                              r"(?:\[while running '([^']*)'\])?\s*$")
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def worker_os_error(error: BaseException, directory: str) -> Optional[OSError]:
+  """A storage fault of a Beam worker (full disk, read-only, permission) as the OSError
+  it was, on the directory being written (the worker's path is lost in the text)."""
+  match = _WORKER_OS_ERROR.search(str(error).strip())
+  if not match or int(match.group(1)) not in STORAGE_ERRNOS:
+    return None
+  step = f" (while running {match.group(3)})" if match.group(3) else ""
+  return OSError(int(match.group(1)), match.group(2) + step, directory)
+
+
 def _is_own_spec(data: PreprocessedData, spec_path: str) -> bool:
   """The data directory's spec file is this run's --spec (replaced at the end)."""
   return base.path_key(spec_path or ".") == base.path_key(data.spec_path)
@@ -226,8 +246,14 @@ def _run_staged(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
   build_pipeline(pipeline, dataclasses.replace(config, output_dir=data.data_dir), spec,
                  source, inputs, progress_prefix)
   with ProgressPrinter(progress_prefix) as progress:
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+      result = pipeline.run()
+      result.wait_until_finish()
+    except Exception as e:  # a worker's full disk arrives as RuntimeError("OSError: ...")
+      os_error = worker_os_error(e, os.path.dirname(data.data_dir))  # (not staging)
+      if os_error is None:
+        raise
+      raise os_error from e
 
   counters = job_counters(result)
   counts = reconcile(counters)
