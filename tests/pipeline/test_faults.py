@@ -7,6 +7,7 @@ this process (flags reset before each call), on one small trained run."""
 import errno
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -85,7 +86,7 @@ def test_second_train_is_refused_naming_the_holder(capsys, trained, tmp_path):
     os.makedirs(model_dir)
     with open(locks.lock_path(model_dir), "w") as f:
       f.write('{"pid": %d, "host": "%s", "started": "2026-12-02 13:00:00 UTC"}' % (
-          holder.pid, __import__("socket").gethostname()))
+          holder.pid, socket.gethostname()))
     code, err = hmdn(capsys, "train", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
                      *MODEL_FLAGS)
   finally:
