@@ -343,6 +343,8 @@ def _train_held(config: TrainConfig, strategy: Optional[tf.distribute.Strategy],
   resume = run.prepare(config, fingerprints, write=chief)  # before any write
   if not chief and not resume:  # a new run: nothing of an earlier one in the scratch
     preprocessed.delete_tree(_scratch(run))
+  if resume:
+    run.check_backup()  # a truncated backup: one line, before anything is built
   _seed(config)
   strategy = strategy or strategies.make_strategy(
       config.strategy, config.num_devices, config.tpu, config.ps_min_shard_bytes)

@@ -202,6 +202,23 @@ def test_truncated_checkpoint(capsys, trained, tmp_path, part):
   _only_line(err, f"{copy}/checkpoints/final cannot be read", "truncated or corrupt")
 
 
+def test_truncated_backup_of_an_unfinished_run(capsys, trained, tmp_path):
+  data_dir, model_dir = trained
+  copy = tmp_path / "unfinished"
+  shutil.copytree(model_dir, copy)
+  for final in (copy / "checkpoints").glob("final.*"):
+    final.unlink()
+  prefix = tf.train.Checkpoint(step=tf.Variable(tf.zeros([4096]))).save(
+      str(copy / "backup" / "chief" / "ckpt"))
+  data = tf.io.gfile.glob(prefix + ".data-*")[0]
+  with open(data, "r+b") as f:
+    f.truncate(100)
+  code, err = hmdn(capsys, "train", f"--data_dir={data_dir}", f"--model_dir={copy}")
+  assert code == 2
+  _only_line(err, f"{prefix}: the backup of the unfinished run", "truncated or corrupt",
+             "--overwrite")
+
+
 def test_evaluate_export_on_another_datasets_data(trained, tmp_path):
   data_dir, _ = trained
   version = tmp_path / "export" / "1"
