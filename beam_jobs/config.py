@@ -54,6 +54,9 @@ class PreprocessConfig:
                                                 "--eval_fraction).")
   tfds: bool = option(True, "Also write the splits as a TFDS dataset "
                       "(tfds.builder_from_directory); --notfds skips it.")
+  overwrite: bool = option(False, "Replace a complete data directory of an earlier "
+                           "`hmdn preprocess`; without it such a directory is refused. A "
+                           "directory hmdn did not write is refused with or without it.")
 
   def validate(self) -> "PreprocessConfig":
     """Range-checks the numeric and enum flags before anything is read or cleared;

@@ -33,8 +33,11 @@ The pieces live beside it: `input_safety` (the checks before anything is touched
 `features.preprocessed.PreprocessedData` (staging and publishing).
 """
 import dataclasses
+import errno
 import json
 import logging
+import os
+import re
 from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
@@ -58,6 +61,7 @@ from hmdn.beam_jobs.transforms.statistics import DistributionStatistics, Numeric
 from hmdn.beam_jobs.transforms.time_split import SplitByTime
 from hmdn.beam_jobs.transforms.tfrecord_sink import WriteExamples
 from hmdn.beam_jobs.transforms.vocabularies import ComputeVocabularies
+from hmdn.features import locks, ownership
 from hmdn.features import spec as spec_lib
 from hmdn.features.fileio import short
 from hmdn.features.preprocessed import EVAL, SPLITS, TRAIN, PreprocessedData, delete_tree
@@ -155,7 +159,33 @@ def _run(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
   check_raw_outside_outputs(config.raw, data)  # before any input is even read
   inputs = source.resolve(config, spec)
   check_inputs_outside_outputs(inputs, data, config.spec_path)
+  with locks.held(data.data_dir, "--data_dir"):  # one writer; refused before any write
+    _claim(data, config)
+    return _run_owned(config, beam_args, spec, source, inputs, data, require_splits)
 
+
+def _claim(data: PreprocessedData, config: PreprocessConfig) -> None:
+  """The data directory is new, empty or ours (`features.ownership`); a complete one
+  is replaced only with --overwrite."""
+  ours = ownership.claim(data.data_dir, ownership.DATA, "--data_dir",
+                         signature=_older_output, own=data.is_output_name)
+  if ours and data.is_complete() and not config.overwrite:
+    raise PreprocessError(
+        f"--data_dir={data.data_dir} holds a complete output of an earlier `hmdn "
+        "preprocess`; pass --overwrite to replace it, or use another --data_dir")
+
+
+def _older_output(name: str) -> bool:
+  """An entry only hmdn writes: an unmarked directory holding one is an output of an
+  earlier version (complete: the metadata; killed: a staging directory)."""
+  return name == PreprocessedData.METADATA_FILE or name.startswith(STAGING_PREFIX)
+
+
+def _run_owned(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
+               spec: spec_lib.FeatureSpec, source: sources.Source,
+               inputs: sources.Inputs, data: PreprocessedData,
+               require_splits: bool) -> Dict:
+  """The run in a data directory this process holds (locked and claimed)."""
   # Nothing was touched so far. The completion marker goes first, then the leftovers.
   delete_tree(data.metadata_path)
   stale = data.remove_stale()
@@ -172,7 +202,8 @@ def _run(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
     data.write_metadata(metadata)  # last
   except BaseException:
     for cleanup in (lambda: delete_tree(staging.data_dir),
-                    lambda: data.clear(keep_spec=_is_own_spec(data, config.spec_path))):
+                    lambda: data.clear(keep_spec=_is_own_spec(data, config.spec_path)),
+                    lambda: ownership.unclaim_if_empty(data.data_dir)):
       try:
         cleanup()
       except Exception as e:  # the original error matters more; say what is left.
@@ -233,6 +264,23 @@ def _top_reasons(data: PreprocessedData) -> str:
   return "; ".join(f"{short(r, 120)} ({n:,} rows)" for r, n in top)
 
 
+# Beam's runners re-raise a worker's exception as text: "OSError: [Errno 28] No space
+# left on device [while running 'Writetrain/...']".
+_WORKER_OS_ERROR = re.compile(r"\b\w*Error: \[Errno (\d+)\] ([^\[\]]+?)\s*"
+                              r"(?:\[while running '([^']*)'\])?\s*$")
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def worker_os_error(error: BaseException, directory: str) -> Optional[OSError]:
+  """A storage fault of a Beam worker (full disk, read-only, permission) as the OSError
+  it was, on the directory being written (the worker's path is lost in the text)."""
+  match = _WORKER_OS_ERROR.search(str(error).strip())
+  if not match or int(match.group(1)) not in STORAGE_ERRNOS:
+    return None
+  step = f" (while running {match.group(3)})" if match.group(3) else ""
+  return OSError(int(match.group(1)), match.group(2) + step, directory)
+
+
 def _is_own_spec(data: PreprocessedData, spec_path: str) -> bool:
   """The data directory's spec file is this run's --spec (replaced at the end)."""
   return base.path_key(spec_path or ".") == base.path_key(data.spec_path)
@@ -258,8 +306,14 @@ def _run_staged(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
   build_pipeline(pipeline, dataclasses.replace(config, output_dir=data.data_dir), spec,
                  source, inputs, progress_prefix)
   with ProgressPrinter(progress_prefix) as progress:
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+      result = pipeline.run()
+      result.wait_until_finish()
+    except Exception as e:  # a worker's full disk arrives as RuntimeError("OSError: ...")
+      os_error = worker_os_error(e, os.path.dirname(data.data_dir))  # (not staging)
+      if os_error is None:
+        raise
+      raise os_error from e
 
   counters = job_counters(result)
   counts = reconcile(counters)

@@ -2,6 +2,7 @@
 values, JSON objects whose keys are distinct, and a bad value quoted short in an error
 message. Beam-free and Keras-free, on `tf.io.gfile` so that the same call writes
 locally, to gs:// or to hdfs://."""
+import errno
 import json
 import os
 from typing import Any, Dict, List, Tuple
@@ -50,6 +51,8 @@ def write_text_atomic(path: str, text: str) -> None:
   """Writes `text` to `<path>.tmp`, then renames it over `path`: a reader never sees half
   a file, and a failed write leaves no temporary file behind."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top: features stays TF-free on import
+  if tf.io.gfile.isdir(path):  # before a temporary file is written beside it
+    raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
   parent = os.path.dirname(path)
   if parent:
     tf.io.gfile.makedirs(parent)

@@ -191,6 +191,12 @@ class PreprocessedData:
   def __repr__(self) -> str:
     return f"PreprocessedData({self.data_dir!r})"
 
+  @classmethod
+  def is_output_name(cls, name: str) -> bool:
+    """An entry of a data directory that a run of `hmdn preprocess` writes."""
+    return name in cls.OUTPUT_DIRS + cls.OUTPUT_FILES + (cls.SPEC_FILE,) or name.startswith(
+        (cls.STAGING_PREFIX, cls.BEAM_TEMP_PREFIX))
+
   # --- Paths ------------------------------------------------------------------------
   def path(self, *parts: str) -> str:
     return _join(self.data_dir, *parts)

@@ -11,6 +11,9 @@ from typing import Dict, Sequence
 LIBRARIES = ("tensorflow", "tf_keras", "keras", "absl", "apache_beam", "h5py",
              "tensorflow_datasets", "tensorflow_recommenders")
 BEAM_LIBRARIES = ("apache_beam", "google", "tensorflow_datasets")
+# Loggers whose ERROR lines repeat, with a worker's traceback, an exception the runner
+# raises anyway (then reported in one line): silenced up to CRITICAL.
+REPEATED_ERRORS = ("apache_beam.runners.common",)
 
 
 def silence(libraries: Sequence[str]) -> Dict[str, int]:
@@ -22,6 +25,10 @@ def silence(libraries: Sequence[str]) -> Dict[str, int]:
     levels[name] = logger.level
     logger.setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=name)
+  for name in REPEATED_ERRORS:
+    if name.split(".")[0] in libraries:
+      levels[name] = logging.getLogger(name).level
+      logging.getLogger(name).setLevel(logging.CRITICAL)
   return levels
 
 

@@ -27,6 +27,7 @@ import platform
 import sys
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
+from hmdn.features import ownership
 from hmdn.features.fileio import write_json_atomic
 
 RUN_FORMAT = 1
@@ -131,6 +132,26 @@ class RunDirectory:
     return self._exists(self.backup_dir) and not self.has_checkpoint(
         self.FINAL_CHECKPOINT)
 
+  def check_backup(self) -> None:
+    """The unfinished run's backup can be read whole: a truncated one (a full disk, a
+    copy cut short) is refused in one line, not deep inside Keras' restore."""
+    import tensorflow as tf  # features stays TF-free on import
+    # Keras keeps the chief's backup in backup/chief/ (a non-chief's is temporary).
+    latest = tf.train.latest_checkpoint(self.path(self.BACKUP_DIR, "chief"))
+    if latest is None:
+      return
+    try:
+      reader = tf.train.load_checkpoint(latest)
+      for name in reader.get_variable_to_shape_map():
+        reader.get_tensor(name)
+    except (tf.errors.OpError, IndexError, ValueError) as e:
+      detail = (e.message if isinstance(e, tf.errors.OpError) else str(e)).strip()
+      first = detail.splitlines()[0][:200] if detail else type(e).__name__
+      raise RunMismatchError(
+          f"{latest}: the backup of the unfinished run in {self.model_dir} cannot be "
+          f"read ({first}): it is truncated or corrupt; pass --overwrite to start the "
+          "run again") from None
+
   def record(self) -> Dict[str, Any]:
     if not self.has_run():
       raise FileNotFoundError(
@@ -153,6 +174,17 @@ class RunDirectory:
 
   def write_history(self, history: Iterable[Mapping[str, Any]]) -> None:
     write_json_atomic(self.history_path, list(history))
+
+  OUTPUT_NAMES = (CONFIG_FILE, HISTORY_FILE, SUMMARY_FILE, CHECKPOINTS_DIR, BACKUP_DIR,
+                  LOGS_DIR)
+
+  def claim(self) -> bool:
+    """The directory is new, empty or a run directory (`features.ownership`): a folder
+    of the user's is refused before anything is written. True when it held a run."""
+    return ownership.claim(self.model_dir, ownership.RUN, "--model_dir",
+                           signature=(self.CONFIG_FILE, self.CHECKPOINTS_DIR,
+                                      self.BACKUP_DIR),
+                           own=lambda name: name in self.OUTPUT_NAMES)
 
   def clear(self) -> None:
     """Removes what a run writes (for `train --overwrite`); nothing else in the dir."""

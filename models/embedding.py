@@ -23,6 +23,37 @@ def _vocab_size(path: str) -> int:
     return sum(1 for line in f if line.rstrip("\n"))
 
 
+BYTES_PER_WEIGHT = 4  # float32 variables (mixed precision keeps them float32)
+# Adam keeps two slots a weight: a table takes three times its size while it trains.
+TRAINING_COPIES = 3
+
+
+def physical_memory_bytes() -> int:
+  """The machine's memory (a table larger than it can never be allocated)."""
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_memory(spec: spec_lib.FeatureSpec, num_ids: Mapping[str, int],
+                      memory: Optional[int] = None) -> None:
+  """Refuses a spec whose embedding tables (and numeric projections) cannot fit in
+  memory with their optimizer slots, naming the largest field, before TensorFlow
+  allocates them (it would abort the process or fail deep inside the first step)."""
+  memory = memory or physical_memory_bytes()
+  sizes = {f.name: num_ids.get(f.name, 1) * f.embedding_dim * BYTES_PER_WEIGHT
+           for f in spec.embedded_fields}
+  total = sum(sizes.values()) * TRAINING_COPIES
+  if not sizes or total <= memory:
+    return
+  name = max(sizes, key=sizes.get)
+  raise ValueError(
+      f"field {name!r}: embedding_dim {spec[name].embedding_dim:,} x "
+      f"{num_ids.get(name, 1):,} rows is "
+      f"{sizes[name] / 2**30:,.1f} GiB of weights; with the other tables and Adam's "
+      f"slots training needs {total / 2**30:,.1f} GiB, more than this machine's "
+      f"{memory / 2**30:,.1f} GiB of memory: lower embedding_dim (or hash_buckets) in "
+      "the spec")
+
+
 @tf.keras.utils.register_keras_serializable(package="hmdn")
 class FeatureEmbeddings(tf.keras.layers.Layer):
   """Embeds every model input of a `FeatureSpec` (HMDN, "The model", step 1).
@@ -110,6 +141,7 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
       self._table[f.name] = tf.keras.layers.Embedding(
           self.num_ids[f.name], f.embedding_dim, name=f"{f.name}_embedding",
           embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
+    check_fits_memory(self._spec, self.num_ids)
 
   @property
   def feature_spec(self) -> spec_lib.FeatureSpec:

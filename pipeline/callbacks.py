@@ -20,13 +20,35 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from hmdn.features.preprocessed import PreprocessedData, as_data
+from hmdn.features.preprocessed import PreprocessedData, as_data, delete_tree
 from hmdn.pipeline import evaluate
 
 
 class TrainingError(ValueError):
   """Training cannot go on or its result must not be kept (a non-finite loss or
   weights): bad options or data, reported in one line with exit status 2."""
+
+
+# TensorFlow writes a checkpoint's shards into `<prefix>_temp/` and merges them last.
+CHECKPOINT_TEMP_SUFFIX = "_temp"
+
+
+@contextlib.contextmanager
+def removing_partial_checkpoint(prefix_pattern: str):
+  """A failed checkpoint write (a full disk, a read-only directory) removes the
+  `<prefix>_temp/` directory TensorFlow leaves; the checkpoint before it is intact."""
+  try:
+    yield
+  except BaseException:
+    for leftover in tf.io.gfile.glob(prefix_pattern + CHECKPOINT_TEMP_SUFFIX):
+      delete_tree(leftover)
+    raise
+
+
+def save_weights(model: tf.keras.Model, path: str) -> None:
+  """`model.save_weights(path)`, leaving nothing half written when it fails."""
+  with removing_partial_checkpoint(path):
+    model.save_weights(path)
 
 
 def _finite(value) -> bool:
@@ -406,7 +428,7 @@ class BestCheckpoint(tf.keras.callbacks.Callback):
     if non_finite_weight(self.model) is not None:
       raise TrainingError(f"epoch {epoch + 1}: the weights hold non-finite values; "
                           "nothing was saved as best (lower --learning_rate)")
-    self.model.save_weights(self._path)
+    save_weights(self.model, self._path)
 
 
 class EarlyStopping(tf.keras.callbacks.Callback):
@@ -446,4 +468,5 @@ class KeepCheckpoints(tf.keras.callbacks.Callback):
       checkpoint = tf.train.Checkpoint(model=self.model)
       self._manager = tf.train.CheckpointManager(checkpoint, self._directory,
                                                  max_to_keep=self._keep)
-    self._manager.save(checkpoint_number=epoch + 1)
+    with removing_partial_checkpoint(os.path.join(self._directory, "ckpt-*")):
+      self._manager.save(checkpoint_number=epoch + 1)

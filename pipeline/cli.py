@@ -50,7 +50,8 @@ from hmdn.features.spec import SpecError  # noqa: E402
 from hmdn.models.registry import ModelConfig  # noqa: E402
 from hmdn.pipeline import argv as argv_lib  # noqa: E402
 from hmdn.pipeline import (  # noqa: E402
-    compare, config_flags, data, evaluate, export, serving, stages, strategies, train)
+    compare, config_flags, data, evaluate, export, faults, serving, stages, strategies,
+    train)
 from hmdn.pipeline.argv import Command, FlagGroup  # noqa: E402
 from hmdn.pipeline.serving_request import RequestError  # noqa: E402
 from hmdn.pipeline.train import TrainConfig  # noqa: E402
@@ -62,7 +63,8 @@ MODEL_FLAGS = {"name": "model", "warmup_steps": "codebook_warmup_steps"}
 PREPROCESS_FLAGS = {"output_dir": "data_dir", "spec_path": "spec"}
 config_flags.define_flags(TrainConfig)
 config_flags.define_flags(ModelConfig, MODEL_FLAGS, shared=("seed",))
-config_flags.define_flags(PreprocessConfig, PREPROCESS_FLAGS, shared=("data_dir",))
+config_flags.define_flags(PreprocessConfig, PREPROCESS_FLAGS,
+                          shared=("data_dir", "overwrite"))
 flags.DEFINE_enum("generator", generators.DEFAULT, sorted(generators.GENERATORS),
                   "generate/run without --raw: the built-in log generator. " + "; ".join(
                       f"{g.name}: {g.help}" for g in generators.GENERATORS.values()))
@@ -189,6 +191,7 @@ def cmd_evaluate() -> None:
   _require("data_dir")
   if FLAGS.saved_model:
     version = serving.latest_version(FLAGS.saved_model)
+    export.check_data(version, FLAGS.data_dir)
     stages.evaluate_and_report(evaluate.saved_model_predictor(version), FLAGS.data_dir,
                                export.read_model_config(version), FLAGS.output)
     return
@@ -239,7 +242,9 @@ def cmd_run() -> None:
     raw, spec = stages.generated_raw(generated), spec or stages.generated_spec(generated)
   elif spec is None:
     raise ValueError("--spec is needed with --raw: it declares the fields of the log")
-  stages.preprocess(preprocess_config(raw, spec, config.data_dir), _BEAM_ARGS)
+  # The data directory is the run's own (refused if a folder of the user's is there).
+  stages.preprocess(dataclasses.replace(preprocess_config(raw, spec, config.data_dir),
+                                        overwrite=True), _BEAM_ARGS)
   # --overwrite replaces the run: its export too, unless told how many to keep.
   keep = FLAGS.keep_export_versions or (1 if config.overwrite else 0)
   stages.train_evaluate_export(config, out, summary, FLAGS.verify_export,
@@ -318,7 +323,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
                                   "keep_export_versions")),
                 GENERATED, config_group(TRAIN.title, TrainConfig, skip=DIRS), MODEL,
                 config_group(PREPROCESS.title, PreprocessConfig, PREPROCESS_FLAGS,
-                             skip=DIRS), EVERY), beam=True),
+                             skip=DIRS + ("overwrite",)), EVERY), beam=True),
     Command("compare", "models x seeds, same budget: report.md, plots, paired deltas",
             cmd_compare, (FlagGroup("compare", ("data_dir", "report_dir", "models",
                                                 "seeds")),
@@ -345,10 +350,10 @@ def main(argv: List[str]) -> None:
   try:
     strategies.split_cpu(FLAGS.cpu_devices)
     command.run()
-  except USER_ERRORS as e:  # one line naming the input; tracebacks with --debug
-    if FLAGS.debug:
+  except USER_ERRORS + faults.FAULTS as e:  # one line naming the input or the path;
+    if FLAGS.debug:  # tracebacks with --debug
       raise
-    print(f"hmdn {command.name}: error: {e}", file=sys.stderr)
+    print(f"hmdn {command.name}: error: {faults.describe(e) or e}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -27,9 +27,10 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from hmdn.features import locks, ownership
 from hmdn.features import spec as spec_lib
-from hmdn.features.fileio import write_json_atomic
-from hmdn.features.preprocessed import TRAIN, PreprocessedData
+from hmdn.features.fileio import write_json_atomic, write_text_atomic
+from hmdn.features.preprocessed import TRAIN, PreprocessedData, delete_tree
 from hmdn.models.registry import HMDN_PREFIX, ModelConfig
 from hmdn.pipeline import evaluate, metrics, train
 
@@ -402,7 +403,38 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
     config = run_config(base, label, seeds[0], report_dir)
     config.model.validate()
     train.check_quantizer_starts(config, steps)
-  os.makedirs(report_dir, exist_ok=True)
+  with locks.held(report_dir, "--report_dir"):
+    claim_report(report_dir, base.overwrite)
+    return _run_held(base, labels, seeds, report_dir, log, data)
+
+
+REPORT_FILES = ("results.json", "report.md")
+RUNS_DIR = "runs"
+
+
+def _is_report_entry(name: str) -> bool:
+  return name in REPORT_FILES + (RUNS_DIR,) or name.endswith(".png") or name.endswith(
+      ".tmp")
+
+
+def claim_report(report_dir: str, overwrite: bool) -> None:
+  """The report directory is new, empty or a report of ours; an earlier report is
+  replaced whole (its runs too) with --overwrite, refused without it."""
+  if not ownership.claim(report_dir, ownership.REPORT, "--report_dir",
+                         signature=REPORT_FILES, own=_is_report_entry):
+    return
+  if not overwrite:
+    raise ValueError(f"--report_dir={report_dir} holds an earlier report; pass "
+                     "--overwrite to replace it (and its runs), or use another "
+                     "--report_dir")
+  for name in ownership.user_entries(report_dir):
+    if _is_report_entry(name):
+      delete_tree(os.path.join(report_dir, name))
+
+
+def _run_held(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str, log,
+              data: PreprocessedData) -> Dict:
+  """`run` once the report directory is held."""
   sizes = train_leaf_sizes(data) if data.spec.distribution_fields else {}
   results: Dict[str, List[Dict]] = {label: [] for label in labels}
   oracle = None
@@ -420,6 +452,5 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
              "deltas": paired_deltas(results, labels), "depth": depth_table(results)}
   summary["plots"] = plots(summary, report_dir)
   write_json_atomic(os.path.join(report_dir, "results.json"), summary)
-  with open(os.path.join(report_dir, "report.md"), "w") as f:
-    f.write(markdown(summary))
+  write_text_atomic(os.path.join(report_dir, "report.md"), markdown(summary))
   return summary

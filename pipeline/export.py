@@ -23,9 +23,10 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from hmdn.features import locks, ownership
 from hmdn.features import spec as spec_lib
 from hmdn.features.fileio import write_json_atomic
-from hmdn.features.preprocessed import PreprocessedData
+from hmdn.features.preprocessed import PreprocessedData, spec_fingerprint
 from hmdn.models.registry import ModelConfig
 from hmdn.pipeline import data
 
@@ -36,6 +37,7 @@ ASSETS_EXTRA = "assets.extra"
 SPEC_FILE = PreprocessedData.SPEC_FILE  # named as in the data the model was trained on
 MODEL_CONFIG_FILE = "model_config.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
+TMP_PREFIX = ".tmp-"  # a version being written: `<export_root>/.tmp-<version>/`
 
 
 def spec_path(version_dir: str) -> str:
@@ -63,6 +65,21 @@ def read_model_config(version_dir: str):
     return None
   with tf.io.gfile.GFile(path) as f:
     return ModelConfig(**json.load(f))
+
+
+def check_data(version_dir: str, data_dir: str) -> None:
+  """The data directory holds data of the spec the export was trained with: another
+  dataset's examples would fail deep inside TensorFlow, or be scored as garbage."""
+  data_files = PreprocessedData(data_dir).check_complete()
+  if not tf.io.gfile.exists(spec_path(version_dir)):
+    return  # an export written before the spec travelled with it
+  exported = read_spec(version_dir)
+  if spec_fingerprint(exported) != spec_fingerprint(data_files.spec):
+    raise ValueError(
+        f"--data_dir={data_dir} holds data of the spec {data_files.spec.name!r} "
+        f"(fingerprint {spec_fingerprint(data_files.spec)}), not of the spec "
+        f"{exported.name!r} the export {version_dir} was trained with (fingerprint "
+        f"{spec_fingerprint(exported)}); evaluate it on data of its own spec")
 
 
 def is_version(path: str) -> bool:
@@ -220,12 +237,34 @@ def export(model: tf.keras.Model, spec: spec_lib.FeatureSpec, export_root: str,
   """Saves to a temporary directory, then renames it to `<export_root>/<version>`.
 
   Over-parameterised factors (APG) are merged first: same outputs, fewer weights.
-  A watcher (TF Serving polls the root) never sees a half-written version.
+  A watcher (TF Serving polls the root) never sees a half-written version. The root is
+  new, empty or an export root (`features.ownership`; a new version never replaces
+  one), locked while it is written; a failed write removes its temporary version.
   """
-  tf.io.gfile.makedirs(export_root)
-  version = next_version(export_root)
-  final = os.path.join(export_root, str(version))
-  tmp = os.path.join(export_root, f".tmp-{version}")
+  with locks.held(export_root, "--export_dir"):
+    ownership.claim(export_root, ownership.EXPORT, "--export_dir",
+                    signature=str.isdigit, own=_is_export_entry)
+    version = next_version(export_root)
+    final = os.path.join(export_root, str(version))
+    tmp = os.path.join(export_root, f"{TMP_PREFIX}{version}")
+    try:
+      _save(model, spec, tmp, warmup_examples)
+      tf.io.gfile.rename(tmp, final)
+    except BaseException:
+      if tf.io.gfile.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
+      raise
+  return final
+
+
+def _is_export_entry(name: str) -> bool:
+  """A version directory, or a killed export's temporary one."""
+  return name.isdigit() or name.startswith(TMP_PREFIX)
+
+
+def _save(model: tf.keras.Model, spec: spec_lib.FeatureSpec, tmp: str,
+          warmup_examples: Sequence[bytes]) -> None:
+  """The SavedModel with its signatures and assets.extra, into `tmp`."""
   if tf.io.gfile.exists(tmp):
     tf.io.gfile.rmtree(tmp)
   backbone = getattr(model, "backbone", None)
@@ -246,5 +285,3 @@ def export(model: tf.keras.Model, spec: spec_lib.FeatureSpec, export_root: str,
     write_json_atomic(model_config_path(tmp), dataclasses.asdict(model.config))
   if warmup_examples:
     _write_warmup(tmp, list(warmup_examples))
-  tf.io.gfile.rename(tmp, final)
-  return final

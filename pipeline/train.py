@@ -12,6 +12,7 @@ so `best` stays the best epoch of the whole run and the summary covers every epo
 """
 import contextlib
 import dataclasses
+import hashlib
 import math
 import os
 import tempfile
@@ -19,7 +20,7 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 
-from hmdn.features import preprocessed, run_directory
+from hmdn.features import locks, preprocessed, run_directory
 from hmdn.features.fileio import write_json_atomic
 from hmdn.features.options import option
 from hmdn.features.preprocessed import PreprocessedData
@@ -166,13 +167,19 @@ def _learning_rate(config: TrainConfig, total_steps: int):
 
 def _writable(run: RunDirectory, path: str) -> str:
   """Only the chief writes into the run directory; other workers write the same
-  layout under a scratch directory."""
+  layout under a scratch directory of their task and run (the same after a restart,
+  so a resumed worker finds its best checkpoint; the backup is the run's own)."""
   if strategies.is_chief():
     return path
+  return os.path.join(_scratch(run), os.path.relpath(path, run.model_dir))
+
+
+def _scratch(run: RunDirectory) -> str:
+  """A non-chief task's scratch directory for this run."""
   task = strategies.cluster_task()
-  scratch = os.path.join(tempfile.gettempdir(),
-                         f"hmdn-{task['type']}-{task['index']}-{os.getpid()}")
-  return os.path.join(scratch, os.path.relpath(path, run.model_dir))
+  run_key = hashlib.sha256(run.model_dir.encode("utf-8")).hexdigest()[:12]
+  return os.path.join(tempfile.gettempdir(),
+                      f"hmdn-{task['type']}-{task['index']}-{run_key}")
 
 
 def steps_per_epoch(config: TrainConfig, train_rows: int) -> int:
@@ -360,8 +367,11 @@ def _callbacks(config: TrainConfig, run: RunDirectory, epoch_steps: int,
         config.epochs, evaluation, steps_per_epoch=epoch_steps,
         global_batch_size=config.batch_size))
   # Last: an epoch is backed up only once its metrics and checkpoints are written.
+  # Every worker is given the run's backup: Keras has a non-chief write into
+  # backup/workertemp_<id>/ (removed after each save) and restore from the chief's, so
+  # every task of a killed multi-worker run resumes from the same epoch.
   callbacks.append(tf.keras.callbacks.BackupAndRestore(
-      _writable(run, run.backup_dir),
+      run.backup_dir,
       # Keras counts its batch hooks, one per execution of steps_per_execution steps.
       save_freq=(max(1, config.backup_every_steps // config.steps_per_execution)
                  if config.backup_every_steps else "epoch")))
@@ -375,14 +385,32 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   """Trains (or resumes); returns the model holding the best-eval-AUC weights of the
   whole run (also saved as final). `follow_codebook_warmup_steps`: the codebook
   warm-up was not set by the user, so a new run shorter than it needs follows the
-  run's length (`follow_codebook_warmup`)."""
+  run's length (`follow_codebook_warmup`). The chief holds the run directory's lock
+  (`features.locks`) for the whole run and writes only into a directory of its own."""
   config.validate()
   config.model.validate()
   data_files = PreprocessedData(config.data_dir).check_complete()
   run = RunDirectory(config.model_dir)
   chief = strategies.is_chief()
+  if not chief:
+    return _train_held(config, strategy, data_files, run, chief,
+                       follow_codebook_warmup_steps)
+  with locks.held(run.model_dir, "--model_dir"):
+    run.claim()
+    return _train_held(config, strategy, data_files, run, chief,
+                       follow_codebook_warmup_steps)
+
+
+def _train_held(config: TrainConfig, strategy: Optional[tf.distribute.Strategy],
+                data_files: PreprocessedData, run: RunDirectory, chief: bool,
+                follow_codebook_warmup_steps: bool) -> CTRModel:
+  """`train` once the chief holds the run directory."""
   fingerprints = preprocessed.fingerprints(data_files)
   resume = run.prepare(config, fingerprints, write=chief)  # before any write
+  if not chief and not resume:  # a new run: nothing of an earlier one in the scratch
+    preprocessed.delete_tree(_scratch(run))
+  if resume:
+    run.check_backup()  # a truncated backup: one line, before anything is built
   _seed(config)
   strategy = strategy or strategies.make_strategy(
       config.strategy, config.num_devices, config.tpu, config.ps_min_shard_bytes)
@@ -422,7 +450,7 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   if tf.io.gfile.exists(best_path + ".index"):
     model.load_weights(best_path)
   check_finite_weights(model, "final weights")
-  model.save_weights(_writable(run, run.checkpoint(run.FINAL_CHECKPOINT)))
+  callbacks_lib.save_weights(model, _writable(run, run.checkpoint(run.FINAL_CHECKPOINT)))
   if chief:
     _write_summary(run, config, strategy, model, evaluation, data_files)
   return model
@@ -493,7 +521,13 @@ def load_trained(data_dir: str, model_dir: str,
     raise FileNotFoundError(f"no trained weights at {path}; `hmdn train` has not "
                             "finished this run")
   model = build_model(data_files, config)
-  status = model.load_weights(path)
+  try:
+    status = model.load_weights(path)
+  except (tf.errors.OpError, IndexError, ValueError) as e:  # a truncated .index/.data
+    detail = (e.message if isinstance(e, tf.errors.OpError) else str(e)).strip()
+    first = detail.splitlines()[0][:200] if detail else type(e).__name__
+    raise RunMismatchError(f"{path} cannot be read ({first}): the checkpoint is truncated "
+                           "or corrupt; retrain with --overwrite") from None
   try:
     # Every variable of the model restored; the optimizer's slots are not needed.
     status.assert_existing_objects_matched().expect_partial()

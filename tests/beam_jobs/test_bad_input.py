@@ -6,6 +6,7 @@ Three Beam runs are shared by module fixtures (a CSV log written into the leftov
 killed run, a JSONL log, and a run whose counters are made not to add up); the other
 tests run no pipeline.
 """
+import errno
 import glob
 import json
 import os
@@ -15,9 +16,11 @@ import yaml
 
 from hmdn.beam_jobs import preprocess
 from hmdn.beam_jobs.config import PreprocessConfig, PreprocessError
+from hmdn.beam_jobs.transforms import tfrecord_sink
 from hmdn.features import spec as spec_lib
 from hmdn.features.preprocessed import (IncompleteDataError, PreprocessedData,
                                         unescape_value)
+from hmdn.pipeline import faults
 
 SPEC = {"name": "bad_input", "features": [
     # First column, optional: a BOM left on the header would rename it, and every row
@@ -388,6 +391,28 @@ def test_unreconciled_run_fails_and_leaves_nothing(csv_run, tmp_path, monkeypatc
   left = [os.path.relpath(os.path.join(r, f), out) for r, _, fs in os.walk(out)
           for f in fs]
   assert left == [], left
+
+
+def test_full_disk_in_a_worker_is_an_os_error_on_the_data_dir(csv_run, tmp_path,
+                                                              monkeypatch):
+  """A Beam worker's full disk reaches the driver as RuntimeError("OSError: [Errno 28]
+  ... [while running 'Writetrain/...']"): it is raised as the OSError it was, on the
+  data directory (the CLI prints it in one line), and the run leaves nothing."""
+  def disk_full(self, file_handle, value):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(tfrecord_sink._BatchTFRecordSink, "write_record", disk_full)
+  out = str(tmp_path / "out")
+  with pytest.raises(OSError) as e:
+    preprocess.run(PreprocessConfig(
+        raw=str(csv_run["raw"] / "log.csv"), output_dir=out,
+        spec_path=PreprocessedData(csv_run["out"]).spec_path, direct_num_workers=1,
+        tfds=False))
+  assert (e.value.errno, e.value.filename) == (errno.ENOSPC, out)
+  assert faults.describe(e.value) == (
+      f"{out}: no space left on the device; free some space or write elsewhere")
+  assert os.listdir(out) == []  # no shard, no staging, no marker, no lock
+  assert preprocess.worker_os_error(RuntimeError("ValueError: bad [while running 'x']"),
+                                    out) is None  # only storage faults
 
 
 def test_failure_while_publishing_removes_the_published_outputs(csv_run, tmp_path,

@@ -20,6 +20,7 @@ from apache_beam.options import pipeline_options as beam_options  # noqa: E402
 from hmdn.beam_jobs import preprocess  # noqa: E402
 from hmdn.beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402
 from hmdn.features import spec as spec_lib  # noqa: E402
+from hmdn.features.ownership import ForeignDirectoryError  # noqa: E402
 from hmdn.features.preprocessed import IncompleteDataError, PreprocessedData  # noqa: E402
 from hmdn.pipeline import data  # noqa: E402
 from split_reader import parsed_rows, serialized_records  # noqa: E402  (one split reader)
@@ -176,7 +177,7 @@ def multi(log, single):
   for path in stale:
     with open(path, "w") as f:
       f.write("stale")
-  returned = preprocess.run(_config(log, out, direct_num_workers=2))
+  returned = preprocess.run(_config(log, out, direct_num_workers=2, overwrite=True))
   snap = _snapshot(out, log["spec"])
   snap["returned"] = returned
   snap["stale"] = stale
@@ -407,7 +408,7 @@ def test_failed_rerun_leaves_no_metadata(jsonl, monkeypatch):
   out = jsonl["out"]
   config = PreprocessConfig(raw=jsonl["metadata"]["raw"][0], output_dir=out,
                             spec_path=PreprocessedData(out).spec_path,
-                            direct_num_workers=1)
+                            direct_num_workers=1, overwrite=True)
   with pytest.raises(RuntimeError, match="pipeline died"):
     preprocess.run(config)
   with pytest.raises(IncompleteDataError, match=f"{out}: not a complete"):
@@ -418,6 +419,31 @@ def test_failed_rerun_leaves_no_metadata(jsonl, monkeypatch):
 
 
 # --- Job-level errors (no pipeline runs) ----------------------------------------------
+def test_complete_output_is_replaced_only_with_overwrite(log, single):
+  with pytest.raises(PreprocessError, match=re.escape(
+      f"--data_dir={single['out']} holds a complete output of an earlier `hmdn "
+      "preprocess`; pass --overwrite")):
+    preprocess.run(_config(log, single["out"]))
+  assert PreprocessedData(single["out"]).is_complete()
+
+
+def test_a_folder_of_the_users_is_refused_untouched(log, tmp_path):
+  """Issue 22.1: names the job writes (train/, stats.json, spec.yaml) in a folder the
+  job did not write are the user's: nothing is deleted or overwritten."""
+  out = tmp_path / "mine"
+  (out / "train").mkdir(parents=True)
+  (out / "train" / "notes.txt").write_text("mine")
+  (out / "stats.json").write_text("mine")
+  (out / "spec.yaml").write_text("mine")
+  for overwrite in (False, True):
+    with pytest.raises(ForeignDirectoryError, match=re.escape(
+        f"--data_dir={out} is not empty and was not written by hmdn")):
+      preprocess.run(_config(log, out, overwrite=overwrite))
+  assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+      "spec.yaml", "stats.json", "train", "train/notes.txt"]
+  assert {p.read_text() for p in out.rglob("*") if p.is_file()} == {"mine"}
+
+
 def test_missing_column_names_file_and_column(log, tmp_path):
   path = tmp_path / "no_price.csv"
   header = [h for h in NAMES if h != "price"]

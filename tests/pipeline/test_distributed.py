@@ -1,6 +1,6 @@
-"""Real multi-process training on 127.0.0.1: MultiWorkerMirrored with 2 workers,
-ParameterServer with a chief, 2 workers and 2 PS (embedding tables sharded), and a
-training process killed with SIGKILL that resumes from its backup."""
+"""Real multi-process training on 127.0.0.1: MultiWorkerMirrored with 2 workers (killed
+and restarted), ParameterServer with a chief, 2 workers and 2 PS (embedding tables
+sharded), and a training process killed with SIGKILL that resumes from its backup."""
 import json
 import os
 import signal
@@ -59,20 +59,52 @@ def _reloaded_auc(data_dir, model_dir):
   return evaluate.run(evaluate.model_predictor(model, data_files.spec), data_files)["auc"]
 
 
-def test_multi_worker_mirrored_two_processes(planted_data_dir, tmp_path):
-  cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+def test_multi_worker_mirrored_killed_and_restarted(planted_data_dir, tmp_path):
+  """Two worker processes in sync, both killed with SIGKILL once the first epoch is
+  backed up, then started again with the same command: every task resumes from the
+  run's backup at the same epoch (issue 22.7: the non-chief kept its backup in a
+  temporary directory of its pid, so it started over while the chief resumed), and the
+  chief takes over its dead predecessor's lock."""
   model_dir = str(tmp_path / "model")
   args = [f"--data_dir={planted_data_dir}", f"--model_dir={model_dir}",
-          "--strategy=multi_worker_mirrored", "--epochs=2", *TRAIN_FLAGS]
-  procs = [_start("worker", i, cluster, args, tmp_path / f"worker{i}.log")
-           for i in range(2)]
+          "--strategy=multi_worker_mirrored", "--epochs=3", *TRAIN_FLAGS]
+
+  def start(attempt):
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+    return [_start("worker", i, cluster, args, tmp_path / f"worker{i}-{attempt}.log")
+            for i in range(2)]
+
+  procs = start(0)
+  # The chief's backup state file (Keras: backup/chief/), rewritten by each backup.
+  state = os.path.join(model_dir, "backup", "chief", "checkpoint")
+  deadline = time.time() + 300
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if os.path.exists(state):
+      break
+    time.sleep(0.05)
+  alive = all(p.poll() is None for p in procs)
+  for p in procs:
+    p.kill()
+    p.wait()
+  assert alive and os.path.exists(state), open(tmp_path / "worker0-0.log").read()[-3000:]
+  assert not os.path.exists(os.path.join(model_dir, "train_summary.json"))
+  before_kill = json.load(open(os.path.join(model_dir, "history.json")))
+  assert [h["epoch"] for h in before_kill] in ([1], [1, 2])
+  assert os.path.exists(os.path.join(model_dir, ".hmdn.lock"))  # left by the SIGKILL
+
+  procs = start(1)
   _wait(procs, procs, tmp_path)
+  chief_log = open(tmp_path / "worker0-1.log").read()
+  assert "took over the stale lock" in chief_log, chief_log[-3000:]
+  assert "epoch 1/3" not in chief_log  # resumed, not restarted
   summary = json.load(open(os.path.join(model_dir, "train_summary.json")))
   assert summary["replicas"] == 2  # one replica per worker process, in sync
-  assert summary["epochs_run"] == 2
+  assert summary["epochs_run"] == 3
+  assert summary["eval_auc_per_epoch"][0] == before_kill[0]["auc"]
   assert summary["final"]["auc"] > 0.62  # converged on planted data
   # The chief's figures are what its saved variables imply.
   assert abs(_reloaded_auc(planted_data_dir, model_dir) - summary["final"]["auc"]) < 1e-6
+  assert not os.path.exists(os.path.join(model_dir, ".hmdn.lock"))
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
@@ -159,6 +191,7 @@ def test_killed_training_resumes_from_backup(planted_data_dir, tmp_path):
   resumed = subprocess.run(_train_cmd(planted_data_dir, model_dir), cwd=ROOT,
                            capture_output=True, text=True, timeout=400)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "took over the stale lock" in resumed.stderr  # the killed process's lock
   assert "epoch 1/3" not in resumed.stdout + resumed.stderr  # resumed, not restarted
   summary = json.load(open(os.path.join(model_dir, "train_summary.json")))
   assert abs(summary["final"]["auc"] - reference["final"]["auc"]) < 0.02
