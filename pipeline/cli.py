@@ -44,8 +44,8 @@ from hmdn.beam_jobs import generators, movielens  # noqa: E402  (no Beam)
 from hmdn.beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402  (no Beam)
 from hmdn.features import spec as spec_lib  # noqa: E402
 from hmdn.features.preprocessed import EVAL, PreprocessedData  # noqa: E402
-from hmdn.features.run_directory import (  # noqa: E402
-    RUN_REMEDY, RunDirectory, absolute, model_config_from_record)
+from hmdn.features import options  # noqa: E402
+from hmdn.features.run_directory import RUN_REMEDY, RunDirectory, absolute  # noqa: E402
 from hmdn.features.spec import SpecError  # noqa: E402
 from hmdn.models.registry import ModelConfig  # noqa: E402
 from hmdn.pipeline import argv as argv_lib  # noqa: E402
@@ -56,13 +56,11 @@ from hmdn.pipeline.serving_request import RequestError  # noqa: E402
 from hmdn.pipeline.train import TrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
-# Flags whose name differs from their config field (the names users already type, and
-# the codebook warm-up, which is not the learning-rate warm-up --warmup_steps).
-MODEL_FLAGS = {"name": "model", "warmup_steps": "codebook_warmup_steps"}
-PREPROCESS_FLAGS = {"output_dir": "data_dir", "spec_path": "spec"}
+# A flag whose name differs from its field is declared on the field (`option(flag=...)`:
+# --model sets ModelConfig.name, --codebook_warmup_steps the quantizer's warmup_steps).
 config_flags.define_flags(TrainConfig)
-config_flags.define_flags(ModelConfig, MODEL_FLAGS, shared=("seed",))
-config_flags.define_flags(PreprocessConfig, PREPROCESS_FLAGS, shared=("data_dir",))
+config_flags.define_flags(ModelConfig, shared=("seed",))
+config_flags.define_flags(PreprocessConfig, shared=("data_dir",))
 flags.DEFINE_enum("generator", generators.DEFAULT, sorted(generators.GENERATORS),
                   "generate/run without --raw: the built-in log generator. " + "; ".join(
                       f"{g.name}: {g.help}" for g in generators.GENERATORS.values()))
@@ -89,7 +87,7 @@ USER_ERRORS = (SpecError, PreprocessError, RequestError, ValueError, FileNotFoun
 
 # --- Configs from flags ------------------------------------------------------------------
 def model_config() -> ModelConfig:
-  return config_flags.from_flags(ModelConfig, MODEL_FLAGS).validate()
+  return config_flags.from_flags(ModelConfig).validate()
 
 
 def train_config(data_dir: str, model_dir: str) -> TrainConfig:
@@ -99,14 +97,20 @@ def train_config(data_dir: str, model_dir: str) -> TrainConfig:
 
 
 def given_model_options() -> Dict:
-  """The model options set explicitly on the command line ({field: value}): those a
-  run directory's recorded config is checked against."""
-  names = config_flags.flag_names(ModelConfig, MODEL_FLAGS)
-  present = [field for field, flag in names.items() if FLAGS[flag].present]
+  """The model options set explicitly on the command line ({flag: value}): those a
+  run directory's recorded config is checked against, and that must apply to the
+  model (defaults are not given)."""
+  present = config_flags.given(ModelConfig).values()
   if not present:
     return {}
-  values = dataclasses.asdict(config_flags.from_flags(ModelConfig, MODEL_FLAGS))
-  return {field: values[field] for field in present}
+  values = options.values_by_flag(config_flags.from_flags(ModelConfig))
+  return {flag: values[flag] for flag in present}
+
+
+def refuse_inapplicable(model: ModelConfig) -> None:
+  """A model flag given explicitly that `model` does not use (`--model=dnn
+  --num_levels=7`) or that another flag makes unused is refused, naming both."""
+  options.refuse_inapplicable(model, given_model_options())
 
 
 # Flags holding a local path (or comma-separated globs: --raw): made absolute at start.
@@ -133,8 +137,8 @@ def absolute_path_flags() -> None:
 
 
 def preprocess_config(raw: str, spec: str, data_dir: str) -> PreprocessConfig:
-  return config_flags.from_flags(PreprocessConfig, PREPROCESS_FLAGS, raw=raw,
-                                 spec_path=spec, output_dir=data_dir)
+  return config_flags.from_flags(PreprocessConfig, raw=raw, spec_path=spec,
+                                 output_dir=data_dir)
 
 
 def generator_config():
@@ -169,9 +173,10 @@ def cmd_train() -> None:
   run = RunDirectory(config.model_dir)
   if not config.overwrite and run.has_run():
     # Resuming: the run's model config, not the flags' defaults (no --model needed).
-    recorded = run.check_model(given_model_options(), remedy=RUN_REMEDY)
-    config = dataclasses.replace(config, model=model_config_from_record(recorded,
-                                                                        ModelConfig))
+    config = dataclasses.replace(config, model=run.check_model(
+        given_model_options(), ModelConfig, remedy=RUN_REMEDY))
+  else:
+    refuse_inapplicable(config.model)
   train.train(config)
 
 
@@ -211,6 +216,7 @@ def cmd_run() -> None:
   out = FLAGS.output_dir
   # Built first: a bad model or training option fails now, not after preprocessing.
   config = train_config(os.path.join(out, "data"), os.path.join(out, "model"))
+  refuse_inapplicable(config.model)
   RunDirectory(config.model_dir).check_resumable(config)  # before any work
   raw, spec = FLAGS.raw, FLAGS.spec
   summary = None
@@ -231,8 +237,9 @@ def cmd_compare() -> None:
   except ValueError:
     raise ValueError(f"--seeds: expected integers, got {','.join(FLAGS.seeds)}")
   base = train_config(FLAGS.data_dir, FLAGS.report_dir)
-  summary = compare.run(base, [m for m in FLAGS.models.split(",") if m], seeds,
-                        FLAGS.report_dir)
+  labels = [m for m in FLAGS.models.split(",") if m]
+  compare.refuse_unused_flags(base, labels, given_model_options())
+  summary = compare.run(base, labels, seeds, FLAGS.report_dir)
   print(compare.markdown(summary))
   print(f"report: {os.path.join(FLAGS.report_dir, 'report.md')}")
 
@@ -267,9 +274,8 @@ def config_group(title: str, cls, rename=None, skip=()) -> FlagGroup:
 
 
 TRAIN = config_group("training (TrainConfig)", TrainConfig)
-MODEL = config_group("model (ModelConfig)", ModelConfig, MODEL_FLAGS)
-PREPROCESS = config_group("preprocessing (PreprocessConfig)", PreprocessConfig,
-                          PREPROCESS_FLAGS)
+MODEL = config_group("model (ModelConfig)", ModelConfig)
+PREPROCESS = config_group("preprocessing (PreprocessConfig)", PreprocessConfig)
 GENERATED = FlagGroup("generated log", ("generator", "rows", "seed"))
 EVERY = FlagGroup("every command", ("cpu_devices", "debug", "verbosity"))
 DIRS = ("data_dir", "model_dir")  # in `run` and `compare`: from --output_dir/--report_dir
@@ -293,8 +299,8 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
             "export) into --output_dir", cmd_run, (
                 FlagGroup("run", ("output_dir", "raw", "spec", "verify_export")),
                 GENERATED, config_group(TRAIN.title, TrainConfig, skip=DIRS), MODEL,
-                config_group(PREPROCESS.title, PreprocessConfig, PREPROCESS_FLAGS,
-                             skip=DIRS), EVERY), beam=True),
+                config_group(PREPROCESS.title, PreprocessConfig, skip=DIRS), EVERY),
+            beam=True),
     Command("compare", "models x seeds, same budget: report.md, plots, paired deltas",
             cmd_compare, (FlagGroup("compare", ("data_dir", "report_dir", "models",
                                                 "seeds")),

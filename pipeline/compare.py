@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from hmdn.features import options
 from hmdn.features import spec as spec_lib
 from hmdn.features.fileio import write_json_atomic
 from hmdn.features.preprocessed import TRAIN, PreprocessedData
@@ -38,17 +39,19 @@ LEAF = "leaf (cross of distribution fields)"
 
 def parse_variant(text: str) -> Tuple[str, Dict[str, Any]]:
   """`hmdn_moe:num_levels=6:condition=all` -> ("hmdn_moe", {"num_levels": 6, ...}),
-  values typed like the ModelConfig field they set."""
-  name, *options = [p.strip() for p in text.split(":")]
-  fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-  defaults = ModelConfig()
+  keyed by flag name, values typed like the ModelConfig option they set; an option
+  the variant's model does not use is refused."""
+  name, *parts = [p.strip() for p in text.split(":")]
+  fields = {flag: field for flag, (_, field) in options.leaves(ModelConfig).items()
+            if flag not in ("model", "seed")}
+  defaults = options.values_by_flag(ModelConfig())
   overrides = {}
-  for option in options:
-    key, sep, value = option.partition("=")
-    if not sep or key not in fields or key in ("name", "seed"):
-      raise ValueError(f"--models: {option!r} in {text!r} is not key=value of a model "
-                       f"option; options: {sorted(set(fields) - {'name', 'seed'})}")
-    current = getattr(defaults, key)
+  for part in parts:
+    key, sep, value = part.partition("=")
+    if not sep or key not in fields:
+      raise ValueError(f"--models: {part!r} in {text!r} is not key=value of a model "
+                       f"option; options: {sorted(fields)}")
+    current = defaults[key]
     try:
       if isinstance(current, bool):
         if value not in ("true", "false", "True", "False", "1", "0"):
@@ -66,8 +69,25 @@ def parse_variant(text: str) -> Tuple[str, Dict[str, Any]]:
       raise ValueError(f"--models: {key}={value!r} in {text!r} is not a "
                        f"{type(current).__name__}")
     overrides[key] = typed
-  ModelConfig(name=name, **overrides).validate()
+  config = options.with_values(ModelConfig(name=name), overrides).validate()
+  try:
+    options.refuse_inapplicable(config, overrides)
+  except ValueError as e:
+    raise ValueError(f"--models: {text!r}: {e}") from None
   return name, overrides
+
+
+def refuse_unused_flags(base, labels: Sequence[str], given: Sequence[str]) -> None:
+  """A model flag given on the command line applies to every model of the list under
+  its own overrides; one that no model of the list uses is refused."""
+  configs = [run_config(base, label, 0, "").model for label in labels]
+  for flag in given:
+    if configs and all(
+        flag not in options.values_by_flag(c, applicable_only=True) for c in configs):
+      try:
+        options.refuse_inapplicable(configs[0], [flag])
+      except ValueError as e:
+        raise ValueError(f"{e} (nor to any other model of --models)") from None
 
 
 def backbone_of(label: str) -> str:
@@ -119,7 +139,8 @@ def run_config(base, label: str, seed: int, report_dir: str):
   """The TrainConfig of one run: the base's model options (the command line's model
   flags) under the variant's overrides, in the report's own run directory."""
   name, overrides = parse_variant(label)
-  model_config = dataclasses.replace(base.model, name=name, seed=seed, **overrides)
+  model_config = options.with_values(dataclasses.replace(base.model, name=name, seed=seed),
+                                     overrides)
   return dataclasses.replace(  # the run directories are the report's own outputs
       base, model=model_config, seed=seed, overwrite=True,
       model_dir=os.path.join(report_dir, "runs", file_name(label), f"seed_{seed}"))

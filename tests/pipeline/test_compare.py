@@ -108,12 +108,13 @@ def test_model_flags_apply_to_every_variant_under_its_own_overrides(tmp_path):
   from hmdn.models.registry import ModelConfig
   from hmdn.pipeline.train import TrainConfig
   base = TrainConfig(data_dir="unused", model_dir=str(tmp_path),
-                     model=ModelConfig(codebook_warmup_steps=3, num_levels=2))
+                     model=ModelConfig.of(codebook_warmup_steps=3, num_levels=2))
   config = compare.run_config(base, "hmdn_moe:num_levels=5", 7, str(tmp_path))
   assert (config.model.name, config.model.seed, config.seed) == ("hmdn_moe", 7, 7)
-  assert config.model.codebook_warmup_steps == 3 and config.model.num_levels == 5
+  quantizer = config.model.hmdrr.quantizer
+  assert quantizer.warmup_steps == 3 and quantizer.num_levels == 5
   plain = compare.run_config(base, "moe", 7, str(tmp_path))
-  assert plain.model.name == "moe" and plain.model.num_levels == 2
+  assert plain.model.name == "moe" and plain.model.hmdrr.quantizer.num_levels == 2
   assert config.model_dir != plain.model_dir
 
 

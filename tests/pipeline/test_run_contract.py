@@ -42,7 +42,7 @@ def _one_line_error(proc, *expected):
 
 def _config(data_dir, model_dir, name="moe", **kwargs):
   return train.TrainConfig(data_dir=data_dir, model_dir=str(model_dir),
-                           model=ModelConfig(name=name), **dict(FAST, **kwargs))
+                           model=ModelConfig.of(name=name), **dict(FAST, **kwargs))
 
 
 # --- TrainConfig ranges ------------------------------------------------------------------
@@ -101,13 +101,13 @@ def test_hmdn_run_shorter_than_its_codebook_warmup_is_refused(planted_data_dir, 
   assert not model_dir.exists()
   with pytest.raises(ValueError, match="never start"):  # not for a plain backbone
     train.check_quantizer_starts(train.TrainConfig(
-        data_dir="d", model_dir="m", epochs=1, model=ModelConfig(
+        data_dir="d", model_dir="m", epochs=1, model=ModelConfig.of(
             name="hmdn_moe", codebook_warmup_steps=5)), 5)
   train.check_quantizer_starts(train.TrainConfig(
-      data_dir="d", model_dir="m", epochs=1, model=ModelConfig(
+      data_dir="d", model_dir="m", epochs=1, model=ModelConfig.of(
           name="moe", codebook_warmup_steps=5)), 5)
   train.check_quantizer_starts(train.TrainConfig(
-      data_dir="d", model_dir="m", epochs=1, model=ModelConfig(
+      data_dir="d", model_dir="m", epochs=1, model=ModelConfig.of(
           name="hmdn_moe", codebook_warmup_steps=4)), 5)
 
 
@@ -123,7 +123,7 @@ def moe_run(planted_data_dir, tmp_path_factory):
 def test_record_holds_model_fingerprints_and_absolute_data_dir(moe_run, planted_data_dir):
   record = RunDirectory(moe_run).record()
   assert record["model_name"] == "moe" and record["model"]["name"] == "moe"
-  assert record["model"]["output_dim"] == ModelConfig().output_dim
+  assert record["model"]["output_dim"] == ModelConfig.of().output_dim
   assert record["fingerprints"] == preprocessed.fingerprints(planted_data_dir)
   assert record["data_dir"] == os.path.abspath(planted_data_dir)
   assert record["config"]["batch_size"] == 128 and "argv" in record
