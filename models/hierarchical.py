@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from hmdn.features.options import leaves, nested, option, validate, with_values
+from hmdn.models.checks import check_units
 from hmdn.models.mlp import MLP
 from hmdn.models.quantizer import QuantizerConfig, ResidualQuantizer
 
@@ -67,9 +68,7 @@ class ViewEncoders(tf.keras.layers.Layer):
 
   def __init__(self, units: Sequence[int], activation: str = "relu", **kwargs):
     super().__init__(**kwargs)
-    if not units or any(int(u) < 1 for u in units):
-      raise ValueError(f"`units` must be positive layer sizes, got {units!r}.")
-    self.units = [int(u) for u in units]
+    self.units = check_units("units", units, allow_empty=False)
     self.activation = activation
 
   def build(self, input_shape):

@@ -50,7 +50,8 @@ def _unless_implicit(config) -> str:
 def _unless_condition_read(config) -> str:
   """The backbone's own condition is read unless the backbone reads none or HMDN
   replaces it with s_D alone."""
-  if not BACKBONES[config.backbone].reads_condition:
+  backbone = BACKBONES.get(config.backbone)
+  if backbone is not None and not backbone.reads_condition:
     return f"--model={config.name} reads no condition"
   if config.is_hmdn and config.hmdn_condition == "hierarchical_only":
     return (f"--model={config.name} with --hmdn_condition=hierarchical_only conditions "

@@ -24,7 +24,9 @@ Bad input ends with one line naming the file, field and value, and exit status 2
 
 The run directory (--model_dir, features/run_directory.py) records the model config:
 `evaluate`, `export` and a resumed `train` take it from there (no --model needed); a
-model flag given explicitly must agree with it. Every path flag is made absolute at
+model flag given explicitly must agree with it. A model flag given explicitly must also
+apply to the model (`--model=dnn --num_levels=7` is refused, as is `--condition=all`
+with `--hmdn_condition=hierarchical_only`); defaults are not given. Every path flag is made absolute at
 start, so a relative path means the same in every stage and subprocess.
 """
 import dataclasses

@@ -291,7 +291,7 @@ def depth_table(results: Dict[str, List[Dict]]) -> List[Dict]:
     if not is_hmdn(label):
       continue
     _, overrides = parse_variant(label)
-    depth = overrides.get("num_levels", ModelConfig().num_levels)
+    depth = overrides.get("num_levels", ModelConfig().hmdrr.quantizer.num_levels)
     auc, std = _mean_std([r["auc"] for r in runs])
     rows.append({"model": label, "num_levels": depth, "auc": auc, "std": std})
   depths = {r["num_levels"] for r in rows}

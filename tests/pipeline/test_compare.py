@@ -22,8 +22,14 @@ def test_variants_are_parsed_and_typed_like_their_config_fields():
     ("hmdn_moe:num_levels", r"is not key=value"),
     ("hmdn_moe:num_levels=six", r"num_levels='six' .* is not a int"),
     ("hmdn_moe:shared_codebook=maybe", r"is not a bool"),
-    ("no_such_model", r"unknown model 'no_such_model'"),
+    ("no_such_model", r"--model='no_such_model': expected one of"),
     ("hmdn_moe:seed=3", r"is not key=value of a model option"),
+    ("moe:num_levels=6", r"'moe:num_levels=6': --num_levels does not apply: --model=moe "
+     "is not an HMDN model"),
+    ("hmdn_moe:hmdn_condition=hierarchical_only:condition=all",
+     r"--condition does not apply: .*hierarchical_only"),
+    ("hmdn_moe:extraction=explicit:aux_weight=0.3",
+     r"--aux_weight does not apply: --extraction=explicit has no implicit view"),
 ])
 def test_bad_variants_are_refused_naming_the_option(text, message):
   with pytest.raises(ValueError, match=message):
@@ -116,6 +122,16 @@ def test_model_flags_apply_to_every_variant_under_its_own_overrides(tmp_path):
   plain = compare.run_config(base, "moe", 7, str(tmp_path))
   assert plain.model.name == "moe" and plain.model.hmdrr.quantizer.num_levels == 2
   assert config.model_dir != plain.model_dir
+
+
+def test_a_model_flag_no_model_of_the_list_uses_is_refused(tmp_path):
+  from hmdn.pipeline.train import TrainConfig
+  base = TrainConfig(data_dir="unused", model_dir=str(tmp_path))
+  compare.refuse_unused_flags(base, ["moe", "hmdn_moe"], ["num_levels", "seed"])
+  compare.refuse_unused_flags(base, ["moe", "moe:condition=cross"], ["cross_dim"])
+  with pytest.raises(ValueError, match=r"--num_levels does not apply: --model=moe .*"
+                     r"nor to any other model of --models"):
+    compare.refuse_unused_flags(base, ["moe", "mmoe"], ["num_levels"])
 
 
 def test_a_variant_that_would_never_quantize_is_refused_before_any_run(
