@@ -67,10 +67,7 @@ flags.DEFINE_enum("generator", generators.DEFAULT, sorted(generators.GENERATORS)
                   "generate/run without --raw: the built-in log generator. " + "; ".join(
                       f"{g.name}: {g.help}" for g in generators.GENERATORS.values()))
 flags.DEFINE_integer("rows", 200_000, "generate/run: rows of generated raw log.")
-flags.DEFINE_string("models", "moe,hmdn_moe", "compare: models, comma-separated; "
-                    "NAME or NAME:option=value:... (ModelConfig options).")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "compare: training seeds.")
-flags.DEFINE_string("report_dir", None, "compare: where report.md, plots and runs go.")
+config_flags.define_flags(compare.CompareConfig)
 # Flags of the commands themselves, not of a config.
 flags.DEFINE_string("output_dir", None, "generate/run: directory of every output; data "
                     "fetch: where the dataset goes.")
@@ -234,16 +231,12 @@ def cmd_run() -> None:
 
 def cmd_compare() -> None:
   _require("data_dir", "report_dir")
-  try:
-    seeds = [int(s) for s in FLAGS.seeds]
-  except ValueError:
-    raise ValueError(f"--seeds: expected integers, got {','.join(FLAGS.seeds)}")
-  base = train_config(FLAGS.data_dir, FLAGS.report_dir)
-  labels = [m for m in FLAGS.models.split(",") if m]
-  compare.refuse_unused_flags(base, labels, given_model_options())
-  summary = compare.run(base, labels, seeds, FLAGS.report_dir)
+  settings = config_flags.from_flags(compare.CompareConfig).validate()
+  base = train_config(FLAGS.data_dir, settings.report_dir)
+  compare.refuse_unused_flags(base, settings.labels, given_model_options())
+  summary = compare.run(base, settings.labels, settings.seeds, settings.report_dir)
   print(compare.markdown(summary))
-  print(f"report: {os.path.join(FLAGS.report_dir, 'report.md')}")
+  print(f"report: {os.path.join(settings.report_dir, 'report.md')}")
 
 
 DATASETS = ("movielens-100k",)

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from hmdn.features import options
+from hmdn.features.options import option, validate
 from hmdn.features import spec as spec_lib
 from hmdn.features.fileio import write_json_atomic
 from hmdn.features.preprocessed import TRAIN, PreprocessedData
@@ -35,6 +36,33 @@ from hmdn.models.registry import HMDN_PREFIX, ModelConfig
 from hmdn.pipeline import evaluate, metrics, train
 
 LEAF = "leaf (cross of distribution fields)"
+
+
+@dataclasses.dataclass
+class CompareConfig:
+  """What `hmdn compare` trains and where the report goes (each run's training options
+  are the TrainConfig's, its model options the ModelConfig's under the variant's)."""
+  report_dir: str = option(help="compare: where report.md, plots and runs go.")
+  models: str = option("moe,hmdn_moe", "compare: models, comma-separated; NAME or "
+                       "NAME:option=value:... (ModelConfig options).")
+  seeds: Tuple[int, ...] = option((0, 1, 2), "compare: training seeds.", minimum=0)
+
+  def __post_init__(self):
+    self.seeds = tuple(self.seeds)
+
+  @property
+  def labels(self) -> List[str]:
+    return [m for m in self.models.split(",") if m]
+
+  def validate(self) -> "CompareConfig":
+    """The declared rules, then: a model and a seed at least, none twice."""
+    validate(self)
+    for flag, values in (("models", self.labels), ("seeds", self.seeds)):
+      if not values:
+        raise ValueError(f"--{flag}={getattr(self, flag)!r}: expected at least one")
+      if len(set(values)) != len(values):
+        raise ValueError(f"--{flag}={getattr(self, flag)!r}: expected each once")
+    return self
 
 
 def parse_variant(text: str) -> Tuple[str, Dict[str, Any]]:
@@ -365,12 +393,7 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
         log=print) -> Dict:
   """Trains every model with every seed (seeds outermost, so machine drift hits all
   models alike), then writes results.json, report.md and the plots."""
-  if not labels:
-    raise ValueError("--models: give at least one model")
-  if not seeds:
-    raise ValueError("--seeds: give at least one seed")
-  if len(set(labels)) != len(labels):
-    raise ValueError(f"--models lists a model twice: {list(labels)}")
+  CompareConfig(report_dir, ",".join(labels), tuple(seeds)).validate()
   data = PreprocessedData(base.data_dir).check_complete()
   steps = train.steps_per_epoch(base, data.rows(TRAIN))
   for label in labels:  # every bad model or option fails before the first run

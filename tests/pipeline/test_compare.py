@@ -143,3 +143,17 @@ def test_a_variant_that_would_never_quantize_is_refused_before_any_run(
   with pytest.raises(ValueError, match="codebook_warmup_steps=100.*only 4 training"):
     compare.run(base, ["moe", "hmdn_moe"], [0], str(report), log=lambda *_: None)
   assert not (report / "runs").exists()  # moe was not trained first
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(models=","), r"--models=',': expected at least one"),
+    (dict(models="moe,moe"), r"--models='moe,moe': expected each once"),
+    (dict(seeds=()), r"--seeds=\(\): expected at least one"),
+    (dict(seeds=(0, -1)), r"--seeds=\(0, -1\): expected a list of integers >= 0"),
+    (dict(report_dir=""), r"--report_dir='': expected a non-empty value"),
+])
+def test_compare_config_is_checked_like_every_config(kwargs, message):
+  config = compare.CompareConfig(**dict(dict(report_dir="r"), **kwargs))
+  with pytest.raises(ValueError, match=message):
+    config.validate()
+  assert compare.CompareConfig("r").validate().labels == ["moe", "hmdn_moe"]
