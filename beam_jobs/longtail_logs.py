@@ -28,7 +28,7 @@ from typing import Dict, List
 import numpy as np
 
 from hmdn.beam_jobs import generated_logs
-from hmdn.features.options import option
+from hmdn.features.options import option, validate
 from hmdn.features import spec as spec_lib
 
 SPEC_PATH = os.path.join(spec_lib.SPECS_DIR, "longtail.yaml")
@@ -46,50 +46,39 @@ CALIBRATION_ROWS = 50_000
 @dataclasses.dataclass
 class LongTailConfig:
   """The size, the seed and the shape of the long-tail log."""
-  rows: int = option(1_000_000, "Impressions to generate.")
-  seed: int = option(0, "Seed of the world (tree, effects, users, items) and the rows.")
-  rows_per_file: int = option(1_000_000, "Rows per raw/part-*.csv file.")
+  rows: int = option(1_000_000, "Impressions to generate.", minimum=1)
+  seed: int = option(0, "Seed of the world (tree, effects, users, items) and the rows.",
+                     minimum=0)
+  rows_per_file: int = option(1_000_000, "Rows per raw/part-*.csv file.", minimum=1)
   chunk_rows: int = option(50_000, "Rows drawn and written at once (memory only; the "
-                           "output does not depend on it).")
-  branching_min: int = option(3, "Fewest children of a node (the root included).")
-  branching_max: int = option(8, "Most children of a node (the root included).")
+                           "output does not depend on it).", minimum=1)
+  branching_min: int = option(3, "Fewest children of a node (the root included).", minimum=1)
+  branching_max: int = option(8, "Most children of a node (the root included).", minimum=1)
   zipf_exponent: float = option(1.4, "Leaf traffic share ~ (rank + zipf_offset) ** "
-                                "-zipf_exponent over randomly ranked leaves.")
-  zipf_offset: float = option(2.0, "Flattens the head of the Zipf law.")
-  ctr: float = option(0.08, "Mean true click probability the intercept is calibrated to.")
+                                "-zipf_exponent over randomly ranked leaves.", minimum=0)
+  zipf_offset: float = option(2.0, "Flattens the head of the Zipf law.", minimum=0)
+  ctr: float = option(0.08, "Mean true click probability the intercept is calibrated "
+                      "to.", above=0, below=1)
   bias_scale: float = option(0.5, "Std of a scenario's bias around the root's.")
   preference_scale: float = option(0.6, "Std of a scenario's preference vector around "
                                    "the root's.")
   shrink: float = option(0.75, "Each level's noise std is this times its parent "
-                         "level's: effect(child) = effect(parent) + noise.")
-  latent_groups: int = option(4, "Number of latent user groups (`latent_segment`).")
+                         "level's: effect(child) = effect(parent) + noise.", above=0)
+  latent_groups: int = option(4, "Number of latent user groups (`latent_segment`).", minimum=1)
   latent_scale: float = option(0.6, "Std of a latent group's bias and preference.")
   latent_signal: float = option(0.5, "Share of rows whose device and hour follow their "
                                 "latent group (the rest are drawn globally): how "
-                                "visible the latent level is.")
-  latent_dim: int = option(8, "Dimension of item and preference vectors.")
-  num_categories: int = option(30, "Item categories.")
+                                "visible the latent level is.", minimum=0, maximum=1)
+  latent_dim: int = option(8, "Dimension of item and preference vectors.", minimum=1)
+  num_categories: int = option(30, "Item categories.", minimum=1)
 
-  def validate(self) -> None:
-    checks = [
-        ("rows", self.rows >= 1, ">= 1"),
-        ("rows_per_file", self.rows_per_file >= 1, ">= 1"),
-        ("chunk_rows", self.chunk_rows >= 1, ">= 1"),
-        ("branching_min", self.branching_min >= 1, ">= 1"),
-        ("branching_max", self.branching_max >= self.branching_min,
-         f">= branching_min ({self.branching_min})"),
-        ("zipf_exponent", self.zipf_exponent >= 0, ">= 0"),
-        ("zipf_offset", self.zipf_offset >= 0, ">= 0"),
-        ("ctr", 0 < self.ctr < 1, "in (0, 1)"),
-        ("shrink", self.shrink > 0, "> 0"),
-        ("latent_groups", self.latent_groups >= 1, ">= 1"),
-        ("latent_signal", 0 <= self.latent_signal <= 1, "in [0, 1]"),
-        ("latent_dim", self.latent_dim >= 1, ">= 1"),
-        ("num_categories", self.num_categories >= 1, ">= 1"),
-    ]
-    for name, ok, want in checks:
-      if not ok:
-        raise ValueError(f"{name} must be {want}, got {getattr(self, name)}")
+  def validate(self) -> "LongTailConfig":
+    """The declared rules (`features.options.validate`), then the branching range."""
+    validate(self)
+    if self.branching_max < self.branching_min:
+      raise ValueError(f"--branching_max={self.branching_max!r}: expected an integer >= "
+                       f"--branching_min ({self.branching_min})")
+    return self
 
 
 class _World:

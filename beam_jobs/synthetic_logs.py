@@ -19,6 +19,7 @@ import numpy as np
 
 from hmdn.beam_jobs import generated_logs
 from hmdn.features import spec as spec_lib
+from hmdn.features.options import option, validate
 
 SPEC_PATH = os.path.join(spec_lib.SPECS_DIR, "synthetic.yaml")
 
@@ -39,9 +40,13 @@ CHUNK_ROWS = 50_000
 
 @dataclasses.dataclass
 class GeneratorConfig:
-  rows: int = 200_000
-  seed: int = 0
-  rows_per_file: int = 1_000_000
+  """The size and the seed of the planted log."""
+  rows: int = option(200_000, "Impressions to generate.", minimum=1)
+  seed: int = option(0, "Seed of the world and the rows.", minimum=0)
+  rows_per_file: int = option(1_000_000, "Rows per raw/part-*.csv file.", minimum=1)
+
+  def validate(self) -> "GeneratorConfig":
+    return validate(self)
 
 
 class _World:
@@ -135,10 +140,7 @@ def generate(output_dir: str, config: GeneratorConfig) -> Dict:
   Returns the summary also written to generator.json (rows, clicks, oracle AUC, leaf
   CTRs). Files are written under temporary names and renamed when complete.
   """
-  if config.rows < 1:
-    raise ValueError(f"rows must be >= 1, got {config.rows}")
-  if config.rows_per_file < 1:
-    raise ValueError(f"rows_per_file must be >= 1, got {config.rows_per_file}")
+  config.validate()
   spec = spec_lib.load_spec(SPEC_PATH)
   shards = generated_logs.CsvShards(generated_logs.raw_dir(output_dir), spec.names,
                                     config.rows_per_file, config.rows)

@@ -182,7 +182,7 @@ class _Bench:
     self.name = name
     # Steady state: the codebooks are seeded on the first (untimed) step, so the
     # timed steps run the quantizer's training path, not its warm-up pass-through.
-    self.model = train.build_model(data_dir, ModelConfig(name=name, **STEADY_STATE))
+    self.model = train.build_model(data_dir, ModelConfig.of(name=name, **STEADY_STATE))
     self.model.compile(optimizer=tf.keras.optimizers.Adam(2e-3))
     model = self.model
     self.steps_per_execution = steps_per_execution

@@ -28,6 +28,7 @@ import sys
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from hmdn.features import ownership
+from hmdn.features import options
 from hmdn.features.fileio import write_json_atomic
 
 RUN_FORMAT = 1
@@ -197,23 +198,26 @@ class RunDirectory:
         tf.io.gfile.rmtree(self.path(name))
 
   # --- Checks -----------------------------------------------------------------------
-  def check_model(self, given: Mapping[str, Any], remedy: Optional[str] = None
-                  ) -> Dict[str, Any]:
-    """The recorded model config; `given` holds the model options the user set
-    explicitly, each of which must equal the recorded value. `remedy` replaces the
-    advice at the end of the error."""
-    recorded = self.record()["model"]
-    for key, value in given.items():
-      if key not in recorded:
-        continue
-      if _normalise(recorded[key]) != _normalise(value):
-        flag = "--model" if key == "name" else f"--{key}"
+  def model_config(self, config_class: type) -> Any:
+    """The recorded model config as a `config_class` (`model_config_from_record`)."""
+    return model_config_from_record(self.record()["model"], config_class)
+
+  def check_model(self, given: Mapping[str, Any], config_class: type,
+                  remedy: Optional[str] = None) -> Any:
+    """The recorded model config (a `config_class`); `given` ({flag: value}) holds the
+    model options the user set explicitly, each of which must equal the recorded value
+    and apply to the run's model. `remedy` replaces the advice at the end of the error."""
+    recorded = self.model_config(config_class)
+    values = options.values_by_flag(recorded, applicable_only=True)
+    for flag, value in given.items():
+      if flag in values and _normalise(values[flag]) != _normalise(value):
         raise RunMismatchError(
-            f"{flag}={_show(value)} contradicts the run in {self.model_dir}, trained "
-            f"with {flag}={_show(recorded[key])}; " + (remedy or
+            f"--{flag}={_show(value)} contradicts the run in {self.model_dir}, trained "
+            f"with --{flag}={_show(values[flag])}; " + (remedy or
             "drop the flag (the run's config is used) or point --model_dir at another "
             "run"))
-    return dict(recorded)
+    options.refuse_inapplicable(recorded, given, RunMismatchError)
+    return recorded
 
   def check_data(self, data_dir: str, data_fingerprints: Mapping[str, str],
                  remedy: Optional[str] = None) -> None:
@@ -243,7 +247,8 @@ class RunDirectory:
             f"{self.CONFIG_FILE}; pass --overwrite to replace them, or use another "
             "--model_dir")
       return
-    self.check_model(dataclasses.asdict(config.model), remedy=RUN_REMEDY)
+    self.check_model(options.values_by_flag(config.model, applicable_only=True),
+                     type(config.model), remedy=RUN_REMEDY)
     if fingerprints is not None:
       self.check_data(config.data_dir, fingerprints, remedy=RUN_REMEDY)
     if self.has_checkpoint(self.FINAL_CHECKPOINT):
@@ -279,8 +284,9 @@ def run_record(config: Any, fingerprints: Mapping[str, str]) -> Dict[str, Any]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top
   return {"model_name": config.model.name,
-          "model": dataclasses.asdict(config.model),
-          "config": dataclasses.asdict(config),
+          "model": options.to_record(config.model),  # only the options that apply
+          "config": dict(dataclasses.asdict(config),
+                         model=options.to_record(config.model)),
           "fingerprints": dict(fingerprints),
           "data_dir": absolute(config.data_dir),
           "versions": {"python": sys.version.split()[0], "tensorflow": tf.__version__,
@@ -292,14 +298,14 @@ def run_record(config: Any, fingerprints: Mapping[str, str]) -> Dict[str, Any]:
 
 def model_config_from_record(recorded: Dict[str, Any], config_class: type) -> Any:
   """The recorded model options as a `config_class` (models.registry.ModelConfig,
-  passed in: features does not import the models). An option this version does not
-  know is an error: the model could not be rebuilt as it was trained."""
-  known = {f.name for f in dataclasses.fields(config_class) if f.init}
-  unknown = sorted(set(recorded) - known)
-  if unknown:
-    raise RunMismatchError(f"the run's model config has options this version does not "
-                           f"know: {unknown}")
-  return config_class(**recorded).validate()
+  passed in: features does not import the models), from this version's record (nested,
+  only the options that apply; the others take their defaults) or an older flat one.
+  An option this version does not know is an error: the model could not be rebuilt as
+  it was trained."""
+  try:
+    return options.from_record(config_class, recorded, RunMismatchError).validate()
+  except (TypeError, ValueError) as e:
+    raise RunMismatchError(f"the run's model config: {e}") from None
 
 
 def _normalise(value: Any) -> Any:

@@ -16,6 +16,7 @@ from hmdn.models.backbones import (APG, DNN, MMoE, MoE, PLE, STAR, Backbone,  # 
                                    EPNet, HiNet, get_backbone)
 from hmdn.models.ctr_model import CTRModel  # noqa: E402
 from hmdn.models.embedding import FeatureEmbeddings  # noqa: E402
-from hmdn.models.hierarchical import HierarchicalDistributionRepresentation  # noqa: E402
-from hmdn.models.quantizer import ResidualQuantizer  # noqa: E402
+from hmdn.models.hierarchical import (  # noqa: E402
+    HierarchicalDistributionRepresentation, HMDRRConfig)
+from hmdn.models.quantizer import QuantizerConfig, ResidualQuantizer  # noqa: E402
 from hmdn.models.registry import ModelConfig, model_names  # noqa: E402

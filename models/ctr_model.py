@@ -61,7 +61,7 @@ class CTRModel(tfrs.Model):
     backbone_cls = BACKBONES[config.backbone]
     reads_condition = backbone_cls.reads_condition
     if not self._distribution_fields and (
-        reads_condition or (config.is_hmdn and config.extraction != "implicit")):
+        reads_condition or (config.is_hmdn and config.hmdrr.extraction != "implicit")):
       raise ValueError(
           f"model {config.name!r} needs at least one distribution field "
           f"(distribution_level) in spec {spec.source}")
@@ -76,15 +76,7 @@ class CTRModel(tfrs.Model):
     self.aux_head = None
     if config.is_hmdn:
       self.hierarchy = HierarchicalDistributionRepresentation(
-          extraction=config.extraction, distribution_dim=config.distribution_dim,
-          view_units=config.view_units, num_levels=config.num_levels,
-          codebook_size=config.codebook_size, shared_codebook=config.shared_codebook,
-          codebook_update=config.codebook_update, decay=config.decay, beta=config.beta,
-          commitment_weight=config.commitment_weight,
-          warmup_steps=config.codebook_warmup_steps,
-          kmeans_iterations=config.kmeans_iterations,
-          restart_after_steps=config.restart_after_steps,
-          buffer_size=config.buffer_size, seed=config.seed, name="hierarchy")
+          config.hmdrr, seed=config.seed, name="hierarchy")
       if IMPLICIT in self.hierarchy.views and config.aux_weight > 0:
         # The implicit view's reason to encode distribution: its s_D alone must
         # predict the click, so its codes separate groups that click differently.

@@ -7,16 +7,43 @@ quantizer (views as an axis), so the chain's ops are those of one view.
 The concatenated quantized views are `s_D`, the condition HMDN feeds to its backbone;
 the integer codes are interpretable distribution ids, exported by the serving signature.
 """
-from typing import Dict, Sequence
+import dataclasses
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from hmdn.features.options import leaves, nested, option, validate, with_values
+from hmdn.models.checks import check_units
 from hmdn.models.mlp import MLP
-from hmdn.models.quantizer import ResidualQuantizer
+from hmdn.models.quantizer import QuantizerConfig, ResidualQuantizer
 
 EXPLICIT, IMPLICIT = "explicit", "implicit"
 EXTRACTIONS = (EXPLICIT, IMPLICIT, "dual")
+
+
+@dataclasses.dataclass
+class HMDRRConfig:
+  """HMDRR's options (../shared/HMDN.md, "The model"): its views and its quantizer.
+  `ModelConfig.hmdrr` holds one (each option a flag of its own name) and passes it
+  whole to the layer."""
+  extraction: str = option("dual", "HMDN views quantized: explicit, implicit or both.",
+                           EXTRACTIONS)
+  distribution_dim: int = option(16, "d: width of each view's vector and codes.",
+                                 minimum=1)
+  view_units: Tuple[int, ...] = option((64,), "Hidden layer sizes of each view's MLP.",
+                                       minimum=1)
+  quantizer: QuantizerConfig = nested(QuantizerConfig, "The residual quantizer.")
+
+  def __post_init__(self):
+    self.view_units = tuple(self.view_units)  # JSON and flags give lists
+
+  def validate(self) -> "HMDRRConfig":
+    return validate(self)
+
+
+# Every HMDRR option by field name: what the layer takes as a keyword argument.
+OPTION_NAMES = tuple(leaf.name for _, leaf in leaves(HMDRRConfig).values())
 
 
 def views_of(extraction: str):
@@ -41,9 +68,7 @@ class ViewEncoders(tf.keras.layers.Layer):
 
   def __init__(self, units: Sequence[int], activation: str = "relu", **kwargs):
     super().__init__(**kwargs)
-    if not units or any(int(u) < 1 for u in units):
-      raise ValueError(f"`units` must be positive layer sizes, got {units!r}.")
-    self.units = [int(u) for u in units]
+    self.units = check_units("units", units, allow_empty=False)
     self.activation = activation
 
   def build(self, input_shape):
@@ -82,65 +107,32 @@ class HierarchicalDistributionRepresentation(tf.keras.layers.Layer):
   concatenated (explicit first), so `s_D` has `2 * distribution_dim` units.
 
   Args:
-    extraction: "explicit", "implicit" or "dual".
-    distribution_dim: d, width of each view's vector and codes.
-    view_units: hidden layer sizes of each view's MLP.
-    num_levels: codebook depth D.
-    codebook_size: codes per level K.
-    shared_codebook: one codebook for all levels.
-    codebook_update: "ema" or "loss".
-    decay: EMA decay.
-    beta: commitment cost.
-    commitment_weight: lambda, weight of the quantization losses.
-    warmup_steps: training steps before quantizing (views pass through).
-    kmeans_iterations: Lloyd iterations of the codebook seeding.
-    restart_after_steps: restart codes unused this many steps (0: never).
-    buffer_size: real vectors kept for seeding.
+    config: the options (`HMDRRConfig`: extraction "explicit", "implicit" or
+      "dual", distribution_dim d, view_units, and its `QuantizerConfig`: num_levels
+      D, codebook_size K, shared_codebook, codebook_update, decay, beta,
+      commitment_weight, warmup_steps, kmeans_iterations, restart_after_steps,
+      buffer_size); None = its defaults.
     implicit_stop_gradient: read the implicit input through tf.stop_gradient.
     seed: seed of the quantizer's random ops.
-    **kwargs: base Layer arguments.
+    **kwargs: any HMDRR option by name (over `config`: `warmup_steps=20`), and the
+      base Layer arguments.
   """
 
-  def __init__(self,
-               extraction: str = "dual",
-               distribution_dim: int = 16,
-               view_units: Sequence[int] = (64,),
-               num_levels: int = 4,
-               codebook_size: int = 8,
-               shared_codebook: bool = False,
-               codebook_update: str = "ema",
-               decay: float = 0.99,
-               beta: float = 0.25,
-               commitment_weight: float = 1.0,
-               warmup_steps: int = 0,
-               kmeans_iterations: int = 5,
-               restart_after_steps: int = 100,
-               buffer_size: int = 2048,
-               implicit_stop_gradient: bool = True,
-               seed: int = 0,
-               **kwargs):
+  def __init__(self, config: Optional[HMDRRConfig] = None,
+               implicit_stop_gradient: bool = True, seed: int = 0, **kwargs):
+    options = {k: kwargs.pop(k) for k in OPTION_NAMES if k in kwargs}
     super().__init__(**kwargs)
-    if extraction not in EXTRACTIONS:
-      raise ValueError(f"extraction must be one of {EXTRACTIONS}, got {extraction!r}")
-    if distribution_dim < 1:
-      raise ValueError(f"distribution_dim must be >= 1, got {distribution_dim}")
-    self.extraction = extraction
-    self.distribution_dim = int(distribution_dim)
-    self.view_units = [int(u) for u in view_units]
+    self.config = with_values(config or HMDRRConfig(), options).validate()
     self.implicit_stop_gradient = bool(implicit_stop_gradient)
-    self.views = views_of(extraction)
-    self.encoders = ViewEncoders(self.view_units + [self.distribution_dim],
-                                 name="view_encoders")
-    self.quantizer = ResidualQuantizer(
-        num_levels=num_levels, codebook_size=codebook_size,
-        shared_codebook=shared_codebook, codebook_update=codebook_update,
-        decay=decay, beta=beta, commitment_weight=commitment_weight,
-        warmup_steps=warmup_steps, kmeans_iterations=kmeans_iterations,
-        restart_after_steps=restart_after_steps, buffer_size=buffer_size,
-        # Distances, EMA statistics and codebooks stay float32 under a mixed
-        # precision policy (the quantizer casts its input).
-        seed=seed, dtype="float32", name="quantizer")
-    self.num_levels = self.quantizer.num_levels
+    self.views = views_of(self.config.extraction)
+    self.encoders = ViewEncoders(
+        list(self.config.view_units) + [self.config.distribution_dim],
+        name="view_encoders")
+    # Distances, EMA statistics and codebooks stay float32 under a mixed precision
+    # policy (the quantizer casts its input).
+    self.quantizer = ResidualQuantizer(self.config.quantizer, seed=seed,
+                                       dtype="float32", name="quantizer")
+    self.num_levels = self.config.quantizer.num_levels
 
   def encode(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
     """The views' vectors before quantization, [batch, views, d]."""
@@ -160,7 +152,7 @@ class HierarchicalDistributionRepresentation(tf.keras.layers.Layer):
     "partial_sums_<view>": [batch, D, d]}.
     """
     q = self.quantizer(self.encode(inputs), training=training)
-    views, d, depth = len(self.views), self.distribution_dim, self.num_levels
+    views, d, depth = len(self.views), self.config.distribution_dim, self.num_levels
     out = {"representation": tf.reshape(q["quantized"], (-1, views * d)),
            "codes": tf.reshape(q["codes"], (-1, views * depth))}
     # One unstack per output for all views: its gradient is one stack, where a
@@ -181,15 +173,9 @@ class HierarchicalDistributionRepresentation(tf.keras.layers.Layer):
             for i, view in enumerate(self.views)}
 
   def get_config(self):
+    # Flat: the option names as keyword arguments (and as older saved configs hold them).
     config = super().get_config()
-    q = self.quantizer
-    config.update(extraction=self.extraction, distribution_dim=self.distribution_dim,
-                  view_units=self.view_units, num_levels=q.num_levels,
-                  codebook_size=q.codebook_size, shared_codebook=q.shared_codebook,
-                  codebook_update=q.codebook_update, decay=q.decay, beta=q.beta,
-                  commitment_weight=q.commitment_weight, warmup_steps=q.warmup_steps,
-                  kmeans_iterations=q.kmeans_iterations,
-                  restart_after_steps=q.restart_after_steps,
-                  buffer_size=q.buffer_size,
-                  implicit_stop_gradient=self.implicit_stop_gradient, seed=q.seed)
+    hmdrr = dataclasses.asdict(self.config)
+    config.update(hmdrr.pop("quantizer"), **hmdrr, seed=self.quantizer.seed,
+                  implicit_stop_gradient=self.implicit_stop_gradient)
     return config

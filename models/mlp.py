@@ -1,26 +1,9 @@
 """The multilayer perceptron block every model shares."""
-import numbers
 from typing import Optional, Sequence
 
 import tensorflow as tf
 
-
-def _checked_options(units: Sequence[int], dropout: float):
-  """(units as ints, dropout as a float) of an MLP or GroupedMLP, or a ValueError
-  naming the option. Checked here, not with models.backbones.base: the backbones
-  import this module, so importing them back would be a cycle."""
-  if (isinstance(units, (str, bytes)) or not hasattr(units, "__iter__") or
-      not list(units)):
-    raise ValueError(
-        f"MLP needs at least one layer size in `units`, got {units!r}.")
-  if not all(isinstance(u, numbers.Integral) and not isinstance(u, bool) and
-             u >= 1 for u in units):
-    raise ValueError(
-        f"MLP `units` must be positive integers, got {list(units)!r}.")
-  if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or
-      not 0.0 <= dropout < 1.0):
-    raise ValueError(f"MLP `dropout` must be in [0, 1), got {dropout!r}.")
-  return [int(u) for u in units], float(dropout)
+from hmdn.models.checks import check_dropout, check_positive, check_units
 
 
 @tf.keras.utils.register_keras_serializable(package="hmdn")
@@ -48,7 +31,8 @@ class MLP(tf.keras.layers.Layer):
                dropout: float = 0.0,
                **kwargs):
     super().__init__(**kwargs)
-    self.units, self.dropout = _checked_options(units, dropout)
+    self.units = check_units("units", units, allow_empty=False)
+    self.dropout = check_dropout(dropout)
     self.activation = activation
     self.output_activation = output_activation
     self._dense = []
@@ -119,12 +103,9 @@ class GroupedMLP(tf.keras.layers.Layer):
                dropout: float = 0.0,
                **kwargs):
     super().__init__(**kwargs)
-    self.units, self.dropout = _checked_options(units, dropout)
-    if (isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or
-        groups < 1):
-      raise ValueError(f"GroupedMLP `groups` must be a positive integer, got "
-                       f"{groups!r}.")
-    self.groups = int(groups)
+    self.units = check_units("units", units, allow_empty=False)
+    self.dropout = check_dropout(dropout)
+    self.groups = check_positive("groups", groups)
     self.activation = activation
     self.output_activation = output_activation
     self._dropout = tf.keras.layers.Dropout(self.dropout) if self.dropout else None

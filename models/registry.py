@@ -5,17 +5,18 @@ baseline, conditioned on `condition`: the coarsest distribution field by default
 in the paper) or as `hmdn_<backbone>`, the same backbone at the same size conditioned
 on the hierarchical representation s_D (with or without the backbone's own condition).
 
-Every `ModelConfig` field carries its flag help (and its choices) in its metadata, so
-the CLI generates its flags from the fields (`--model` sets `name`).
+Every `ModelConfig` field carries its flag help, choices, bounds and the models it
+applies to in its metadata (`features.options.option`), so the CLI generates its flags
+from the fields (`--model` sets `name`; HMDRR's nested options are flat flags).
 """
 import dataclasses
 import inspect
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from hmdn.features.options import option
+from hmdn.features.options import nested, option, validate, with_values
 from hmdn.models.backbones import BACKBONES
-from hmdn.models.hierarchical import EXTRACTIONS, views_of
-from hmdn.models.quantizer import CODEBOOK_UPDATES
+from hmdn.models.hierarchical import IMPLICIT, HMDRRConfig, views_of
+from hmdn.models.quantizer import QuantizerConfig
 
 HMDN_PREFIX = "hmdn_"
 HMDN_CONDITIONS = ("concat", "hierarchical_only")
@@ -36,58 +37,81 @@ def model_names() -> List[str]:
   return names
 
 
+def _unless_hmdn(config) -> str:
+  return "" if config.is_hmdn else (
+      f"--model={config.name} is not an HMDN model (only hmdn_<backbone> has HMDRR)")
+
+
+def _unless_implicit(config) -> str:
+  return _unless_hmdn(config) or ("" if IMPLICIT in config.code_views else (
+      f"--extraction={config.hmdrr.extraction} has no implicit view"))
+
+
+def _unless_condition_read(config) -> str:
+  """The backbone's own condition is read unless the backbone reads none or HMDN
+  replaces it with s_D alone."""
+  backbone = BACKBONES.get(config.backbone)
+  if backbone is not None and not backbone.reads_condition:
+    return f"--model={config.name} reads no condition"
+  if config.is_hmdn and config.hmdn_condition == "hierarchical_only":
+    return (f"--model={config.name} with --hmdn_condition=hierarchical_only conditions "
+            "the backbone on s_D alone")
+  return ""
+
+
+def _unless_cross(config) -> str:
+  return _unless_condition_read(config) or ("" if config.condition == "cross" else (
+      f"--condition={config.condition} is not cross"))
+
+
+def _default_hmdrr() -> HMDRRConfig:
+  """A trained model warms its codebooks up for 100 steps (the layer alone: none)."""
+  return HMDRRConfig(quantizer=QuantizerConfig(warmup_steps=100))
+
+
 @dataclasses.dataclass
 class ModelConfig:
-  """Every option of the model; HMDN options are ignored by baselines."""
+  """Every option of the model. `applies` on a field says which models use it: a flag
+  given for a model that does not use it is refused, and it is not recorded."""
   name: str = option("dnn", "Model: a backbone, or hmdn_<backbone>.",
-                   choices=model_names())
-  output_dim: int = option(32, "Width of the backbone's output, before the logit head.")
+                     choices=model_names(), flag="model")
+  output_dim: int = option(32, "Width of the backbone's output, before the logit head.",
+                           minimum=1)
   backbone_kwargs: Dict[str, Any] = option(
       None, "JSON of backbone constructor arguments (e.g. {\"num_experts\": 8}).",
       factory=dict)
   condition: str = option(
       "coarsest", "Backbone condition: the coarsest distribution field (the paper's "
       "baseline), all of them concatenated, or an embedding of their cross.",
-      choices=BACKBONE_CONDITIONS)
+      choices=BACKBONE_CONDITIONS, applies=_unless_condition_read)
   cross_buckets: int = option(1000, "Hash buckets of the cross-of-distribution-fields "
-                            "embedding (condition=cross).")
-  cross_dim: int = option(16, "Width of the cross embedding (condition=cross).")
-  # HMDRR (../shared/HMDN.md, "The model"):
-  extraction: str = option("dual", "HMDN views quantized: explicit, implicit or both.",
-                         choices=EXTRACTIONS)
+                              "embedding (condition=cross).", minimum=1,
+                              applies=_unless_cross)
+  cross_dim: int = option(16, "Width of the cross embedding (condition=cross).",
+                          minimum=1, applies=_unless_cross)
+  hmdrr: HMDRRConfig = nested(HMDRRConfig, "HMDRR (../shared/HMDN.md, \"The model\").",
+                              applies=_unless_hmdn, factory=_default_hmdrr)
   implicit_fields: Tuple[str, ...] = option(
       (), "Fields the implicit view reads (user/context features); empty = the "
       "spec's implicit_view fields, or every embedded field if none is marked. Read "
-      "through a stop-gradient.")
-  distribution_dim: int = option(16, "d: width of each view's vector and codes.")
-  view_units: Tuple[int, ...] = option((64,), "Hidden layer sizes of each view's MLP.")
-  num_levels: int = option(4, "D: residual quantization depth.")
-  codebook_size: int = option(8, "K: codes per level (small, so level 1 cannot "
-                            "memorise the leaves).")
-  shared_codebook: bool = option(False, "One codebook shared by all levels.")
-  codebook_update: str = option("ema", "How codebooks learn: EMA or the VQ-VAE "
-                              "codebook loss.", choices=CODEBOOK_UPDATES)
-  decay: float = option(0.99, "EMA decay of the codebooks, in (0, 1).")
-  beta: float = option(0.25, "Commitment cost beta.")
-  commitment_weight: float = option(1.0, "lambda: weight of the quantization losses "
-                                  "(commitment averaged over levels).")
+      "through a stop-gradient.", applies=_unless_implicit)
   aux_weight: float = option(0.5, "Weight of the auxiliary CTR loss on the implicit "
-                           "view's s_D (0 = off).")
-  codebook_warmup_steps: int = option(100, "Training steps before quantizing (views pass "
-                           "through; seeding buffer fills).")
-  kmeans_iterations: int = option(5, "Lloyd iterations after k-means++ seeding.")
-  restart_after_steps: int = option(100, "Restart a code unused for this many steps "
-                                  "(0 = never).")
-  buffer_size: int = option(2048, "Real vectors kept for seeding the codebooks.")
+                             "view's s_D (0 = off).", minimum=0.0,
+                             applies=_unless_implicit)
   hmdn_condition: str = option(
       "concat", "How s_D conditions the backbone: concatenated with the backbone's "
-      "condition, or alone.", choices=HMDN_CONDITIONS)
-  seed: int = option(0, "Seed of the quantizer's random ops.")
+      "condition, or alone.", choices=HMDN_CONDITIONS, applies=_unless_hmdn)
+  seed: int = option(0, "Seed of the quantizer's random ops.", minimum=0)
 
   def __post_init__(self):
     # JSON and flags give lists; the fields are tuples.
-    self.view_units = tuple(self.view_units)
     self.implicit_fields = tuple(self.implicit_fields)
+
+  @classmethod
+  def of(cls, **values) -> "ModelConfig":
+    """A config with options given by field or flag name, nested ones flat:
+    `ModelConfig.of(name="hmdn_moe", num_levels=2, codebook_warmup_steps=5)`."""
+    return with_values(cls(), values)
 
   @property
   def is_hmdn(self) -> bool:
@@ -96,39 +120,26 @@ class ModelConfig:
   @property
   def code_views(self) -> List[str]:
     """HMDRR views whose codes the model outputs (none for baselines)."""
-    return views_of(self.extraction) if self.is_hmdn else []
+    return views_of(self.hmdrr.extraction) if self.is_hmdn else []
+
+  @property
+  def codebook_size(self) -> Optional[int]:
+    """K of the codes the model outputs (None for baselines)."""
+    return self.hmdrr.quantizer.codebook_size if self.is_hmdn else None
 
   @property
   def backbone(self) -> str:
     return self.name[len(HMDN_PREFIX):] if self.is_hmdn else self.name
 
   def validate(self) -> "ModelConfig":
-    """Raises ValueError naming the option and the value; returns self."""
-    if self.name not in model_names():
-      raise ValueError(f"--model: unknown model {self.name!r}; known: {model_names()}")
-    for f in dataclasses.fields(self):
-      choices = f.metadata.get("choices")
-      if choices and f.name != "name" and getattr(self, f.name) not in choices:
-        raise ValueError(f"{f.name} must be one of {choices}, got "
-                         f"{getattr(self, f.name)!r}")
-    at_least = dict(output_dim=1, cross_buckets=1, cross_dim=1, distribution_dim=1,
-                    num_levels=1, codebook_size=2, beta=0, commitment_weight=0,
-                    aux_weight=0, codebook_warmup_steps=0, kmeans_iterations=0,
-                    restart_after_steps=0, buffer_size=self.codebook_size)
-    for name, low in at_least.items():
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-        raise ValueError(f"{name} must be a number >= {low}, got {value!r}")
-    if not 0.0 < self.decay < 1.0:
-      raise ValueError(f"decay must be in (0, 1), got {self.decay!r}")
-    if any(
-        isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in self.view_units):
-      raise ValueError(f"view_units must be positive integers, got {self.view_units!r}")
+    """The declared rules (`features.options.validate`), then what spans fields;
+    raises ValueError naming the flag and the value; returns self."""
+    validate(self)
     accepted = sorted(
         p for p in inspect.signature(BACKBONES[self.backbone].__init__).parameters
         if p not in _SET_BY_MODEL)
     unknown = sorted(set(self.backbone_kwargs) - set(accepted))
     if unknown:
-      raise ValueError(f"backbone_kwargs: {unknown} not accepted by backbone "
+      raise ValueError(f"--backbone_kwargs: {unknown} not accepted by backbone "
                        f"{self.backbone!r}; accepted: {accepted}")
     return self

@@ -24,8 +24,10 @@ Bad input ends with one line naming the file, field and value, and exit status 2
 
 The run directory (--model_dir, features/run_directory.py) records the model config:
 `evaluate`, `export` and a resumed `train` take it from there (no --model needed); a
-model flag given explicitly must agree with it. Every path flag is made absolute at
-start, so a relative path means the same in every stage and subprocess.
+model flag given explicitly must agree with it. A model flag given explicitly must also
+apply to the model (`--model=dnn --num_levels=7` is refused, as is `--condition=all`
+with `--hmdn_condition=hierarchical_only`); defaults are not given. Every path flag is
+made absolute at start, so a relative path means the same in every stage and subprocess.
 """
 import dataclasses
 import json
@@ -44,8 +46,8 @@ from hmdn.beam_jobs import generators, movielens  # noqa: E402  (no Beam)
 from hmdn.beam_jobs.config import PreprocessConfig, PreprocessError  # noqa: E402  (no Beam)
 from hmdn.features import spec as spec_lib  # noqa: E402
 from hmdn.features.preprocessed import EVAL, PreprocessedData  # noqa: E402
-from hmdn.features.run_directory import (  # noqa: E402
-    RUN_REMEDY, RunDirectory, absolute, model_config_from_record)
+from hmdn.features import options  # noqa: E402
+from hmdn.features.run_directory import RUN_REMEDY, RunDirectory, absolute  # noqa: E402
 from hmdn.features.spec import SpecError  # noqa: E402
 from hmdn.models.registry import ModelConfig  # noqa: E402
 from hmdn.pipeline import argv as argv_lib  # noqa: E402
@@ -57,22 +59,16 @@ from hmdn.pipeline.serving_request import RequestError  # noqa: E402
 from hmdn.pipeline.train import TrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
-# Flags whose name differs from their config field (the names users already type, and
-# the codebook warm-up, which is not the learning-rate warm-up --warmup_steps).
-MODEL_FLAGS = {"name": "model", "warmup_steps": "codebook_warmup_steps"}
-PREPROCESS_FLAGS = {"output_dir": "data_dir", "spec_path": "spec"}
+# A flag whose name differs from its field is declared on the field (`option(flag=...)`:
+# --model sets ModelConfig.name, --codebook_warmup_steps the quantizer's warmup_steps).
 config_flags.define_flags(TrainConfig)
-config_flags.define_flags(ModelConfig, MODEL_FLAGS, shared=("seed",))
-config_flags.define_flags(PreprocessConfig, PREPROCESS_FLAGS,
-                          shared=("data_dir", "overwrite"))
+config_flags.define_flags(ModelConfig, shared=("seed",))
+config_flags.define_flags(PreprocessConfig, shared=("data_dir", "overwrite"))
 flags.DEFINE_enum("generator", generators.DEFAULT, sorted(generators.GENERATORS),
                   "generate/run without --raw: the built-in log generator. " + "; ".join(
                       f"{g.name}: {g.help}" for g in generators.GENERATORS.values()))
 flags.DEFINE_integer("rows", 200_000, "generate/run: rows of generated raw log.")
-flags.DEFINE_string("models", "moe,hmdn_moe", "compare: models, comma-separated; "
-                    "NAME or NAME:option=value:... (ModelConfig options).")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "compare: training seeds.")
-flags.DEFINE_string("report_dir", None, "compare: where report.md, plots and runs go.")
+config_flags.define_flags(compare.CompareConfig)
 # Flags of the commands themselves, not of a config.
 flags.DEFINE_string("output_dir", None, "generate/run: directory of every output; data "
                     "fetch: where the dataset goes.")
@@ -96,7 +92,7 @@ USER_ERRORS = (SpecError, PreprocessError, RequestError, ValueError, FileNotFoun
 
 # --- Configs from flags ------------------------------------------------------------------
 def model_config() -> ModelConfig:
-  return config_flags.from_flags(ModelConfig, MODEL_FLAGS).validate()
+  return config_flags.from_flags(ModelConfig).validate()
 
 
 def train_config(data_dir: str, model_dir: str) -> TrainConfig:
@@ -106,19 +102,25 @@ def train_config(data_dir: str, model_dir: str) -> TrainConfig:
 
 
 def given_model_options() -> Dict:
-  """The model options set explicitly on the command line ({field: value}): those a
-  run directory's recorded config is checked against."""
-  names = config_flags.flag_names(ModelConfig, MODEL_FLAGS)
-  present = [field for field, flag in names.items() if FLAGS[flag].present]
+  """The model options set explicitly on the command line ({flag: value}): those a
+  run directory's recorded config is checked against, and that must apply to the
+  model (defaults are not given)."""
+  present = config_flags.given(ModelConfig).values()
   if not present:
     return {}
-  values = dataclasses.asdict(config_flags.from_flags(ModelConfig, MODEL_FLAGS))
-  return {field: values[field] for field in present}
+  values = options.values_by_flag(config_flags.from_flags(ModelConfig))
+  return {flag: values[flag] for flag in present}
+
+
+def refuse_inapplicable(model: ModelConfig) -> None:
+  """A model flag given explicitly that `model` does not use (`--model=dnn
+  --num_levels=7`) or that another flag makes unused is refused, naming both."""
+  options.refuse_inapplicable(model, given_model_options())
 
 
 def _codebook_warmup_unset() -> bool:
   """--codebook_warmup_steps not given: a short new run may follow its length."""
-  return not FLAGS[MODEL_FLAGS["warmup_steps"]].present
+  return not FLAGS["codebook_warmup_steps"].present
 
 
 # Flags holding a local path (or comma-separated globs: --raw): made absolute at start.
@@ -145,8 +147,8 @@ def absolute_path_flags() -> None:
 
 
 def preprocess_config(raw: str, spec: str, data_dir: str) -> PreprocessConfig:
-  return config_flags.from_flags(PreprocessConfig, PREPROCESS_FLAGS, raw=raw,
-                                 spec_path=spec, output_dir=data_dir)
+  return config_flags.from_flags(PreprocessConfig, raw=raw, spec_path=spec,
+                                 output_dir=data_dir)
 
 
 def generator_config():
@@ -181,9 +183,10 @@ def cmd_train() -> None:
   run = RunDirectory(config.model_dir)
   if not config.overwrite and run.has_run():
     # Resuming: the run's model config, not the flags' defaults (no --model needed).
-    recorded = run.check_model(given_model_options(), remedy=RUN_REMEDY)
-    config = dataclasses.replace(config, model=model_config_from_record(recorded,
-                                                                        ModelConfig))
+    config = dataclasses.replace(config, model=run.check_model(
+        given_model_options(), ModelConfig, remedy=RUN_REMEDY))
+  else:
+    refuse_inapplicable(config.model)
   train.train(config, follow_codebook_warmup_steps=_codebook_warmup_unset())
 
 
@@ -226,13 +229,14 @@ def cmd_run() -> None:
   out = FLAGS.output_dir
   # Built first: a bad model or training option fails now, not after preprocessing.
   config = train_config(os.path.join(out, "data"), os.path.join(out, "model"))
+  refuse_inapplicable(config.model)
   run_dir = RunDirectory(config.model_dir)
   if _codebook_warmup_unset() and not config.overwrite and run_dir.has_run():
     # Resuming a run whose codebook warm-up followed its length: the recorded one.
-    recorded = run_dir.check_model({}, remedy=RUN_REMEDY)
-    config = dataclasses.replace(config, model=dataclasses.replace(
-        config.model, codebook_warmup_steps=recorded.get(
-            "codebook_warmup_steps", config.model.codebook_warmup_steps)))
+    recorded = run_dir.check_model({}, ModelConfig, remedy=RUN_REMEDY)
+    if recorded.is_hmdn and config.model.is_hmdn:
+      config = dataclasses.replace(config, model=options.with_values(
+          config.model, {"codebook_warmup_steps": recorded.hmdrr.quantizer.warmup_steps}))
   run_dir.check_resumable(config)  # before any work
   raw, spec = FLAGS.raw, FLAGS.spec
   summary = None
@@ -254,15 +258,12 @@ def cmd_run() -> None:
 
 def cmd_compare() -> None:
   _require("data_dir", "report_dir")
-  try:
-    seeds = [int(s) for s in FLAGS.seeds]
-  except ValueError:
-    raise ValueError(f"--seeds: expected integers, got {','.join(FLAGS.seeds)}")
-  base = train_config(FLAGS.data_dir, FLAGS.report_dir)
-  summary = compare.run(base, [m for m in FLAGS.models.split(",") if m], seeds,
-                        FLAGS.report_dir)
+  settings = config_flags.from_flags(compare.CompareConfig).validate()
+  base = train_config(FLAGS.data_dir, settings.report_dir)
+  compare.refuse_unused_flags(base, settings.labels, given_model_options())
+  summary = compare.run(base, settings.labels, settings.seeds, settings.report_dir)
   print(compare.markdown(summary))
-  print(f"report: {os.path.join(FLAGS.report_dir, 'report.md')}")
+  print(f"report: {os.path.join(settings.report_dir, 'report.md')}")
 
 
 DATASETS = ("movielens-100k",)
@@ -295,9 +296,8 @@ def config_group(title: str, cls, rename=None, skip=()) -> FlagGroup:
 
 
 TRAIN = config_group("training (TrainConfig)", TrainConfig)
-MODEL = config_group("model (ModelConfig)", ModelConfig, MODEL_FLAGS)
-PREPROCESS = config_group("preprocessing (PreprocessConfig)", PreprocessConfig,
-                          PREPROCESS_FLAGS)
+MODEL = config_group("model (ModelConfig)", ModelConfig)
+PREPROCESS = config_group("preprocessing (PreprocessConfig)", PreprocessConfig)
 GENERATED = FlagGroup("generated log", ("generator", "rows", "seed"))
 EVERY = FlagGroup("every command", ("cpu_devices", "debug", "verbosity"))
 DIRS = ("data_dir", "model_dir")  # in `run` and `compare`: from --output_dir/--report_dir
@@ -322,7 +322,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
                 FlagGroup("run", ("output_dir", "raw", "spec", "verify_export",
                                   "keep_export_versions")),
                 GENERATED, config_group(TRAIN.title, TrainConfig, skip=DIRS), MODEL,
-                config_group(PREPROCESS.title, PreprocessConfig, PREPROCESS_FLAGS,
+                config_group(PREPROCESS.title, PreprocessConfig,
                              skip=DIRS + ("overwrite",)), EVERY), beam=True),
     Command("compare", "models x seeds, same budget: report.md, plots, paired deltas",
             cmd_compare, (FlagGroup("compare", ("data_dir", "report_dir", "models",

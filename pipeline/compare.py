@@ -27,7 +27,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from hmdn.features import locks, ownership
+from hmdn.features import locks, options, ownership
+from hmdn.features.options import option, validate
 from hmdn.features import spec as spec_lib
 from hmdn.features.fileio import write_json_atomic, write_text_atomic
 from hmdn.features.preprocessed import TRAIN, PreprocessedData, delete_tree
@@ -37,19 +38,48 @@ from hmdn.pipeline import evaluate, metrics, train
 LEAF = "leaf (cross of distribution fields)"
 
 
+@dataclasses.dataclass
+class CompareConfig:
+  """What `hmdn compare` trains and where the report goes (each run's training options
+  are the TrainConfig's, its model options the ModelConfig's under the variant's)."""
+  report_dir: str = option(help="compare: where report.md, plots and runs go.")
+  models: str = option("moe,hmdn_moe", "compare: models, comma-separated; NAME or "
+                       "NAME:option=value:... (ModelConfig options).")
+  seeds: Tuple[int, ...] = option((0, 1, 2), "compare: training seeds.", minimum=0)
+
+  def __post_init__(self):
+    self.seeds = tuple(self.seeds)
+
+  @property
+  def labels(self) -> List[str]:
+    return [m for m in self.models.split(",") if m]
+
+  def validate(self) -> "CompareConfig":
+    """The declared rules, then: a model and a seed at least, none twice."""
+    validate(self)
+    for flag, values in (("models", self.labels), ("seeds", self.seeds)):
+      if not values:
+        raise ValueError(f"--{flag}={getattr(self, flag)!r}: expected at least one")
+      if len(set(values)) != len(values):
+        raise ValueError(f"--{flag}={getattr(self, flag)!r}: expected each once")
+    return self
+
+
 def parse_variant(text: str) -> Tuple[str, Dict[str, Any]]:
   """`hmdn_moe:num_levels=6:condition=all` -> ("hmdn_moe", {"num_levels": 6, ...}),
-  values typed like the ModelConfig field they set."""
-  name, *options = [p.strip() for p in text.split(":")]
-  fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-  defaults = ModelConfig()
+  keyed by flag name, values typed like the ModelConfig option they set; an option
+  the variant's model does not use is refused."""
+  name, *parts = [p.strip() for p in text.split(":")]
+  fields = {flag: field for flag, (_, field) in options.leaves(ModelConfig).items()
+            if flag not in ("model", "seed")}
+  defaults = options.values_by_flag(ModelConfig())
   overrides = {}
-  for option in options:
-    key, sep, value = option.partition("=")
-    if not sep or key not in fields or key in ("name", "seed"):
-      raise ValueError(f"--models: {option!r} in {text!r} is not key=value of a model "
-                       f"option; options: {sorted(set(fields) - {'name', 'seed'})}")
-    current = getattr(defaults, key)
+  for part in parts:
+    key, sep, value = part.partition("=")
+    if not sep or key not in fields:
+      raise ValueError(f"--models: {part!r} in {text!r} is not key=value of a model "
+                       f"option; options: {sorted(fields)}")
+    current = defaults[key]
     try:
       if isinstance(current, bool):
         if value not in ("true", "false", "True", "False", "1", "0"):
@@ -67,8 +97,25 @@ def parse_variant(text: str) -> Tuple[str, Dict[str, Any]]:
       raise ValueError(f"--models: {key}={value!r} in {text!r} is not a "
                        f"{type(current).__name__}")
     overrides[key] = typed
-  ModelConfig(name=name, **overrides).validate()
+  config = options.with_values(ModelConfig(name=name), overrides).validate()
+  try:
+    options.refuse_inapplicable(config, overrides)
+  except ValueError as e:
+    raise ValueError(f"--models: {text!r}: {e}") from None
   return name, overrides
+
+
+def refuse_unused_flags(base, labels: Sequence[str], given: Sequence[str]) -> None:
+  """A model flag given on the command line applies to every model of the list under
+  its own overrides; one that no model of the list uses is refused."""
+  configs = [run_config(base, label, 0, "").model for label in labels]
+  for flag in given:
+    if configs and all(
+        flag not in options.values_by_flag(c, applicable_only=True) for c in configs):
+      try:
+        options.refuse_inapplicable(configs[0], [flag])
+      except ValueError as e:
+        raise ValueError(f"{e} (nor to any other model of --models)") from None
 
 
 def backbone_of(label: str) -> str:
@@ -120,7 +167,8 @@ def run_config(base, label: str, seed: int, report_dir: str):
   """The TrainConfig of one run: the base's model options (the command line's model
   flags) under the variant's overrides, in the report's own run directory."""
   name, overrides = parse_variant(label)
-  model_config = dataclasses.replace(base.model, name=name, seed=seed, **overrides)
+  model_config = options.with_values(dataclasses.replace(base.model, name=name, seed=seed),
+                                     overrides)
   return dataclasses.replace(  # the run directories are the report's own outputs
       base, model=model_config, seed=seed, overwrite=True,
       model_dir=os.path.join(report_dir, "runs", file_name(label), f"seed_{seed}"))
@@ -285,7 +333,7 @@ def depth_table(results: Dict[str, List[Dict]]) -> List[Dict]:
     if not is_hmdn(label):
       continue
     _, overrides = parse_variant(label)
-    depth = overrides.get("num_levels", ModelConfig().num_levels)
+    depth = overrides.get("num_levels", ModelConfig().hmdrr.quantizer.num_levels)
     auc, std = _mean_std([r["auc"] for r in runs])
     rows.append({"model": label, "line": _depth_line(label), "num_levels": depth,
                  "auc": auc, "std": std})
@@ -381,10 +429,6 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
         log=print) -> Dict:
   """Trains every model with every seed (seeds outermost, so machine drift hits all
   models alike), then writes results.json, report.md and the plots."""
-  if not labels:
-    raise ValueError("--models: give at least one model")
-  if not seeds:
-    raise ValueError("--seeds: give at least one seed")
   repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
   if repeated:
     raise ValueError(f"--seeds={','.join(map(str, seeds))}: seed {repeated[0]} is listed "
@@ -397,6 +441,7 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
       raise ValueError(f"--models: {label!r} is the same model as {variants[key]!r} "
                        "(listed twice)")
     variants[key] = label
+  CompareConfig(report_dir, ",".join(labels), tuple(seeds)).validate()
   data = PreprocessedData(base.data_dir).check_complete()
   steps = train.steps_per_epoch(base, data.rows(TRAIN))
   for label in labels:  # every bad model or option fails before the first run

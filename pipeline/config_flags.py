@@ -6,11 +6,13 @@ derived from it, as tensorflow/models `official/` builds its params from flags.
 
 Field types: str, int, float, bool (plain flags), str with `choices` (an enum flag),
 `Optional[...]` of these (default None), `Dict[...]` (a JSON object string) and
-`Tuple[T, ...]` (a comma-separated list). Fields holding a dataclass are skipped: the
-caller builds that one from its own class. Flag names equal field names unless a
-`rename` map says otherwise ({"name": "model"}). A flag name two configs use is an
-error unless the later one lists it in `shared` (e.g. `--seed`): then one flag sets
-both fields.
+`Tuple[T, ...]` (a comma-separated list). A `nested(...)` field's config gives flat
+flags of its own fields (ModelConfig.hmdrr: --num_levels, ...), with the defaults of the
+nested field's default; other fields holding a dataclass are skipped: the caller builds
+that one from its own class (TrainConfig.model). Flag names are the field's declared
+`flag` (`option(flag="model")`) or its name, unless a `rename` map says otherwise. A flag
+name two configs use is an error unless the later one lists it in `shared` (e.g.
+`--seed`): then one flag sets both fields.
 """
 import dataclasses
 import json
@@ -18,6 +20,8 @@ import typing
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from absl import flags
+
+from hmdn.features import options
 
 FLAGS = flags.FLAGS
 _MISSING = dataclasses.MISSING
@@ -69,25 +73,32 @@ def choices_of(field: dataclasses.Field) -> Optional[Sequence[str]]:
 
 
 def flag_name(field: dataclasses.Field, rename: Optional[Mapping[str, str]]) -> str:
-  return (rename or {}).get(field.name, field.name)
+  return (rename or {}).get(field.name, options.flag_of(field))
 
 
-def _fields(cls, rename, skip):
+def _fields(cls, rename, skip, defaults=None):
+  """(field, type, kind, flag name, default) of every flag-backed field, nested ones
+  flat; `defaults` is the instance a nested field's defaults come from."""
   hints = typing.get_type_hints(cls)
   for field in dataclasses.fields(cls):
     if not field.init or field.name in skip:
       continue
+    default = (getattr(defaults, field.name) if defaults is not None else
+               _default(field))
+    if options.is_nested(field):
+      yield from _fields(hints[field.name], rename, skip, default)
+      continue
     kind = _kind(hints[field.name])
     if kind == "dataclass":
       continue
-    yield field, hints[field.name], kind, flag_name(field, rename)
+    yield field, hints[field.name], kind, flag_name(field, rename), default
 
 
 def define_flags(cls, rename: Optional[Mapping[str, str]] = None,
                  shared: Sequence[str] = (), skip: Sequence[str] = (),
                  flag_values=FLAGS) -> None:
   """Defines one flag per field of the dataclass `cls` (see the module docstring)."""
-  for field, tp, kind, name in _fields(cls, rename, skip):
+  for field, tp, kind, name, default in _fields(cls, rename, skip):
     choices = choices_of(field)
     if choices is not None:
       kind = "enum"
@@ -98,7 +109,6 @@ def define_flags(cls, rename: Optional[Mapping[str, str]] = None,
                          "the flag, or list it as shared if one flag must set both")
       continue  # shared with a config defined earlier (e.g. --seed)
     _DEFINED[name] = kind
-    default = _default(field)
     help_text = field.metadata.get("help") or f"{cls.__name__}.{field.name}"
     if kind == "json":
       default = json.dumps(default if default is not None else {})
@@ -145,14 +155,25 @@ def _value(field, tp, kind, name, flag_values) -> Any:
 
 def from_flags(cls, rename: Optional[Mapping[str, str]] = None, flag_values=FLAGS,
                **values):
-  """An instance of `cls` with every flag-backed field read from the parsed flags;
-  `values` sets the others (nested configs) or overrides flags."""
+  """An instance of `cls` with every flag-backed field (nested configs' too) read from
+  the parsed flags; `values` sets the others (e.g. TrainConfig.model) or overrides."""
   kwargs = dict(values)
-  for field, tp, kind, name in _fields(cls, rename, skip=tuple(values)):
+  hints = typing.get_type_hints(cls)
+  for field in dataclasses.fields(cls):
+    if field.init and field.name not in values and options.is_nested(field):
+      kwargs[field.name] = from_flags(hints[field.name], rename, flag_values)
+  for field, tp, kind, name, _ in _fields(cls, rename, skip=tuple(kwargs)):
     kwargs[field.name] = _value(field, tp, kind, name, flag_values)
   return cls(**kwargs)
 
 
 def flag_names(cls, rename: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-  """{field name: flag name} of the flag-backed fields of `cls`."""
-  return {f.name: name for f, _, _, name in _fields(cls, rename, ())}
+  """{field name: flag name} of the flag-backed fields of `cls`, nested ones flat."""
+  return {f.name: name for f, _, _, name, _ in _fields(cls, rename, ())}
+
+
+def given(cls, rename: Optional[Mapping[str, str]] = None, flag_values=FLAGS
+          ) -> Dict[str, str]:
+  """{field name: flag name} of the fields of `cls` whose flag is on the command line."""
+  return {field: name for field, name in flag_names(cls, rename).items()
+          if flag_values[name].present}

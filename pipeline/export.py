@@ -13,7 +13,6 @@ with an error naming the feature and the instance (`check_finite`).
 load time; `assets.extra/spec.yaml` is the feature spec the model was trained with and
 `assets.extra/model_config.json` its ModelConfig.
 """
-import dataclasses
 import json
 import os
 import time
@@ -23,7 +22,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from hmdn.features import locks, ownership
+from hmdn.features import locks, options, ownership, run_directory
 from hmdn.features import spec as spec_lib
 from hmdn.features.fileio import write_json_atomic
 from hmdn.features.preprocessed import PreprocessedData, spec_fingerprint
@@ -64,7 +63,7 @@ def read_model_config(version_dir: str):
   if not tf.io.gfile.exists(path):
     return None
   with tf.io.gfile.GFile(path) as f:
-    return ModelConfig(**json.load(f))
+    return run_directory.model_config_from_record(json.load(f), ModelConfig)
 
 
 def check_data(version_dir: str, data_dir: str) -> None:
@@ -282,6 +281,6 @@ def _save(model: tf.keras.Model, spec: spec_lib.FeatureSpec, tmp: str,
   tf.io.gfile.makedirs(os.path.join(tmp, ASSETS_EXTRA))
   spec.save(spec_path(tmp))
   if hasattr(model, "config"):  # what `hmdn evaluate --saved_model` reports codes by
-    write_json_atomic(model_config_path(tmp), dataclasses.asdict(model.config))
+    write_json_atomic(model_config_path(tmp), options.to_record(model.config))
   if warmup_examples:
     _write_warmup(tmp, list(warmup_examples))

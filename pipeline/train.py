@@ -20,9 +20,9 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 
-from hmdn.features import locks, preprocessed, run_directory
+from hmdn.features import locks, options, preprocessed, run_directory
 from hmdn.features.fileio import write_json_atomic
-from hmdn.features.options import option
+from hmdn.features.options import option, validate
 from hmdn.features.preprocessed import PreprocessedData
 from hmdn.features.run_directory import RunDirectory, RunMismatchError
 from hmdn.models.ctr_model import CTRModel
@@ -39,17 +39,15 @@ TrainingError = callbacks_lib.TrainingError  # a non-finite loss or weights
 
 @dataclasses.dataclass
 class TrainConfig:
-  data_dir: str = dataclasses.field(metadata={
-      "help": "Preprocessed data (output of `preprocess`)."})
-  model_dir: str = dataclasses.field(metadata={
-      "help": "Checkpoints, TensorBoard logs, run config."})
+  data_dir: str = option(help="Preprocessed data (output of `preprocess`).")
+  model_dir: str = option(help="Checkpoints, TensorBoard logs, run config.")
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   strategy: str = option("default", "tf.distribute strategy; multi-worker ones read "
                          "TF_CONFIG.", strategies.STRATEGIES)
   tpu: str = option("", "tpu: the TPU name or grpc:// address.")
-  num_devices: int = option(0, "mirrored: number of devices (0 = all GPUs).")
-  batch_size: int = option(512, "GLOBAL batch size (over all replicas).")
-  learning_rate: float = option(2e-3, "Learning rate for the global batch.")
+  num_devices: int = option(0, "mirrored: number of devices (0 = all GPUs).", minimum=0)
+  batch_size: int = option(512, "GLOBAL batch size (over all replicas).", minimum=1)
+  learning_rate: float = option(2e-3, "Learning rate for the global batch.", above=0)
   optimizer: str = option("adam", "adam: Adam on every weight (each step decays the "
                           "moments of every row of every embedding table: its cost "
                           "grows with the tables); lazy_adam: Adam's update on only "
@@ -58,17 +56,19 @@ class TrainConfig:
                           optimizers.OPTIMIZERS)
   lr_schedule: str = option("constant", "Learning rate schedule (cosine decays to 0 "
                             "over the run, after --warmup_steps).", LR_SCHEDULES)
-  warmup_steps: int = option(0, "Linear warm-up steps of the cosine schedule.")
-  epochs: int = option(3, "Training epochs.")
-  steps_per_epoch: int = option(0, "0 = one pass over the training split.")
+  warmup_steps: int = option(0, "Linear warm-up steps of the cosine schedule.", minimum=0)
+  epochs: int = option(3, "Training epochs.", minimum=1)
+  steps_per_epoch: int = option(0, "0 = one pass over the training split.", minimum=0)
   early_stopping_patience: int = option(0, "Stop after N epochs without a better exact "
-                                        "eval AUC (0 = off).")
-  keep_checkpoints: int = option(3, "Epoch checkpoints kept.")
+                                        "eval AUC (0 = off).", minimum=0)
+  keep_checkpoints: int = option(3, "Epoch checkpoints kept.", minimum=0)
   backup_every_steps: int = option(0, "Fault-tolerance backup frequency in steps (0 = "
-                                   "each epoch).")
+                                   "each epoch).", minimum=0)
   ps_min_shard_bytes: int = option(256 << 10, "parameter_server: embedding tables "
-                                   "larger than this are sharded across the PS tasks.")
-  seed: int = option(0, "Seed of data generation, initialisation and shuffling.")
+                                   "larger than this are sharded across the PS tasks.",
+                                   minimum=0)
+  seed: int = option(0, "Seed of data generation, initialisation and shuffling.",
+                     minimum=0)
   cache_input: bool = option(False, "Keep the training split's serialized records in "
                              "memory after the first pass (no more reading or "
                              "decompression; each epoch a uniform shuffle of the whole "
@@ -76,11 +76,11 @@ class TrainConfig:
   shuffle_window: int = option(data.SHUFFLE_WINDOW_RECORDS, "Training records read "
                                "in a row that are put in a random order at once "
                                "(streamed input; up to about 3 windows are held in "
-                               "memory).")
+                               "memory).", minimum=1)
   steps_per_execution: int = option(1, "Training steps per call into TensorFlow: fewer "
                                     "Python round trips between steps (the callbacks "
                                     "work per epoch; --backup_every_steps is rounded "
-                                    "down to a multiple of it).")
+                                    "down to a multiple of it).", minimum=1)
   mixed_precision: str = option(
       "float32", "Keras dtype policy: mixed_float16 (GPU) or mixed_bfloat16 (TPU, recent "
       "CPUs) compute in 16 bits with float32 variables; the quantizer's distances, "
@@ -100,37 +100,13 @@ class TrainConfig:
                            "(--keep_export_versions).")
 
   def validate(self) -> "TrainConfig":
-    """Range checks, before any work; each error names the flag and its value."""
-    for name in ("data_dir", "model_dir"):
-      if not getattr(self, name):
-        raise ValueError(f"--{name} is required")
-    lr = self.learning_rate
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-      raise ValueError(f"--learning_rate={lr!r}: expected a finite number > 0")
-    for name in ("batch_size", "epochs", "steps_per_execution", "shuffle_window"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"--{name}={getattr(self, name)!r}: expected an integer >= 1")
-    for name in ("num_devices", "steps_per_epoch", "warmup_steps",
-                 "early_stopping_patience", "keep_checkpoints", "backup_every_steps",
-                 "ps_min_shard_bytes", "seed"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"--{name}={getattr(self, name)!r}: expected an integer >= 0")
-    if self.lr_schedule not in LR_SCHEDULES:
-      raise ValueError(f"--lr_schedule={self.lr_schedule!r}: expected one of "
-                       f"{LR_SCHEDULES}")
-    if self.mixed_precision not in PRECISIONS:
-      raise ValueError(f"--mixed_precision={self.mixed_precision!r}: expected one of "
-                       f"{PRECISIONS}")
-    if self.optimizer not in optimizers.OPTIMIZERS:
-      raise ValueError(f"--optimizer={self.optimizer!r}: expected one of "
-                       f"{optimizers.OPTIMIZERS}")
+    """The declared rules (`features.options.validate`), before any work; each error
+    names the flag and its value. The model config checks itself."""
+    validate(self)
     if self.warmup_steps and self.lr_schedule != "cosine":
       raise ValueError(f"--warmup_steps={self.warmup_steps}: the learning-rate warm-up "
                        "is part of --lr_schedule=cosine (the constant schedule has "
                        "none); drop it or add --lr_schedule=cosine")
-    if self.strategy not in strategies.STRATEGIES:
-      raise ValueError(f"--strategy={self.strategy!r}: expected one of "
-                       f"{tuple(strategies.STRATEGIES)}")
     return self
 
 
@@ -191,7 +167,7 @@ def check_quantizer_starts(config: TrainConfig, epoch_steps: int) -> None:
   """An HMDN run shorter than its codebook warm-up would never quantize: its codes
   would all be 0 and its s_D a constant, and it would still export."""
   total = epoch_steps * config.epochs
-  warmup = config.model.codebook_warmup_steps
+  warmup = config.model.hmdrr.quantizer.warmup_steps
   if config.model.is_hmdn and warmup >= total:
     raise ValueError(
         f"--codebook_warmup_steps={warmup}: the run has only {total} training steps "
@@ -219,15 +195,17 @@ def follow_codebook_warmup(config: TrainConfig, epoch_steps: int,
   steps): a third of the run instead, said in one line. Only for a warm-up the user
   did not set (an explicit one too long is refused by check_quantizer_starts)."""
   total = epoch_steps * config.epochs
-  warmup = config.model.codebook_warmup_steps
-  if not config.model.is_hmdn or total >= CODEBOOK_WARMUP_SHARE * warmup:
+  if not config.model.is_hmdn:
+    return config
+  warmup = config.model.hmdrr.quantizer.warmup_steps
+  if total >= CODEBOOK_WARMUP_SHARE * warmup:
     return config
   followed = max(1, total // CODEBOOK_WARMUP_SHARE)
   log(f"note: --codebook_warmup_steps follows the run's length: {followed} steps (the "
       f"default {warmup} needs a run of {CODEBOOK_WARMUP_SHARE * warmup} steps or more; "
       f"this one has {total}); set the flag to choose", flush=True)
-  return dataclasses.replace(config, model=dataclasses.replace(
-      config.model, codebook_warmup_steps=followed))
+  return dataclasses.replace(config, model=options.with_values(
+      config.model, {"codebook_warmup_steps": followed}))
 
 
 # Fewer training steps per epoch than this learn little (a 5k-row log at batch 512:
@@ -505,15 +483,16 @@ def load_trained(data_dir: str, model_dir: str,
                  given: Optional[Dict[str, Any]] = None) -> CTRModel:
   """Rebuilds a run's model and restores its final weights, completely or not at all.
 
-  The model config is the run's record; `given` (options the user set explicitly) and
-  `model_config` (a whole config) must agree with it, and `data_dir` must hold the
+  The model config is the run's record; `given` ({flag: value} the user set
+  explicitly, each applying to the run's model) and `model_config` (a whole config)
+  must agree with it, and `data_dir` must hold the
   spec and vocabularies the run was trained on (RunMismatchError otherwise)."""
   run = RunDirectory(model_dir)
-  recorded = run.check_model(given or {})
+  recorded = run.check_model(given or {}, ModelConfig)
   if model_config is not None:
-    run.check_model(dataclasses.asdict(model_config))
-  config = model_config or run_directory.model_config_from_record(recorded,
-                                                                   ModelConfig)
+    run.check_model(options.values_by_flag(model_config, applicable_only=True),
+                    ModelConfig)
+  config = model_config or recorded
   data_files = PreprocessedData(data_dir).check_complete()
   run.check_data(data_dir, preprocessed.fingerprints(data_files))
   path = run.checkpoint(run.FINAL_CHECKPOINT)

@@ -3,17 +3,20 @@ multi-distribution residual representation), fused over views: its
 variables, the training step that warms up, seeds and updates them, and the
 outputs. The chain, the seeding and the codebook updates are in the sibling
 modules."""
-from typing import Dict, List, NamedTuple
+import dataclasses
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
 
+from hmdn.features.options import with_values
 from hmdn.models.quantizer import chain as chain_lib
 from hmdn.models.quantizer import health
 from hmdn.models.quantizer import seeding
 from hmdn.models.quantizer import updates
+from hmdn.models.quantizer.config import QuantizerConfig
 
-CODEBOOK_UPDATES = ("ema", "loss")
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(QuantizerConfig))
 
 
 class Step(NamedTuple):
@@ -50,20 +53,14 @@ class ResidualQuantizer(tf.keras.layers.Layer):
   restarted to a random residual of the current global batch at its level.
 
   Args:
-    num_levels: depth D of the residual chain.
-    codebook_size: codes per level K.
-    shared_codebook: one codebook for all levels instead of one per level.
-    codebook_update: "ema" or "loss" (VQ-VAE codebook loss, trainable books).
-    decay: EMA decay of code counts and sums.
+    config: the options (`QuantizerConfig`: num_levels D, codebook_size K,
+      shared_codebook, codebook_update "ema" or "loss", decay, beta,
+      commitment_weight, warmup_steps, kmeans_iterations, restart_after_steps,
+      buffer_size); None = its defaults.
     epsilon: Laplace smoothing of the EMA counts.
-    beta: commitment cost of the commitment loss.
-    commitment_weight: lambda, weight of the quantization losses.
-    warmup_steps: training calls that pass x through before seeding.
-    kmeans_iterations: Lloyd iterations after k-means++ seeding.
-    restart_after_steps: restart a code unused for this many steps (0: never).
-    buffer_size: rows of real vectors kept for seeding.
     seed: seed of the stateless random ops.
-    **kwargs: base Layer arguments.
+    **kwargs: any `QuantizerConfig` option by name (over `config`), and the base
+      Layer arguments.
 
   Variables (all replica-synchronised under tf.distribute; shapes shown for
   view inputs, without the leading `views` axis for [batch, d] inputs):
@@ -73,55 +70,16 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     [views, buffer_size, d] and buffer_rows (seeding), initialized, step.
   """
 
-  def __init__(self,
-               num_levels: int = 4,
-               codebook_size: int = 8,
-               shared_codebook: bool = False,
-               codebook_update: str = "ema",
-               decay: float = 0.99,
-               epsilon: float = 1e-5,
-               beta: float = 0.25,
-               commitment_weight: float = 1.0,
-               warmup_steps: int = 0,
-               kmeans_iterations: int = 5,
-               restart_after_steps: int = 100,
-               buffer_size: int = 2048,
-               seed: int = 0,
-               **kwargs):
+  def __init__(self, config: Optional[QuantizerConfig] = None, epsilon: float = 1e-5,
+               seed: int = 0, **kwargs):
+    options = {k: kwargs.pop(k) for k in OPTION_NAMES if k in kwargs}
     super().__init__(**kwargs)
-    if int(num_levels) < 1:
-      raise ValueError(f"`num_levels` must be >= 1, got {num_levels!r}.")
-    if int(codebook_size) < 2:
-      raise ValueError(f"`codebook_size` must be >= 2, got {codebook_size!r}.")
-    if codebook_update not in CODEBOOK_UPDATES:
-      raise ValueError(f"`codebook_update` must be one of {CODEBOOK_UPDATES}, "
-                       f"got {codebook_update!r}.")
-    if not 0.0 < float(decay) < 1.0:
-      raise ValueError(f"`decay` must be in (0, 1), got {decay!r}.")
-    for name, value in (("epsilon", epsilon), ("beta", beta),
-                        ("commitment_weight", commitment_weight),
-                        ("warmup_steps", warmup_steps),
-                        ("kmeans_iterations", kmeans_iterations),
-                        ("restart_after_steps", restart_after_steps)):
-      if float(value) < 0.0:
-        raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
-    if int(buffer_size) < int(codebook_size):
-      raise ValueError(f"`buffer_size` must be >= codebook_size "
-                       f"({codebook_size}), got {buffer_size!r}.")
-    self.num_levels = int(num_levels)
-    self.codebook_size = int(codebook_size)
-    self.shared_codebook = bool(shared_codebook)
-    self.codebook_update = codebook_update
-    self.decay = float(decay)
+    self.config = with_values(config or QuantizerConfig(), options).validate()
+    if not float(epsilon) >= 0.0:
+      raise ValueError(f"`epsilon` must be >= 0, got {epsilon!r}.")
     self.epsilon = float(epsilon)
-    self.beta = float(beta)
-    self.commitment_weight = float(commitment_weight)
-    self.warmup_steps = int(warmup_steps)
-    self.kmeans_iterations = int(kmeans_iterations)
-    self.restart_after_steps = int(restart_after_steps)
-    self.buffer_size = int(buffer_size)
     self.seed = int(seed)
-    self._num_books = 1 if self.shared_codebook else self.num_levels
+    self._num_books = 1 if self.config.shared_codebook else self.config.num_levels
     self._probe_codes = None  # diagnostics(): codes of the previous call
 
   # -- shapes -----------------------------------------------------------------
@@ -149,7 +107,7 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     self._dim = int(shape[-1])
     self._input_shape_text = (f"[batch_size, {self._dim}]" if self._single else
                               f"[batch_size, {self._views}, {self._dim}]")
-    books, size, dim = self._num_books, self.codebook_size, self._dim
+    books, size, dim = self._num_books, self.config.codebook_size, self._dim
     # Assignments happen in replica context; ONLY_FIRST_REPLICA lets them
     # (and the values are computed identically on every replica anyway).
     sync = dict(synchronization=tf.VariableSynchronization.ON_WRITE,
@@ -158,12 +116,12 @@ class ResidualQuantizer(tf.keras.layers.Layer):
         "codebooks", shape=self._lead(books, size, dim),
         initializer=tf.keras.initializers.RandomNormal(
             stddev=0.01, seed=self.seed),
-        trainable=self.codebook_update == "loss", **sync)
+        trainable=self.config.codebook_update == "loss", **sync)
     self.ema_counts = self.add_weight(
         "ema_counts", shape=self._lead(books, size), initializer="zeros",
         trainable=False, **sync)
     self.ema_sums = None
-    if self.codebook_update == "ema":
+    if self.config.codebook_update == "ema":
       self.ema_sums = self.add_weight(
           "ema_sums", shape=self._lead(books, size, dim), initializer="zeros",
           trainable=False, **sync)
@@ -171,7 +129,7 @@ class ResidualQuantizer(tf.keras.layers.Layer):
         "last_used", shape=self._lead(books, size), dtype=tf.int64,
         initializer="zeros", trainable=False, **sync)
     self.buffer = self.add_weight(
-        "buffer", shape=self._lead(self.buffer_size, dim), initializer="zeros",
+        "buffer", shape=self._lead(self.config.buffer_size, dim), initializer="zeros",
         trainable=False, **sync)
     self.buffer_rows = self.add_weight(
         "buffer_rows", shape=(), dtype=tf.int64, initializer="zeros",
@@ -197,10 +155,10 @@ class ResidualQuantizer(tf.keras.layers.Layer):
 
   def _kmeans_init(self, points: tf.Tensor, valid: tf.Tensor, seed):
     return seeding.kmeans_init(
-        points, valid, seed, num_levels=self.num_levels,
-        codebook_size=self.codebook_size,
-        shared_codebook=self.shared_codebook,
-        kmeans_iterations=self.kmeans_iterations)
+        points, valid, seed, num_levels=self.config.num_levels,
+        codebook_size=self.config.codebook_size,
+        shared_codebook=self.config.shared_codebook,
+        kmeans_iterations=self.config.kmeans_iterations)
 
   def _train_step(self, x: tf.Tensor) -> Step:
     """Warm-up (buffer), seeding or codebook update from the global batch;
@@ -221,7 +179,7 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     seed = tf.stack([tf.constant(self.seed, tf.int64), step])
     was_initialized = tf.convert_to_tensor(self.initialized)
     seed_now = tf.logical_and(tf.logical_not(was_initialized),
-                              step >= self.warmup_steps)
+                              step >= self.config.warmup_steps)
     active = tf.logical_or(was_initialized, seed_now)
     variable = self._read(self.codebooks)
     global_x = all_gather(tf.stop_gradient(x))  # [N, V, d]
@@ -229,9 +187,9 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     buffer_rows = tf.convert_to_tensor(self.buffer_rows)
 
     def fill_buffer():  # ring buffer of the latest rows
-      rows = tf.transpose(global_x, (1, 0, 2))[:, -self.buffer_size:]
+      rows = tf.transpose(global_x, (1, 0, 2))[:, -self.config.buffer_size:]
       n = tf.shape(rows, out_type=tf.int64)[1]
-      at = (buffer_rows + tf.range(n)) % self.buffer_size
+      at = (buffer_rows + tf.range(n)) % self.config.buffer_size
       values = tf.transpose(self._read(self.buffer), (1, 0, 2))
       values = tf.tensor_scatter_nd_update(
           values, at[:, None], tf.transpose(rows, (1, 0, 2)))
@@ -240,7 +198,7 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     buffer, new_buffer_rows = tf.cond(
         was_initialized, lambda: (self._read(self.buffer), buffer_rows),
         fill_buffer)
-    valid = tf.range(self.buffer_size, dtype=tf.int64) < new_buffer_rows
+    valid = tf.range(self.config.buffer_size, dtype=tf.int64) < new_buffer_rows
     # The seeding runs once; as a call that is not inlined, the branch not
     # taken on every later step is one node, not the unrolled k-means.
     kmeans = tf.function(self._kmeans_init, autograph=False,
@@ -250,11 +208,11 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     # The chain sees no gradient: the commitment, the only gradient into x,
     # gets its value from the chain and its gradient 2 sum_l (x - s_l)
     # (r_l = x - sg(s_l)) as one product, not back through every level.
-    chain = chain_lib.quantize(tf.stop_gradient(x), books, self.num_levels,
+    chain = chain_lib.quantize(tf.stop_gradient(x), books, self.config.num_levels,
                                exact=False)
     counts, sums = chain_lib.statistics(
         chain.rows, chain.inputs, views=self._views, num_books=self._num_books,
-        codebook_size=self.codebook_size)
+        codebook_size=self.config.codebook_size)
     codes, residuals = chain.codes, chain.inputs
     @tf.custom_gradient
     def commitment_sum(x):
@@ -279,15 +237,15 @@ class ResidualQuantizer(tf.keras.layers.Layer):
         was_initialized,
         lambda: updates.updated_state(
             books, counts, sums, pool, step,
-            tf.random.experimental.stateless_fold_in(seed, self.num_levels),
+            tf.random.experimental.stateless_fold_in(seed, self.config.num_levels),
             ema_counts, ema_sums, last_used,
-            codebook_update=self.codebook_update, decay=self.decay,
+            codebook_update=self.config.codebook_update, decay=self.config.decay,
             epsilon=self.epsilon,
-            restart_after_steps=self.restart_after_steps,
-            shared_codebook=self.shared_codebook),
+            restart_after_steps=self.config.restart_after_steps,
+            shared_codebook=self.config.shared_codebook),
         lambda: tf.cond(seed_now, lambda: updates.initial_state(
-            books, num_rows, step, num_levels=self.num_levels,
-            codebook_size=self.codebook_size), keep))
+            books, num_rows, step, num_levels=self.config.num_levels,
+            codebook_size=self.config.codebook_size), keep))
     # Every assignment sits outside control flow: under MirroredStrategy each
     # one is a cross-replica synchronisation point.
     assignments = [self.codebooks.assign(self._write(new_books)),
@@ -332,7 +290,7 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     def infer():
       variable = self._read(self.codebooks)
       chain = chain_lib.quantize(x, tf.stop_gradient(variable),
-                                 self.num_levels)
+                                 self.config.num_levels)
       return Step(codes=chain.codes, residuals=chain.inputs,
                   partial_sums=chain.partial_sums, total=chain.total,
                   squares=chain.squares, live=variable,
@@ -354,18 +312,18 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     # ||r_{l-1} - sg(e_l)||^2 = ||x - sg(s_l)||^2, gradient into x only;
     # mean over rows and levels, summed over views.
     on = tf.cast(step.active, x.dtype)
-    commitment = on * step.squares / (batch * self.num_levels)
-    self.add_loss(self.commitment_weight * self.beta * commitment)
-    if self.codebook_update == "loss":
-      size, books = self.codebook_size, self._num_books
+    commitment = on * step.squares / (batch * self.config.num_levels)
+    self.add_loss(self.config.commitment_weight * self.config.beta * commitment)
+    if self.config.codebook_update == "loss":
+      size, books = self.config.codebook_size, self._num_books
       index = (tf.transpose(codes, (2, 0, 1)) +
                tf.range(self._views) * books * size +
                tf.constant([self._book(l) * size
-                            for l in range(self.num_levels)])[:, None, None])
+                            for l in range(self.config.num_levels)])[:, None, None])
       chosen = tf.gather(tf.reshape(step.live, (-1, self._dim)), index)
       codebook_loss = on * tf.reduce_sum(tf.square(
-          tf.stop_gradient(tf.stack(step.residuals)) - chosen)) / (batch * self.num_levels)
-      self.add_loss(self.commitment_weight * codebook_loss)
+          tf.stop_gradient(tf.stack(step.residuals)) - chosen)) / (batch * self.config.num_levels)
+      self.add_loss(self.config.commitment_weight * codebook_loss)
     # x + sg(s_D - x) once seeded, x before (a 0/1 factor, not a select: the
     # gradient is the identity either way, with no select in the backward).
     quantized = x + tf.stop_gradient(on * (step.total - x))
@@ -400,10 +358,10 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     self._check_shape(x.shape)
     if self._single:
       x = x[:, None]
-    chain = chain_lib.quantize(x, self._read(self.codebooks), self.num_levels)
+    chain = chain_lib.quantize(x, self._read(self.codebooks), self.config.num_levels)
     codes = chain.codes.numpy()
     out = health.code_health(x.numpy(), codes, chain.partial_sums.numpy(),
-                             self.codebook_size, self._probe_codes)
+                             self.config.codebook_size, self._probe_codes)
     self._probe_codes = codes
     return {k: v[0] for k, v in out.items()} if self._single else out
 
@@ -412,22 +370,11 @@ class ResidualQuantizer(tf.keras.layers.Layer):
     lead = input_shape[:-1]
     return {"quantized": input_shape,
             "partial_sums": lead.concatenate(
-                [self.num_levels, input_shape[-1]]),
-            "codes": lead.concatenate([self.num_levels])}
+                [self.config.num_levels, input_shape[-1]]),
+            "codes": lead.concatenate([self.config.num_levels])}
 
   def get_config(self):
+    # Flat: the option names as keyword arguments (and as older saved configs hold them).
     config = super().get_config()
-    config.update(num_levels=self.num_levels,
-                  codebook_size=self.codebook_size,
-                  shared_codebook=self.shared_codebook,
-                  codebook_update=self.codebook_update,
-                  decay=self.decay,
-                  epsilon=self.epsilon,
-                  beta=self.beta,
-                  commitment_weight=self.commitment_weight,
-                  warmup_steps=self.warmup_steps,
-                  kmeans_iterations=self.kmeans_iterations,
-                  restart_after_steps=self.restart_after_steps,
-                  buffer_size=self.buffer_size,
-                  seed=self.seed)
+    config.update(dataclasses.asdict(self.config), epsilon=self.epsilon, seed=self.seed)
     return config

@@ -107,10 +107,12 @@ def test_summary_matches_the_rows(log):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("rows", 0, "rows must be >= 1, got 0"),
-    ("branching_max", 2, r"branching_max must be >= branching_min \(3\), got 2"),
-    ("ctr", 1.5, r"ctr must be in \(0, 1\), got 1.5"),
-    ("latent_signal", -0.1, r"latent_signal must be in \[0, 1\], got -0.1"),
+    ("rows", 0, "--rows=0: expected an integer >= 1"),
+    ("branching_max", 2, r"--branching_max=2: expected an integer >= --branching_min "
+     r"\(3\)"),
+    ("ctr", 1.5, r"--ctr=1.5: expected a finite number in \(0, 1\)"),
+    ("latent_signal", -0.1, r"--latent_signal=-0.1: expected a finite number in "
+     r"\[0, 1\]"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, field, value, match):
   with pytest.raises(ValueError, match=match):

@@ -397,7 +397,7 @@ def test_movielens_missing_folder_is_a_clear_error(tmp_path):
     (dict(split_time_field="gender"), "must be numeric"),
     (dict(split_time_cutoff=3.0), "need --split_time_field"),
     (dict(split_time_field="timestamp", split_time_quantile=1.5), r"in \(0, 1\)"),
-    (dict(source="parquet"), "--source: expected one of"),
+    (dict(source="parquet"), "--source='parquet': expected one of"),
 ])
 def test_bad_split_and_source_flags(tmp_path, kwargs, match):
   config = dict(raw=str(tmp_path), output_dir=str(tmp_path / "out"),

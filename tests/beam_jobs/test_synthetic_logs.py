@@ -104,8 +104,10 @@ def test_rerun_with_fewer_files_leaves_no_stale_file(tmp_path):
 
 
 @pytest.mark.parametrize("config,match", [
-    (dict(rows=0), "rows must be >= 1, got 0"),
-    (dict(rows=10, rows_per_file=0), "rows_per_file must be >= 1, got 0"),
+    (dict(rows=0), "--rows=0: expected an integer >= 1"),
+    (dict(rows=10, rows_per_file=0), "--rows_per_file=0: expected an integer >= 1"),
+    (dict(rows=10, seed=-1), "--seed=-1: expected an integer >= 0"),
+    (dict(rows=2.5), "--rows=2.5: expected an integer >= 1"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, config, match):
   with pytest.raises(ValueError, match=match):

@@ -461,3 +461,19 @@ def test_grouped_mlp_refuses_a_wrong_group_axis():
     GroupedMLP(3, [4])(np.zeros((2, 4, 5), np.float32))
   with pytest.raises(ValueError, match="groups.*0"):
     GroupedMLP(0, [4])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(units=[]), r"`units` needs at least one layer size"),
+    (dict(units=[4, 0]), r"`units` sizes must be positive integers, got \[4, 0\]"),
+    (dict(units="64"), r"`units` must be a list of layer sizes"),
+    (dict(units=[4], dropout=1.0), r"`dropout` must be a number in \[0, 1\), got 1.0"),
+])
+def test_mlp_blocks_check_their_options_like_the_backbones(kwargs, message):
+  """MLP and GroupedMLP use the backbones' check helpers (models/checks.py)."""
+  from hmdn.models.mlp import MLP, GroupedMLP
+  with pytest.raises(ValueError, match=message):
+    MLP(**kwargs)
+  with pytest.raises(ValueError, match=message):
+    GroupedMLP(2, **kwargs)
+  assert MLP([np.int64(3)], dropout=0).get_config()["units"] == [3]

@@ -25,7 +25,7 @@ def test_registry_has_every_backbone_and_hmdn_variant():
 
 
 @pytest.mark.parametrize("bad,option", [
-    (dict(name="nope"), "unknown model"),
+    (dict(name="nope"), "--model='nope': expected one of"),
     (dict(name="hmdn_moe", codebook_size=1), "codebook_size"),
     (dict(name="hmdn_moe", num_levels=0), "num_levels"),
     (dict(name="hmdn_moe", extraction="both"), "extraction"),
@@ -41,7 +41,7 @@ def test_registry_has_every_backbone_and_hmdn_variant():
 ])
 def test_invalid_model_config_names_the_option(data_dir, bad, option):
   with pytest.raises(ValueError, match=option):
-    train.build_model(data_dir, ModelConfig(**bad))
+    train.build_model(data_dir, ModelConfig.of(**bad))
 
 
 def test_explicit_view_needs_a_distribution_field(tmp_path, data_dir):
@@ -54,7 +54,7 @@ def test_explicit_view_needs_a_distribution_field(tmp_path, data_dir):
   from hmdn.models.ctr_model import CTRModel
   with pytest.raises(ValueError, match="distribution field"):
     CTRModel(plain, PreprocessedData(data_dir).vocab_dir, {},
-             ModelConfig(name="hmdn_apg", extraction="explicit"))
+             ModelConfig.of(name="hmdn_apg", extraction="explicit"))
 
 
 def test_a_spec_with_two_tasks_is_refused_in_one_line(data_dir):
@@ -83,13 +83,13 @@ def test_implicit_view_reads_the_spec_marked_fields_unless_overridden(data_dir, 
     embedded = model.embeddings(features)
     return model._view_inputs(embedded)["implicit"], embedded
 
-  by_spec, embedded = implicit_input(CTRModel(marked, vocab_dir, {}, ModelConfig(
+  by_spec, embedded = implicit_input(CTRModel(marked, vocab_dir, {}, ModelConfig.of(
       name="hmdn_moe", **SMALL)))
   np.testing.assert_array_equal(by_spec, embedded["user_id"])
-  by_flag, embedded = implicit_input(CTRModel(marked, vocab_dir, {}, ModelConfig(
+  by_flag, embedded = implicit_input(CTRModel(marked, vocab_dir, {}, ModelConfig.of(
       name="hmdn_moe", implicit_fields=("scenario",), **SMALL)))
   np.testing.assert_array_equal(by_flag, embedded["scenario"])
-  unmarked, embedded = implicit_input(CTRModel(spec, vocab_dir, {}, ModelConfig(
+  unmarked, embedded = implicit_input(CTRModel(spec, vocab_dir, {}, ModelConfig.of(
       name="hmdn_moe", **SMALL)))
   assert unmarked.shape[-1] == sum(f.embedding_dim for f in spec.embedded_fields)
 
@@ -108,7 +108,7 @@ def _predict(model, spec, serialized):
 def test_model_trains_is_batch_independent_and_exports(name, data_dir, spec, batches,
                                                        tmp_path):
   tf.keras.utils.set_random_seed(0)
-  model = train.build_model(data_dir, ModelConfig(name=name, **SMALL))
+  model = train.build_model(data_dir, ModelConfig.of(name=name, **SMALL))
   model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
   # The loss over every training batch: one batch alone can get worse after 40
   # steps while the model learns (moe's first batch did, 0.70 -> 0.75, with the
@@ -157,7 +157,7 @@ def test_explicit_codes_carry_the_planted_coarse_group(data_dir, spec, batches):
   (0.12-0.4 with the scenario was seen); with the groups it is the codes' job to
   summarise it does not."""
   tf.keras.utils.set_random_seed(0)
-  model = train.build_model(data_dir, ModelConfig(
+  model = train.build_model(data_dir, ModelConfig.of(
       name="hmdn_moe", extraction="explicit", num_levels=2, codebook_size=8, seed=0,
       codebook_warmup_steps=10))  # 80 steps in all: seeded after 10
   model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
@@ -174,8 +174,11 @@ def test_explicit_codes_carry_the_planted_coarse_group(data_dir, spec, batches):
 
 def test_every_config_field_has_flag_help_and_enum_choices():
   import dataclasses
+  from hmdn.features import options
   from hmdn.models import hierarchical, quantizer
-  fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+  for f in dataclasses.fields(ModelConfig):  # nested configs' fields too
+    assert f.metadata.get("help"), f.name
+  fields = {f.name: f for _, f in options.leaves(ModelConfig).values()}
   for f in fields.values():
     assert f.metadata.get("help"), f.name
   assert fields["extraction"].metadata["choices"] == hierarchical.EXTRACTIONS
@@ -193,7 +196,7 @@ def _with_values_of(features, field, other):
 
 @pytest.mark.parametrize("condition", registry.BACKBONE_CONDITIONS)
 def test_backbone_condition_modes(condition, data_dir, spec, batches):
-  model = train.build_model(data_dir, ModelConfig(name="moe", condition=condition,
+  model = train.build_model(data_dir, ModelConfig.of(name="moe", condition=condition,
                                                   cross_dim=6, **SMALL))
   features, other = batches[0][0], batches[1][0]
   coarse, fine = [f.name for f in spec.distribution_fields][:2]
@@ -235,14 +238,14 @@ def _table_gradients(model, features, loss_fn):
 def test_implicit_commitment_does_not_move_shared_tables(data_dir, batches):
   """Quantization losses reach only the distribution fields' tables (explicit
   view); the implicit view reads every table through a stop-gradient."""
-  model = train.build_model(data_dir, ModelConfig(name="hmdn_moe", **dict(
+  model = train.build_model(data_dir, ModelConfig.of(name="hmdn_moe", **dict(
       SMALL, codebook_warmup_steps=0)))
   features = batches[0][0]
   model(features, training=True)  # seeds the codebooks
   grads = _table_gradients(model, features, lambda out: tf.add_n(model.losses))
   moved = {n for n, g in grads.items() if g > 0}
   assert moved and all("scenario" in n or "user_group" in n for n in moved), grads
-  implicit_only = train.build_model(data_dir, ModelConfig(
+  implicit_only = train.build_model(data_dir, ModelConfig.of(
       name="hmdn_moe", extraction="implicit", **dict(SMALL, codebook_warmup_steps=0)))
   implicit_only(features, training=True)
   grads = _table_gradients(implicit_only, features,
@@ -254,7 +257,7 @@ def test_implicit_commitment_does_not_move_shared_tables(data_dir, batches):
 def test_aux_head_loss_is_reported_finite_and_trains_the_implicit_view(
     data_dir, batches):
   tf.keras.utils.set_random_seed(0)
-  model = train.build_model(data_dir, ModelConfig(name="hmdn_moe", aux_weight=0.5,
+  model = train.build_model(data_dir, ModelConfig.of(name="hmdn_moe", aux_weight=0.5,
                                                   **SMALL))
   model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
   history = model.fit(_as_dataset(batches[:6]), epochs=1, verbose=0).history
@@ -273,14 +276,14 @@ def test_aux_head_loss_is_reported_finite_and_trains_the_implicit_view(
   explicit, implicit = (encoders.view_weights(last, v)[0] for v in range(2))
   grads = tape.gradient(aux, [explicit, implicit])
   assert np.all(grads[0].numpy() == 0) and np.abs(grads[1].numpy()).max() > 0
-  baseline = train.build_model(data_dir, ModelConfig(name="moe", **SMALL))
+  baseline = train.build_model(data_dir, ModelConfig.of(name="moe", **SMALL))
   baseline.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
   assert "aux_loss" not in baseline.evaluate(batches[0][0], batches[0][1], verbose=0,
                                              return_dict=True)
 
 
 def test_code_diagnostics_on_a_probe(data_dir, batches):
-  model = train.build_model(data_dir, ModelConfig(name="hmdn_moe", **dict(
+  model = train.build_model(data_dir, ModelConfig.of(name="hmdn_moe", **dict(
       SMALL, codebook_warmup_steps=0)))
   model(batches[0][0], training=True)
   probe = batches[1][0]
@@ -290,7 +293,7 @@ def test_code_diagnostics_on_a_probe(data_dir, batches):
   for view in again.values():
     assert view["perplexity"].shape == (SMALL["num_levels"],)
     np.testing.assert_array_equal(view["flip_share"], 0.0)
-  assert train.build_model(data_dir, ModelConfig(name="moe")).code_diagnostics(
+  assert train.build_model(data_dir, ModelConfig.of(name="moe")).code_diagnostics(
       probe) == {}
 
 
@@ -299,7 +302,7 @@ def test_mixed_bfloat16_model_matches_float32_and_trains(data_dir, batches):
   codebooks), the logit and the losses in float32; the same weights predict what the
   float32 model does (bf16 tolerance), and training gives finite losses."""
   features, labels = batches[0]
-  config = ModelConfig(name="hmdn_moe", **dict(SMALL, codebook_warmup_steps=0))
+  config = ModelConfig.of(name="hmdn_moe", **dict(SMALL, codebook_warmup_steps=0))
   tf.keras.utils.set_random_seed(0)
   reference = train.build_model(data_dir, config)
   reference.compile(optimizer=tf.keras.optimizers.Adam(3e-3))

@@ -20,7 +20,7 @@ def test_hmdn_model_trains_under_mirrored_strategy(name, data_dir, spec, batches
 
   (Each backbone alone is run under MirroredStrategy in test_backbones.py.)"""
   with mirrored_strategy.scope():
-    model = train.build_model(data_dir, ModelConfig(name=name, **SMALL))
+    model = train.build_model(data_dir, ModelConfig.of(name=name, **SMALL))
     model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
   history = model.fit(_as_dataset(batches[:3]), epochs=1, verbose=0)
   assert np.isfinite(history.history["loss"][-1])
@@ -40,7 +40,7 @@ def test_one_step_on_two_replicas_equals_one_replica(name, data_dir, batches,
   the loss is divided by the per-replica instead of the global batch (SGD, unlike
   Adam's first step, keeps the gradient's scale)."""
   features, labels = batches[0]
-  config = ModelConfig(name=name, **dict(SMALL, codebook_warmup_steps=0))
+  config = ModelConfig.of(name=name, **dict(SMALL, codebook_warmup_steps=0))
   tf.keras.utils.set_random_seed(0)
   single = train.build_model(data_dir, config)
   single(features)

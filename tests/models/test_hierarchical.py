@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hmdn.models.hierarchical import HierarchicalDistributionRepresentation
+from hmdn.models.hierarchical import HierarchicalDistributionRepresentation, HMDRRConfig
+from hmdn.models.quantizer import QuantizerConfig
 
 
 def _inputs(n=32, seed=0):
@@ -101,3 +102,38 @@ def test_config_round_trip_and_validation():
     HierarchicalDistributionRepresentation(extraction="both")
   with pytest.raises(ValueError, match="distribution_dim"):
     HierarchicalDistributionRepresentation(distribution_dim=0)
+
+
+def test_a_layer_config_saved_before_the_nested_options_still_loads():
+  """A Keras config of the HMDRR layer as older versions saved it: flat keyword
+  arguments, the warm-up under `warmup_steps`, view_units a list."""
+  old = {"name": "hierarchy", "trainable": True, "dtype": "float32",
+         "extraction": "dual", "distribution_dim": 6, "view_units": [8],
+         "num_levels": 3, "codebook_size": 5, "shared_codebook": False,
+         "codebook_update": "ema", "decay": 0.95, "beta": 0.25,
+         "commitment_weight": 1.0, "warmup_steps": 7, "kmeans_iterations": 2,
+         "restart_after_steps": 50, "buffer_size": 64,
+         "implicit_stop_gradient": True, "seed": 11}
+  layer = HierarchicalDistributionRepresentation.from_config(old)
+  assert layer.config == HMDRRConfig(
+      extraction="dual", distribution_dim=6, view_units=(8,), quantizer=QuantizerConfig(
+          num_levels=3, codebook_size=5, decay=0.95, warmup_steps=7,
+          kmeans_iterations=2, restart_after_steps=50, buffer_size=64))
+  assert layer.quantizer.config is layer.config.quantizer  # passed whole, not copied
+  assert layer.quantizer.seed == 11 and layer.num_levels == 3
+  assert {k: layer.get_config()[k] for k in old} == dict(old, view_units=(8,))
+
+
+def test_the_nested_config_and_keyword_options_are_one_set_of_options():
+  config = HMDRRConfig(distribution_dim=4, quantizer=QuantizerConfig(num_levels=2))
+  layer = HierarchicalDistributionRepresentation(config, codebook_size=3)
+  assert layer.config.quantizer.num_levels == 2 and layer.config.quantizer.codebook_size == 3
+  assert config.quantizer.codebook_size == 8  # the caller's config is not altered
+  with pytest.raises(ValueError, match=r"--codebook_warmup_steps=-1: expected an "
+                     r"integer >= 0"):
+    HierarchicalDistributionRepresentation(warmup_steps=-1)
+  with pytest.raises(ValueError, match=r"--buffer_size=2: expected an integer >= "
+                     r"--codebook_size \(3\)"):
+    HierarchicalDistributionRepresentation(codebook_size=3, buffer_size=2)
+  with pytest.raises(TypeError):  # a misspelt option is not swallowed
+    HierarchicalDistributionRepresentation(num_level=2)

@@ -23,8 +23,14 @@ def test_variants_are_parsed_and_typed_like_their_config_fields():
     ("hmdn_moe:num_levels", r"is not key=value"),
     ("hmdn_moe:num_levels=six", r"num_levels='six' .* is not a int"),
     ("hmdn_moe:shared_codebook=maybe", r"is not a bool"),
-    ("no_such_model", r"unknown model 'no_such_model'"),
+    ("no_such_model", r"--model='no_such_model': expected one of"),
     ("hmdn_moe:seed=3", r"is not key=value of a model option"),
+    ("moe:num_levels=6", r"'moe:num_levels=6': --num_levels does not apply: --model=moe "
+     "is not an HMDN model"),
+    ("hmdn_moe:hmdn_condition=hierarchical_only:condition=all",
+     r"--condition does not apply: .*hierarchical_only"),
+    ("hmdn_moe:extraction=explicit:aux_weight=0.3",
+     r"--aux_weight does not apply: --extraction=explicit has no implicit view"),
 ])
 def test_bad_variants_are_refused_naming_the_option(text, message):
   with pytest.raises(ValueError, match=message):
@@ -109,13 +115,24 @@ def test_model_flags_apply_to_every_variant_under_its_own_overrides(tmp_path):
   from hmdn.models.registry import ModelConfig
   from hmdn.pipeline.train import TrainConfig
   base = TrainConfig(data_dir="unused", model_dir=str(tmp_path),
-                     model=ModelConfig(codebook_warmup_steps=3, num_levels=2))
+                     model=ModelConfig.of(codebook_warmup_steps=3, num_levels=2))
   config = compare.run_config(base, "hmdn_moe:num_levels=5", 7, str(tmp_path))
   assert (config.model.name, config.model.seed, config.seed) == ("hmdn_moe", 7, 7)
-  assert config.model.codebook_warmup_steps == 3 and config.model.num_levels == 5
+  quantizer = config.model.hmdrr.quantizer
+  assert quantizer.warmup_steps == 3 and quantizer.num_levels == 5
   plain = compare.run_config(base, "moe", 7, str(tmp_path))
-  assert plain.model.name == "moe" and plain.model.num_levels == 2
+  assert plain.model.name == "moe" and plain.model.hmdrr.quantizer.num_levels == 2
   assert config.model_dir != plain.model_dir
+
+
+def test_a_model_flag_no_model_of_the_list_uses_is_refused(tmp_path):
+  from hmdn.pipeline.train import TrainConfig
+  base = TrainConfig(data_dir="unused", model_dir=str(tmp_path))
+  compare.refuse_unused_flags(base, ["moe", "hmdn_moe"], ["num_levels", "seed"])
+  compare.refuse_unused_flags(base, ["moe", "moe:condition=cross"], ["cross_dim"])
+  with pytest.raises(ValueError, match=r"--num_levels does not apply: --model=moe .*"
+                     r"nor to any other model of --models"):
+    compare.refuse_unused_flags(base, ["moe", "mmoe"], ["num_levels"])
 
 
 def test_a_variant_that_would_never_quantize_is_refused_before_any_run(
@@ -165,3 +182,17 @@ def test_a_long_variant_name_wraps_after_its_separators():
   assert "".join(lines) == label
   assert lines == ["hmdn_moe:num_levels=6:", "extraction=explicit:",
                    "implicit_fields=user_id|", "device"]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(models=","), r"--models=',': expected at least one"),
+    (dict(models="moe,moe"), r"--models='moe,moe': expected each once"),
+    (dict(seeds=()), r"--seeds=\(\): expected at least one"),
+    (dict(seeds=(0, -1)), r"--seeds=\(0, -1\): expected a list of integers >= 0"),
+    (dict(report_dir=""), r"--report_dir='': expected a non-empty value"),
+])
+def test_compare_config_is_checked_like_every_config(kwargs, message):
+  config = compare.CompareConfig(**dict(dict(report_dir="r"), **kwargs))
+  with pytest.raises(ValueError, match=message):
+    config.validate()
+  assert compare.CompareConfig("r").validate().labels == ["moe", "hmdn_moe"]

@@ -1,6 +1,7 @@
 """Flags generated from config dataclasses: types, choices, renames, sharing, and the
 `hmdn` flags agreeing with the configs' own defaults."""
 import dataclasses
+import re
 from typing import Any, Dict, Optional, Tuple
 
 import pytest
@@ -97,3 +98,76 @@ def test_hmdn_flags_default_to_the_configs():
   # Choices are the ones of the module that chooses.
   assert cli.FLAGS["strategy"].parser.enum_values == list(strategies.STRATEGIES)
   assert cli.FLAGS["lr_schedule"].parser.enum_values == list(LR_SCHEDULES)
+
+
+def _cli_model(*argv):
+  """cli's model config and its given flags, from `argv` parsed into cli.FLAGS."""
+  from hmdn.pipeline import cli
+  cli.FLAGS.unparse_flags()
+  cli.FLAGS(["hmdn", *argv], known_only=True)
+  return cli.model_config(), cli
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model=dnn", "--num_levels=7"],
+     "--num_levels does not apply: --model=dnn is not an HMDN model"),
+    (["--model=dnn", "--condition=all"],
+     "--condition does not apply: --model=dnn reads no condition"),
+    (["--model=moe", "--cross_buckets=10"],
+     "--cross_buckets does not apply: --condition=coarsest is not cross"),
+    (["--model=hmdn_moe", "--condition=all", "--hmdn_condition=hierarchical_only"],
+     "--condition does not apply: --model=hmdn_moe with "
+     "--hmdn_condition=hierarchical_only"),
+    (["--model=hmdn_moe", "--extraction=explicit", "--implicit_fields=user_id"],
+     "--implicit_fields does not apply: --extraction=explicit has no implicit view"),
+])
+def test_a_model_flag_that_does_not_apply_is_refused(argv, message):
+  model, cli = _cli_model(*argv)
+  try:
+    with pytest.raises(ValueError, match=re.escape(message)):
+      cli.refuse_inapplicable(model)
+  finally:
+    cli.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--model=dnn", "--seed=3", "--output_dim=8"],
+    ["--model=hmdn_moe", "--num_levels=2", "--codebook_warmup_steps=5", "--condition=all"],
+    ["--model=moe", "--condition=cross", "--cross_dim=4"],
+    # Defaults are not given: hierarchical_only with the default condition passes.
+    ["--model=hmdn_moe", "--hmdn_condition=hierarchical_only"],
+])
+def test_model_flags_that_apply_pass(argv):
+  model, cli = _cli_model(*argv)
+  try:
+    cli.refuse_inapplicable(model)
+    if "--codebook_warmup_steps=5" in argv:  # the flag reaches the nested option
+      assert model.hmdrr.quantizer.warmup_steps == 5
+      assert model.hmdrr.quantizer.num_levels == 2
+  finally:
+    cli.FLAGS.unparse_flags()
+
+
+def test_nested_configs_are_flat_flags_with_their_parents_defaults():
+  """ModelConfig.hmdrr's options are plain flags; --codebook_warmup_steps defaults to
+  the model's 100, not the layer-alone default 0."""
+  from hmdn.features.options import nested, option
+
+  @dataclasses.dataclass
+  class Inner:
+    depth: int = option(1, "Depth.", minimum=1, flag="inner_depth")
+
+  @dataclasses.dataclass
+  class Outer:
+    inner: Inner = nested(Inner, "Inner.", factory=lambda: Inner(depth=5))
+    width: int = option(2, "Width.")
+
+  values = flags.FlagValues()
+  config_flags.define_flags(Outer, flag_values=values)
+  values(["prog"])
+  assert values["inner_depth"].value == 5
+  assert config_flags.from_flags(Outer, flag_values=values) == Outer()
+  values(["prog", "--inner_depth=3"])
+  assert config_flags.from_flags(Outer, flag_values=values).inner.depth == 3
+  from hmdn.pipeline import cli
+  assert cli.FLAGS["codebook_warmup_steps"].default == 100

@@ -53,7 +53,7 @@ def _wait(procs, waited, log_dir, timeout=420):
 
 def _reloaded_auc(data_dir, model_dir):
   """Exact eval AUC of the saved final weights, restored in this process, no strategy."""
-  model = train.load_trained(data_dir, model_dir, ModelConfig(
+  model = train.load_trained(data_dir, model_dir, ModelConfig.of(
       name="hmdn_moe", num_levels=2, codebook_size=8, codebook_warmup_steps=10, seed=5))
   data_files = PreprocessedData(data_dir)
   return evaluate.run(evaluate.model_predictor(model, data_files.spec), data_files)["auc"]

@@ -23,7 +23,7 @@ SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli
 @pytest.fixture(scope="module")
 def trained(planted_data_dir):
   spec = PreprocessedData(planted_data_dir).spec
-  model = train.build_model(planted_data_dir, ModelConfig(
+  model = train.build_model(planted_data_dir, ModelConfig.of(
       name="hmdn_apg", num_levels=2, codebook_size=4, output_dim=8,
       codebook_warmup_steps=2))
   model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))

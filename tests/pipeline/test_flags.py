@@ -14,6 +14,12 @@ from hmdn.pipeline import cli
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _pythonpath() -> str:
+  """ROOT before the caller's path: a checkout whose package is mapped by PYTHONPATH
+  (a worktree of an editable install) runs its own code in the subprocess too."""
+  return os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+
+
 @pytest.fixture
 def parse(capsys):
   """cli._parse_flags on an argv -> (exit code or None, stderr lines, Beam args, argv)."""
@@ -149,7 +155,8 @@ def test_the_command_line_fails_in_one_line_and_helpfull_works(tmp_path):
   hmdn = [sys.executable, "-m", "hmdn.pipeline.cli"]
   proc = subprocess.run(hmdn + ["train", "--epoch=1", "--batchsize=64", "--data_dir=x",
                                 "--model_dir=y"], cwd=tmp_path, capture_output=True,
-                        text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+                        text=True, timeout=300,
+                        env=dict(os.environ, PYTHONPATH=_pythonpath()))
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
   assert "--epochs" in last and "--batch_size" in last and "Traceback" not in proc.stderr

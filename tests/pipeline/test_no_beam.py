@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
 
     contract = PreprocessedData(data_dir)
     spec, stats = contract.spec, contract.stats
-    config = ModelConfig(name="hmdn_moe", output_dim=8, num_levels=2, codebook_size=4)
+    config = ModelConfig.of(name="hmdn_moe", output_dim=8, num_levels=2, codebook_size=4)
     model = train.build_model(data_dir, config)
     metrics = evaluate.run(evaluate.model_predictor(model, spec), contract,
                            config.codebook_size, config.code_views)

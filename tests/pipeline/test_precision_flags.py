@@ -20,7 +20,7 @@ def test_mixed_bfloat16_training_keeps_float32_variables_and_restores_the_policy
   config = train.TrainConfig(
       data_dir=planted_data_dir, model_dir=str(tmp_path / "bf16"), epochs=1,
       steps_per_epoch=3, batch_size=128, mixed_precision="mixed_bfloat16",
-      model=ModelConfig(name="hmdn_moe", codebook_warmup_steps=1))
+      model=ModelConfig.of(name="hmdn_moe", codebook_warmup_steps=1))
   model = train.train(config)
   assert tf.keras.mixed_precision.global_policy().name == "float32"
   assert model.backbone.compute_dtype == "bfloat16"

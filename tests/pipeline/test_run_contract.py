@@ -20,6 +20,14 @@ from hmdn.pipeline import callbacks as callbacks_lib
 from hmdn.pipeline import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _pythonpath() -> str:
+  """ROOT before the caller's path: a checkout whose package is mapped by PYTHONPATH
+  (a worktree of an editable install) runs its own code in the subprocess too."""
+  return os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+
+
 FAST = dict(batch_size=128, steps_per_epoch=3, keep_checkpoints=1)
 HMDN_FLAGS = ["--batch_size=128", "--steps_per_epoch=3", "--epochs=1", "--num_levels=2",
               "--codebook_size=4", "--codebook_warmup_steps=1"]
@@ -28,7 +36,7 @@ HMDN_FLAGS = ["--batch_size=128", "--steps_per_epoch=3", "--epochs=1", "--num_le
 def hmdn(*args, cwd=ROOT, timeout=400):
   return subprocess.run([sys.executable, "-m", "hmdn.pipeline.cli", *args], cwd=cwd,
                         capture_output=True, text=True, timeout=timeout,
-                        env=dict(os.environ, PYTHONPATH=ROOT))
+                        env=dict(os.environ, PYTHONPATH=_pythonpath()))
 
 
 def _one_line_error(proc, *expected):
@@ -42,7 +50,7 @@ def _one_line_error(proc, *expected):
 
 def _config(data_dir, model_dir, name="moe", **kwargs):
   return train.TrainConfig(data_dir=data_dir, model_dir=str(model_dir),
-                           model=ModelConfig(name=name), **dict(FAST, **kwargs))
+                           model=ModelConfig.of(name=name), **dict(FAST, **kwargs))
 
 
 # --- TrainConfig ranges ------------------------------------------------------------------
@@ -101,13 +109,13 @@ def test_hmdn_run_shorter_than_its_codebook_warmup_is_refused(planted_data_dir, 
   assert not model_dir.exists()
   with pytest.raises(ValueError, match="never start"):  # not for a plain backbone
     train.check_quantizer_starts(train.TrainConfig(
-        data_dir="d", model_dir="m", epochs=1, model=ModelConfig(
+        data_dir="d", model_dir="m", epochs=1, model=ModelConfig.of(
             name="hmdn_moe", codebook_warmup_steps=5)), 5)
   train.check_quantizer_starts(train.TrainConfig(
-      data_dir="d", model_dir="m", epochs=1, model=ModelConfig(
+      data_dir="d", model_dir="m", epochs=1, model=ModelConfig.of(
           name="moe", codebook_warmup_steps=5)), 5)
   train.check_quantizer_starts(train.TrainConfig(
-      data_dir="d", model_dir="m", epochs=1, model=ModelConfig(
+      data_dir="d", model_dir="m", epochs=1, model=ModelConfig.of(
           name="hmdn_moe", codebook_warmup_steps=4)), 5)
 
 
@@ -123,7 +131,7 @@ def moe_run(planted_data_dir, tmp_path_factory):
 def test_record_holds_model_fingerprints_and_absolute_data_dir(moe_run, planted_data_dir):
   record = RunDirectory(moe_run).record()
   assert record["model_name"] == "moe" and record["model"]["name"] == "moe"
-  assert record["model"]["output_dim"] == ModelConfig().output_dim
+  assert record["model"]["output_dim"] == ModelConfig.of().output_dim
   assert record["fingerprints"] == preprocessed.fingerprints(planted_data_dir)
   assert record["data_dir"] == os.path.abspath(planted_data_dir)
   assert record["config"]["batch_size"] == 128 and "argv" in record
@@ -192,7 +200,7 @@ def test_load_trained_takes_the_recorded_model_and_restores_completely(
   model = train.load_trained(planted_data_dir, moe_run)
   assert model.config.name == "moe"
   with pytest.raises(RunMismatchError, match="--model=dnn contradicts"):
-    train.load_trained(planted_data_dir, moe_run, given={"name": "dnn"})
+    train.load_trained(planted_data_dir, moe_run, given={"model": "dnn"})
   # A record that lies about the model: the checkpoint cannot fill its variables.
   copy = tmp_path / "copy"
   shutil.copytree(moe_run, copy)
@@ -391,6 +399,20 @@ def test_export_and_evaluate_use_the_recorded_model(hmdn_run, planted_data_dir,
   proc = hmdn("train", f"--data_dir={planted_data_dir}", f"--model_dir={model_dir}",
               "--model=dnn")
   _one_line_error(proc, "--model=dnn", "--model=hmdn_moe", "--overwrite")
+  # The run's model decides what applies: its own HMDRR flag passes, a cross option
+  # (it was trained with condition=coarsest) is refused, naming the flag.
+  proc = hmdn("export", f"--data_dir={planted_data_dir}", f"--model_dir={model_dir}",
+              f"--export_dir={export_root}", "--cross_dim=4")
+  _one_line_error(proc, "--cross_dim does not apply", "--condition=coarsest")
+
+
+def test_a_model_flag_that_does_not_apply_is_refused_before_any_work(
+    planted_data_dir, tmp_path):
+  model_dir = tmp_path / "model"
+  proc = hmdn("train", f"--data_dir={planted_data_dir}", f"--model_dir={model_dir}",
+              "--model=dnn", "--num_levels=7")
+  _one_line_error(proc, "--num_levels does not apply", "--model=dnn")
+  assert not model_dir.exists()
 
 
 def test_relative_paths_work_from_any_directory(tmp_path):
