@@ -52,8 +52,8 @@ from hmdn.features.spec import SpecError  # noqa: E402
 from hmdn.models.registry import ModelConfig  # noqa: E402
 from hmdn.pipeline import argv as argv_lib  # noqa: E402
 from hmdn.pipeline import (  # noqa: E402
-    compare, config_flags, data, evaluate, export, faults, serving, stages, strategies,
-    train)
+    compare, compare_report, config_flags, data, evaluate, export, faults, serving,
+    stages, strategies, train)
 from hmdn.pipeline.argv import Command, FlagGroup  # noqa: E402
 from hmdn.pipeline.serving_request import RequestError  # noqa: E402
 from hmdn.pipeline.train import TrainConfig  # noqa: E402
@@ -262,7 +262,7 @@ def cmd_compare() -> None:
   base = train_config(FLAGS.data_dir, settings.report_dir)
   compare.refuse_unused_flags(base, settings.labels, given_model_options())
   summary = compare.run(base, settings.labels, settings.seeds, settings.report_dir)
-  print(compare.markdown(summary))
+  print(compare_report.markdown(summary))
   print(f"report: {os.path.join(settings.report_dir, 'report.md')}")
 
 

@@ -11,7 +11,6 @@ command resumes from `backup/`; `history.json` keeps every epoch's exact eval me
 so `best` stays the best epoch of the whole run and the summary covers every epoch.
 """
 import contextlib
-import dataclasses
 import hashlib
 import math
 import os
@@ -22,92 +21,18 @@ import tensorflow as tf
 
 from hmdn.features import locks, options, preprocessed, run_directory
 from hmdn.features.fileio import write_json_atomic
-from hmdn.features.options import option, validate
 from hmdn.features.preprocessed import PreprocessedData
 from hmdn.features.run_directory import RunDirectory, RunMismatchError
 from hmdn.models.ctr_model import CTRModel
 from hmdn.models.registry import ModelConfig
 from hmdn.pipeline import callbacks as callbacks_lib
 from hmdn.pipeline import data, evaluate, optimizers, strategies
-
-LR_SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-
+from hmdn.pipeline.run_length import (check_lr_warmup, check_quantizer_starts,
+                                      follow_codebook_warmup, hint_few_steps,
+                                      steps_per_epoch)
+from hmdn.pipeline.train_config import LR_SCHEDULES, TrainConfig
 
 TrainingError = callbacks_lib.TrainingError  # a non-finite loss or weights
-
-
-@dataclasses.dataclass
-class TrainConfig:
-  data_dir: str = option(help="Preprocessed data (output of `preprocess`).")
-  model_dir: str = option(help="Checkpoints, TensorBoard logs, run config.")
-  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-  strategy: str = option("default", "tf.distribute strategy; multi-worker ones read "
-                         "TF_CONFIG.", strategies.STRATEGIES)
-  tpu: str = option("", "tpu: the TPU name or grpc:// address.")
-  num_devices: int = option(0, "mirrored: number of devices (0 = all GPUs).", minimum=0)
-  batch_size: int = option(512, "GLOBAL batch size (over all replicas).", minimum=1)
-  learning_rate: float = option(2e-3, "Learning rate for the global batch.", above=0)
-  optimizer: str = option("adam", "adam: Adam on every weight (each step decays the "
-                          "moments of every row of every embedding table: its cost "
-                          "grows with the tables); lazy_adam: Adam's update on only "
-                          "the embedding rows the batch looked up (dense weights: "
-                          "Adam). For tables of 100k rows and more.",
-                          optimizers.OPTIMIZERS)
-  lr_schedule: str = option("constant", "Learning rate schedule (cosine decays to 0 "
-                            "over the run, after --warmup_steps).", LR_SCHEDULES)
-  warmup_steps: int = option(0, "Linear warm-up steps of the cosine schedule.", minimum=0)
-  epochs: int = option(3, "Training epochs.", minimum=1)
-  steps_per_epoch: int = option(0, "0 = one pass over the training split.", minimum=0)
-  early_stopping_patience: int = option(0, "Stop after N epochs without a better exact "
-                                        "eval AUC (0 = off).", minimum=0)
-  keep_checkpoints: int = option(3, "Epoch checkpoints kept.", minimum=0)
-  backup_every_steps: int = option(0, "Fault-tolerance backup frequency in steps (0 = "
-                                   "each epoch).", minimum=0)
-  ps_min_shard_bytes: int = option(256 << 10, "parameter_server: embedding tables "
-                                   "larger than this are sharded across the PS tasks.",
-                                   minimum=0)
-  seed: int = option(0, "Seed of data generation, initialisation and shuffling.",
-                     minimum=0)
-  cache_input: bool = option(False, "Keep the training split's serialized records in "
-                             "memory after the first pass (no more reading or "
-                             "decompression; each epoch a uniform shuffle of the whole "
-                             "split). For data that fits in memory.")
-  shuffle_window: int = option(data.SHUFFLE_WINDOW_RECORDS, "Training records read "
-                               "in a row that are put in a random order at once "
-                               "(streamed input; up to about 3 windows are held in "
-                               "memory).", minimum=1)
-  steps_per_execution: int = option(1, "Training steps per call into TensorFlow: fewer "
-                                    "Python round trips between steps (the callbacks "
-                                    "work per epoch; --backup_every_steps is rounded "
-                                    "down to a multiple of it).", minimum=1)
-  mixed_precision: str = option(
-      "float32", "Keras dtype policy: mixed_float16 (GPU) or mixed_bfloat16 (TPU, recent "
-      "CPUs) compute in 16 bits with float32 variables; the quantizer's distances, "
-      "codebooks, the logit head and the losses stay float32.", PRECISIONS)
-  jit_compile: bool = option(False, "XLA auto-clustering: compile the numeric parts of "
-                             "the step (string lookups stay outside). GPU/TPU; on CPU "
-                             "only with TF_XLA_FLAGS=--tf_xla_cpu_global_jit.")
-  deterministic: bool = option(False, "Same seed, same model: training batches in a "
-                               "fixed order and TensorFlow ops deterministic "
-                               "(tf.config.experimental.enable_op_determinism, for the "
-                               "whole process). Slower input; for comparisons.")
-  overwrite: bool = option(False, "Train into a --model_dir that holds a finished run "
-                           "or another run (other model or data): its outputs are "
-                           "removed first. Without it such a directory is refused; an "
-                           "unfinished run of the same model and data is resumed. "
-                           "`run`: its earlier export versions are replaced too "
-                           "(--keep_export_versions).")
-
-  def validate(self) -> "TrainConfig":
-    """The declared rules (`features.options.validate`), before any work; each error
-    names the flag and its value. The model config checks itself."""
-    validate(self)
-    if self.warmup_steps and self.lr_schedule != "cosine":
-      raise ValueError(f"--warmup_steps={self.warmup_steps}: the learning-rate warm-up "
-                       "is part of --lr_schedule=cosine (the constant schedule has "
-                       "none); drop it or add --lr_schedule=cosine")
-    return self
 
 
 # Tables from this size on make Adam's every-row update the larger part of a step
@@ -156,75 +81,6 @@ def _scratch(run: RunDirectory) -> str:
   run_key = hashlib.sha256(run.model_dir.encode("utf-8")).hexdigest()[:12]
   return os.path.join(tempfile.gettempdir(),
                       f"hmdn-{task['type']}-{task['index']}-{run_key}")
-
-
-def steps_per_epoch(config: TrainConfig, train_rows: int) -> int:
-  """Training steps of one epoch: `--steps_per_epoch`, or one pass over the split."""
-  return config.steps_per_epoch or max(1, train_rows // config.batch_size)
-
-
-def check_quantizer_starts(config: TrainConfig, epoch_steps: int) -> None:
-  """An HMDN run shorter than its codebook warm-up would never quantize: its codes
-  would all be 0 and its s_D a constant, and it would still export."""
-  total = epoch_steps * config.epochs
-  warmup = config.model.hmdrr.quantizer.warmup_steps
-  if config.model.is_hmdn and warmup >= total:
-    raise ValueError(
-        f"--codebook_warmup_steps={warmup}: the run has only {total} training steps "
-        f"({config.epochs} epochs x {epoch_steps}), so the quantizer would never "
-        "start; lower it or train longer")
-
-
-def check_lr_warmup(config: TrainConfig, epoch_steps: int) -> None:
-  """A learning-rate warm-up as long as the run would never reach the set rate."""
-  total = epoch_steps * config.epochs
-  if config.lr_schedule == "cosine" and config.warmup_steps >= total:
-    raise ValueError(
-        f"--warmup_steps={config.warmup_steps}: the run has only {total} training steps "
-        f"({config.epochs} epochs x {epoch_steps}), so the learning rate would never "
-        "leave its warm-up; lower it or train longer")
-
-
-# A codebook warm-up that follows the run's length takes this share of the run.
-CODEBOOK_WARMUP_SHARE = 3  # one third: two thirds of the steps quantize
-
-
-def follow_codebook_warmup(config: TrainConfig, epoch_steps: int,
-                           log=print) -> TrainConfig:
-  """The default codebook warm-up on a run too short for it (fewer than 3 times its
-  steps): a third of the run instead, said in one line. Only for a warm-up the user
-  did not set (an explicit one too long is refused by check_quantizer_starts)."""
-  total = epoch_steps * config.epochs
-  if not config.model.is_hmdn:
-    return config
-  warmup = config.model.hmdrr.quantizer.warmup_steps
-  if total >= CODEBOOK_WARMUP_SHARE * warmup:
-    return config
-  followed = max(1, total // CODEBOOK_WARMUP_SHARE)
-  log(f"note: --codebook_warmup_steps follows the run's length: {followed} steps (the "
-      f"default {warmup} needs a run of {CODEBOOK_WARMUP_SHARE * warmup} steps or more; "
-      f"this one has {total}); set the flag to choose", flush=True)
-  return dataclasses.replace(config, model=options.with_values(
-      config.model, {"codebook_warmup_steps": followed}))
-
-
-# Fewer training steps per epoch than this learn little (a 5k-row log at batch 512:
-# 7 steps, AUC 0.55; at batch 64: 0.63): the trainer names --batch_size.
-FEW_STEPS_PER_EPOCH = 50
-
-
-def hint_few_steps(config: TrainConfig, train_rows: int, epoch_steps: int,
-                   log=print) -> None:
-  """One line when an epoch is a few steps only, naming a --batch_size that gives
-  FEW_STEPS_PER_EPOCH of them."""
-  if config.steps_per_epoch or epoch_steps >= FEW_STEPS_PER_EPOCH:
-    return
-  batch = 2 ** max(0, int(math.log2(max(1, train_rows // FEW_STEPS_PER_EPOCH))))
-  if batch >= config.batch_size:
-    return
-  log(f"note: {epoch_steps} training steps per epoch ({train_rows:,} rows / "
-      f"--batch_size={config.batch_size}): few steps learn little; --batch_size={batch} "
-      f"takes {train_rows // batch}", flush=True)
 
 
 def check_finite_weights(model: tf.keras.Model, what: str) -> None:

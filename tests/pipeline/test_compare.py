@@ -6,12 +6,12 @@ import re
 import numpy as np
 import pytest
 
-from hmdn.pipeline import compare
+from hmdn.pipeline import compare, compare_report, variants
 
 
 def test_variants_are_parsed_and_typed_like_their_config_fields():
-  assert compare.parse_variant("moe") == ("moe", {})
-  name, options = compare.parse_variant(
+  assert variants.parse_variant("moe") == ("moe", {})
+  name, options = variants.parse_variant(
       "hmdn_moe:num_levels=6:shared_codebook=true:implicit_fields=user_id|device")
   assert name == "hmdn_moe"
   assert options == {"num_levels": 6, "shared_codebook": True,
@@ -34,7 +34,7 @@ def test_variants_are_parsed_and_typed_like_their_config_fields():
 ])
 def test_bad_variants_are_refused_naming_the_option(text, message):
   with pytest.raises(ValueError, match=message):
-    compare.parse_variant(text)
+    variants.parse_variant(text)
 
 
 def test_deltas_are_paired_by_seed_and_against_every_variant_of_the_backbone():
@@ -44,7 +44,7 @@ def test_deltas_are_paired_by_seed_and_against_every_variant_of_the_backbone():
       "apg": [{"seed": 0, "auc": 0.5}, {"seed": 1, "auc": 0.5}],
       "hmdn_moe": [{"seed": 1, "auc": 0.73}, {"seed": 0, "auc": 0.72}],
   }
-  rows = compare.paired_deltas(results, list(results))
+  rows = compare_report.paired_deltas(results, list(results))
   assert [(r["model"], r["baseline"]) for r in rows] == [
       ("hmdn_moe", "moe"), ("hmdn_moe", "moe:condition=all")]
   d = np.array([0.72 - 0.70, 0.73 - 0.72])  # seed 0 with seed 0, seed 1 with seed 1
@@ -99,14 +99,14 @@ def test_report_escapes_list_labels_and_averages_codes_over_seeds():
            "codes": {"implicit/level_1": {"perplexity": perplexity, "dead_share": 0.0,
                                           "nmi": {"latent": nmi}}}}
           for seed, auc, perplexity, nmi in ((0, 0.70, 4.0, 0.2), (1, 0.72, 6.0, 0.4))]
-  text = compare.markdown({
+  text = compare_report.markdown({
       "data_dir": "d", "train_rows": 8, "eval_rows": 2, "epochs": 1, "batch_size": 4,
       "learning_rate": 0.1, "seeds": [0, 1], "results": {label: runs}, "deltas": [],
       "depth": []})
   assert "| hmdn_moe:implicit_fields=a\\|b | 0.7100 ± 0.0141 |" in text
   assert "| implicit/level_1 | 5.00 | 0.00 | 0.30 ± 0.14 |" in text
   assert "(mean ± std over 2 seeds)" in text
-  assert compare.file_name(label) == "hmdn_moe__implicit_fields=a+b"
+  assert variants.file_name(label) == "hmdn_moe__implicit_fields=a+b"
 
 
 def test_model_flags_apply_to_every_variant_under_its_own_overrides(tmp_path):
@@ -167,18 +167,18 @@ def test_the_depth_line_joins_only_variants_that_differ_in_depth():
   results = {"moe": runs(0.6),
              "hmdn_moe:num_levels=2": runs(0.70), "hmdn_moe:num_levels=4": runs(0.72),
              "hmdn_moe:num_levels=3:extraction=explicit": runs(0.65)}
-  depth = compare.depth_table(results)
+  depth = compare_report.depth_table(results)
   assert [(r["line"], r["num_levels"]) for r in depth] == [("hmdn_moe", 2),
                                                            ("hmdn_moe", 4)]
   # Two depths of the explicit variant: a second line, not a join with the first.
   results["hmdn_moe:extraction=explicit:num_levels=5"] = runs(0.66)
-  lines = {r["line"] for r in compare.depth_table(results)}
+  lines = {r["line"] for r in compare_report.depth_table(results)}
   assert lines == {"hmdn_moe", "hmdn_moe:extraction=explicit"}
 
 
 def test_a_long_variant_name_wraps_after_its_separators():
   label = "hmdn_moe:num_levels=6:extraction=explicit:implicit_fields=user_id|device"
-  lines = compare.wrap_label(label, 24).split("\n")
+  lines = compare_report.wrap_label(label, 24).split("\n")
   assert "".join(lines) == label
   assert lines == ["hmdn_moe:num_levels=6:", "extraction=explicit:",
                    "implicit_fields=user_id|", "device"]

@@ -17,7 +17,7 @@ from hmdn.features.preprocessed import PreprocessedData
 from hmdn.features.run_directory import RunDirectory, RunMismatchError
 from hmdn.models.registry import ModelConfig
 from hmdn.pipeline import callbacks as callbacks_lib
-from hmdn.pipeline import train
+from hmdn.pipeline import run_length, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -108,13 +108,13 @@ def test_hmdn_run_shorter_than_its_codebook_warmup_is_refused(planted_data_dir, 
   _one_line_error(proc, "--codebook_warmup_steps=6", "only 6 training steps")
   assert not model_dir.exists()
   with pytest.raises(ValueError, match="never start"):  # not for a plain backbone
-    train.check_quantizer_starts(train.TrainConfig(
+    run_length.check_quantizer_starts(train.TrainConfig(
         data_dir="d", model_dir="m", epochs=1, model=ModelConfig.of(
             name="hmdn_moe", codebook_warmup_steps=5)), 5)
-  train.check_quantizer_starts(train.TrainConfig(
+  run_length.check_quantizer_starts(train.TrainConfig(
       data_dir="d", model_dir="m", epochs=1, model=ModelConfig.of(
           name="moe", codebook_warmup_steps=5)), 5)
-  train.check_quantizer_starts(train.TrainConfig(
+  run_length.check_quantizer_starts(train.TrainConfig(
       data_dir="d", model_dir="m", epochs=1, model=ModelConfig.of(
           name="hmdn_moe", codebook_warmup_steps=4)), 5)
 

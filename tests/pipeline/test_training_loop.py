@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from hmdn.models.registry import ModelConfig
-from hmdn.pipeline import train
+from hmdn.pipeline import run_length, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONSOLE = {}  # the `run` fixture's stdout
@@ -175,14 +175,14 @@ def test_an_explicit_codebook_warmup_or_a_long_lr_warmup_is_refused():
                            model=ModelConfig(name="hmdn_moe", codebook_warmup_steps=100))
   with pytest.raises(ValueError, match=r"--codebook_warmup_steps=100: the run has only "
                      r"20 training steps \(2 epochs x 10\)"):
-    train.check_quantizer_starts(base, 10)
+    run_length.check_quantizer_starts(base, 10)
   long_lr = train.TrainConfig(data_dir="d", model_dir="m", epochs=2,
                               lr_schedule="cosine", warmup_steps=20)
   with pytest.raises(ValueError, match=r"--warmup_steps=20: the run has only 20 "
                      r"training steps \(2 epochs x 10\), so the learning rate would "
                      "never leave its warm-up"):
-    train.check_lr_warmup(long_lr, 10)
-  train.check_lr_warmup(long_lr, 11)  # 22 steps: the warm-up ends inside the run
+    run_length.check_lr_warmup(long_lr, 10)
+  run_length.check_lr_warmup(long_lr, 11)  # 22 steps: the warm-up ends inside the run
   with pytest.raises(ValueError, match="--warmup_steps=5: the learning-rate warm-up is "
                      "part of --lr_schedule=cosine"):
     train.TrainConfig(data_dir="d", model_dir="m", warmup_steps=5).validate()
@@ -192,11 +192,11 @@ def test_follow_codebook_warmup_keeps_a_run_long_enough_and_baselines():
   lines = []
   hmdn = train.TrainConfig(data_dir="d", model_dir="m", epochs=3,
                            model=ModelConfig(name="hmdn_moe"))
-  assert train.follow_codebook_warmup(hmdn, 100, log=lines.append) is hmdn
-  short = train.follow_codebook_warmup(hmdn, 31, log=lambda *a, **k: lines.append(a))
+  assert run_length.follow_codebook_warmup(hmdn, 100, log=lines.append) is hmdn
+  short = run_length.follow_codebook_warmup(hmdn, 31, log=lambda *a, **k: lines.append(a))
   assert short.model.codebook_warmup_steps == 31 and len(lines) == 1
   baseline = dataclasses.replace(hmdn, model=ModelConfig(name="moe"))
-  assert train.follow_codebook_warmup(baseline, 1, log=lines.append) is baseline
+  assert run_length.follow_codebook_warmup(baseline, 1, log=lines.append) is baseline
 
 
 class _FakeModel:
