@@ -79,12 +79,27 @@ def _try_create(directory: str) -> bool:
     os.remove(tmp)
 
 
+def _remove_stale_temps(directory: str) -> None:
+  """A lock record's temporary file left by a process killed while it took the lock
+  (`_try_create`): removed once that process is gone."""
+  prefix = os.path.basename(lock_path(directory)) + "."
+  for name in os.listdir(directory):
+    pid = name[len(prefix):-len(".tmp")]
+    if name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit() and (
+        int(pid) != os.getpid() and not _alive(int(pid))):
+      try:
+        os.remove(os.path.join(directory, name))
+      except FileNotFoundError:
+        pass
+
+
 def _acquire(directory: str, flag: str) -> bool:
   """Takes the lock; True when this call created it (and must remove it)."""
   if os.path.lexists(directory) and not os.path.isdir(directory):
     raise OutputPathError(f"{flag}={directory} is a file, not a directory; nothing "
                           "was written")
   os.makedirs(directory, exist_ok=True)
+  _remove_stale_temps(directory)
   for _ in range(3):
     if _try_create(directory):
       return True

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 
-from hmdn.features import locks, options, preprocessed, run_directory
+from hmdn.features import locks, options, ownership, preprocessed, run_directory
 from hmdn.features.fileio import write_json_atomic
 from hmdn.features.preprocessed import PreprocessedData
 from hmdn.features.run_directory import RunDirectory, RunMismatchError
@@ -229,10 +229,18 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   if not chief:
     return _train_held(config, strategy, data_files, run, chief,
                        follow_codebook_warmup_steps)
-  with locks.held(run.model_dir, "--model_dir"):
-    run.claim()
-    return _train_held(config, strategy, data_files, run, chief,
-                       follow_codebook_warmup_steps)
+  created = "://" not in run.model_dir and not os.path.exists(run.model_dir)
+  try:
+    with locks.held(run.model_dir, "--model_dir"):
+      run.claim()
+      return _train_held(config, strategy, data_files, run, chief,
+                         follow_codebook_warmup_steps)
+  except BaseException:
+    if created:  # refused or failed before writing anything: leave no directory
+      ownership.unclaim_if_empty(run.model_dir)
+      if os.path.isdir(run.model_dir) and not os.listdir(run.model_dir):
+        os.rmdir(run.model_dir)
+    raise
 
 
 def _train_held(config: TrainConfig, strategy: Optional[tf.distribute.Strategy],

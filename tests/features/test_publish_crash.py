@@ -8,6 +8,7 @@ after a SIGKILL). Every such directory must be refused by the readers, or hold t
 run complete, and the next run must leave exactly a clean run's files. The Beam
 pipeline itself is replaced by a stand-in that writes a staging directory (the steps
 under test are the job's, around the pipeline), so the whole file runs in seconds."""
+import json
 import os
 import shutil
 
@@ -16,6 +17,7 @@ import tensorflow as tf
 
 from hmdn.beam_jobs import preprocess
 from hmdn.beam_jobs.config import PreprocessConfig
+from hmdn.features import locks
 from hmdn.features import spec as spec_lib
 from hmdn.features.preprocessed import EVAL, TRAIN, IncompleteDataError, PreprocessedData
 
@@ -70,7 +72,7 @@ def _stand_in(version):
       os.makedirs(os.path.dirname(path), exist_ok=True)
       with open(path, "w") as f:
         f.write(version)
-    return {"version": version, "rows_written": {TRAIN: 3, EVAL: 1}}
+    return {"version": version, "rows_read": 4, "rows_written": {TRAIN: 3, EVAL: 1}}
   return run_staged
 
 
@@ -87,7 +89,7 @@ def job(tmp_path):
         disk.install(m)
       preprocess.run(PreprocessConfig(raw=str(tmp_path / "raw.csv"), output_dir=str(out),
                                       spec_path=str(tmp_path / "spec.yaml"),
-                                      direct_num_workers=1))
+                                      direct_num_workers=1, overwrite=True))
   return run, str(out)
 
 
@@ -115,12 +117,40 @@ def _assert_complete(out, version):
   assert data.spec.name == "crash"
 
 
+def _dead_pid() -> int:
+  for pid in range(4_194_303, 4_000_000, -1):
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return pid
+    except PermissionError:
+      continue
+  raise RuntimeError("no free pid")
+
+
+def _as_if_the_process_died(out):
+  """A kill here is simulated in this process: what a SIGKILL leaves of its lock (the
+  record and a temporary file) now names a process that no longer runs."""
+  lock = os.path.join(out, locks.LOCK_FILE)
+  dead = _dead_pid()
+  for name in os.listdir(out):
+    if name.startswith(locks.LOCK_FILE + f".{os.getpid()}."):
+      os.rename(os.path.join(out, name), lock + f".{dead}.tmp")
+  if os.path.exists(lock):
+    with open(lock) as f:
+      record = json.load(f)
+    record["pid"] = dead
+    with open(lock, "w") as f:
+      json.dump(record, f)
+
+
 def test_a_kill_at_any_publishing_step_leaves_a_refused_or_complete_directory(
     job, monkeypatch):
   run, out = job
   run(monkeypatch, "first")
   clean = _files(out)  # what one run leaves
-  assert set(OUTPUTS) | {"metadata.json", "spec.yaml"} == set(clean)
+  # (.hmdn-output.json: the marker saying the directory is hmdn's, features/ownership)
+  assert set(OUTPUTS) | {"metadata.json", "spec.yaml", ".hmdn-output.json"} == set(clean)
   counted = Disk()
   run(monkeypatch, "counted", counted)
   _assert_complete(out, "counted")
@@ -132,6 +162,7 @@ def test_a_kill_at_any_publishing_step_leaves_a_refused_or_complete_directory(
     _assert_complete(out, "old")
     with pytest.raises(Killed):
       run(monkeypatch, "new", Disk(kill_at))
+    _as_if_the_process_died(out)
     if PreprocessedData(out).is_complete():  # all of one run, or refused
       version = PreprocessedData(out).metadata["version"]
       _assert_complete(out, version)
@@ -148,7 +179,12 @@ def test_a_kill_at_any_publishing_step_leaves_a_refused_or_complete_directory(
   first_refused, first_new = outcomes.index("refused"), outcomes.index("new")
   assert outcomes == (["old"] * first_refused + ["refused"] * (first_new - first_refused)
                       + ["new"] * (len(outcomes) - first_new)), outcomes
-  assert first_refused == 1, outcomes
+  # The step that makes the directory refused is the marker's removal; before it only
+  # hmdn's lock and ownership marker were touched.
+  assert counted.steps[first_refused - 1][0] == "os.remove" and counted.steps[
+      first_refused - 1][1][0].endswith("/metadata.json"), counted.steps
+  assert all(".hmdn" in str(args) for _, args in counted.steps[:first_refused - 1]), (
+      counted.steps[:first_refused])
   assert counted.steps[first_new - 1][0] == "tf.io.gfile.rename", counted.steps
   assert counted.steps[first_new - 1][1][1].endswith("/metadata.json"), counted.steps
   assert spec_lib.load_spec(os.path.join(out, "spec.yaml")).name == "crash"

@@ -339,7 +339,7 @@ def test_the_epoch_loss_is_the_mean_of_its_batch_losses(data_dir, batches):
   # Learning rate 0: every batch keeps its own loss, so the epoch's figure can be
   # told apart from the last batch's (what the epoch logs held before).
   tf.keras.utils.set_random_seed(0)
-  model = train.build_model(data_dir, ModelConfig(name="dnn", **SMALL))
+  model = train.build_model(data_dir, ModelConfig.of(name="dnn", **SMALL))
   model.compile(optimizer=tf.keras.optimizers.SGD(0.0))
   some = batches[:6]
   each = [model.evaluate(_as_dataset([b]), verbose=0, return_dict=True) for b in some]

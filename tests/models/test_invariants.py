@@ -153,7 +153,7 @@ def test_inference_and_evaluation_leave_every_variable_alone(data_dir, spec, bat
   """Before seeding (the warm-up buffer) and past warm-up (the EMA codebooks): only a
   training step moves a variable."""
   tf.keras.utils.set_random_seed(0)
-  model = train.build_model(data_dir, ModelConfig(name="hmdn_mmoe", **SMALL))
+  model = train.build_model(data_dir, ModelConfig.of(name="hmdn_mmoe", **SMALL))
   model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
   quantizer = model.hierarchy.quantizer
   features = batches[0][0]
@@ -208,7 +208,7 @@ def _one_row_per_value(features, field, values):
 @pytest.mark.parametrize("name", ["star", "hmdn_mmoe"])
 def test_a_never_seen_coarsest_value_is_the_oov_domain(name, data_dir, batches):
   tf.keras.utils.set_random_seed(0)
-  model = train.build_model(data_dir, ModelConfig(name=name, **SMALL))
+  model = train.build_model(data_dir, ModelConfig.of(name=name, **SMALL))
   coarsest = model._distribution_fields[0]  # pylint: disable=protected-access
   vocab = [line for line in open(PreprocessedData(data_dir).vocab_path(coarsest))
            .read().splitlines() if line]
@@ -275,7 +275,7 @@ def test_the_prediction_reads_every_embedded_field(name, derived_setup):
   assert {f.name for f in spec.derived_fields} <= {f.name for f in spec.embedded_fields}
   tf.keras.utils.set_random_seed(0)
   model = CTRModel(spec, vocab_dir, {"price": {"mean": 2.5, "std": 1.0}},
-                   ModelConfig(name=name, **SMALL))
+                   ModelConfig.of(name=name, **SMALL))
   derived = model.embeddings.derived_values(features)
   for field in ("scenario_item", "hour_bucket"):  # every row finds a real id
     assert model.embeddings.ids(field, derived[field]).numpy().min() > 0

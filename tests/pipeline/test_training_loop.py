@@ -160,7 +160,7 @@ def test_a_short_run_follows_the_default_codebook_warmup_in_one_line(planted_dat
       cwd=ROOT, capture_output=True, text=True, timeout=500)
   assert proc.returncode == 0, proc.stderr[-3000:]
   record = json.load(open(tmp_path / "m" / "run_config.json"))
-  followed = record["model"]["codebook_warmup_steps"]
+  followed = record["model"]["hmdrr"]["quantizer"]["warmup_steps"]
   steps = record["config"]["epochs"] * (json.load(open(os.path.join(
       planted_data_dir, "metadata.json")))["rows_written"]["train"] // 512)
   assert followed == steps // 3 and followed < 100
@@ -172,7 +172,7 @@ def test_a_short_run_follows_the_default_codebook_warmup_in_one_line(planted_dat
 
 def test_an_explicit_codebook_warmup_or_a_long_lr_warmup_is_refused():
   base = train.TrainConfig(data_dir="d", model_dir="m", epochs=2,
-                           model=ModelConfig(name="hmdn_moe", codebook_warmup_steps=100))
+                           model=ModelConfig.of(name="hmdn_moe", codebook_warmup_steps=100))
   with pytest.raises(ValueError, match=r"--codebook_warmup_steps=100: the run has only "
                      r"20 training steps \(2 epochs x 10\)"):
     run_length.check_quantizer_starts(base, 10)
@@ -194,7 +194,7 @@ def test_follow_codebook_warmup_keeps_a_run_long_enough_and_baselines():
                            model=ModelConfig(name="hmdn_moe"))
   assert run_length.follow_codebook_warmup(hmdn, 100, log=lines.append) is hmdn
   short = run_length.follow_codebook_warmup(hmdn, 31, log=lambda *a, **k: lines.append(a))
-  assert short.model.codebook_warmup_steps == 31 and len(lines) == 1
+  assert short.model.hmdrr.quantizer.warmup_steps == 31 and len(lines) == 1
   baseline = dataclasses.replace(hmdn, model=ModelConfig(name="moe"))
   assert run_length.follow_codebook_warmup(baseline, 1, log=lines.append) is baseline
 
