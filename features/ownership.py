@@ -15,8 +15,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 from hmdn.features import fileio, locks
 
 MARKER_FILE = ".hmdn-output.json"
-DATA, RUN, EXPORT, REPORT = "data", "run", "export", "report"
+DATA, RUN, EXPORT, REPORT, GENERATED = "data", "run", "export", "report", "generated"
 KINDS: Dict[str, str] = {
+    GENERATED: "a generated log of `hmdn generate`",
     DATA: "a data directory of `hmdn preprocess`",
     RUN: "a run directory of `hmdn train`",
     EXPORT: "an export root of `hmdn export`",

@@ -166,7 +166,7 @@ def _require(*names: str) -> None:
 # --- Commands ------------------------------------------------------------------------------
 def cmd_generate() -> None:
   _require("output_dir")
-  stages.generate(FLAGS.output_dir, *generator_config())
+  stages.generate(FLAGS.output_dir, *generator_config(), overwrite=FLAGS.overwrite)
 
 
 def cmd_preprocess() -> None:
@@ -242,7 +242,7 @@ def cmd_run() -> None:
   summary = None
   if raw is None:
     generated = os.path.join(out, "raw_logs")
-    summary = stages.generate(generated, *generator_config())
+    summary = stages.generate(generated, *generator_config(), overwrite=True)  # the run's own
     raw, spec = stages.generated_raw(generated), spec or stages.generated_spec(generated)
   elif spec is None:
     raise ValueError("--spec is needed with --raw: it declares the fields of the log")
@@ -304,7 +304,8 @@ DIRS = ("data_dir", "model_dir")  # in `run` and `compare`: from --output_dir/--
 
 COMMANDS: Dict[str, Command] = {c.name: c for c in (
     Command("generate", "synthetic raw logs and their spec into --output_dir",
-            cmd_generate, (FlagGroup("generate", ("output_dir",)), GENERATED, EVERY)),
+            cmd_generate, (FlagGroup("generate", ("output_dir", "overwrite")), GENERATED,
+                           EVERY)),
     Command("preprocess", "Beam: raw logs (--raw, --spec) into TFRecords in --data_dir",
             cmd_preprocess, (PREPROCESS, EVERY), beam=True),
     Command("train", "train (or resume) a model on --data_dir into --model_dir",

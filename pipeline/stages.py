@@ -8,6 +8,7 @@ from typing import Dict, Optional, Sequence
 import tensorflow as tf
 
 from hmdn.beam_jobs import generated_logs  # no Beam
+from hmdn.features import locks, ownership
 from hmdn.features.fileio import write_json_atomic
 from hmdn.features.preprocessed import EVAL, PreprocessedData
 from hmdn.features.run_directory import absolute
@@ -27,9 +28,20 @@ def generated_spec(output_dir: str) -> str:
   return generated_logs.spec_path(output_dir)
 
 
-def generate(output_dir: str, generator, config) -> Dict:
-  """A built-in generator (beam_jobs.generators) -> the summary of the log it wrote."""
-  summary = generator.generate(output_dir, config)
+def generate(output_dir: str, generator, config, overwrite: bool = False) -> Dict:
+  """A built-in generator (beam_jobs.generators) -> the summary of the log it wrote,
+  into a directory that is new, empty or a generated log (replaced with `overwrite`)."""
+  with locks.held(output_dir, "--output_dir"):
+    # An unmarked log of an earlier version is ours only with its generator.json.
+    ours = ownership.claim(
+        output_dir, ownership.GENERATED, "--output_dir",
+        signature=(generated_logs.SUMMARY_FILE,),
+        own=lambda name: name in (generated_logs.RAW_DIR, generated_logs.SPEC_FILE,
+                                  generated_logs.SUMMARY_FILE))
+    if ours and not overwrite:
+      raise ValueError(f"--output_dir={output_dir} holds a log generated earlier; pass "
+                       "--overwrite to replace it, or use another --output_dir")
+    summary = generator.generate(output_dir, config)
   print(f"generated {summary['rows']} rows with {generator.name!r} (CTR "
         f"{summary['ctr']:.4f}, oracle AUC {summary['oracle_auc']:.4f}) in "
         f"{generated_raw(output_dir)}; spec: {generated_spec(output_dir)}")

@@ -269,3 +269,25 @@ def test_compare_refuses_an_earlier_report_without_overwrite(tmp_path):
   with pytest.raises(ownership.ForeignDirectoryError, match="'notes.md'"):
     compare.claim_report(str(tmp_path / "mine"), overwrite=True)
   assert os.listdir(tmp_path / "mine") == ["notes.md"]
+
+
+def test_generate_writes_only_into_its_own_directory(capsys, tmp_path):
+  user = tmp_path / "mine"
+  user.mkdir()
+  (user / "spec.yaml").write_text("my own spec\n")
+  code, err = hmdn(capsys, "generate", f"--output_dir={user}", "--rows=200")
+  assert code == 2
+  _only_line(err, f"--output_dir={user}", "not written by hmdn")
+  assert (user / "spec.yaml").read_text() == "my own spec\n"
+  assert sorted(os.listdir(user)) == ["spec.yaml"]
+
+  out = tmp_path / "log"
+  assert hmdn(capsys, "generate", f"--output_dir={out}", "--rows=200")[0] == 0
+  first = (out / "generator.json").read_text()
+  code, err = hmdn(capsys, "generate", f"--output_dir={out}", "--rows=300")
+  assert code == 2
+  _only_line(err, "holds a log generated earlier", "--overwrite")
+  assert (out / "generator.json").read_text() == first
+  assert hmdn(capsys, "generate", f"--output_dir={out}", "--rows=300",
+              "--overwrite")[0] == 0
+  assert '"rows": 300' in (out / "generator.json").read_text()
