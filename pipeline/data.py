@@ -154,8 +154,9 @@ def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
   read in a row, after reading the files in a new random order each epoch. `cache`
   (training) keeps the split's serialized records in memory after the first pass: no
   more reading or decompression, and each epoch is a uniform shuffle of the whole
-  split. Training batches come in whatever order the parallel readers finish, unless
-  `deterministic`: then the same seed gives the same batches.
+  split. Training reads blocks in whatever order the parallel readers finish (an
+  epoch's records, never the next epoch's), unless `deterministic`: then the same seed
+  gives the same batches.
   """
   if shuffle_window < 1:
     raise ValueError(f"shuffle_window={shuffle_window!r}: expected an integer >= 1")
@@ -177,9 +178,11 @@ def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
     ds = _cached_epochs(ds, batch_size, seed)
   else:
     ds = shuffled_windows(ds, batch_size, shuffle_window, seed)
+  # Batches keep their order (only the reading is unordered): an unordered parse could
+  # hand out the next epoch's first batch before this epoch's last one.
   ds = ds.map(lambda s: split_label(
       parse_batch(s, spec, for_serving=True, with_label=True), spec),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(ordered))
 
 
