@@ -261,7 +261,8 @@ def cmd_compare() -> None:
   settings = config_flags.from_flags(compare.CompareConfig).validate()
   base = train_config(FLAGS.data_dir, settings.report_dir)
   compare.refuse_unused_flags(base, settings.labels, given_model_options())
-  summary = compare.run(base, settings.labels, settings.seeds, settings.report_dir)
+  summary = compare.run(base, settings.labels, settings.seeds, settings.report_dir,
+                        follow_codebook_warmup_steps=_codebook_warmup_unset())
   print(compare_report.markdown(summary))
   print(f"report: {os.path.join(settings.report_dir, 'report.md')}")
 

@@ -32,7 +32,7 @@ from hmdn.features.fileio import write_json_atomic, write_text_atomic
 from hmdn.features.preprocessed import TRAIN, PreprocessedData, delete_tree
 from hmdn.pipeline import evaluate, metrics, run_length, train
 from hmdn.pipeline.compare_report import depth_table, markdown, paired_deltas, plots
-from hmdn.pipeline.variants import file_name, option_text, parse_variant
+from hmdn.pipeline.variants import file_name, is_hmdn, option_text, parse_variant
 
 @dataclasses.dataclass
 class CompareConfig:
@@ -140,9 +140,12 @@ def run_one(base, label: str, seed: int, report_dir: str, sizes: Dict[str, int])
 
 
 def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
-        log=print) -> Dict:
+        log=print, follow_codebook_warmup_steps: bool = False) -> Dict:
   """Trains every model with every seed (seeds outermost, so machine drift hits all
-  models alike), then writes results.json, report.md and the plots."""
+  models alike), then writes results.json, report.md and the plots.
+  `follow_codebook_warmup_steps`: the codebook warm-up was not set on the command line,
+  so runs shorter than it needs follow their length, as `hmdn train` does (a variant's
+  own `codebook_warmup_steps` is kept)."""
   repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
   if repeated:
     raise ValueError(f"--seeds={','.join(map(str, seeds))}: seed {repeated[0]} is listed "
@@ -158,6 +161,11 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
   CompareConfig(report_dir, ",".join(labels), tuple(seeds)).validate()
   data = PreprocessedData(base.data_dir).check_complete()
   steps = run_length.steps_per_epoch(base, data.rows(TRAIN))
+  followed = run_length.followed_codebook_warmup(base, steps)
+  if follow_codebook_warmup_steps and followed is not None and any(
+      is_hmdn(label) for label in labels):
+    base = run_length.with_codebook_warmup(base, steps, followed,
+                                           log=lambda line, **_: log(line))
   for label in labels:  # every bad model or option fails before the first run
     config = run_config(base, label, seeds[0], report_dir)
     config.model.validate()

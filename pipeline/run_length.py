@@ -3,6 +3,7 @@ of the learning rate) the run would never leave is refused, a default codebook w
 too long for a short run follows its length, and an epoch of a few steps gets a hint."""
 import dataclasses
 import math
+from typing import Optional
 
 from hmdn.features import options
 from hmdn.pipeline.train_config import TrainConfig
@@ -39,23 +40,35 @@ def check_lr_warmup(config: TrainConfig, epoch_steps: int) -> None:
 CODEBOOK_WARMUP_SHARE = 3  # one third: two thirds of the steps quantize
 
 
-def follow_codebook_warmup(config: TrainConfig, epoch_steps: int,
-                           log=print) -> TrainConfig:
-  """The default codebook warm-up on a run too short for it (fewer than 3 times its
-  steps): a third of the run instead, said in one line. Only for a warm-up the user
-  did not set (an explicit one too long is refused by check_quantizer_starts)."""
+def followed_codebook_warmup(config: TrainConfig, epoch_steps: int) -> Optional[int]:
+  """The codebook warm-up a run of `config`'s length follows when its own needs a
+  longer run (fewer than 3 times its steps): a third of the run; None when it fits."""
   total = epoch_steps * config.epochs
-  if not config.model.is_hmdn:
-    return config
-  warmup = config.model.hmdrr.quantizer.warmup_steps
-  if total >= CODEBOOK_WARMUP_SHARE * warmup:
-    return config
-  followed = max(1, total // CODEBOOK_WARMUP_SHARE)
+  if total >= CODEBOOK_WARMUP_SHARE * config.model.hmdrr.quantizer.warmup_steps:
+    return None
+  return max(1, total // CODEBOOK_WARMUP_SHARE)
+
+
+def with_codebook_warmup(config: TrainConfig, epoch_steps: int, followed: int,
+                         log=print) -> TrainConfig:
+  """`config` with the followed warm-up, said in one line."""
+  warmup, total = config.model.hmdrr.quantizer.warmup_steps, epoch_steps * config.epochs
   log(f"note: --codebook_warmup_steps follows the run's length: {followed} steps (the "
       f"default {warmup} needs a run of {CODEBOOK_WARMUP_SHARE * warmup} steps or more; "
       f"this one has {total}); set the flag to choose", flush=True)
   return dataclasses.replace(config, model=options.with_values(
       config.model, {"codebook_warmup_steps": followed}))
+
+
+def follow_codebook_warmup(config: TrainConfig, epoch_steps: int,
+                           log=print) -> TrainConfig:
+  """The default codebook warm-up on a run too short for it: a third of the run
+  instead, said in one line. Only for a warm-up the user did not set (an explicit one
+  too long is refused by check_quantizer_starts)."""
+  followed = followed_codebook_warmup(config, epoch_steps)
+  if not config.model.is_hmdn or followed is None:
+    return config
+  return with_codebook_warmup(config, epoch_steps, followed, log)
 
 
 # Fewer training steps per epoch than this learn little (a 5k-row log at batch 512:

@@ -196,3 +196,26 @@ def test_compare_config_is_checked_like_every_config(kwargs, message):
   with pytest.raises(ValueError, match=message):
     config.validate()
   assert compare.CompareConfig("r").validate().labels == ["moe", "hmdn_moe"]
+
+
+def test_short_runs_follow_the_default_codebook_warmup_unless_it_was_set(
+    planted_data_dir, tmp_path, monkeypatch):
+  """As in `hmdn train`: with the flag unset the runs follow their length (one note);
+  a variant's own codebook_warmup_steps stays and is checked against the run."""
+  from hmdn.pipeline.train import TrainConfig
+  seen = []
+  monkeypatch.setattr(compare, "_run_held", lambda base, *a, **k: seen.append(base) or {})
+  base = TrainConfig(data_dir=planted_data_dir, model_dir=str(tmp_path), epochs=1,
+                     batch_size=512)
+  lines = []
+  compare.run(base, ["moe", "hmdn_moe"], [0], str(tmp_path / "r1"), log=lines.append,
+              follow_codebook_warmup_steps=True)
+  steps = compare.run_length.steps_per_epoch(base, compare.PreprocessedData(
+      planted_data_dir).rows(compare.TRAIN))
+  assert seen[-1].model.hmdrr.quantizer.warmup_steps == max(1, steps // 3) < 100
+  assert len(lines) == 1 and "follows the run's length" in lines[0]
+  with pytest.raises(ValueError, match="--codebook_warmup_steps=100: the run has only"):
+    compare.run(base, ["moe", "hmdn_moe"], [0], str(tmp_path / "r2"), log=lines.append)
+  with pytest.raises(ValueError, match="--codebook_warmup_steps=500"):
+    compare.run(base, ["hmdn_moe:codebook_warmup_steps=500"], [0], str(tmp_path / "r3"),
+                log=lines.append, follow_codebook_warmup_steps=True)
