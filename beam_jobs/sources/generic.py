@@ -246,7 +246,7 @@ def _mark_task_violations(spec, columns, slow) -> None:
     if f.after is None:
       continue
     for i, (task, prerequisite) in enumerate(zip(columns[f.name], columns[f.after])):
-      if task == 1.0 and prerequisite == 0.0:
+      if spec_lib.violates_after(task, prerequisite):
         slow.add(i)
 
 

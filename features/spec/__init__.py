@@ -5,7 +5,7 @@ Callers import the package (`from features import spec as spec_lib`); its module
 TF specs derived from them), `validation` (the rules, checked on construction), `cells`
 (one raw cell -> a value, never coerced) and `loading` (YAML in and out).
 """
-from hmdn.features.spec.cells import check_cell, check_tasks, parse_value
+from hmdn.features.spec.cells import check_cell, check_tasks, parse_value, violates_after
 from hmdn.features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS, DERIVED_KINDS,
                                       FEATURE, FIELD_NAME_PATTERN, FLOAT32_MAX, KINDS, LABEL,
                                       MAX_CELL_CHARS, MODE, MULTI_CATEGORICAL, NUMERIC, ORACLE,

@@ -156,11 +156,17 @@ def _category(feature: "Feature", raw: Any) -> str:
   return _check_text(feature, str(raw))
 
 
+def violates_after(task: Any, prerequisite: Any) -> bool:
+  """The `after` rule: a task observed only after its prerequisite's positive is 1
+  where the prerequisite is 0 (a purchase without a click)."""
+  return task == 1.0 and prerequisite == 0.0
+
+
 def check_tasks(spec: "FeatureSpec", record: Mapping[str, Any]) -> None:
   """A row's labels agree with their `after` links: a task observed only after
   another's positive (a purchase after a click) is 0 wherever that one is 0; raises
   SpecError naming both fields and their values."""
   for f in spec.labels:
-    if f.after is not None and record.get(f.name) == 1.0 and record.get(f.after) == 0.0:
+    if f.after is not None and violates_after(record.get(f.name), record.get(f.after)):
       raise SpecError(f"field {f.name!r}: label 1 where {f.after!r} is 0 ({f.name} is "
                       f"observed only after a {f.after}: after: {f.after})")
