@@ -17,6 +17,7 @@ from hmdn.features.options import nested, option, validate, with_values
 from hmdn.models.backbones import BACKBONES
 from hmdn.models.hierarchical import IMPLICIT, HMDRRConfig, views_of
 from hmdn.models.quantizer import QuantizerConfig
+from hmdn.models.tasks import CVR_LOSSES
 
 HMDN_PREFIX = "hmdn_"
 HMDN_CONDITIONS = ("concat", "hierarchical_only")
@@ -101,11 +102,23 @@ class ModelConfig:
   hmdn_condition: str = option(
       "concat", "How s_D conditions the backbone: concatenated with the backbone's "
       "condition, or alone.", choices=HMDN_CONDITIONS, applies=_unless_hmdn)
+  task_tower_units: Tuple[int, ...] = option(
+      (32,), "Hidden layer sizes of each task's tower before its logit, in a model of "
+      "several tasks (the spec's label fields); one task keeps a single logit head.",
+      minimum=1)
+  cvr_loss: str = option(
+      "entire", "How a task observed after another (after: in the spec) is trained: "
+      "BCE of p(ctcvr) = p(ctr) * p(cvr) over every impression (ESMM), BCE of p(cvr) "
+      "over the rows where the prerequisite is 1 (masked), or both.", choices=CVR_LOSSES)
+  task_dim: int = option(8, "Width of the task embedding HMDN's explicit view reads in "
+                         "a model of several tasks (the task as a level of the "
+                         "hierarchy).", minimum=1, applies=_unless_hmdn)
   seed: int = option(0, "Seed of the quantizer's random ops.", minimum=0)
 
   def __post_init__(self):
     # JSON and flags give lists; the fields are tuples.
     self.implicit_fields = tuple(self.implicit_fields)
+    self.task_tower_units = tuple(self.task_tower_units)
 
   @classmethod
   def of(cls, **values) -> "ModelConfig":

@@ -10,7 +10,7 @@ than per-example parsing) and prefetched.
 import gzip
 import os
 import struct
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import tensorflow as tf
 
@@ -56,7 +56,8 @@ def parse_batch(serialized: tf.Tensor, spec: spec_lib.FeatureSpec,
   """
   parsing_spec = spec.parsing_spec(for_serving=for_serving)
   if with_label:
-    parsing_spec[spec.label.name] = spec.parsing_spec()[spec.label.name]
+    full = spec.parsing_spec()
+    parsing_spec.update({f.name: full[f.name] for f in spec.labels})
   parsed = tf.io.parse_example(serialized, parsing_spec)
   for f in spec.features:
     if f.name in parsed and f.kind == spec_lib.MULTI_CATEGORICAL:
@@ -65,10 +66,12 @@ def parse_batch(serialized: tf.Tensor, spec: spec_lib.FeatureSpec,
 
 
 def split_label(parsed: Dict[str, tf.Tensor], spec: spec_lib.FeatureSpec
-                ) -> Tuple[Dict[str, tf.Tensor], tf.Tensor]:
+                ) -> Tuple[Dict[str, tf.Tensor], Any]:
+  """(features, label): the label a [batch] tensor, or with several tasks a dict of
+  them keyed by label field."""
   features = dict(parsed)
-  label = features.pop(spec.label.name)
-  return features, label
+  labels = {f.name: features.pop(f.name) for f in spec.labels}
+  return features, (labels if len(labels) > 1 else labels[spec.label.name])
 
 
 READ_BUFFER_BYTES = 4 << 20  # per gzip reader (measured: docs/speed.md, "pipeline")

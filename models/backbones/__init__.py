@@ -7,6 +7,7 @@ from hmdn.models.backbones.apg import APG  # noqa: E402
 from hmdn.models.backbones.base import Backbone  # noqa: E402
 from hmdn.models.backbones.dnn import DNN  # noqa: E402
 from hmdn.models.backbones.epnet import EPNet  # noqa: E402
+from hmdn.models.backbones.esmm import ESMM  # noqa: E402
 from hmdn.models.backbones.hinet import HiNet  # noqa: E402
 from hmdn.models.backbones.mmoe import MMoE  # noqa: E402
 from hmdn.models.backbones.moe import MoE  # noqa: E402
@@ -22,6 +23,7 @@ BACKBONES = {
     "star": STAR,
     "apg": APG,
     "epnet": EPNet,
+    "esmm": ESMM,
 }
 
 

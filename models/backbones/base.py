@@ -83,6 +83,22 @@ def runs_own_branch_only(num_domains: int, from_domains: int) -> bool:
   return num_domains >= from_domains
 
 
+def branch_count(task_branches: str, num_domains: int, num_tasks: int) -> int:
+  """How many branches (the backbone's `num_domains`) a model of `num_tasks` builds."""
+  if task_branches == "task":
+    return num_tasks
+  return num_domains * (num_tasks if task_branches else 1)
+
+
+def branch_ids(task_branches: str, domain: tf.Tensor, task: int,
+               num_domains: int) -> tf.Tensor:
+  """The branch an example runs for task `task`: its domain, its task, or the
+  (task, domain) pair numbered task * num_domains + domain."""
+  if task_branches == "task":
+    return tf.fill(tf.shape(domain), tf.constant(task, domain.dtype))
+  return domain + task * num_domains if task_branches else domain
+
+
 def select_by_domain(per_domain: tf.Tensor, domain: tf.Tensor) -> tf.Tensor:
   """Picks each example's own domain slice: [B, D, ...] x [B] -> [B, ...].
 
@@ -111,6 +127,11 @@ class Backbone(tf.keras.layers.Layer):
 
   reads_condition: bool = True
   reads_domain: bool = False
+  # In a model of several tasks: "" = one body shared by the tasks (each gets its own
+  # tower on top, in the model); "task_domain" = the branches are (task, domain) pairs
+  # (MMoE's and PLE's published multi-task form, a gate and tower per task, here per
+  # task and domain); "task" = a branch per task (ESMM). See `branch_ids`.
+  task_branches: str = ""
 
   def __init__(self, num_domains: int, output_dim: int, **kwargs):
     super().__init__(**kwargs)

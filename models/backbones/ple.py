@@ -37,6 +37,7 @@ class PLE(base.Backbone):
 
   reads_condition = True
   reads_domain = True
+  task_branches = "task_domain"  # several tasks: a gate and tower per task and domain
   # Own gate and tower only from this many domains (base.runs_own_branch_only).
   own_branch_from_domains = 32
 

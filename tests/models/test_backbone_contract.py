@@ -27,7 +27,7 @@ from test_backbones import random_inputs
 
 MODULES = ["hmdn.models.mlp"] + [
     f"hmdn.models.backbones.{m}" for m in ("base", "experts", "dnn", "moe", "mmoe",
-                                      "ple", "hinet", "star", "apg", "epnet")
+                                      "ple", "hinet", "star", "apg", "epnet", "esmm")
 ]
 
 
@@ -179,6 +179,7 @@ NON_DEFAULT = {
     "star": dict(normalize=False, dropout=0.1),
     "apg": dict(dropout=0.1),
     "epnet": dict(use_ppnet=False, dropout=0.1),
+    "esmm": dict(dropout=0.1),
 }
 
 

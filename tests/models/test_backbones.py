@@ -25,6 +25,7 @@ TINY = {
     "star": dict(units=[16], aux_units=[8]),
     "apg": dict(units=[16], rank=4, overparam_dim=8, generator_units=[8]),
     "epnet": dict(units=[16], gate_units=[8]),
+    "esmm": dict(units=[16]),
 }
 NAMES = sorted(BACKBONES)
 
@@ -86,15 +87,16 @@ def bce(model, x, y):
 
 def test_registry_and_condition_flags():
   assert set(BACKBONES) == {"dnn", "moe", "mmoe", "ple", "hinet", "star",
-                            "apg", "epnet"}
+                            "apg", "epnet", "esmm"}
   assert set(TINY) == set(BACKBONES)
   assert not uses_condition("dnn") and not uses_domain("dnn")
   for name in NAMES:
     assert issubclass(BACKBONES[name], tf.keras.layers.Layer)
-    if name != "dnn":
+    if name not in ("dnn", "esmm"):
       assert uses_condition(name)
+  assert not uses_condition("esmm")  # its branches are tasks
   assert {n for n in NAMES if uses_domain(n)} == {"mmoe", "ple", "hinet",
-                                                  "star"}
+                                                  "star", "esmm"}
   with pytest.raises(ValueError, match="nope"):
     uses_condition("nope")
 

@@ -57,17 +57,6 @@ def test_explicit_view_needs_a_distribution_field(tmp_path, data_dir):
              ModelConfig.of(name="hmdn_apg", extraction="explicit"))
 
 
-def test_a_spec_with_two_tasks_is_refused_in_one_line(data_dir):
-  spec = PreprocessedData(data_dir).spec
-  purchase = spec_lib.Feature(name="purchase", kind=spec_lib.NUMERIC,
-                              role=spec_lib.LABEL, after=spec.label.name)
-  two = spec_lib.FeatureSpec(name="two", source="two.yaml",
-                             features=spec.features + (purchase,))
-  from hmdn.models.ctr_model import CTRModel
-  with pytest.raises(ValueError, match=r"two.yaml has 2 labels \(click, purchase\)"):
-    CTRModel(two, PreprocessedData(data_dir).vocab_dir, {}, ModelConfig(name="moe"))
-
-
 def test_implicit_view_reads_the_spec_marked_fields_unless_overridden(data_dir, batches):
   import dataclasses
   from hmdn.models.ctr_model import CTRModel
@@ -270,7 +259,7 @@ def test_aux_head_loss_is_reported_finite_and_trains_the_implicit_view(
   assert 0.05 < result["aux_loss"] < 0.5, result
   features, labels = batches[0]
   with tf.GradientTape() as tape:
-    _, aux, _ = model._loss_terms((features, labels), training=False)
+    _, aux, _, _ = model._loss_terms((features, labels), training=False)
   encoders = model.hierarchy.encoders
   last = len(encoders.units) - 1
   explicit, implicit = (encoders.view_weights(last, v)[0] for v in range(2))
