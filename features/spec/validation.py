@@ -289,6 +289,10 @@ def _validate_history(spec: "FeatureSpec", f: "Feature", where: str) -> None:
                       f"{g.role!r}")
   if d.of == d.source:
     raise SpecError(f"{where}: a history's `of` {d.of!r} must differ from its source")
+  if earlier[d.order_by].default is not None:
+    raise SpecError(f"{where}: history order_by {d.order_by!r} has a default "
+                    f"({earlier[d.order_by].default!r}); a row without a time cannot be "
+                    "ordered, so the field must be required")
   if f.vocab_from != d.of:
     raise SpecError(f"{where}: a history of {d.of!r} shares its vocabulary: vocab_from "
                     f"must be {d.of!r}, got {f.vocab_from!r}")

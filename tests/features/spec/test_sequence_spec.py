@@ -189,6 +189,13 @@ def test_bad_histories_name_field_and_value(field, match):
     _spec(BASE + [field])
 
 
+def test_history_order_by_must_be_required():
+  base = [dict(f, default=0) if f["name"] == "ts" else f for f in BASE]
+  with pytest.raises(spec_lib.SpecError, match=r"'hist_items': history order_by 'ts' has "
+                                               r"a default \(0\)"):
+    _spec(base + [HIST])
+
+
 def test_history_source_must_be_raw():
   cross = {"name": "u_x_c", "kind": "categorical",
            "derived": {"kind": "cross", "sources": ["user_id", "category"]}}
