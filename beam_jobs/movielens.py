@@ -88,7 +88,9 @@ def parse_user_line(line: str) -> Tuple[str, Dict[str, str]]:
 
 def parse_item_line(line: str) -> Tuple[str, Dict[str, object]]:
   """u.item `id|title|release date|video release|url|19 genre flags` -> (item_id,
-  {title, release_year, genres}); raises SpecError."""
+  {title, release_year, genres, first_genre}); raises SpecError. `first_genre` is the
+  first flagged genre in ML_GENRES order ("" when none is: the spec's default), one
+  categorical value a genre history can hold."""
   cells = line.rstrip("\r\n").split("|")
   if len(cells) != 5 + len(ML_GENRES):
     raise spec_lib.SpecError(f"expected {5 + len(ML_GENRES)} |-separated fields "
@@ -100,7 +102,7 @@ def parse_item_line(line: str) -> Tuple[str, Dict[str, object]]:
   m = re.search(r"(\d{4})$", cells[2].strip())
   genres: List[str] = [g for g, f in zip(ML_GENRES, flags) if f == "1"]
   return cells[0], {"title": cells[1], "release_year": m.group(1) if m else "",
-                    "genres": genres}
+                    "genres": genres, "first_genre": genres[0] if genres else ""}
 
 
 # --- Fetching -----------------------------------------------------------------------------

@@ -56,8 +56,10 @@ from hmdn.beam_jobs.sources import base
 from hmdn.beam_jobs.tfds_metadata import tfds_name, write_tfds_metadata
 from hmdn.beam_jobs.transforms.batches import DEAD_LETTER, RECORDS, Batched
 from hmdn.beam_jobs.transforms.derived import AddDerivedFeatures
+from hmdn.beam_jobs.transforms.history import AddSpecHistories
 from hmdn.beam_jobs.transforms.side_results import WriteDeadLetter, WriteSideResults
-from hmdn.beam_jobs.transforms.statistics import DistributionStatistics, NumericMoments
+from hmdn.beam_jobs.transforms.statistics import (DistributionStatistics, NumericMoments,
+                                                  SequenceLengths, sequence_statistics)
 from hmdn.beam_jobs.transforms.time_split import SplitByTime
 from hmdn.beam_jobs.transforms.tfrecord_sink import WriteExamples
 from hmdn.beam_jobs.transforms.vocabularies import ComputeVocabularies
@@ -103,7 +105,12 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig,
   records = parsed[RECORDS]
   if not source.batched:
     records = records | "BatchRecords" >> Batched()
-  _ = parsed[DEAD_LETTER] | "DeadLetter" >> WriteDeadLetter(data.dead_letter_prefix)
+  dead_letters = [parsed[DEAD_LETTER]]
+  if spec.history_groups:  # keyed, time-ordered: a bad order_by row is a dead letter
+    records, rejected = records | "Histories" >> AddSpecHistories(spec)
+    dead_letters += rejected
+    dead_letters = [dead_letters | "FlattenDeadLetters" >> beam.Flatten()]
+  _ = dead_letters[0] | "DeadLetter" >> WriteDeadLetter(data.dead_letter_prefix)
   if config.split_time_field:
     quantile = config.split_time_quantile
     if config.split_time_cutoff is None and quantile is None:
@@ -127,6 +134,8 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig,
   side_results["moments"] = train | "Moments" >> NumericMoments(spec)
   side_results["distribution"] = (records | "DistributionStats"
                                   >> DistributionStatistics(spec))
+  if spec.sequence_fields:
+    side_results["sequences"] = records | "SequenceLengths" >> SequenceLengths(spec)
   _ = side_results | "SideResults" >> WriteSideResults(_scratch(data, SIDE_RESULTS))
 
 
@@ -154,6 +163,7 @@ def _run(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
     raise PreprocessError(f"--split_key {config.split_key!r} is not a field of "
                           f"{spec.source}")
   check_split_flags(config, spec)
+  check_history_split(config, spec)
   source = sources.get(config.source)
   data = PreprocessedData(config.output_dir)
   check_raw_outside_outputs(config.raw, data)  # before any input is even read
@@ -162,6 +172,21 @@ def _run(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
   with locks.held(data.data_dir, "--data_dir"):  # one writer; refused before any write
     _claim(data, config)
     return _run_owned(config, beam_args, spec, source, inputs, data, require_splits)
+
+
+def check_history_split(config: PreprocessConfig, spec: spec_lib.FeatureSpec) -> None:
+  """A time split on another field than a history's order_by is refused: only a split
+  on the history's own time keeps every eval row out of the training rows'
+  histories (transforms/history.py)."""
+  if not config.split_time_field:
+    return
+  for f in spec.features:
+    if f.is_history and f.derived.order_by != config.split_time_field:
+      raise PreprocessError(
+          f"--split_time_field={config.split_time_field}: history {f.name!r} is ordered "
+          f"by {f.derived.order_by!r}; split on the same time "
+          f"(--split_time_field={f.derived.order_by}) so that no training row's history "
+          "holds an eval row")
 
 
 def _claim(data: PreprocessedData, config: PreprocessConfig) -> None:
@@ -391,6 +416,9 @@ def _assemble_stats(data: PreprocessedData, spec: spec_lib.FeatureSpec,
       "missing": {f.name: counters.get(f"missing_{f.name}", 0) for f in spec.raw_fields},
       "distribution": distribution,
   }
+  if spec.sequence_fields:
+    stats["sequences"] = sequence_statistics(spec, dict(side.get("sequences", [])),
+                                             counters)
   found = FileSystems.match([_scratch(data, "*")])[0].metadata_list
   FileSystems.delete([m.path for m in found])
   return stats

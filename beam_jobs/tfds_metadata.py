@@ -22,7 +22,7 @@ def tfds_features(spec: spec_lib.FeatureSpec):
   for f in spec.features:
     if f.kind == spec_lib.NUMERIC:
       features[f.name] = tfds.features.Scalar(dtype=tf.float32)
-    elif f.kind == spec_lib.MULTI_CATEGORICAL:
+    elif f.kind in (spec_lib.MULTI_CATEGORICAL, spec_lib.SEQUENCE):
       features[f.name] = tfds.features.Sequence(tfds.features.Text())
     else:
       features[f.name] = tfds.features.Text()

@@ -52,7 +52,8 @@ def parse_batch(serialized: tf.Tensor, spec: spec_lib.FeatureSpec,
 
   All fields, or with `for_serving` only what the model is fed (plus the label when
   `with_label`): training parses nothing it does not use.
-  Multi-valued fields become `[batch, max_values]` strings padded with "".
+  Multi-valued fields become `[batch, max_values]` strings padded with "", sequences
+  `[batch, L]` as `dense_sequence` makes them (the spec's `tensor_specs` contract).
   """
   parsing_spec = spec.parsing_spec(for_serving=for_serving)
   if with_label:
@@ -62,7 +63,42 @@ def parse_batch(serialized: tf.Tensor, spec: spec_lib.FeatureSpec,
   for f in spec.features:
     if f.name in parsed and f.kind == spec_lib.MULTI_CATEGORICAL:
       parsed[f.name] = parsed[f.name].to_tensor(default_value="")
+    elif f.name in parsed and f.kind == spec_lib.SEQUENCE:
+      parsed[f.name] = dense_sequence(parsed[f.name], f.max_length)
   return parsed
+
+
+def dense_sequence(values, max_length: int) -> tf.Tensor:
+  """A batch of sequences (ragged, or dense with "" padding) -> the model's dense
+  `[batch, L]` strings: each row's values in order, most recent last, its last
+  `max_length` kept (a longer history is truncated, the oldest values dropped), padded
+  with "" at the END; 1 <= L <= max_length (an all-empty batch has one "" column).
+  "" is never a value, so every "" is dropped before the padding: the mask is
+  `values != ""` and a row's result does not depend on the other rows."""
+  if not isinstance(values, tf.RaggedTensor):
+    values = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(values))
+  values = tf.ragged.boolean_mask(values, tf.not_equal(values, ""))
+  lengths = values.row_lengths()
+  start = tf.maximum(lengths - max_length, 0)  # each row's last max_length values
+  kept = tf.RaggedTensor.from_row_lengths(
+      tf.gather(values.flat_values, tf.ragged.range(
+          values.row_starts() + start, values.row_limits()).flat_values),
+      lengths - start)
+  dense = kept.to_tensor(default_value="")
+  width = tf.maximum(tf.shape(dense)[1], 1)
+  return tf.pad(dense, [[0, 0], [0, width - tf.shape(dense)[1]]], constant_values="")
+
+
+def fit_sequences(features: Dict[str, tf.Tensor], spec: spec_lib.FeatureSpec
+                  ) -> Dict[str, tf.Tensor]:
+  """Raw serving tensors with every sequence put in the model's contract
+  (`dense_sequence`): an over-long history truncated to its last max_length values,
+  an empty one accepted."""
+  out = dict(features)
+  for f in spec.sequence_fields:
+    if f.name in out:
+      out[f.name] = dense_sequence(out[f.name], f.max_length)
+  return out
 
 
 def split_label(parsed: Dict[str, tf.Tensor], spec: spec_lib.FeatureSpec

@@ -153,7 +153,7 @@ class ServingModule(tf.Module):
     return self._outputs(data.parse_batch(examples, self._spec, for_serving=True))
 
   def _serve_tensors(self, features):
-    return self._outputs(features)
+    return self._outputs(data.fit_sequences(features, self._spec))
 
   def _classify(self, inputs):
     p = self._serve_examples(inputs)["probability"]

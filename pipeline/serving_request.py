@@ -33,6 +33,10 @@ CLASSIFY = "classify"  # {"inputs": serialized tf.Example}
 # The input name of each signature that takes serialized tf.Examples.
 EXAMPLE_INPUTS = {SERVING_DEFAULT: "examples", CLASSIFY: "inputs"}
 SIGNATURES = (SERVING_DEFAULT, PREDICT, CLASSIFY)
+# Kinds sent as a list of strings (a sequence's order kept, most recent last).
+_LISTS = (spec_lib.MULTI_CATEGORICAL, spec_lib.SEQUENCE)
+
+
 def parse_request(body, source: str = "request") -> Dict[str, Any]:
   """A request body (JSON text or bytes) -> the request dict, its shape checked."""
   try:
@@ -117,7 +121,7 @@ def _example_values(f: spec_lib.Feature, feature) -> Any:
   if kind != wanted:
     raise ValueError(f"is a {kind}, the spec needs a {wanted}")
   values = list(getattr(feature, kind).value)
-  if f.kind == spec_lib.MULTI_CATEGORICAL:
+  if f.kind in _LISTS:
     return [v.decode("utf-8") for v in values]
   if len(values) != 1:
     raise ValueError(f"has {len(values)} values, the spec needs exactly one")
@@ -184,6 +188,10 @@ def _raw_value(spec: spec_lib.FeatureSpec, f: spec_lib.Feature, value: Any, i: i
       # As TF Serving for a float input: a JSON number, not a string or a boolean.
       raise RequestError(f"instances[{i}]: feature {f.name!r} must be a number, got "
                          f"{short(value)}")
+  elif f.kind == spec_lib.SEQUENCE:
+    if not isinstance(value, list):  # each element checked by parse_value, by position
+      raise RequestError(f"instances[{i}]: feature {f.name!r} must be a list of values "
+                         f"(most recent last), got {short(value)}")
   elif f.kind == spec_lib.MULTI_CATEGORICAL:
     if not isinstance(value, (list, str)):
       raise RequestError(f"instances[{i}]: feature {f.name!r} must be a list of "
@@ -223,7 +231,7 @@ def tensors_from_instances(spec: spec_lib.FeatureSpec, instances: Sequence[Any]
         columns[name].append(_raw_value(spec, f, inst[name], i))
   out = {}
   for name, f in inputs.items():
-    if f.kind == spec_lib.MULTI_CATEGORICAL:
+    if f.kind in _LISTS:  # a sequence longer than max_length: the signature cuts it
       width = max([len(v) for v in columns[name]] + [1])
       out[name] = np.array([v + [""] * (width - len(v)) for v in columns[name]],
                            dtype=object).reshape(len(columns[name]), width)
@@ -248,6 +256,6 @@ def instances_from_examples(spec: spec_lib.FeatureSpec, serialized: Sequence[byt
         inst[f.name] = float(ex[f.name].float_list.value[0])
       else:
         values = [v.decode() for v in ex[f.name].bytes_list.value]
-        inst[f.name] = values if f.kind == spec_lib.MULTI_CATEGORICAL else values[0]
+        inst[f.name] = values if f.kind in _LISTS else values[0]
     instances.append(inst)
   return instances

@@ -99,7 +99,8 @@ class _JoinCommonFn(beam.DoFn):
   def _single_valued(self, merged):
     for f in self._spec.raw_fields:
       ids = merged.get(f.name)
-      if isinstance(ids, list) and f.kind != spec_lib.MULTI_CATEGORICAL:
+      if isinstance(ids, list) and f.kind not in (spec_lib.MULTI_CATEGORICAL,
+                                                  spec_lib.SEQUENCE):
         if len(ids) > 1:
           raise spec_lib.SpecError(f"field {f.name!r} has {len(ids)} feature ids "
                                    f"{ids[:4]}, but the spec declares it single-valued")

@@ -13,7 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from hmdn.beam_jobs import config as C
 from hmdn.beam_jobs.transforms.batches import RECORDS, merge_batches, rows_to_batches
-from hmdn.beam_jobs.transforms.parse import parse_record
+from hmdn.beam_jobs.transforms.parse import parse_record, truncated_counter
 from hmdn.beam_jobs.sources import base
 from hmdn.features import spec as spec_lib
 from hmdn.features.fileio import RepeatedKeyError, object_once
@@ -87,6 +87,7 @@ class ParseRowFn(base.LineParserFn):
           missing = _missing(raw) - _missing([raw[i] for i in slow])
         if missing:
           self._missing[f.name].inc(missing)
+      _truncate_sequences(self._spec, columns, good)
     batches = []
     if good:
       keys = self._split_keys(lines, columns, good)
@@ -168,6 +169,8 @@ class ParseRowFn(base.LineParserFn):
     spec (`parse_value`), and a row whose value is rejected is marked slow. `strings`:
     every cell is known to be a str (CSV)."""
     kind = "label" if f.role == spec_lib.LABEL else f.kind
+    if kind == spec_lib.SEQUENCE:
+      return self._sequence_column(f, raw, slow)
     if strings or all(v.__class__ is str for v in raw):
       plain = (max(map(len, raw), default=0) <= spec_lib.MAX_CELL_CHARS
                and "" not in raw and not any(map(str.isspace, raw)))
@@ -223,6 +226,20 @@ class ParseRowFn(base.LineParserFn):
         slow.add(i)
     return values
 
+  def _sequence_column(self, f, raw, slow):
+    """A sequence's values, each cell typed by the spec (every element checked); a row
+    whose cell is refused is marked slow (its reason comes from `parse_line`)."""
+    values = []
+    for i, v in enumerate(raw):
+      if i not in slow:
+        try:
+          values.append(spec_lib.check_cell(f, self._spec.parse_value(f, v)))
+          continue
+        except base.DATA_ERRORS:
+          slow.add(i)
+      values.append([])
+    return values
+
   def _split_keys(self, lines, columns, good):
     if self._split_key:
       col = columns[self._split_key]
@@ -248,6 +265,20 @@ def _mark_task_violations(spec, columns, slow) -> None:
     for i, (task, prerequisite) in enumerate(zip(columns[f.name], columns[f.after])):
       if spec_lib.violates_after(task, prerequisite):
         slow.add(i)
+
+
+def _truncate_sequences(spec, columns, good) -> None:
+  """The written rows' raw sequences longer than max_length keep their last values,
+  counted as `parse_record` counts them."""
+  for f in spec.sequence_fields:
+    if f.is_derived:
+      continue
+    column = columns[f.name]
+    cut = [i for i in good if len(column[i]) > f.max_length]
+    for i in cut:
+      column[i] = spec_lib.truncate(f, column[i])
+    if cut:
+      truncated_counter(f.name).inc(len(cut))
 
 
 def _missing(column: Sequence[Any]) -> int:

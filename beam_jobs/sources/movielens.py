@@ -88,8 +88,9 @@ def ReadMovieLens(p, files, spec, split_key="", eval_fraction=0.2, progress_pref
   """Ratings joined with their user (CoGroupByKey on user id), then with their movie
   (CoGroupByKey on item id); label = rating >= 4. `files` is {kind: path}
   (`movielens.layout_files`). Records carry user_id, item_id, rating, timestamp,
-  click, age, gender, occupation, zip_code, title, release_year and genres (a list);
-  the spec picks the ones it declares."""
+  click, age, gender, occupation, zip_code, title, release_year, genres (a list) and
+  first_genre; the spec picks the ones it declares (its histories are computed by the
+  job after this source, from the timestamps)."""
   ratings = (p | "ReadRatings" >> base.ReadLines([files[ml.RATINGS]])
              | "ParseRatings" >> base.ParseLines(_ParseRatingFn(),
                                                  progress_prefix=progress_prefix))

@@ -222,7 +222,7 @@ def AddDerivedFeatures(batches, spec, data: PreprocessedData):
                        | f"JoinBy_{source}" >> beam.CoGroupByKey()
                        | f"AttachBy_{source}" >> beam.ParDo(_AttachTableValuesFn(fields)))
     batches = split_records | "Rebatch" >> Batched()
-  row_wise = [f for f in spec.derived_fields if not f.derived.has_table]
+  row_wise = [f for f in spec.derived_fields if f.derived.is_row_wise]
   if row_wise:
     batches = batches | "RowDerived" >> beam.Map(_batch_derived, row_wise)
   return batches

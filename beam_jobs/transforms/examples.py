@@ -51,7 +51,9 @@ class ExampleEncoder:
         prefix = (b"\x0a" + varint(entry_len) + key + b"\x12\x08\x12\x06\x0a\x04")
         self._fields.append((f.name, "numeric", prefix))
       else:
-        kind = "multi" if f.kind == spec_lib.MULTI_CATEGORICAL else "single"
+        # a sequence is a VarLen bytes list too, its order kept (most recent last)
+        kind = "multi" if f.kind in (spec_lib.MULTI_CATEGORICAL, spec_lib.SEQUENCE) \
+            else "single"
         self._fields.append((f.name, kind, key))
     self._caches: Dict[str, Dict[Any, bytes]] = {name: {} for name, _, _ in self._fields}
     self._pack = struct.Struct("<f").pack

@@ -10,7 +10,14 @@ not depend on the order the rows arrive in.
 
 With a time split on the `order_by` field a training row's history holds no eval-period
 row (every eval row is later); an eval row's history holds the key's earlier rows of
-both periods, as a served request sees everything logged before it.
+both periods, as a served request sees everything logged before it. (The job refuses a
+time split on another field than a history's `order_by`, for which this would not
+hold; with a split by hash the histories hold rows of both splits.)
+
+A row whose key has more than `max_length` earlier rows keeps the most recent ones and
+counts in `truncated_<output>`. The history values are not counted into any
+vocabulary: they index the `of` field's vocabulary, made from the target values of
+the training rows, and a value never seen as a target is OOV.
 
 Memory is one key's rows: the rows are grouped by key and each group is sorted alone,
 so a hot key (one user with 100k rows) costs its own rows, never the log.
@@ -19,7 +26,7 @@ import collections
 import dataclasses
 import math
 import numbers
-from typing import Any, Iterable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
@@ -27,6 +34,7 @@ from hmdn.beam_jobs.transforms.batches import (DEAD_LETTER, NAMESPACE, Batch, Ba
                                                Record, batch_rows)
 
 SOURCE = "history"  # the dead letter's `source` for rows this step rejects
+TRUNCATED_PREFIX = "truncated_"  # as the sources' counter of cut raw sequences
 ROWS_REJECTED = "rows_rejected"  # the sources' counter: read = written + rejected
 KEYED, UNKEYED = "keyed", "unkeyed"
 
@@ -65,9 +73,11 @@ def _sort_key(value: Any) -> Tuple[str, str]:
   return type(value).__name__, repr(value)
 
 
-def histories_of_key(rows: Iterable[Tuple[str, Record]], history: History
+def histories_of_key(rows: Iterable[Tuple[str, Record]], history: History,
+                     truncated: Optional[Callable[[int], None]] = None
                      ) -> Iterator[Tuple[str, Record]]:
-  """Every (split, record) of one key, each with its histories added as lists."""
+  """Every (split, record) of one key, each with its histories added as lists;
+  `truncated(n)` is told of the n rows of a moment whose history was cut."""
   ordered = sorted(
       ((order_value(history, record), [_sort_key(record.get(f)) for f in history.of],
         split, record) for split, record in rows), key=lambda row: row[:2])
@@ -78,6 +88,8 @@ def histories_of_key(rows: Iterable[Tuple[str, Record]], history: History
     while j < len(ordered) and ordered[j][0] == ordered[i][0]:
       j += 1
     moment = ordered[i:j]  # rows of one key at one time: none sees another
+    if truncated is not None and i > history.max_length:  # i earlier rows, some cut
+      truncated(j - i)
     snapshot = [list(d) for d in recent]
     for _, _, split, record in moment:
       out = dict(record)  # never mutate an element another step may hold
@@ -128,12 +140,37 @@ class _HistoriesFn(beam.DoFn):
     self._history = history
     self._rows_per_key = beam.metrics.Metrics.distribution(NAMESPACE,
                                                            "history_rows_per_key")
+    self._truncated = [beam.metrics.Metrics.counter(NAMESPACE, TRUNCATED_PREFIX + name)
+                       for name in history.outputs]
+
+  def _count_truncated(self, n: int) -> None:
+    for c in self._truncated:
+      c.inc(n)
 
   def process(self, element):
     _, rows = element
     rows = list(rows)
     self._rows_per_key.update(len(rows))
-    yield from histories_of_key(rows, self._history)
+    yield from histories_of_key(rows, self._history, self._count_truncated)
+
+
+def history_of_group(group) -> History:
+  """The transform's `History` of a spec's `HistoryGroup` (histories in step)."""
+  return History(outputs=tuple(group.outputs), key=group.key, of=tuple(group.of),
+                 order_by=group.order_by, max_length=group.max_length)
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(Batch)
+def AddSpecHistories(batches, spec):
+  """Every history group of the spec, one keyed pass each -> (record batches, the
+  dead letters of every pass, flattened)."""
+  dead = []
+  for i, group in enumerate(spec.history_groups):
+    batches, rejected = batches | f"History{i}_{group.key}" >> AddHistories(
+        history_of_group(group))
+    dead.append(rejected)
+  return batches, dead
 
 
 @beam.ptransform_fn

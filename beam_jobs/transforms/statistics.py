@@ -145,3 +145,62 @@ def DistributionStatistics(batches, spec):
           | "PerValue" >> beam.FlatMap(
               lambda kv: [((kv[0][0], kv[0][1], v), tuple(counts))
                           for v, counts in kv[1].items()]))
+
+
+def sequence_lengths(batch: Batch, fields: Sequence[str]):
+  """A batch's (field, (rows, total length, longest, empty rows)) per sequence."""
+  columns = batch[1]
+  out = []
+  for name in fields:
+    lengths = list(map(len, columns[name]))
+    out.append((name, (len(lengths), sum(lengths), max(lengths, default=0),
+                       lengths.count(0))))
+  return out
+
+
+class _LengthsFn(beam.CombineFn):
+  """(rows, total, longest, empty) tuples summed (the longest: the max)."""
+
+  def create_accumulator(self):
+    return (0, 0, 0, 0)
+
+  def add_input(self, acc, x):
+    return (acc[0] + x[0], acc[1] + x[1], max(acc[2], x[2]), acc[3] + x[3])
+
+  def merge_accumulators(self, accs):
+    out = (0, 0, 0, 0)
+    for acc in accs:
+      out = self.add_input(out, acc)
+    return out
+
+  def extract_output(self, acc):
+    return acc
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(Batch)
+def SequenceLengths(batches, spec):
+  """(field, (rows, total length, longest, empty rows)) of every sequence field over
+  the written rows (both splits)."""
+  fields = [f.name for f in spec.sequence_fields]
+  return (batches
+          | "BatchLengths" >> beam.FlatMap(sequence_lengths, fields)
+          | "SumLengths" >> beam.CombinePerKey(_LengthsFn()))
+
+
+def sequence_statistics(spec, lengths: Dict[str, Tuple[int, int, int, int]],
+                        counters: Dict[str, int]) -> Dict[str, Dict[str, Any]]:
+  """stats.json's `sequences`: per sequence field the written rows, the mean and
+  longest length, the share of empty sequences and of truncated ones (a raw list
+  longer than max_length, or a key with more earlier rows: the counter
+  `truncated_<field>`)."""
+  out = {}
+  for f in spec.sequence_fields:
+    rows, total, longest, empty = lengths.get(f.name, (0, 0, 0, 0))
+    truncated = counters.get(f"truncated_{f.name}", 0)
+    out[f.name] = {
+        "rows": rows, "mean_length": total / rows if rows else 0.0,
+        "longest": longest, "max_length": f.max_length,
+        "share_empty": empty / rows if rows else 0.0,
+        "truncated": truncated, "share_truncated": truncated / rows if rows else 0.0}
+  return out

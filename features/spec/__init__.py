@@ -5,12 +5,14 @@ Callers import the package (`from features import spec as spec_lib`); its module
 TF specs derived from them), `validation` (the rules, checked on construction), `cells`
 (one raw cell -> a value, never coerced) and `loading` (YAML in and out).
 """
-from hmdn.features.spec.cells import check_cell, check_tasks, parse_value, violates_after
-from hmdn.features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS, DERIVED_KINDS,
-                                      FEATURE, FIELD_NAME_PATTERN, FLOAT32_MAX, KINDS, LABEL,
+from hmdn.features.spec.cells import (check_cell, check_tasks, parse_value, truncate,
+                                      violates_after)
+from hmdn.features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS,
+                                      DEFAULT_MAX_LENGTH, DERIVED_KINDS, FEATURE,
+                                      FIELD_NAME_PATTERN, FLOAT32_MAX, HISTORY, KINDS, LABEL,
                                       MAX_CELL_CHARS, MODE, MULTI_CATEGORICAL, NUMERIC, ORACLE,
-                                      PASSTHROUGH, PROFILE_KINDS, ROLES, SHARE, TABLE_KINDS,
-                                      SpecError)
+                                      PASSTHROUGH, PROFILE_KINDS, ROLES, SEQUENCE, SHARE,
+                                      TABLE_KINDS, SpecError)
 from hmdn.features.spec.loading import (SPECS_DIR, load_spec, read_text, spec_from_dict,
                                         spec_from_yaml, write_text)
-from hmdn.features.spec.schema import Derived, Feature, FeatureSpec
+from hmdn.features.spec.schema import Derived, Feature, FeatureSpec, HistoryGroup

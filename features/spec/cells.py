@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, List, Mapping, Union
 
 from hmdn.features.fileio import short
 from hmdn.features.spec.kinds import (FLOAT32_MAX, LABEL, MAX_CELL_CHARS, MULTI_CATEGORICAL,
-                                      NUMERIC, SpecError)
+                                      NUMERIC, SEQUENCE, SpecError)
 
 if TYPE_CHECKING:  # schema imports this module; the annotation only needs the name
   from hmdn.features.spec.schema import Feature, FeatureSpec
@@ -60,6 +60,8 @@ def parse_value(feature: "Feature", raw: Any) -> Value:
   if isinstance(raw, str) and len(raw) > MAX_CELL_CHARS:
     raise SpecError(f"field {feature.name!r}: a cell of {len(raw)} characters is over "
                     f"the limit of {MAX_CELL_CHARS}")
+  if feature.kind == SEQUENCE:
+    return _sequence(feature, raw)
   if raw is None or (isinstance(raw, str) and raw.strip() == ""):
     if feature.required:
       raise SpecError(f"field {feature.name!r}: empty value, and the field has no "
@@ -84,6 +86,38 @@ def parse_value(feature: "Feature", raw: Any) -> Value:
           _category(feature, raw)]
     return [v for v in values if v != ""]
   return _category(feature, raw)
+
+
+def _sequence(feature: "Feature", raw: Any) -> List[str]:
+  """A sequence cell (a JSON list, or a string joined by `separator`) -> its values in
+  order, all of them (`truncate` keeps the last max_length, for its caller to count).
+  An empty cell is an empty sequence; each element is checked as a categorical value,
+  and an empty element is an error naming its position (never dropped)."""
+  if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+    return []
+  if isinstance(raw, str):
+    items = raw.split(feature.separator)
+  elif isinstance(raw, (list, tuple)):
+    items = list(raw)
+  else:
+    raise SpecError(f"field {feature.name!r}: {short(raw)} is not a sequence (a list of "
+                    f"values, or values joined by {feature.separator!r})")
+  values = []
+  for i, v in enumerate(items):
+    if isinstance(v, str) and v.strip() == "":
+      raise SpecError(f"field {feature.name!r} position {i}: empty value {v!r} in a "
+                      "sequence (\"\" is never a value)")
+    try:
+      values.append(_category(feature, v))
+    except SpecError as e:
+      rest = str(e).split(": ", 1)[-1]
+      raise SpecError(f"field {feature.name!r} position {i}: {rest}") from None
+  return values
+
+
+def truncate(feature: "Feature", values: List[str]) -> List[str]:
+  """A sequence's last (most recent) max_length values: what the model receives."""
+  return values[-feature.max_length:] if len(values) > feature.max_length else values
 
 
 def check_cell(feature: "Feature", value: Value) -> Value:

@@ -4,7 +4,11 @@ cell and SpecError. Every module of the spec package imports them from here."""
 CATEGORICAL = "categorical"
 MULTI_CATEGORICAL = "multi_categorical"
 NUMERIC = "numeric"
-KINDS = (CATEGORICAL, MULTI_CATEGORICAL, NUMERIC)
+# An ordered list of categorical values, most recent last (a behaviour history); it
+# shares the vocabulary and embedding of its `vocab_from` field.
+SEQUENCE = "sequence"
+KINDS = (CATEGORICAL, MULTI_CATEGORICAL, NUMERIC, SEQUENCE)
+DEFAULT_MAX_LENGTH = 50  # a sequence's default max_length
 
 FEATURE = "feature"  # an input of the model
 LABEL = "label"  # the click label, 0 or 1
@@ -18,7 +22,8 @@ CROSS = "cross"  # the source values joined by `separator`
 BUCKET = "bucket"  # a numeric source bucketized at `boundaries`
 MODE = "mode"  # the most frequent `of` value of the source value in the training split
 SHARE = "share"  # bucketed share of the source value's training rows whose `of` is `value`
-DERIVED_KINDS = (COUNT_BUCKET, CROSS, BUCKET, MODE, SHARE)
+HISTORY = "history"  # a sequence: the `of` values of the source value's earlier rows
+DERIVED_KINDS = (COUNT_BUCKET, CROSS, BUCKET, MODE, SHARE, HISTORY)
 TABLE_KINDS = (COUNT_BUCKET, MODE, SHARE)  # over the training split: a lookup table each
 PROFILE_KINDS = (MODE, SHARE)  # per-key profiles of another field `of`
 

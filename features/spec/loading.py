@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from hmdn.features.spec.kinds import SpecError
+from hmdn.features.spec.kinds import SEQUENCE, SpecError
 from hmdn.features.spec.schema import Derived, Feature, FeatureSpec
 from hmdn.features.spec.validation import check_value
 
@@ -86,6 +86,7 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Feature
                       f"{item!r}")
     where = f"{source}: field {item['name']!r}"
     _refuse_unknown_keys(f"{where}:", item, _FIELD_KEYS)
+    _refuse_sequence_keys(where, item)
     kwargs = dict(item)
     if "boundaries" in kwargs:  # the type is checked by validation, not converted here
       kwargs["boundaries"] = _numbers(kwargs["boundaries"])
@@ -93,6 +94,28 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Feature
       kwargs["derived"] = _derived_from_dict(kwargs["derived"], where)
     features.append(Feature(**kwargs))
   return FeatureSpec(name=name, features=tuple(features), source=source)
+
+
+# A sequence takes these from its vocab_from field; only a sequence takes the others.
+_NOT_FOR_SEQUENCES = ("embedding_dim", "vocab_min_count", "hash_buckets", "boundaries",
+                      "default")
+_SEQUENCE_ONLY = ("vocab_from", "max_length")
+
+
+def _refuse_sequence_keys(where: str, item: Mapping[str, Any]) -> None:
+  """A key given for the wrong kind is refused even when its value is the default (the
+  validation sees only values)."""
+  if item.get("kind") == SEQUENCE:
+    given = [k for k in _NOT_FOR_SEQUENCES if k in item]
+    if given:
+      raise SpecError(f"{where}: a sequence shares the vocabulary and embedding of its "
+                      f"vocab_from field; it takes no {given[0]} of its own (got "
+                      f"{item[given[0]]!r})")
+  else:
+    given = [k for k in _SEQUENCE_ONLY if k in item]
+    if given:
+      raise SpecError(f"{where}: {given[0]} is for sequence fields, kind is "
+                      f"{item.get('kind')!r} ({given[0]}={item[given[0]]!r})")
 
 
 def _numbers(value: Any) -> Any:

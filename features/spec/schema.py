@@ -14,8 +14,9 @@ import yaml
 
 from hmdn.features.fileio import write_text_atomic
 from hmdn.features.spec import cells
-from hmdn.features.spec.kinds import (CATEGORICAL, COUNT_BUCKET, CROSS, FEATURE, LABEL,
-                                      MULTI_CATEGORICAL, NUMERIC, ORACLE, TABLE_KINDS)
+from hmdn.features.spec.kinds import (CATEGORICAL, COUNT_BUCKET, CROSS, DEFAULT_MAX_LENGTH,
+                                      FEATURE, HISTORY, LABEL, MULTI_CATEGORICAL, NUMERIC,
+                                      ORACLE, SEQUENCE, TABLE_KINDS)
 from hmdn.features.spec.validation import validate
 
 
@@ -41,6 +42,16 @@ class Derived:
   cross: `sources` values joined by `separator` (e.g. scenario x user group).
   bucket: a numeric `source` bucketized at `boundaries` (e.g. an age bucket).
   Bucket values are the bucket index as a string: "0" .. str(len(boundaries)).
+  history: a `sequence` field: for each row, the `of` values of the same `source`
+    value's rows strictly earlier in the numeric `order_by` (never the row itself, a
+    later row or a row of the same moment), most recent last, the last `max_length`
+    kept (the Feature's key: a raw sequence is truncated the same way, so the length
+    is declared in one place, on the field). `of` is the raw categorical field whose
+    vocabulary the history shares (the field's `vocab_from` names it too). History
+    fields with the same source, order_by and max_length are computed together, in
+    step (an item and its category). The model cannot recompute a history from one
+    row, so unlike every other derived field a history IS a model input, fed at
+    serving.
   """
   kind: str
   source: str = ""
@@ -49,10 +60,18 @@ class Derived:
   separator: str = "_x_"
   of: str = ""
   value: str = ""
+  order_by: str = ""
 
   @property
   def reads(self) -> Tuple[str, ...]:
+    if self.kind == HISTORY:
+      return (self.source, self.of, self.order_by)
     return tuple(self.sources) if self.kind == CROSS else (self.source,)
+
+  @property
+  def is_row_wise(self) -> bool:
+    """Computed from one row's values (a cross, a bucket): the model recomputes it."""
+    return self.kind not in TABLE_KINDS and self.kind != HISTORY
 
   @property
   def has_table(self) -> bool:
@@ -83,7 +102,8 @@ class Feature:
 
   Attributes:
     name: column name in the raw log and key in the tf.Example.
-    kind: `categorical`, `multi_categorical` (values joined by `separator`) or `numeric`.
+    kind: `categorical`, `multi_categorical` (values joined by `separator`), `numeric`
+      or `sequence` (an ordered list of categorical values, most recent last).
     role: `feature`, `label`, `passthrough` or `oracle` (see module constants).
     embedding_dim: width of the field's embedding (model inputs only).
     vocab_min_count: values seen fewer times in the training split go to the OOV bucket.
@@ -98,7 +118,14 @@ class Feature:
     default: value used when the raw cell is empty; None means the field is required.
     separator: joins the values of a multi_categorical cell.
     derived: computed from other fields (see `Derived`), not read from the raw log and
-      not fed at serving: the model recomputes it from the raw inputs it reads.
+      not fed at serving: the model recomputes it from the raw inputs it reads; except
+      a history, which is fed (see `Derived`).
+    vocab_from: sequence only (required): the categorical field whose vocabulary and
+      embedding the sequence shares (its history `of`, e.g. item_id), so the target
+      and its history live in one space. A sequence has no vocabulary, embedding_dim,
+      hash_buckets or default of its own; an empty cell is an empty sequence.
+    max_length: sequence only: at most this many values, the most recent (the last)
+      kept; a longer raw list is truncated, and the Beam job counts it.
     after: labels only: the label this task is observed after (a purchase after a
       click): it can be 1 only where that label is 1 (ESMM's entire-space tasks).
   """
@@ -116,15 +143,26 @@ class Feature:
   separator: str = "|"
   derived: Optional[Derived] = None
   after: Optional[str] = None
+  vocab_from: Optional[str] = None
+  max_length: int = DEFAULT_MAX_LENGTH
 
   @property
   def is_derived(self) -> bool:
     return self.derived is not None
 
   @property
+  def is_history(self) -> bool:
+    return self.derived is not None and self.derived.kind == HISTORY
+
+  @property
+  def is_sequence(self) -> bool:
+    return self.kind == SEQUENCE
+
+  @property
   def is_model_input(self) -> bool:
-    """Fed to the model (and to the serving signatures): derived fields are not."""
-    return self.role == FEATURE and not self.is_derived
+    """Fed to the model (and to the serving signatures): derived fields are not, but a
+    history is (the model cannot recompute it from one row)."""
+    return self.role == FEATURE and (not self.is_derived or self.is_history)
 
   @property
   def is_embedded(self) -> bool:
@@ -132,11 +170,30 @@ class Feature:
 
   @property
   def uses_vocabulary(self) -> bool:
-    return self.kind != NUMERIC and self.hash_buckets == 0
+    """Has a vocabulary of its own (a sequence uses its vocab_from field's)."""
+    return self.kind not in (NUMERIC, SEQUENCE) and self.hash_buckets == 0
+
+  @property
+  def vocabulary_field(self) -> str:
+    """The field whose vocabulary (and embedding table) this field's values index."""
+    return self.vocab_from if self.kind == SEQUENCE else self.name
 
   @property
   def required(self) -> bool:
-    return self.default is None
+    """An empty cell is an error (no default); a sequence is never required: an empty
+    cell is an empty sequence."""
+    return self.default is None and self.kind != SEQUENCE
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryGroup:
+  """History fields computed together, in step: one source, order_by and max_length;
+  `outputs[i]` is the history of `of[i]` (the Beam job's `transforms.history.History`)."""
+  outputs: Tuple[str, ...]
+  key: str
+  of: Tuple[str, ...]
+  order_by: str
+  max_length: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +257,25 @@ class FeatureSpec:
     return [f for f in self.features if f.is_derived]
 
   @property
+  def sequence_fields(self) -> List[Feature]:
+    """Every sequence field, raw or history."""
+    return [f for f in self.features if f.kind == SEQUENCE]
+
+  @property
+  def history_groups(self) -> List[HistoryGroup]:
+    """The history fields grouped by (source, order_by, max_length), in spec order:
+    each group is one keyed, time-ordered pass of the Beam job."""
+    groups: Dict[Tuple[str, str, int], List[Feature]] = {}
+    for f in self.features:
+      if f.is_history:
+        key = (f.derived.source, f.derived.order_by, f.max_length)
+        groups.setdefault(key, []).append(f)
+    return [HistoryGroup(outputs=tuple(f.name for f in fs), key=key,
+                         of=tuple(f.derived.of for f in fs), order_by=order_by,
+                         max_length=length)
+            for (key, order_by, length), fs in groups.items()]
+
+  @property
   def raw_fields(self) -> List[Feature]:
     """The columns of the raw log (everything but derived fields)."""
     return [f for f in self.features if not f.is_derived]
@@ -212,6 +288,7 @@ class FeatureSpec:
 
   @property
   def vocabulary_fields(self) -> List[Feature]:
+    """The fields with a vocabulary of their own (a sequence shares its vocab_from's)."""
     return [f for f in self.embedded_fields if f.uses_vocabulary]
 
   # --- Derived TensorFlow specs ---------------------------------------------------
@@ -219,14 +296,17 @@ class FeatureSpec:
     """The `tf.io.parse_example` spec; for serving, model inputs only.
 
     The TFRecords also carry derived values (for per-distribution evaluation), but
-    serving never needs them: the model recomputes them from the raw inputs.
+    serving never needs them: the model recomputes them from the raw inputs (a history
+    excepted: it is a model input). A sequence is a `tf.io.RaggedFeature(tf.string)`
+    (a VarLen bytes list, possibly empty); the input pipeline densifies it (see
+    `tensor_specs` for the contract).
     """
     import tensorflow as tf  # here, not at the top: Beam workers load the spec, not TF
     spec = {}
     for f in self.features:
       if for_serving and not f.is_model_input:
         continue
-      if f.kind == MULTI_CATEGORICAL:
+      if f.kind in (MULTI_CATEGORICAL, SEQUENCE):
         spec[f.name] = tf.io.RaggedFeature(tf.string)
       elif f.kind == CATEGORICAL:
         default = None if f.required else str(f.default)
@@ -240,11 +320,18 @@ class FeatureSpec:
     """`tf.TensorSpec` of each model input: the raw-tensor serving signature.
 
     Multi-valued fields are dense `[batch, max_values]` strings padded with "".
+
+    A sequence is the same shape, `[batch, None]` tf.string, with this contract: the
+    model receives a DENSE `[batch, L]` tensor, L <= max_length, each row's values in
+    order (most recent LAST) followed by "" padding at the END, so a row's most recent
+    value is its last non-"" one. "" is never a value (an empty cell is missing), so
+    the mask is `values != ""`; an all-"" row is an empty history. The serving
+    signatures truncate a longer row to its last max_length values before the model.
     """
     import tensorflow as tf  # here, not at the top: Beam workers load the spec, not TF
     specs = {}
     for f in self.model_inputs:
-      if f.kind == MULTI_CATEGORICAL:
+      if f.kind in (MULTI_CATEGORICAL, SEQUENCE):
         specs[f.name] = tf.TensorSpec([batch_size, None], tf.string, name=f.name)
       elif f.kind == CATEGORICAL:
         specs[f.name] = tf.TensorSpec([batch_size], tf.string, name=f.name)

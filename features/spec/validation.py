@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from hmdn.features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS, DERIVED_KINDS,
-                                      FEATURE, FIELD_NAME_PATTERN, FLOAT32_MAX, KINDS, LABEL,
-                                      MODE, NUMERIC, ORACLE, PROFILE_KINDS, ROLES, SHARE,
-                                      TABLE_KINDS, SpecError)
+from hmdn.features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS,
+                                      DEFAULT_MAX_LENGTH, DERIVED_KINDS, FEATURE,
+                                      FIELD_NAME_PATTERN, FLOAT32_MAX, HISTORY, KINDS, LABEL,
+                                      MODE, NUMERIC, ORACLE, PASSTHROUGH, PROFILE_KINDS, ROLES,
+                                      SEQUENCE, SHARE, TABLE_KINDS, SpecError)
 
 if TYPE_CHECKING:  # schema imports this module; the annotations only need the names
   from hmdn.features.spec.schema import Derived, Feature, FeatureSpec
@@ -56,6 +57,8 @@ FIELD_TYPES = {
                 "a string or a finite number"),
     "separator": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
     "after": (lambda v: v is None or isinstance(v, str), "a label field's name"),
+    "vocab_from": (lambda v: v is None or isinstance(v, str), "a field name (a string)"),
+    "max_length": (_is_int, "an integer"),
 }
 DERIVED_TYPES = {
     "kind": (lambda v: isinstance(v, str), "a string"),
@@ -64,6 +67,7 @@ DERIVED_TYPES = {
                 "a list of field names (strings)"),
     "separator": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
     "of": (lambda v: isinstance(v, str), "a field name (a string)"),
+    "order_by": (lambda v: isinstance(v, str), "a field name (a string)"),
 }
 
 
@@ -157,6 +161,14 @@ def _validate_field(spec: "FeatureSpec", f: "Feature", where: str) -> None:
                     "name")
   check_value(where, "kind", f.kind, choices=KINDS)
   check_value(where, "role", f.role, choices=ROLES)
+  if f.kind == SEQUENCE:
+    _validate_sequence(spec, f, where)
+  elif f.vocab_from is not None:
+    raise SpecError(f"{where}: vocab_from is for sequence fields, kind is {f.kind!r} "
+                    f"(vocab_from={f.vocab_from!r})")
+  elif f.max_length != DEFAULT_MAX_LENGTH:
+    raise SpecError(f"{where}: max_length is for sequence fields, kind is {f.kind!r} "
+                    f"(max_length={f.max_length!r})")
   check_value(where, "embedding_dim", f.embedding_dim, f.embedding_dim >= 1, ">= 1")
   check_value(where, "vocab_min_count", f.vocab_min_count, f.vocab_min_count >= 1,
               ">= 1")
@@ -197,10 +209,105 @@ def _validate_field(spec: "FeatureSpec", f: "Feature", where: str) -> None:
                 f"a string for a {f.kind} field (quote it in YAML)")
 
 
+# Keys a sequence takes from its vocab_from field, never its own (key -> its default).
+_SHARED_WITH_VOCAB_FROM = {"embedding_dim": 8, "vocab_min_count": 1, "hash_buckets": 0,
+                           "boundaries": (), "default": None}
+
+
+def _validate_sequence(spec: "FeatureSpec", f: "Feature", where: str) -> None:
+  """A sequence is a model input sharing the vocabulary and embedding of a raw
+  categorical feature (`vocab_from`), at most `max_length` long."""
+  if f.role != FEATURE:
+    raise SpecError(f"{where}: a sequence is a model input: role must be 'feature', got "
+                    f"{f.role!r}")
+  if f.distribution_level is not None:
+    raise SpecError(f"{where}: a sequence cannot be a distribution field "
+                    f"(distribution_level={f.distribution_level!r}): a distribution is "
+                    "one categorical value per row")
+  check_value(where, "max_length", f.max_length, f.max_length >= 1, ">= 1")
+  for key, default in _SHARED_WITH_VOCAB_FROM.items():
+    value = getattr(f, key)
+    if value != default:
+      raise SpecError(f"{where}: a sequence shares the vocabulary and embedding of its "
+                      f"vocab_from field; it takes no {key} of its own (got {value!r})")
+  if f.vocab_from is None or f.vocab_from == "":
+    raise SpecError(f"{where}: a sequence needs vocab_from: the categorical field whose "
+                    "vocabulary and embedding it shares (e.g. vocab_from: item_id)")
+  if f.vocab_from == f.name:
+    raise SpecError(f"{where}: vocab_from names the field itself ({f.vocab_from!r}); a "
+                    "sequence has no vocabulary of its own")
+  target = next((g for g in spec.features if g.name == f.vocab_from), None)
+  if target is None:
+    raise SpecError(f"{where}: vocab_from names {f.vocab_from!r}, which is not a field "
+                    f"of the spec")
+  if target.is_derived:
+    raise SpecError(f"{where}: vocab_from names {f.vocab_from!r}, a derived field; it "
+                    "must be a raw categorical feature (its vocabulary is the log's)")
+  if target.kind != CATEGORICAL or target.role != FEATURE:
+    raise SpecError(f"{where}: vocab_from names {f.vocab_from!r}, which has kind "
+                    f"{target.kind!r} role {target.role!r}; it must be a categorical "
+                    "feature")
+
+
+def _validate_history(spec: "FeatureSpec", f: "Feature", where: str) -> None:
+  """A history reads raw fields declared before it: a categorical `source` (the key),
+  a categorical feature `of` (whose vocabulary it shares: vocab_from), a numeric
+  `order_by` (the time)."""
+  d = f.derived
+  if f.kind != SEQUENCE:
+    raise SpecError(f"{where}: a history is a sequence: kind must be 'sequence', got "
+                    f"{f.kind!r}")
+  for key in ("sources", "boundaries", "separator", "value"):
+    if getattr(d, key) != _DERIVED_KEY_DEFAULTS[key]:
+      raise SpecError(f"{where}: a history takes no derived {key} (got "
+                      f"{getattr(d, key)!r}); it takes source, of and order_by")
+  earlier = {}
+  for g in spec.features:
+    if g.name == f.name:
+      break
+    earlier[g.name] = g
+  needs = (("source", "the field whose rows it collects, e.g. user_id",
+            (CATEGORICAL,), (FEATURE, PASSTHROUGH)),
+           ("of", "the field whose earlier values it holds, e.g. item_id",
+            (CATEGORICAL,), (FEATURE,)),
+           ("order_by", "the numeric field that orders the rows, e.g. a timestamp",
+            (NUMERIC,), (FEATURE, PASSTHROUGH)))
+  for key, what, kinds, roles in needs:
+    name = getattr(d, key)
+    if not name:
+      raise SpecError(f"{where}: a history needs `{key}`: {what}")
+    g = earlier.get(name)
+    if g is None:
+      raise SpecError(f"{where}: history {key} {name!r} is not a field declared before "
+                      "it")
+    if g.is_derived:
+      raise SpecError(f"{where}: history {key} {name!r} must be a raw field (it is a "
+                      f"{g.derived.kind})")
+    if g.kind not in kinds or g.role not in roles:
+      raise SpecError(f"{where}: history {key} {name!r} must be {' or '.join(kinds)} with "
+                      f"role {' or '.join(roles)}; it has kind {g.kind!r} role "
+                      f"{g.role!r}")
+  if d.of == d.source:
+    raise SpecError(f"{where}: a history's `of` {d.of!r} must differ from its source")
+  if earlier[d.order_by].default is not None:
+    raise SpecError(f"{where}: history order_by {d.order_by!r} has a default "
+                    f"({earlier[d.order_by].default!r}); a row without a time cannot be "
+                    "ordered, so the field must be required")
+  if f.vocab_from != d.of:
+    raise SpecError(f"{where}: a history of {d.of!r} shares its vocabulary: vocab_from "
+                    f"must be {d.of!r}, got {f.vocab_from!r}")
+
+
 def _validate_derived(spec: "FeatureSpec", f: "Feature", where: str) -> None:
   d = f.derived
   check_types(where, d, DERIVED_TYPES, prefix="derived: ")
   check_value(where, "derived kind", d.kind, choices=DERIVED_KINDS)
+  if d.kind == HISTORY:
+    _validate_history(spec, f, where)
+    return
+  if d.order_by:
+    raise SpecError(f"{where}: order_by is for a history, not a {d.kind} "
+                    f"(order_by={d.order_by!r})")
   if f.kind != CATEGORICAL or f.role != FEATURE:
     raise SpecError(f"{where}: a derived field must be a categorical feature, got kind "
                     f"{f.kind!r} role {f.role!r}")
@@ -246,6 +353,9 @@ def _validate_derived(spec: "FeatureSpec", f: "Feature", where: str) -> None:
   elif d.value != "":
     raise SpecError(f"{where}: `value` is for a share, not a {d.kind} "
                     f"(value={d.value!r})")
+
+
+_DERIVED_KEY_DEFAULTS = {"sources": (), "boundaries": (), "separator": "_x_", "value": ""}
 
 
 def _validate_derived_boundaries(d: "Derived", where: str) -> None:

@@ -27,7 +27,7 @@ def parsed_rows(serialized: List[bytes], spec: spec_lib.FeatureSpec) -> List[Dic
     row = {}
     for f in spec.features:
       v = parsed[f.name][i]
-      if f.kind == spec_lib.MULTI_CATEGORICAL:
+      if f.kind in (spec_lib.MULTI_CATEGORICAL, spec_lib.SEQUENCE):
         row[f.name] = [x.decode() for x in v if x]
       elif f.kind == spec_lib.CATEGORICAL:
         row[f.name] = v.decode()

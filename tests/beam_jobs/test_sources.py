@@ -464,3 +464,36 @@ def test_movielens_ratings_count_in_the_progress_lines(tmp_path):
     _ = (p | beam.Create(lines)
          | base.ParseLines(ml_source._ParseRatingFn(), progress_prefix=prefix))
   assert ProgressPrinter(prefix).counts() == {"read": 3, "rejected": 1}
+
+
+def test_movielens_histories_are_each_users_earlier_ratings(movielens):
+  """Each rating's hist_items / hist_genres: the user's ratings with an earlier
+  timestamp, most recent last (the fixture's times are distinct), at most 50."""
+  from hmdn.beam_jobs.movielens import ML_GENRES
+  good = [line.split("\t") for line in movielens["ratings"]]
+
+  def first_genre(i):
+    flagged = [1 + i % 18] + ([5] if i % 3 == 0 else [])
+    return ML_GENRES[min(flagged)]
+
+  rows = movielens["train"] + movielens["eval"]
+  assert len(rows) == len(good)
+  for r in rows:
+    i = int(r["item_id"])
+    assert r["first_genre"] == first_genre(i)
+  # each (user, item, float32 time) is the key of a row; match rows to the raw lines
+  for r in rows:
+    candidates = [g for g in good if g[0] == r["user_id"] and g[1] == r["item_id"]
+                  and float(np.float32(g[3])) == r["timestamp"]]
+    assert candidates
+    u, _, _, ts = candidates[0]
+    earlier = sorted((g for g in good if g[0] == u and int(g[3]) < int(ts)),
+                     key=lambda g: int(g[3]))
+    assert r["hist_items"] == [g[1] for g in earlier][-50:]
+    assert r["hist_genres"] == [first_genre(int(g[1])) for g in earlier][-50:]
+  assert max(len(r["hist_items"]) for r in rows) == 50  # the zipf head user is cut
+  eval_times = {float(g[3]) for g in good
+                if float(g[3]) >= movielens["metadata"]["split_time_cutoff"]}
+  assert eval_times
+  stats = movielens["stats"]["sequences"]["hist_items"]
+  assert stats["max_length"] == 50 and stats["truncated"] > 0
