@@ -187,18 +187,16 @@ class ConversionSummary:
 
 
 def normalized_mutual_information(counts: np.ndarray) -> float:
-  """NMI (arithmetic mean of the entropies, as scikit-learn's default) of the two
-  labelings whose joint counts are `counts` [values of a, values of b]."""
-  counts = np.asarray(counts, dtype=float)
-  total = counts.sum()
-  if total == 0:
+  """NMI = I(a; b) / sqrt(H(a) H(b)) (as pipeline.metrics computes it from the labels)
+  of the two labelings whose joint counts are `counts` [values of a, values of b];
+  0 when either is constant."""
+  p = np.asarray(counts, dtype=float)
+  if p.sum() == 0:
     return float("nan")
-  p = counts / total
+  p = p / p.sum()
   pa, pb = p.sum(1), p.sum(0)
   nz = p > 0
   mi = float((p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])).sum())
   ha = -float((pa[pa > 0] * np.log(pa[pa > 0])).sum())
   hb = -float((pb[pb > 0] * np.log(pb[pb > 0])).sum())
-  if ha + hb == 0:
-    return 1.0
-  return max(0.0, mi / (0.5 * (ha + hb)))
+  return mi / float(np.sqrt(ha * hb)) if ha > 0 and hb > 0 else 0.0
