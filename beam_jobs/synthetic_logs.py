@@ -12,8 +12,12 @@ a conversion model of the same form whose leaf coefficients nest the same way (e
 level's deviation correlated with the click's by `conversion_correlation`), its
 intercept calibrated so that `conversion_rate` of clicks convert. The row keeps its true
 p(purchase | click) as `true_cvr` (role oracle, task purchase) and the written spec gains
-`{name: purchase, kind: numeric, role: label, after: click}`. At 0 (the default) the log,
-its spec and generator.json are what they were without the option.
+`{name: purchase, kind: numeric, role: label, after: click}`; generator.json gains
+`purchases`, `cvr` (purchases / clicks), `ctcvr` (purchases / rows), the oracle AUCs
+`oracle_auc_purchase_cvr` (true_cvr over clicked rows) and `oracle_auc_purchase_ctcvr`
+(true_ctr * true_cvr over all rows), and each leaf's mean `true_cvr`. The purchases are
+drawn from their own seeded stream, so every other column stays as without them. At 0
+(the default) the log, its spec and generator.json are what they were without the option.
 
 Rows are generated in chunks and streamed to CSV files, so memory stays flat from 1k to
 5M rows; the output depends only on (rows, seed).
