@@ -41,8 +41,10 @@ on leaves the world and the draws of the rest as they were:
   `browsing_nmi_user_top_category` is the NMI between the latent group and a user's most
   viewed category (users with >= 5 rows), against `browsing_nmi_row_category` from one
   row's category. Rows gain `ts` (passthrough, numeric): the row's position in the log,
-  increasing per user (exact in float32 up to 2^24 rows), from which the Beam job can
-  derive each row's history. The spec lines that add the histories:
+  increasing per user (exact in float32 up to 2^24 rows; `hour` stays drawn as
+  before, not from it), from which the Beam job can derive each row's history, and by
+  which it can split (`--split_time_field=ts --split_time_quantile=0.8`: 15,999 / 4,001
+  rows of a 20k-row log). The spec lines that add the histories:
 
     - {name: item_history, kind: sequence, vocab_from: item_id,
        derived: {kind: history, source: user_id, of: item_id, order_by: ts,
