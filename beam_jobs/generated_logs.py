@@ -1,9 +1,12 @@
-"""What the built-in generators share: CSV shards published whole, cell formatting, and
-a streaming AUC of the true click probabilities (the oracle AUC). Numpy only."""
+"""What the built-in generators share: CSV shards published whole, cell formatting, a
+streaming AUC of the true probabilities (the oracle AUC), the conversion task's spec
+fields and summary, and the NMI of two labelings. Numpy only."""
 import os
-from typing import List, Mapping, Sequence
+from typing import Callable, Dict, List, Mapping, Sequence
 
 import numpy as np
+
+from hmdn.features import spec as spec_lib
 
 SHARD_PATTERN = "part-{:05d}.csv"
 # A generator's output directory: raw/part-*.csv, the spec beside them, its summary.
@@ -105,3 +108,95 @@ class BinnedAuc:
     if total == 0:
       return float("nan")
     return float((self.pos * (neg_below + 0.5 * self.neg)).sum() / total)
+
+
+# --- The conversion task (a purchase observed only after a click) ---------------------
+PURCHASE = "purchase"
+TRUE_CVR = "true_cvr"
+CONVERSION_RATE_HELP = (
+    "Mean share of clicks that convert (a `purchase` label, observed only after a "
+    "click, with its true p(purchase | click) as `true_cvr`); 0: no conversion label "
+    "(the one-task log). Real logs: 0.02-0.05.")
+CONVERSION_CORRELATION_HELP = (
+    "Correlation of each node's conversion effects with its click effects (the "
+    "deviation from its parent's: rho * click's + sqrt(1 - rho^2) * its own).")
+
+
+def with_conversion(spec: "spec_lib.FeatureSpec") -> "spec_lib.FeatureSpec":
+  """The spec with the conversion task: `purchase` (a label after the first) and its
+  oracle `true_cvr` (task purchase), right after the first task's oracle."""
+  first = spec.label.name
+  added = (spec_lib.Feature(PURCHASE, spec_lib.NUMERIC, role=spec_lib.LABEL, after=first),
+           spec_lib.Feature(TRUE_CVR, spec_lib.NUMERIC, role=spec_lib.ORACLE,
+                            task=PURCHASE))
+  at = spec.names.index(spec.oracle.name) + 1
+  features = spec.features[:at] + added + spec.features[at:]
+  return spec_lib.FeatureSpec(name=spec.name, features=features, source=spec.source)
+
+
+def calibrate(mean_at: Callable[[float], float], target: float) -> float:
+  """The shift s with mean_at(s) == target, for mean_at increasing (bisection)."""
+  lo, hi = -20.0, 20.0
+  for _ in range(60):
+    mid = 0.5 * (lo + hi)
+    if mean_at(mid) < target:
+      lo = mid
+    else:
+      hi = mid
+  return 0.5 * (lo + hi)
+
+
+def correlated(rng: np.random.Generator, click_noise: np.ndarray, scale,
+               rho: float) -> np.ndarray:
+  """A node's conversion noise: rho * its click noise (of std `scale`) + sqrt(1 - rho^2)
+  * fresh noise of the same std, so it keeps the click's scale per level."""
+  fresh = np.asarray(scale) * rng.normal(0, 1, click_noise.shape)
+  return rho * click_noise + np.sqrt(1.0 - rho * rho) * fresh
+
+
+class ConversionSummary:
+  """The conversion task's figures: purchases, CVR over clicks and CTCVR over rows,
+  the CVR oracle AUC over clicked rows and the CTCVR oracle AUC over all rows."""
+
+  def __init__(self):
+    self.purchases = 0
+    self.clicks = 0
+    self.rows = 0
+    self.cvr_auc = BinnedAuc()
+    # p(ctr) * p(cvr) is small: AUC is rank-only, so bin its square root (finer bins
+    # where the mass is).
+    self.ctcvr_auc = BinnedAuc()
+
+  def update(self, click: np.ndarray, purchase: np.ndarray, true_ctr: np.ndarray,
+             true_cvr: np.ndarray) -> None:
+    clicked = click == 1
+    self.purchases += int(purchase.sum())
+    self.clicks += int(clicked.sum())
+    self.rows += len(click)
+    self.cvr_auc.update(purchase[clicked], true_cvr[clicked])
+    self.ctcvr_auc.update(purchase, np.sqrt(true_ctr * true_cvr))
+
+  def result(self) -> Dict[str, float]:
+    return {
+        "purchases": self.purchases,
+        "cvr": self.purchases / max(self.clicks, 1),
+        "ctcvr": self.purchases / max(self.rows, 1),
+        "oracle_auc_purchase_cvr": self.cvr_auc.result(),
+        "oracle_auc_purchase_ctcvr": self.ctcvr_auc.result(),
+    }
+
+
+def normalized_mutual_information(counts: np.ndarray) -> float:
+  """NMI = I(a; b) / sqrt(H(a) H(b)) (as pipeline.metrics computes it from the labels)
+  of the two labelings whose joint counts are `counts` [values of a, values of b];
+  0 when either is constant."""
+  p = np.asarray(counts, dtype=float)
+  if p.sum() == 0:
+    return float("nan")
+  p = p / p.sum()
+  pa, pb = p.sum(1), p.sum(0)
+  nz = p > 0
+  mi = float((p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])).sum())
+  ha = -float((pa[pa > 0] * np.log(pa[pa > 0])).sum())
+  hb = -float((pb[pb > 0] * np.log(pb[pb > 0])).sum())
+  return mi / float(np.sqrt(ha * hb)) if ha > 0 and hb > 0 else 0.0

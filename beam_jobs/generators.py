@@ -3,15 +3,21 @@
 Each generator is a module with a config dataclass (at least `rows` and `seed`) and
 `generate(output_dir, config) -> summary`, writing raw/part-*.csv, spec.yaml and
 generator.json (with `rows`, `ctr` and `oracle_auc`). Beam-free: numpy only.
+
+`FLAG_FIELDS` are the opt-in options `hmdn generate|run` also take as flags (each
+declared once, by `option()`, on the configs that have it); the other config fields keep
+their defaults there.
 """
 import dataclasses
-from typing import Any, Callable, Dict, Type
+from typing import Any, Callable, Dict, Mapping, Tuple, Type
 
 from hmdn.beam_jobs import longtail_logs, synthetic_logs
 
 PLANTED = "planted"
 LONGTAIL = "longtail"
 DEFAULT = PLANTED
+FLAG_FIELDS = ("conversion_rate", "conversion_correlation", "browsing",
+               "interest_strength", "interest_concentration")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +38,20 @@ class Generator:
                        f"it has {sorted(known)}")
     return self.config_class(**overrides)
 
+  @property
+  def fields(self) -> Tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(self.config_class))
+
+  def config_from_flags(self, rows: int, seed: int, given: Mapping[str, Any]) -> Any:
+    """The config of `--rows`, `--seed` and the `FLAG_FIELDS` flags given; a flag this
+    generator does not take is refused naming it and the ones it takes."""
+    unknown = sorted(set(given) - set(self.fields))
+    if unknown:
+      takes = [f"--{n}" for n in FLAG_FIELDS if n in self.fields]
+      raise ValueError(f"--{unknown[0]}: not an option of --generator={self.name} (it "
+                       f"takes {', '.join(takes) or 'none of them'})")
+    return self.config(rows=rows, seed=seed, **given)
+
 
 GENERATORS: Dict[str, Generator] = {
     PLANTED: Generator(
@@ -43,6 +63,13 @@ GENERATORS: Dict[str, Generator] = {
         longtail_logs.SPEC_PATH,
         "4 observed levels, ~1k Zipf-sized leaves, a latent user level (HMDN's regime)"),
 }
+
+
+def flag_configs() -> Dict[Type, Tuple[str, ...]]:
+  """{config class: its fields that are not flags}, for defining the FLAG_FIELDS
+  flags from the `option()` declarations."""
+  return {g.config_class: tuple(n for n in g.fields if n not in FLAG_FIELDS)
+          for g in GENERATORS.values()}
 
 
 def get(name: str) -> Generator:

@@ -19,11 +19,44 @@ spec.yaml and generator.json (oracle AUC, AUC of the leaf-agnostic part of the l
 leaf size quantiles). Rows are drawn in fixed blocks of BLOCK_ROWS, each from its own
 seeded generator, so the output depends on (rows, seed and the shape knobs) alone, not
 on `chunk_rows` or `rows_per_file`.
+
+Two opt-in additions, each off by default (the log, its spec and generator.json are then
+what they were without them), each drawn from its own seeded streams so that turning one
+on leaves the world and the draws of the rest as they were:
+
+- `conversion_rate` > 0: a `purchase` label, only after a click, with conversion effects
+  per node nesting like the click's (each node's deviation from its parent's correlated
+  with its click deviation by `conversion_correlation`) and its intercept calibrated so
+  that `conversion_rate` of clicks convert; the true p(purchase | click) is `true_cvr`
+  (role oracle, task purchase) and the spec gains
+  `{name: purchase, kind: numeric, role: label, after: click}`. generator.json gains
+  `purchases`, `cvr` (purchases / clicks), `ctcvr` (purchases / rows),
+  `oracle_auc_purchase_cvr` (true_cvr over clicked rows) and `oracle_auc_purchase_ctcvr`
+  (true_ctr * true_cvr over all rows).
+- `browsing` > 0: each latent group prefers some item categories (a Dirichlet of
+  `interest_concentration`); that share of a user's rows view an item drawn from their
+  group's categories (item popularity kept within a category), and the click (and the
+  conversion) logit gains `interest_strength` * the group's interest in the item's
+  category. So a user's viewed items carry the latent level: generator.json's
+  `browsing_nmi_user_top_category` is the NMI between the latent group and a user's most
+  viewed category (users with >= 5 rows), against `browsing_nmi_row_category` from one
+  row's category. Rows gain `ts` (passthrough, numeric): the row's position in the log,
+  increasing per user (exact in float32 up to 2^24 rows; `hour` stays drawn as
+  before, not from it), from which the Beam job can derive each row's history, and by
+  which it can split (`--split_time_field=ts --split_time_quantile=0.8`: 15,999 / 4,001
+  rows of a 20k-row log). The spec lines that add the histories:
+
+    - {name: item_history, kind: sequence, vocab_from: item_id,
+       derived: {kind: history, source: user_id, of: item_id, order_by: ts,
+                 max_length: 50}}
+    - {name: category_history, kind: sequence, vocab_from: item_category,
+       derived: {kind: history, source: user_id, of: item_category, order_by: ts,
+                 max_length: 50}}
 """
 import dataclasses
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -41,6 +74,13 @@ DEVICES = ("ios", "android", "pc", "tablet")
 DEVICE_PROBS = (0.4, 0.35, 0.15, 0.1)
 BLOCK_ROWS = 4_096  # rows per seeded block: the unit of determinism
 CALIBRATION_ROWS = 50_000
+TS_COLUMN = "ts"
+PURCHASE, TRUE_CVR = generated_logs.PURCHASE, generated_logs.TRUE_CVR
+# The opt-in additions' config fields, by the field that turns each on: left out of
+# generator.json's config while it is off, so a default summary is unchanged.
+OPT_IN = {"conversion_rate": ("conversion_rate", "conversion_correlation"),
+          "browsing": ("browsing", "interest_strength", "interest_concentration")}
+MIN_USER_ROWS = 5  # users with this many rows or more enter the browsing NMI
 
 
 @dataclasses.dataclass
@@ -71,6 +111,20 @@ class LongTailConfig:
                                 "visible the latent level is.", minimum=0, maximum=1)
   latent_dim: int = option(8, "Dimension of item and preference vectors.", minimum=1)
   num_categories: int = option(30, "Item categories.", minimum=1)
+  conversion_rate: float = option(0.0, generated_logs.CONVERSION_RATE_HELP, minimum=0,
+                                  below=1)
+  conversion_correlation: float = option(0.5, generated_logs.CONVERSION_CORRELATION_HELP,
+                                         minimum=-1, maximum=1)
+  browsing: float = option(0.0, "Share of a user's rows whose item is drawn from their "
+                           "latent group's preferred categories (0: off, the log without "
+                           "`ts`; > 0 adds `ts` and the interest term to the click "
+                           "logit).", minimum=0, maximum=1)
+  interest_strength: float = option(1.0, "With browsing: weight of the latent group's "
+                                    "interest in the item's category in the logit.",
+                                    minimum=0)
+  interest_concentration: float = option(0.3, "With browsing: Dirichlet concentration of "
+                                         "a latent group's category preferences (smaller: "
+                                         "fewer preferred categories).", above=0)
 
   def validate(self) -> "LongTailConfig":
     """The declared rules (`features.options.validate`), then the branching range."""
@@ -95,6 +149,7 @@ class _World:
     self.parents: List[np.ndarray] = []
     bias = np.zeros(1)
     pref = 0.3 * rng.normal(0, 1, (1, d))  # the root's: a mild global taste
+    self.root_pref = pref
     self.node_bias: List[np.ndarray] = []
     self.node_pref: List[np.ndarray] = []
     width = 1
@@ -159,29 +214,81 @@ class _World:
                                    dtype=object)
     self.latent_names = np.array([f"z{i}" for i in range(c.latent_groups)], dtype=object)
     self.config = c
+    self.browsing = c.browsing > 0
+    self.converts = c.conversion_rate > 0
+    if self.browsing:
+      self._draw_interests(c)
+    if self.converts:
+      self._draw_conversion_effects(c)
     self.intercept = self._calibrate(c.ctr)
 
+  def _draw_interests(self, c: LongTailConfig) -> None:
+    """Each latent group's category preferences, the item distribution of its views
+    (as a CDF per group) and its interest term per category."""
+    rng = np.random.default_rng([c.seed, 8])
+    self.latent_category = rng.dirichlet(np.full(c.num_categories, c.interest_concentration),
+                                          c.latent_groups)
+    category_share = np.bincount(self.item_category, weights=self.item_weight,
+                                 minlength=c.num_categories)
+    within = self.item_weight / np.maximum(category_share[self.item_category], 1e-300)
+    views = self.latent_category[:, self.item_category] * within[None]
+    self.view_cdf = np.cumsum(views / views.sum(1, keepdims=True), axis=1)
+    self.view_cdf[:, -1] = 1.0
+    tiny = 1e-6
+    self.interest = c.interest_strength * np.tanh(
+        np.log(c.num_categories * self.latent_category + tiny))
+
+  def _draw_conversion_effects(self, c: LongTailConfig) -> None:
+    """Conversion effects per node: the parent's plus noise correlated with the node's
+    click noise (same scale per level), and per latent group likewise."""
+    rng = np.random.default_rng([c.seed, 5])
+    rho = c.conversion_correlation
+    bias = np.zeros(1)
+    pref = generated_logs.correlated(rng, self.root_pref, 0.3, rho)
+    click_bias, click_pref = np.zeros(1), self.root_pref
+    self.cvr_bias, self.cvr_pref = [], []
+    for level in range(len(LEVELS)):
+      parent = self.parents[level]
+      scale = c.shrink ** level
+      bias = bias[parent] + generated_logs.correlated(
+          rng, self.node_bias[level] - click_bias[parent], c.bias_scale * scale, rho)
+      pref = pref[parent] + generated_logs.correlated(
+          rng, self.node_pref[level] - click_pref[parent], c.preference_scale * scale, rho)
+      click_bias, click_pref = self.node_bias[level], self.node_pref[level]
+      self.cvr_bias.append(bias)
+      self.cvr_pref.append(pref)
+    self.cvr_latent_bias = generated_logs.correlated(rng, self.latent_bias, c.latent_scale,
+                                                     rho)
+    self.cvr_latent_pref = generated_logs.correlated(rng, self.latent_pref, c.latent_scale,
+                                                     rho)
+
   def _calibrate(self, ctr: float) -> float:
-    """The intercept that makes the mean true CTR `ctr` on a fixed calibration sample."""
+    """The intercept that makes the mean true CTR `ctr` on a fixed calibration sample
+    (and, with conversions, the conversion intercept that makes `conversion_rate` of
+    clicks convert there)."""
     rng = np.random.default_rng([self.config.seed, 2])
-    parts = _draw(self, rng, CALIBRATION_ROWS)
+    aux = np.random.default_rng([self.config.seed, 2, 1])
+    parts = _draw(self, rng, CALIBRATION_ROWS, aux)
     logit = parts["agnostic"] + parts["hierarchy"]
-    lo, hi = -20.0, 20.0
-    for _ in range(60):
-      mid = 0.5 * (lo + hi)
-      if _sigmoid(logit + mid).mean() < ctr:
-        lo = mid
-      else:
-        hi = mid
-    return 0.5 * (lo + hi)
+    intercept = generated_logs.calibrate(lambda b: _sigmoid(logit + b).mean(), ctr)
+    if self.converts:
+      p_click = _sigmoid(logit + intercept)
+      cvr = parts["cvr_logit"]
+      self.cvr_intercept = generated_logs.calibrate(
+          lambda b: float((p_click * _sigmoid(cvr + b)).sum() / p_click.sum()),
+          self.config.conversion_rate)
+    return intercept
 
 
 def _sigmoid(x):
   return 1.0 / (1.0 + np.exp(-x))
 
 
-def _draw(world: _World, rng: np.random.Generator, n: int) -> Dict[str, np.ndarray]:
-  """n impressions as integer indices and the two parts of their logit."""
+def _draw(world: _World, rng: np.random.Generator, n: int,
+          aux: Optional[np.random.Generator] = None) -> Dict[str, np.ndarray]:
+  """n impressions as integer indices and the two parts of their logit (with
+  conversions, the conversion logit before its intercept). `aux` draws the browsing
+  (after everything `rng` draws, which stays as without it)."""
   c = world.config
   d = c.latent_dim
   leaf = rng.choice(world.num_leaves, n, p=world.leaf_prob)
@@ -198,6 +305,14 @@ def _draw(world: _World, rng: np.random.Generator, n: int) -> Dict[str, np.ndarr
   device = np.where(follows, latent_device, global_device)
   hour = np.where(follows, np.mod(world.latent_hour[latent] + rng.normal(0, 3.0, n), 24.0),
                   rng.uniform(0, 24, n))
+  if world.browsing:
+    # That share of rows views an item of the user's latent group's categories.
+    browses = aux.random(n) < c.browsing
+    u = aux.random(n)
+    for g in range(c.latent_groups):
+      rows = browses & (latent == g)
+      item[rows] = np.minimum(np.searchsorted(world.view_cdf[g], u[rows], side="right"),
+                              world.num_items - 1)
   vec = world.item_vector[item]
   # The part a model without the hierarchy could learn: user x item affinity, price
   # and time of day.
@@ -209,8 +324,20 @@ def _draw(world: _World, rng: np.random.Generator, n: int) -> Dict[str, np.ndarr
   hierarchy = (world.node_bias[-1][leaf] + world.latent_bias[latent] +
                world.leaf_latent_bias[leaf, latent] +
                np.einsum("ij,ij->i", pref, vec) / np.sqrt(d))
-  return {"leaf": leaf, "user": user, "item": item, "latent": latent,
-          "device": device, "hour": hour, "agnostic": agnostic, "hierarchy": hierarchy}
+  interest = 0.0
+  if world.browsing:  # the latent group's interest in the item's category
+    interest = world.interest[latent, world.item_category[item]]
+    hierarchy = hierarchy + interest
+  out = {"leaf": leaf, "user": user, "item": item, "latent": latent,
+         "device": device, "hour": hour, "agnostic": agnostic, "hierarchy": hierarchy}
+  if world.converts:
+    cvr_pref = world.cvr_pref[-1][leaf] + world.cvr_latent_pref[latent]
+    out["cvr_logit"] = (
+        0.5 * np.einsum("ij,ij->i", world.user_taste[user], vec) / np.sqrt(d) -
+        0.5 * (world.item_log_price[item] - 3.0) / 0.6 +
+        world.cvr_bias[-1][leaf] + world.cvr_latent_bias[latent] + interest +
+        np.einsum("ij,ij->i", cvr_pref, vec) / np.sqrt(d))
+  return out
 
 
 def _rows(world: _World, seed: int, first_block: int, num_blocks: int, n: int
@@ -219,12 +346,20 @@ def _rows(world: _World, seed: int, first_block: int, num_blocks: int, n: int
   parts = []
   for block in range(first_block, first_block + num_blocks):
     rng = np.random.default_rng([seed, 1, block])
-    draw = _draw(world, rng, BLOCK_ROWS)
+    aux = np.random.default_rng([seed, 6, block])
+    draw = _draw(world, rng, BLOCK_ROWS, aux)
     draw["uniform"] = rng.random(BLOCK_ROWS)
+    if world.converts:
+      draw["purchase_uniform"] = aux.random(BLOCK_ROWS)
+    if world.browsing:
+      draw["ts"] = block * BLOCK_ROWS + np.arange(BLOCK_ROWS, dtype=np.int64)
     parts.append(draw)
   out = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
   out["true_ctr"] = _sigmoid(world.intercept + out["agnostic"] + out["hierarchy"])
   out["click"] = (out["uniform"] < out["true_ctr"]).astype(int)
+  if world.converts:
+    out[TRUE_CVR] = _sigmoid(world.cvr_intercept + out["cvr_logit"])
+    out[PURCHASE] = out["click"] * (out["purchase_uniform"] < out[TRUE_CVR]).astype(int)
   return out
 
 
@@ -232,6 +367,7 @@ def _columns(world: _World, rows: Dict[str, np.ndarray]) -> Dict[str, np.ndarray
   """The raw CSV columns of drawn rows, by spec name."""
   leaf = rows["leaf"]
   cols = {"click": rows["click"], "true_ctr": rows["true_ctr"],
+          **{k: rows[k] for k in (PURCHASE, TRUE_CVR, TS_COLUMN) if k in rows},
           LEAF_COLUMN: world.leaf_names[leaf],
           LATENT_COLUMN: world.latent_names[rows["latent"]]}
   for level, name in enumerate(LEVELS):
@@ -245,6 +381,52 @@ def _columns(world: _World, rows: Dict[str, np.ndarray]) -> Dict[str, np.ndarray
       "hour": rows["hour"],
   })
   return cols
+
+
+def log_spec(config: LongTailConfig) -> "spec_lib.FeatureSpec":
+  """The shipped spec, with the conversion task and `ts` when they are on."""
+  spec = spec_lib.load_spec(SPEC_PATH)
+  if config.conversion_rate > 0:
+    spec = generated_logs.with_conversion(spec)
+  if config.browsing > 0:
+    at = spec.names.index("hour") + 1
+    ts = spec_lib.Feature(TS_COLUMN, spec_lib.NUMERIC, role=spec_lib.PASSTHROUGH)
+    spec = spec_lib.FeatureSpec(name=spec.name, source=spec.source,
+                                features=spec.features[:at] + (ts,) + spec.features[at:])
+  return spec
+
+
+class _BrowsingCounts:
+  """Views per (user, category) and per (latent group, category), for the NMI of the
+  latent group with a user's most viewed category (what a history carries) and with
+  one row's category."""
+
+  def __init__(self, world: _World):
+    self.world = world
+    self.categories = world.config.num_categories
+    self.user_category = np.zeros(world.num_users * self.categories, dtype=np.int64)
+    self.latent_category = np.zeros((world.config.latent_groups, self.categories),
+                                    dtype=np.int64)
+
+  def update(self, rows: Dict[str, np.ndarray]) -> None:
+    category = self.world.item_category[rows["item"]]
+    self.user_category += np.bincount(rows["user"] * self.categories + category,
+                                      minlength=len(self.user_category))
+    np.add.at(self.latent_category, (rows["latent"], category), 1)
+
+  def result(self) -> Dict[str, float]:
+    counts = self.user_category.reshape(-1, self.categories)
+    active = counts.sum(1) >= MIN_USER_ROWS
+    top = counts[active].argmax(1)  # ties: the smallest category
+    joint = np.zeros_like(self.latent_category)
+    np.add.at(joint, (self.world.user_latent[active], top), 1)
+    return {
+        "browsing_users": int(active.sum()),
+        "browsing_nmi_user_top_category": generated_logs.normalized_mutual_information(
+            joint),
+        "browsing_nmi_row_category": generated_logs.normalized_mutual_information(
+            self.latent_category),
+    }
 
 
 def leaf_row_quantiles(counts: np.ndarray) -> Dict[str, float]:
@@ -263,11 +445,13 @@ def generate(output_dir: str, config: LongTailConfig) -> Dict:
   best reach, up to the latent correlates), the tree's shape and leaf size quantiles.
   """
   config.validate()
-  spec = spec_lib.load_spec(SPEC_PATH)
+  spec = log_spec(config)
   shards = generated_logs.CsvShards(generated_logs.raw_dir(output_dir),
                                     [f.name for f in spec.raw_fields],  # not derived
                                     config.rows_per_file, config.rows)
   world = _World(config)
+  conversion = generated_logs.ConversionSummary()
+  browsing = _BrowsingCounts(world) if world.browsing else None
   oracle_auc = generated_logs.BinnedAuc()
   agnostic_auc = generated_logs.BinnedAuc()
   leaf_rows = np.zeros(world.num_leaves, dtype=np.int64)
@@ -290,6 +474,10 @@ def generate(output_dir: str, config: LongTailConfig) -> Dict:
     oracle_auc.update(click, rows["true_ctr"])
     agnostic_auc.update(click, _sigmoid(rows["agnostic"]))
     clicks += int(click.sum())
+    if world.converts:
+      conversion.update(click, rows[PURCHASE], rows["true_ctr"], rows[TRUE_CVR])
+    if browsing is not None:
+      browsing.update(rows)
     leaf_rows += np.bincount(rows["leaf"], minlength=world.num_leaves)
     leaf_clicks += np.bincount(rows["leaf"], weights=click, minlength=world.num_leaves)
     # Float sums block by block, so they add up in the same order whatever chunk_rows.
@@ -307,7 +495,8 @@ def generate(output_dir: str, config: LongTailConfig) -> Dict:
   summary = {
       "generator": "longtail",
       # chunk_rows left out: it changes nothing in the output.
-      "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "chunk_rows"},
+      "config": {k: v for k, v in dataclasses.asdict(config).items()
+                 if k != "chunk_rows" and k not in _unused_options(config)},
       "rows": written,
       "clicks": clicks,
       "ctr": clicks / written,
@@ -335,6 +524,15 @@ def generate(output_dir: str, config: LongTailConfig) -> Dict:
           "observed_ctr": float(leaf_clicks[i] / leaf_rows[i])}
           for i in np.flatnonzero(seen)},
   }
+  if world.converts:
+    summary.update(conversion.result())
+  if browsing is not None:
+    summary.update(browsing.result())
   with open(generated_logs.summary_path(output_dir), "w") as f:
     json.dump(summary, f, indent=1)
   return summary
+
+
+def _unused_options(config: LongTailConfig) -> List[str]:
+  """The opt-in fields of the additions that are off."""
+  return [k for on, keys in OPT_IN.items() if not getattr(config, on) for k in keys]

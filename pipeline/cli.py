@@ -68,6 +68,8 @@ flags.DEFINE_enum("generator", generators.DEFAULT, sorted(generators.GENERATORS)
                   "generate/run without --raw: the built-in log generator. " + "; ".join(
                       f"{g.name}: {g.help}" for g in generators.GENERATORS.values()))
 flags.DEFINE_integer("rows", 200_000, "generate/run: rows of generated raw log.")
+for _config_class, _not_flags in generators.flag_configs().items():  # opt-in options
+  config_flags.define_flags(_config_class, skip=_not_flags, shared=generators.FLAG_FIELDS)
 config_flags.define_flags(compare.CompareConfig)
 # Flags of the commands themselves, not of a config.
 flags.DEFINE_string("output_dir", None, "generate/run: directory of every output; data "
@@ -152,9 +154,10 @@ def preprocess_config(raw: str, spec: str, data_dir: str) -> PreprocessConfig:
 
 
 def generator_config():
-  """The chosen generator's config with --rows and --seed."""
+  """The chosen generator's config with --rows, --seed and its opt-in flags given."""
   generator = generators.get(FLAGS.generator)
-  return generator, generator.config(rows=FLAGS.rows, seed=FLAGS.seed)
+  given = {n: FLAGS[n].value for n in generators.FLAG_FIELDS if FLAGS[n].present}
+  return generator, generator.config_from_flags(FLAGS.rows, FLAGS.seed, given)
 
 
 def _require(*names: str) -> None:
@@ -299,7 +302,8 @@ def config_group(title: str, cls, rename=None, skip=()) -> FlagGroup:
 TRAIN = config_group("training (TrainConfig)", TrainConfig)
 MODEL = config_group("model (ModelConfig)", ModelConfig)
 PREPROCESS = config_group("preprocessing (PreprocessConfig)", PreprocessConfig)
-GENERATED = FlagGroup("generated log", ("generator", "rows", "seed"))
+GENERATED = FlagGroup("generated log", ("generator", "rows", "seed") +
+                      generators.FLAG_FIELDS)
 EVERY = FlagGroup("every command", ("cpu_devices", "debug", "verbosity"))
 DIRS = ("data_dir", "model_dir")  # in `run` and `compare`: from --output_dir/--report_dir
 

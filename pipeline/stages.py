@@ -42,8 +42,16 @@ def generate(output_dir: str, generator, config, overwrite: bool = False) -> Dic
       raise ValueError(f"--output_dir={output_dir} holds a log generated earlier; pass "
                        "--overwrite to replace it, or use another --output_dir")
     summary = generator.generate(output_dir, config)
+  extra = ""
+  if "oracle_auc_purchase_cvr" in summary:  # the opt-in conversion task
+    extra += (f"; purchases {summary['cvr']:.4f} of clicks, oracle AUC CVR "
+              f"{summary['oracle_auc_purchase_cvr']:.4f} CTCVR "
+              f"{summary['oracle_auc_purchase_ctcvr']:.4f}")
+  if "browsing_nmi_user_top_category" in summary:  # the opt-in browsing
+    extra += (f"; NMI(latent, user's top category) "
+              f"{summary['browsing_nmi_user_top_category']:.3f}")
   print(f"generated {summary['rows']} rows with {generator.name!r} (CTR "
-        f"{summary['ctr']:.4f}, oracle AUC {summary['oracle_auc']:.4f}) in "
+        f"{summary['ctr']:.4f}, oracle AUC {summary['oracle_auc']:.4f}{extra}) in "
         f"{generated_raw(output_dir)}; spec: {generated_spec(output_dir)}")
   return summary
 

@@ -13,7 +13,7 @@ DEFAULT_MAX_LENGTH = 50  # a sequence's default max_length
 FEATURE = "feature"  # an input of the model
 LABEL = "label"  # the click label, 0 or 1
 PASSTHROUGH = "passthrough"  # kept in the TFRecords (e.g. a CVR label), not a model input
-ORACLE = "oracle"  # the true click probability of a synthetic row: for the oracle AUC only
+ORACLE = "oracle"  # a synthetic row's true probability of a task (`task`): the oracle AUC
 ROLES = (FEATURE, LABEL, PASSTHROUGH, ORACLE)
 
 # Kinds of derived field (computed from other fields, never read from the raw log).

@@ -128,6 +128,10 @@ class Feature:
       kept; a longer raw list is truncated, and the Beam job counts it.
     after: labels only: the label this task is observed after (a purchase after a
       click): it can be 1 only where that label is 1 (ESMM's entire-space tasks).
+    task: oracles only: the label this field is the true probability of (None: the
+      first label). For an `after` task it is the true conditional probability
+      p(task | prerequisite = 1) (a CVR); the entire-space one (CTCVR) is its product
+      with the prerequisite's oracle.
   """
   name: str
   kind: str
@@ -145,6 +149,7 @@ class Feature:
   after: Optional[str] = None
   vocab_from: Optional[str] = None
   max_length: int = DEFAULT_MAX_LENGTH
+  task: Optional[str] = None
 
   @property
   def is_derived(self) -> bool:
@@ -229,8 +234,15 @@ class FeatureSpec:
     return self.labels[0]
 
   @property
+  def oracles(self) -> Dict[str, Feature]:
+    """Each task's oracle (a synthetic row's true probability), by the task's label
+    name, in spec order; a task without one is absent."""
+    return {oracle_task(self, f): f for f in self.features if f.role == ORACLE}
+
+  @property
   def oracle(self) -> Optional[Feature]:
-    return next((f for f in self.features if f.role == ORACLE), None)
+    """The first task's oracle (the true click probability), if the spec has one."""
+    return self.oracles.get(self.label.name)
 
   @property
   def user_id(self) -> Optional[Feature]:
@@ -367,6 +379,12 @@ class FeatureSpec:
   def save(self, path: str) -> None:
     """The spec as YAML, written atomically (a run directory or an export holds it)."""
     write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def oracle_task(spec: FeatureSpec, f: Feature) -> str:
+  """The label an oracle field is the true probability of: its `task`, else the
+  first label."""
+  return f.task if f.task is not None else spec.label.name
 
 
 _DERIVED_DEFAULTS = {x.name: x.default for x in dataclasses.fields(Derived)

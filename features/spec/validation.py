@@ -59,6 +59,7 @@ FIELD_TYPES = {
     "after": (lambda v: v is None or isinstance(v, str), "a label field's name"),
     "vocab_from": (lambda v: v is None or isinstance(v, str), "a field name (a string)"),
     "max_length": (_is_int, "an integer"),
+    "task": (lambda v: v is None or isinstance(v, str), "a label field's name"),
 }
 DERIVED_TYPES = {
     "kind": (lambda v: isinstance(v, str), "a string"),
@@ -105,11 +106,10 @@ def validate(spec: "FeatureSpec") -> None:
   if not any(f.role == LABEL for f in spec.features):
     raise SpecError(f"{src}: the spec needs a field with role 'label' (one per task)")
   _validate_tasks(spec, src)
-  for role_name, found in (("oracle", [f for f in spec.features if f.role == ORACLE]),
-                           ("user_id", [f for f in spec.features if f.user_id])):
-    if len(found) > 1:
-      raise SpecError(f"{src}: at most one {role_name} field, found "
-                      f"{[f.name for f in found]}")
+  _validate_oracles(spec, src)
+  found = [f for f in spec.features if f.user_id]
+  if len(found) > 1:
+    raise SpecError(f"{src}: at most one user_id field, found {[f.name for f in found]}")
   levels = [f.distribution_level for f in spec.features
             if f.distribution_level is not None]
   if len(levels) != len(set(levels)):
@@ -149,6 +149,26 @@ def _validate_tasks(spec: "FeatureSpec", src: str) -> None:
                         f"{' -> '.join(chain + [current.after])}")
       chain.append(current.after)
       current = by_name[current.after]
+
+
+def _validate_oracles(spec: "FeatureSpec", src: str) -> None:
+  """`task` is for oracles only and names a label; one oracle per task."""
+  labels = [f.name for f in spec.features if f.role == LABEL]
+  by_task = {}
+  for f in spec.features:
+    where = f"{src}: field {f.name!r}: task"
+    if f.task is not None and f.role != ORACLE:
+      raise SpecError(f"{where} is for oracles only (the label it is the true "
+                      f"probability of); this field's role is {f.role!r}")
+    if f.role != ORACLE:
+      continue
+    if f.task is not None and f.task not in labels:
+      raise SpecError(f"{where} names {f.task!r}, which is not a label; labels: {labels}")
+    task = f.task if f.task is not None else labels[0]
+    if task in by_task:
+      raise SpecError(f"{where}: two oracles for task {task!r}: {by_task[task]!r} and "
+                      f"{f.name!r} (one true probability per task)")
+    by_task[task] = f.name
 
 
 def _validate_field(spec: "FeatureSpec", f: "Feature", where: str) -> None:

@@ -6,6 +6,7 @@ second time on two worker processes) and the tests read snapshots of the outputs
 """
 import bisect
 import collections
+import csv
 import glob
 import json
 import os
@@ -85,6 +86,10 @@ BAD_SKELETON = [
     (A.skeleton_line("90008", 2, 0, "c00000001", ITEM), ["'click'", "not 0 or 1"]),
     (A.skeleton_line("90009", 0, 0, "c00000001", ITEM + [("205", "500002", 1.0)]),
      ["field '205' has 2 feature ids", "single-valued"]),
+    # purchase is a task observed after a click (the spec's `after: click`)
+    (A.skeleton_line("90010", 0, 1, "c00000001", ITEM), ["'purchase'", "label 1 where "
+                                                         "'click' is 0"]),
+    (A.skeleton_line("90011", 1, 2, "c00000001", ITEM), ["'purchase'", "not 0 or 1"]),
 ]
 BAD_COMMON = [
     ("c_bad_count,1", ["expected 3 comma-separated", "got 2"]),
@@ -188,6 +193,11 @@ def test_ali_ccp_join_puts_user_features_on_each_impression(ali_raw):
     assert r["scenario_x_group"] == f"{r['301']}_x_{r['122']}"
     checked += 1
   assert checked == len(rows)
+  # purchases are read as the second task, each after a click
+  assert [f.name for f in ali_raw["spec"].labels] == ["click", "purchase"]
+  assert ali_raw["spec"]["purchase"].after == "click"
+  purchases = [r for r in rows.values() if r["purchase"] == 1.0]
+  assert purchases and all(r["click"] == 1.0 for r in purchases)
   # the split hashes the sample id: near 80/20
   assert 0.1 < len(ali_raw["eval"]) / len(rows) < 0.3
 
@@ -428,6 +438,35 @@ def test_movielens_convert_writes_the_ml100k_layout(tmp_path):
 
 
 # --- Ali-CCP preprocessed CSV (the shared real sample) ----------------------------------
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "ali_ccp_sample")),
+                    reason="../shared/data/ali_ccp_sample is not present")
+def test_shared_ali_ccp_sample_reads_click_and_purchase(tmp_path):
+  """The preprocessed CSV's two tasks: purchase a label after click, counted per task."""
+  sample = os.path.join(SHARED_DATA, "ali_ccp_sample")
+  out = str(tmp_path / "out")
+  spec = spec_lib.load_spec("ali_ccp")
+  assert [(f.name, f.after) for f in spec.labels] == [("click", None),
+                                                      ("purchase", "click")]
+  meta = preprocess.run(PreprocessConfig(
+      raw=os.path.join(sample, "ali_ccp_*_sample.csv"), output_dir=out,
+      spec_path="ali_ccp", eval_fraction=0.3, direct_num_workers=1))
+  assert meta["rows_read"] == 200 and meta["rows_rejected"] == 0
+  clicks = purchases = 0
+  for name in glob.glob(os.path.join(sample, "ali_ccp_*_sample.csv")):
+    with open(name) as f:
+      for row in csv.DictReader(f):
+        clicks += int(row["click"])
+        purchases += int(row["purchase"])
+  assert purchases > 0
+  stats = PreprocessedData(out).stats["distribution"]
+  total = {k: sum(stats[split]["__all__"]["__all__"]["tasks"][k]["positives"]
+                  for split in ("train", "eval")) for k in ("click", "purchase")}
+  assert total == {"click": clicks, "purchase": purchases}
+  tasks = stats["train"]["__all__"]["__all__"]["tasks"]
+  assert tasks["purchase"]["rate_after"] == pytest.approx(
+      tasks["purchase"]["positives"] / tasks["click"]["positives"])
+
+
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "ali_ccp_sample")),
                     reason="../shared/data/ali_ccp_sample is not present")
 def test_shared_ali_ccp_sample_end_to_end(tmp_path):

@@ -201,3 +201,107 @@ def test_subgroup_is_a_property_of_the_user(sharded):
   for user in np.unique(cols["user_id"])[:300]:
     assert len(set(path[cols["user_id"] == user])) == 1, user
   assert _majority_accuracy(cols["scenario"], cols["user_id"]) < 0.9
+
+
+# --- The conversion task (opt-in) -----------------------------------------------------
+RATE = 0.03
+
+
+@pytest.fixture(scope="module")
+def converting(tmp_path_factory):
+  """The same 20k rows with a conversion task at 3% of clicks."""
+  out = tmp_path_factory.mktemp("gen_conv")
+  summary = synthetic_logs.generate(str(out), synthetic_logs.GeneratorConfig(
+      rows=ROWS, seed=SEED, conversion_rate=RATE))
+  headers, rows = _read(out)
+  cols = {k: np.array([r[k] for r in rows]) for k in headers[0]}
+  for k in ("click", "true_ctr", "purchase", "true_cvr"):
+    cols[k] = cols[k].astype(float)
+  return {"dir": out, "summary": summary, "headers": headers, "rows": rows, "cols": cols}
+
+
+def test_the_default_has_no_conversion_task(sharded):
+  summary = sharded["summary"]
+  assert not {"purchases", "cvr", "oracle_auc_purchase_cvr", "config"} & set(summary)
+  spec = spec_lib.load_spec(os.path.join(str(sharded["dir"]), "spec.yaml"))
+  assert [f.name for f in spec.labels] == ["click"]
+  assert list(spec.oracles) == ["click"]
+
+
+def test_clicks_do_not_depend_on_the_conversion_task(sharded, converting):
+  """Turning conversions on adds two columns; every other column is as it was."""
+  assert converting["headers"][0] == ["click", "true_ctr", "purchase", "true_cvr"] + \
+      sharded["headers"][0][2:]
+  added = ("purchase", "true_cvr")
+  assert [{k: v for k, v in r.items() if k not in added} for r in converting["rows"]] == \
+      sharded["rows"]
+
+
+def test_conversion_spec_has_the_purchase_task_and_its_oracle(converting):
+  spec = spec_lib.load_spec(os.path.join(str(converting["dir"]), "spec.yaml"))
+  assert [(f.name, f.after) for f in spec.labels] == [("click", None),
+                                                      ("purchase", "click")]
+  assert {t: f.name for t, f in spec.oracles.items()} == {"click": "true_ctr",
+                                                          "purchase": "true_cvr"}
+  assert spec.oracle.name == "true_ctr"
+  for row in converting["rows"][:1_000]:
+    spec_lib.check_tasks(spec, {f.name: spec.parse_value(f, row[f.name])
+                                for f in spec.features})
+
+
+def test_purchases_only_after_clicks_at_the_stated_share(converting):
+  cols, summary = converting["cols"], converting["summary"]
+  assert set(cols["purchase"]) <= {0.0, 1.0}
+  assert np.all(cols["click"][cols["purchase"] == 1] == 1)
+  clicks = cols["click"].sum()
+  share = cols["purchase"].sum() / clicks
+  assert 0.02 <= share <= 0.05
+  assert summary["purchases"] == cols["purchase"].sum()
+  assert summary["cvr"] == pytest.approx(share)
+  assert summary["ctcvr"] == pytest.approx(cols["purchase"].mean())
+  # The intercept is calibrated: the expected share over clicks is the rate.
+  clicked = cols["click"] == 1
+  assert cols["true_cvr"][clicked].mean() == pytest.approx(RATE, rel=0.15)
+
+
+def test_conversion_oracle_aucs_match_the_rows(converting):
+  cols, summary = converting["cols"], converting["summary"]
+  clicked = cols["click"] == 1
+  cvr = metrics.auc(cols["purchase"][clicked], cols["true_cvr"][clicked])
+  ctcvr = metrics.auc(cols["purchase"], cols["true_ctr"] * cols["true_cvr"])
+  for key, exact in (("oracle_auc_purchase_cvr", cvr), ("oracle_auc_purchase_ctcvr", ctcvr)):
+    assert np.isfinite(summary[key]) and summary[key] > 0.5, key
+    assert summary[key] == pytest.approx(exact, abs=2e-3), key
+  assert ctcvr > summary["oracle_auc"]  # a rare event that needs the click too
+
+
+def test_true_cvr_varies_by_leaf(converting):
+  """The conversion model is per leaf: most of true_cvr's variance is between leaves."""
+  cols, leaves = converting["cols"], converting["summary"]["leaves"]
+  logit = np.log(cols["true_cvr"] / (1 - cols["true_cvr"]))
+  means = {leaf: logit[cols["subgroup"] == leaf].mean() for leaf in leaves}
+  between = np.array([means[s] for s in cols["subgroup"]])
+  assert between.var() / logit.var() > 0.3
+  true_cvr = np.array([e["true_cvr"] for e in leaves.values()])
+  assert true_cvr.max() / true_cvr.min() > 3
+
+
+@pytest.mark.parametrize("rho", [0.9, -0.9])
+def test_conversion_effects_follow_the_click_effects_by_the_correlation(rho):
+  world = synthetic_logs._World(ROWS, SEED, RATE, rho)
+  # Each leaf's coefficients around the root's: the deviations correlate with rho's sign.
+  click = (world.coef - world.coef.mean((0, 1, 2)))[..., 4:].ravel()
+  cvr = (world.cvr_coef - world.cvr_coef.mean((0, 1, 2)))[..., 4:].ravel()
+  corr = np.corrcoef(click, cvr)[0, 1]
+  assert np.sign(corr) == np.sign(rho) and abs(corr) > 0.6
+
+
+@pytest.mark.parametrize("config,match", [
+    (dict(conversion_rate=1.0), r"--conversion_rate=1.0: expected a finite number in "
+     r"\[0, 1\)"),
+    (dict(conversion_rate=-0.1), "--conversion_rate=-0.1"),
+    (dict(conversion_rate=0.03, conversion_correlation=1.5), "--conversion_correlation=1.5"),
+])
+def test_bad_conversion_config_is_a_clear_error(tmp_path, config, match):
+  with pytest.raises(ValueError, match=match):
+    synthetic_logs.generate(str(tmp_path), synthetic_logs.GeneratorConfig(rows=10, **config))

@@ -163,3 +163,28 @@ def test_the_command_line_fails_in_one_line_and_helpfull_works(tmp_path):
   proc = subprocess.run(hmdn + ["--helpfull"], cwd=ROOT, capture_output=True, text=True,
                         timeout=300)
   assert "--batch_size" in proc.stdout and "--codebook_warmup_steps" in proc.stdout
+
+
+def test_generator_opt_in_flags_reach_the_generators_config(parse):
+  """--conversion_rate etc. come from the generator configs' option() declarations."""
+  try:
+    cli.FLAGS.unparse_flags()
+    cli._parse_flags(["hmdn", "generate", "--generator=longtail", "--rows=100",
+                      "--conversion_rate=0.03", "--browsing=0.5"])
+    generator, config = cli.generator_config()
+    assert (generator.name, config.rows, config.conversion_rate, config.browsing,
+            config.conversion_correlation) == ("longtail", 100, 0.03, 0.5, 0.5)
+    cli.FLAGS.unparse_flags()
+    cli._parse_flags(["hmdn", "generate", "--browsing=0.5"])
+    with pytest.raises(ValueError, match=r"^--browsing: not an option of "
+                       r"--generator=planted \(it takes --conversion_rate, "
+                       r"--conversion_correlation\)$"):
+      cli.generator_config()
+    cli.FLAGS.unparse_flags()
+    cli._parse_flags(["hmdn", "generate"])
+    assert cli.generator_config()[1] == cli.generators.get("planted").config(
+        rows=200_000, seed=0)
+  finally:
+    cli.FLAGS.unparse_flags()
+  code, err, _, _ = parse("train", "--conversion_rate=0.03")
+  assert code == 2 and "a flag of generate, run" in err[0], err

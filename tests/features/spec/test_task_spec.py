@@ -73,3 +73,55 @@ def test_a_task_positive_without_its_prerequisite_is_refused(click, purchase, ok
   else:
     with pytest.raises(spec_lib.SpecError, match="'purchase'.*1 where 'click' is 0"):
       spec_lib.check_tasks(spec, record)
+
+
+# --- An oracle per task ---------------------------------------------------------------
+CTR = {"name": "true_ctr", "kind": "numeric", "role": "oracle"}
+CVR = {"name": "true_cvr", "kind": "numeric", "role": "oracle", "task": "purchase"}
+
+
+def test_an_oracle_without_a_task_is_the_first_tasks():
+  spec = _spec(BASE + [PURCHASE, CTR])
+  assert spec.oracle.name == "true_ctr"
+  assert {t: f.name for t, f in spec.oracles.items()} == {"click": "true_ctr"}
+
+
+def test_each_task_has_its_own_oracle_and_the_task_key_round_trips():
+  spec = _spec(BASE + [PURCHASE, CTR, CVR])
+  assert {t: f.name for t, f in spec.oracles.items()} == {
+      "click": "true_ctr", "purchase": "true_cvr"}
+  assert spec.oracle.name == "true_ctr"
+  written = yaml.safe_dump(spec.to_dict())
+  assert "task: purchase" in written and written.count("task:") == 1
+  assert spec_lib.spec_from_yaml(written, "t.yaml").to_dict() == spec.to_dict()
+
+
+def test_a_spec_with_only_a_later_tasks_oracle_has_no_first_task_oracle():
+  spec = _spec(BASE + [PURCHASE, CVR])
+  assert spec.oracle is None and list(spec.oracles) == ["purchase"]
+
+
+def test_a_spec_without_an_oracle_has_none():
+  spec = _spec(BASE + [PURCHASE])
+  assert spec.oracle is None and spec.oracles == {}
+
+
+@pytest.mark.parametrize("extra, words", [
+    ([dict(CVR, task="cart")], ["'true_cvr'", "task", "'cart'", "not a label"]),
+    ([dict(CVR, task="price")], ["'true_cvr'", "task", "'price'", "not a label"]),
+    ([CTR, dict(CTR, name="p2")], ["'p2'", "two oracles", "'click'", "'true_ctr'"]),
+    ([CTR, dict(CTR, name="p2", task="click")], ["'p2'", "two oracles", "'click'"]),
+    ([CVR, dict(CVR, name="p2")], ["'p2'", "two oracles", "'purchase'", "'true_cvr'"]),
+    ([dict(CVR, task=1)], ["'true_cvr'", "task", "1"]),
+    ([dict(CVR, task=["purchase"])], ["'true_cvr'", "task"]),
+])
+def test_a_bad_oracle_task_is_refused_naming_the_field_and_value(extra, words):
+  with pytest.raises(spec_lib.SpecError) as e:
+    _spec(BASE + [PURCHASE] + extra)
+  for w in words:
+    assert w in str(e.value), str(e.value)
+
+
+def test_task_on_a_non_oracle_is_refused():
+  with pytest.raises(spec_lib.SpecError, match="'purchase'.*task is for oracles only"):
+    _spec(BASE + [dict(PURCHASE, task="click")])
