@@ -210,7 +210,7 @@ class CTRModel(tfrs.Model):
       condition = (representation if self.config.hmdn_condition ==
                    "hierarchical_only" else tf.concat([condition, representation], -1))
       codes = {k: v for k, v in h.items() if k.startswith("codes")}
-      if self._per_task_backbone:
+      if self._per_task_backbone and codes:
         out["codes_by_task"] = self._unfold(codes["codes"])
         codes = {k: self._unfold(v)[:, 0] for k, v in codes.items()}
       out.update(codes)

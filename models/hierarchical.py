@@ -33,13 +33,24 @@ class HMDRRConfig:
                                  minimum=1)
   view_units: Tuple[int, ...] = option((64,), "Hidden layer sizes of each view's MLP.",
                                        minimum=1)
-  quantizer: QuantizerConfig = nested(QuantizerConfig, "The residual quantizer.")
+  quantize: bool = option(True, "Quantize the views (HMDRR). False: s_D is the views' "
+                          "continuous vectors, no codes (the ablation that removes the "
+                          "quantizer, e.g. hmdn compare's hmdn_moe:quantize=false).")
+  quantizer: QuantizerConfig = nested(QuantizerConfig, "The residual quantizer.",
+                                      applies=lambda root: _unless_quantized(root))
 
   def __post_init__(self):
     self.view_units = tuple(self.view_units)  # JSON and flags give lists
 
   def validate(self) -> "HMDRRConfig":
     return validate(self)
+
+
+def _unless_quantized(root) -> str:
+  """The quantizer's options apply only when HMDRR quantizes (root: the ModelConfig
+  or TrainConfig holding this HMDRRConfig)."""
+  hmdrr = getattr(getattr(root, "model", root), "hmdrr", root)
+  return "" if hmdrr.quantize else "--quantize=false has no quantizer"
 
 
 # Every HMDRR option by field name: what the layer takes as a keyword argument.
@@ -124,15 +135,18 @@ class HierarchicalDistributionRepresentation(tf.keras.layers.Layer):
     super().__init__(**kwargs)
     self.config = with_values(config or HMDRRConfig(), options).validate()
     self.implicit_stop_gradient = bool(implicit_stop_gradient)
+    self._seed = seed
     self.views = views_of(self.config.extraction)
     self.encoders = ViewEncoders(
         list(self.config.view_units) + [self.config.distribution_dim],
         name="view_encoders")
     # Distances, EMA statistics and codebooks stay float32 under a mixed precision
     # policy (the quantizer casts its input).
-    self.quantizer = ResidualQuantizer(self.config.quantizer, seed=seed,
-                                       dtype="float32", name="quantizer")
-    self.num_levels = self.config.quantizer.num_levels
+    self.quantizer = None
+    if self.config.quantize:
+      self.quantizer = ResidualQuantizer(self.config.quantizer, seed=seed,
+                                         dtype="float32", name="quantizer")
+    self.num_levels = self.config.quantizer.num_levels if self.config.quantize else 0
 
   def encode(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
     """The views' vectors before quantization, [batch, views, d]."""
@@ -149,8 +163,16 @@ class HierarchicalDistributionRepresentation(tf.keras.layers.Layer):
 
     Returns {"representation": [batch, views * d], "codes": [batch, views * D] int32,
     "representation_<view>": [batch, d], "codes_<view>": [batch, D],
-    "partial_sums_<view>": [batch, D, d]}.
+    "partial_sums_<view>": [batch, D, d]}. Without quantization (`quantize=False`)
+    only the representations, the views' continuous vectors.
     """
+    if self.quantizer is None:
+      encoded = self.encode(inputs)
+      out = {"representation": tf.reshape(encoded, (-1, len(self.views) *
+                                                     self.config.distribution_dim))}
+      for i, view in enumerate(self.views):
+        out[f"representation_{view}"] = encoded[:, i]
+      return out
     q = self.quantizer(self.encode(inputs), training=training)
     views, d, depth = len(self.views), self.config.distribution_dim, self.num_levels
     out = {"representation": tf.reshape(q["quantized"], (-1, views * d)),
@@ -167,7 +189,10 @@ class HierarchicalDistributionRepresentation(tf.keras.layers.Layer):
 
   def diagnostics(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, Dict[str, np.ndarray]]:
     """Quantizer diagnostics on a fixed probe, per view: {view: {name: [D]}}
-    (see `ResidualQuantizer.diagnostics`). Eager; updates no variable."""
+    (see `ResidualQuantizer.diagnostics`); empty without a quantizer. Eager; updates
+    no variable."""
+    if self.quantizer is None:
+      return {}
     report = self.quantizer.diagnostics(self.encode(inputs))
     return {view: {k: v[i] for k, v in report.items()}
             for i, view in enumerate(self.views)}
@@ -176,6 +201,6 @@ class HierarchicalDistributionRepresentation(tf.keras.layers.Layer):
     # Flat: the option names as keyword arguments (and as older saved configs hold them).
     config = super().get_config()
     hmdrr = dataclasses.asdict(self.config)
-    config.update(hmdrr.pop("quantizer"), **hmdrr, seed=self.quantizer.seed,
+    config.update(hmdrr.pop("quantizer"), **hmdrr, seed=self._seed,
                   implicit_stop_gradient=self.implicit_stop_gradient)
     return config

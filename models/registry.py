@@ -133,12 +133,17 @@ class ModelConfig:
   @property
   def code_views(self) -> List[str]:
     """HMDRR views whose codes the model outputs (none for baselines)."""
-    return views_of(self.hmdrr.extraction) if self.is_hmdn else []
+    return views_of(self.hmdrr.extraction) if self.quantizes else []
 
   @property
   def codebook_size(self) -> Optional[int]:
     """K of the codes the model outputs (None for baselines)."""
-    return self.hmdrr.quantizer.codebook_size if self.is_hmdn else None
+    return self.hmdrr.quantizer.codebook_size if self.quantizes else None
+
+  @property
+  def quantizes(self) -> bool:
+    """An HMDN model whose s_D is quantized (it has codes and a quantizer)."""
+    return self.is_hmdn and self.hmdrr.quantize
 
   @property
   def backbone(self) -> str:

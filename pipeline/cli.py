@@ -237,7 +237,7 @@ def cmd_run() -> None:
   if _codebook_warmup_unset() and not config.overwrite and run_dir.has_run():
     # Resuming a run whose codebook warm-up followed its length: the recorded one.
     recorded = run_dir.check_model({}, ModelConfig, remedy=RUN_REMEDY)
-    if recorded.is_hmdn and config.model.is_hmdn:
+    if recorded.quantizes and config.model.quantizes:
       config = dataclasses.replace(config, model=options.with_values(
           config.model, {"codebook_warmup_steps": recorded.hmdrr.quantizer.warmup_steps}))
   run_dir.check_resumable(config)  # before any work

@@ -19,7 +19,7 @@ def check_quantizer_starts(config: TrainConfig, epoch_steps: int) -> None:
   would all be 0 and its s_D a constant, and it would still export."""
   total = epoch_steps * config.epochs
   warmup = config.model.hmdrr.quantizer.warmup_steps
-  if config.model.is_hmdn and warmup >= total:
+  if config.model.quantizes and warmup >= total:
     raise ValueError(
         f"--codebook_warmup_steps={warmup}: the run has only {total} training steps "
         f"({config.epochs} epochs x {epoch_steps}), so the quantizer would never "
@@ -66,7 +66,7 @@ def follow_codebook_warmup(config: TrainConfig, epoch_steps: int,
   instead, said in one line. Only for a warm-up the user did not set (an explicit one
   too long is refused by check_quantizer_starts)."""
   followed = followed_codebook_warmup(config, epoch_steps)
-  if not config.model.is_hmdn or followed is None:
+  if not config.model.quantizes or followed is None:
     return config
   return with_codebook_warmup(config, epoch_steps, followed, log)
 

@@ -486,7 +486,7 @@ def test_shared_ali_ccp_sample_end_to_end(tmp_path):
   features, labels = next(iter(data.make_dataset(out, "eval", model.feature_spec, 16,
                                                  training=False)))
   p = model(features)["probability"].numpy()
-  assert p.shape == (len(labels), 1) and np.all((p > 0) & (p < 1))
+  assert p.shape == (len(labels["click"]), 1) and np.all((p > 0) & (p < 1))
 
 
 def test_movielens_ratings_count_in_the_progress_lines(tmp_path):

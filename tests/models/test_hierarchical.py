@@ -137,3 +137,20 @@ def test_the_nested_config_and_keyword_options_are_one_set_of_options():
     HierarchicalDistributionRepresentation(codebook_size=3, buffer_size=2)
   with pytest.raises(TypeError):  # a misspelt option is not swallowed
     HierarchicalDistributionRepresentation(num_level=2)
+
+
+def test_without_quantization_s_d_is_the_views_continuous_vectors():
+  """The ablation that removes the quantizer: s_D is the encoders' output, no codes,
+  no quantization loss, no quantizer weights."""
+  layer = HierarchicalDistributionRepresentation(quantize=False, distribution_dim=4)
+  inputs = _inputs()
+  out = layer(inputs, training=True)
+  assert not any(k.startswith("codes") for k in out)
+  encoded = layer.encode(inputs).numpy()
+  np.testing.assert_array_equal(out["representation"].numpy(), encoded.reshape(32, 8))
+  np.testing.assert_array_equal(out["representation_implicit"].numpy(), encoded[:, 1])
+  assert layer.losses == [] and layer.quantizer is None
+  assert not any("quantizer" in w.name for w in layer.weights)
+  assert layer.diagnostics(inputs) == {}
+  again = HierarchicalDistributionRepresentation.from_config(layer.get_config())
+  assert again.config.quantize is False

@@ -173,3 +173,19 @@ def test_one_step_on_two_replicas_equals_one_replica(name, cvr_loss, two_task_da
     return
   for a, b in zip(single.get_weights(), mirrored.get_weights()):
     np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
+
+
+def test_hmdn_without_quantization_trains_with_no_codes(two_task_data_dir, batches):
+  """hmdn_<backbone>:quantize=false, the ablation hmdn compare runs: a continuous s_D
+  per task; the quantizer's options do not apply to it."""
+  from hmdn.features import options
+  config = _config("hmdn_moe", quantize=False)
+  assert config.code_views == [] and config.codebook_size is None
+  with pytest.raises(ValueError, match="--num_levels does not apply: --quantize=false"):
+    options.refuse_inapplicable(config, ["num_levels"])
+  model = train.build_model(two_task_data_dir, config)
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
+  history = model.fit(_dataset(batches[:3]), epochs=1, verbose=0).history
+  assert np.isfinite(history["loss"][-1])
+  out = model(batches[0][0])
+  assert not any(k.startswith("codes") for k in out)
