@@ -287,8 +287,8 @@ def _sigmoid(x):
 def _draw(world: _World, rng: np.random.Generator, n: int,
           aux: Optional[np.random.Generator] = None) -> Dict[str, np.ndarray]:
   """n impressions as integer indices and the two parts of their logit (with
-  conversions, the conversion logit before its intercept). `aux` draws the browsing
-  (after everything `rng` draws, which stays as without it)."""
+  conversions, the conversion logit before its intercept). `aux` draws the browsing,
+  so what `rng` draws is the same with and without it."""
   c = world.config
   d = c.latent_dim
   leaf = rng.choice(world.num_leaves, n, p=world.leaf_prob)
