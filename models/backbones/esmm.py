@@ -52,4 +52,6 @@ class ESMM(base.Backbone):
       `[batch_size, output_dim]`.
     """
     features, _, domain = self.unpack(inputs)
-    return self._towers(features, training=training, select=domain)[:, 0]
+    # Every task's MLP, the own one kept: gathering an MLP's weights per example (the
+    # per-domain layers' path for many branches) costs more than a few full MLPs.
+    return base.select_by_domain(self._towers(features, training=training), domain)
