@@ -89,12 +89,12 @@ class ExampleEncoder:
   @staticmethod
   def _sequence_entry(key: bytes, cache: Dict[Any, bytes], values: Sequence[str]) -> bytes:
     """A sequence's map entry, each value's encoding cached (what `_entry` writes)."""
-    parts = []
-    for v in values:
-      encoded = cache.get(v)
-      if encoded is None:
-        encoded = cache[v] = _length_delimited(b"\x0a", v.encode("utf-8"))
-      parts.append(encoded)
+    parts = list(map(cache.get, values))
+    if None in parts:
+      for i, encoded in enumerate(parts):
+        if encoded is None:
+          v = values[i]
+          parts[i] = cache[v] = _length_delimited(b"\x0a", v.encode("utf-8"))
     feature = _length_delimited(b"\x0a", b"".join(parts))
     return _length_delimited(b"\x0a", key + _length_delimited(b"\x12", feature))
 
