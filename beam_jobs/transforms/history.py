@@ -81,14 +81,14 @@ def _sort_key(value: Any) -> Tuple[str, str]:
 
 
 def _tie_key(item) -> List[Tuple[str, str]]:
-  return [_sort_key(v) for v in item[1]]
+  return [_sort_key(v) for v in item[1][:-1]]  # (the last: a filler, see callers)
 
 
 def _ordered_histories(items: List[Tuple[Any, ...]], history: History,
                        truncated: Optional[Callable[[int], None]] = None
                        ) -> Iterator[Tuple[Tuple[Any, ...], List[List[Any]]]]:
-  """Items (time, `of` values, payload...) of one key -> (item, one history list per
-  `of` field), the definition of the module docstring. Sorted by time, and only the
+  """Items (time, `of` values and one filler, payload...) of one key -> (item, one
+  history list per `of` field), the definition of the module docstring. Sorted by time, and only the
   rows of one moment by their `of` values (ties are few; the tie key is costly). The
   rows of one moment share their history lists (never mutated); `truncated(n)` is
   told of the n rows of a moment whose history was cut."""
@@ -124,8 +124,8 @@ def histories_of_key(rows: Iterable[Tuple[str, Record]], history: History,
                      ) -> Iterator[Tuple[str, Record]]:
   """Every (split, record) of one key, each with its histories added as lists;
   `truncated(n)` is told of the n rows of a moment whose history was cut."""
-  items = [(order_value(history, record), [record.get(f) for f in history.of], split,
-            record) for split, record in rows]
+  items = [(order_value(history, record), tuple(record.get(f) for f in history.of) + (0,),
+            split, record) for split, record in rows]
   for (_, _, split, record), snapshot in _ordered_histories(items, history, truncated):
     out = dict(record)  # never mutate an element another step may hold
     for name, values in zip(history.outputs, snapshot):
@@ -231,8 +231,10 @@ class _HistoriesFn(beam.DoFn):
     for chunk in chunks:
       split, names, rows = pickle.loads(chunk)
       t = names.index(h.order_by)
-      of = [names.index(f) for f in h.of]
-      items.extend([(row[t], [row[j] for j in of], split, names, row) for row in rows])
+      of = operator.itemgetter(*[names.index(f) for f in h.of], -1)  # a tuple always
+      # tuples of strings and numbers only: the garbage collector stops tracking them,
+      # so a hot key's rows do not slow every collection down
+      items.extend([(row[t], of(row), split, names, row) for row in rows])
     self._rows_per_key.update(len(items))
     pending = self._pending
     for (_, _, split, names, row), snapshot in _ordered_histories(

@@ -167,3 +167,12 @@ def test_examples_with_sequences_are_checked():
 def test_instances_from_examples_keep_sequences_as_lists():
   inst = serving_request.instances_from_examples(SPEC, [_example(GOOD)], raw=True)
   assert inst == [{"user_id": "u1", "item_id": "i1", "hist": ["a", "b"], "clicked": []}]
+
+
+def test_unknown_ids_in_a_history_are_sent_as_they_are(module):
+  """An id the vocabulary never saw is no request error: the model's lookup makes it
+  OOV (the vocabulary is vocab_from's, so nothing here knows it)."""
+  tensors = serving_request.tensors_from_instances(
+      SPEC, [dict(GOOD, hist=["never_seen_1", "never_seen_2"])])
+  assert tensors["hist"].tolist() == [["never_seen_1", "never_seen_2"]]
+  assert _seen(module.serve_tensors(tensors)) == [(2, 2, _hash("never_seen_2"))]
