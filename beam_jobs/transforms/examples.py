@@ -95,8 +95,10 @@ class ExampleEncoder:
         if encoded is None:
           v = values[i]
           parts[i] = cache[v] = _length_delimited(b"\x0a", v.encode("utf-8"))
-    feature = _length_delimited(b"\x0a", b"".join(parts))
-    return _length_delimited(b"\x0a", key + _length_delimited(b"\x12", feature))
+    body = b"".join(parts)  # (the three length prefixes inlined: a call each costs)
+    feature = b"\x0a" + varint(len(body)) + body
+    entry = key + b"\x12" + varint(len(feature)) + feature
+    return b"\x0a" + varint(len(entry)) + entry
 
   def encode(self, columns: Mapping[str, list]) -> List[bytes]:
     """A batch's columns -> one serialized tf.Example per row."""
