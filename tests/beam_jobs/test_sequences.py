@@ -253,3 +253,19 @@ def test_the_example_encoder_writes_sequences_as_tensorflow_does():
       for name in ("clicked", "hist_items", "hist_cats"):
         assert [v.decode() for v in example.features.feature[name].bytes_list.value] == \
             columns[name][i]
+
+
+def test_two_workers_write_the_same_histories_and_counts(csv_run, tmp_path):
+  out = str(tmp_path / "two")
+  meta = preprocess.run(PreprocessConfig(
+      raw=str(csv_run["root"] / "log.csv"), output_dir=out,
+      spec_path=csv_run["spec_path"], split_time_field="ts", split_time_cutoff=2400.0,
+      direct_num_workers=2))
+  spec = spec_lib.load_spec(csv_run["spec_path"])
+  for split in ("train", "eval"):
+    two = sorted(map(repr, read_split(out, spec, split)[0]))
+    one = sorted(map(repr, csv_run["rows"][split]))
+    assert two == one, split
+  for key in ("rows_read", "rows_written", "rows_rejected"):
+    assert meta[key] == csv_run["metadata"][key]
+  assert PreprocessedData(out).stats["sequences"] == csv_run["data"].stats["sequences"]
