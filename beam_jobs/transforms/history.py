@@ -88,10 +88,10 @@ def _ordered_histories(items: List[Tuple[Any, ...]], history: History,
                        truncated: Optional[Callable[[int], None]] = None
                        ) -> Iterator[Tuple[Tuple[Any, ...], List[List[Any]]]]:
   """Items (time, `of` values and one filler, payload...) of one key -> (item, one
-  history list per `of` field), the definition of the module docstring. Sorted by time, and only the
-  rows of one moment by their `of` values (ties are few; the tie key is costly). The
-  rows of one moment share their history lists (never mutated); `truncated(n)` is
-  told of the n rows of a moment whose history was cut."""
+  history list per `of` field), the definition of the module docstring. Sorted by
+  time, and only the rows of one moment by their `of` values (ties are few; the tie
+  key is costly). The rows of one moment share their history lists (never mutated);
+  `truncated(n)` is told of the n rows of a moment whose history was cut."""
   ordered = sorted(items, key=_first)
   recent: List[List[Any]] = [[] for _ in history.of]  # the key's values so far
   length = history.max_length
@@ -198,9 +198,10 @@ class _KeyRowsFn(beam.DoFn):
 
 
 class _HistoriesFn(beam.DoFn):
-  """(key, [(split, names, rows)]) -> record batches with the histories, up to
-  BATCH_ROWS rows each (a bundle's keys share batches, flushed at its end); counts
-  the key's rows and the truncated histories."""
+  """(key, [pickled (split, names, rows)]) -> record batches with the histories, up
+  to BATCH_ROWS rows each (a bundle's keys share batches, flushed at its end); counts
+  the key's rows and the truncated histories. The rows of one moment share their
+  history lists: no later step mutates a value of a batch."""
 
   def __init__(self, history: History):
     self._history = history
@@ -231,9 +232,10 @@ class _HistoriesFn(beam.DoFn):
     for chunk in chunks:
       split, names, rows = pickle.loads(chunk)
       t = names.index(h.order_by)
-      of = operator.itemgetter(*[names.index(f) for f in h.of], -1)  # a tuple always
-      # tuples of strings and numbers only: the garbage collector stops tracking them,
-      # so a hot key's rows do not slow every collection down
+      # (a filler last: a tuple even for one `of` field). Tuples of strings and numbers
+      # only: the garbage collector stops tracking them, so a hot key's rows do not
+      # slow every collection down.
+      of = operator.itemgetter(*[names.index(f) for f in h.of], -1)
       items.extend([(row[t], of(row), split, names, row) for row in rows])
     self._rows_per_key.update(len(items))
     pending = self._pending
