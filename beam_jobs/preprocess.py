@@ -105,12 +105,6 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig,
   records = parsed[RECORDS]
   if not source.batched:
     records = records | "BatchRecords" >> Batched()
-  dead_letters = [parsed[DEAD_LETTER]]
-  if spec.history_groups:  # keyed, time-ordered: a bad order_by row is a dead letter
-    records, rejected = records | "Histories" >> AddSpecHistories(spec)
-    dead_letters += rejected
-    dead_letters = [dead_letters | "FlattenDeadLetters" >> beam.Flatten()]
-  _ = dead_letters[0] | "DeadLetter" >> WriteDeadLetter(data.dead_letter_prefix)
   if config.split_time_field:
     quantile = config.split_time_quantile
     if config.split_time_cutoff is None and quantile is None:
@@ -119,6 +113,15 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig,
         config.split_time_field, config.split_time_cutoff, quantile)
     side_results["time_cutoff"] = cutoff
   records = records | "DerivedFeatures" >> AddDerivedFeatures(spec, data)
+  dead_letter = parsed[DEAD_LETTER]
+  if spec.history_groups:
+    # Keyed and time-ordered, after the derived tables: their row-by-row joins would
+    # carry every history. A row whose order_by is not a finite number would go to
+    # the dead letter here, but none reaches it: order_by is a required numeric field
+    # (no default), so the parser rejects such a row first.
+    records, rejected = records | "Histories" >> AddSpecHistories(spec)
+    dead_letter = ([dead_letter] + rejected) | "FlattenDeadLetters" >> beam.Flatten()
+  _ = dead_letter | "DeadLetter" >> WriteDeadLetter(data.dead_letter_prefix)
   splits = records | "Split" >> beam.Partition(
       lambda batch, _: 0 if batch[0] == TRAIN else 1, 2)
   for split, part in zip((TRAIN, EVAL), splits):

@@ -51,9 +51,10 @@ class ExampleEncoder:
         prefix = (b"\x0a" + varint(entry_len) + key + b"\x12\x08\x12\x06\x0a\x04")
         self._fields.append((f.name, "numeric", prefix))
       else:
-        # a sequence is a VarLen bytes list too, its order kept (most recent last)
-        kind = "multi" if f.kind in (spec_lib.MULTI_CATEGORICAL, spec_lib.SEQUENCE) \
-            else "single"
+        # a sequence is a VarLen bytes list too, its order kept (most recent last);
+        # its lists are nearly all distinct, so its values are cached one by one
+        kind = {spec_lib.MULTI_CATEGORICAL: "multi", spec_lib.SEQUENCE: "sequence"}.get(
+            f.kind, "single")
         self._fields.append((f.name, kind, key))
     self._caches: Dict[str, Dict[Any, bytes]] = {name: {} for name, _, _ in self._fields}
     self._pack = struct.Struct("<f").pack
@@ -71,6 +72,8 @@ class ExampleEncoder:
     cache = self._caches[name]
     if len(cache) > self.MAX_CACHED:
       cache.clear()
+    if kind == "sequence":
+      return [self._sequence_entry(prefix, cache, values) for values in column]
     keys = list(map(tuple, column)) if kind == "multi" else column
     out = list(map(cache.get, keys))
     if None in out:  # values not seen yet (by this worker): encoded once each
@@ -82,6 +85,20 @@ class ExampleEncoder:
             encoded = cache[k] = self._entry(prefix, k if kind == "multi" else (k,))
           out[i] = encoded
     return out
+
+  @staticmethod
+  def _sequence_entry(key: bytes, cache: Dict[Any, bytes], values: Sequence[str]) -> bytes:
+    """A sequence's map entry, each value's encoding cached (what `_entry` writes)."""
+    parts = list(map(cache.get, values))
+    if None in parts:
+      for i, encoded in enumerate(parts):
+        if encoded is None:
+          v = values[i]
+          parts[i] = cache[v] = _length_delimited(b"\x0a", v.encode("utf-8"))
+    body = b"".join(parts)  # (the three length prefixes inlined: a call each costs)
+    feature = b"\x0a" + varint(len(body)) + body
+    entry = key + b"\x12" + varint(len(feature)) + feature
+    return b"\x0a" + varint(len(entry)) + entry
 
   def encode(self, columns: Mapping[str, list]) -> List[bytes]:
     """A batch's columns -> one serialized tf.Example per row."""

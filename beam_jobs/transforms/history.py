@@ -20,23 +20,27 @@ vocabulary: they index the `of` field's vocabulary, made from the target values 
 the training rows, and a value never seen as a target is OOV.
 
 Memory is one key's rows: the rows are grouped by key and each group is sorted alone,
-so a hot key (one user with 100k rows) costs its own rows, never the log.
+so a hot key (one user with 100k rows) costs its own rows, never the log. The rows
+travel to the grouping as one element per key and input batch, and leave it in batches
+again, so the per-element cost of Beam is paid per batch, not per row.
 """
-import collections
 import dataclasses
 import math
 import numbers
+import operator
+import pickle
+import random
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
 
-from hmdn.beam_jobs.transforms.batches import (DEAD_LETTER, NAMESPACE, Batch, Batched,
-                                               Record, batch_rows)
+from hmdn.beam_jobs.transforms.batches import BATCH_ROWS, DEAD_LETTER, NAMESPACE, Batch, Record
 
 SOURCE = "history"  # the dead letter's `source` for rows this step rejects
 TRUNCATED_PREFIX = "truncated_"  # as the sources' counter of cut raw sequences
 ROWS_REJECTED = "rows_rejected"  # the sources' counter: read = written + rejected
-KEYED, UNKEYED = "keyed", "unkeyed"
+KEYED = "keyed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +72,51 @@ def order_value(history: History, record: Record) -> float:
   return float(value)
 
 
+_first = operator.itemgetter(0)
+
+
 def _sort_key(value: Any) -> Tuple[str, str]:
   """A total order over values of any type (the tie order within one moment)."""
   return type(value).__name__, repr(value)
+
+
+def _tie_key(item) -> List[Tuple[str, str]]:
+  return [_sort_key(v) for v in item[1][:-1]]  # (the last: a filler, see callers)
+
+
+def _ordered_histories(items: List[Tuple[Any, ...]], history: History,
+                       truncated: Optional[Callable[[int], None]] = None
+                       ) -> Iterator[Tuple[Tuple[Any, ...], List[List[Any]]]]:
+  """Items (time, `of` values and one filler, payload...) of one key -> (item, one
+  history list per `of` field), the definition of the module docstring. Sorted by
+  time, and only the rows of one moment by their `of` values (ties are few; the tie
+  key is costly). The rows of one moment share their history lists (never mutated);
+  `truncated(n)` is told of the n rows of a moment whose history was cut."""
+  ordered = sorted(items, key=_first)
+  recent: List[List[Any]] = [[] for _ in history.of]  # the key's values so far
+  length = history.max_length
+  n, i = len(ordered), 0
+  while i < n:
+    t, j = ordered[i][0], i + 1
+    while j < n and ordered[j][0] == t:
+      j += 1
+    # rows of one key at one time: none sees another
+    if truncated is not None and i > history.max_length:  # i earlier rows, some cut
+      truncated(j - i)
+    snapshot = [values[-length:] for values in recent]  # (a slice: copied at C speed)
+    if j - i == 1:
+      item = ordered[i]
+      yield item, snapshot
+      for d, value in zip(recent, item[1]):
+        d.append(value)
+    else:
+      moment = sorted(ordered[i:j], key=_tie_key)
+      for item in moment:
+        yield item, snapshot
+      for item in moment:
+        for d, value in zip(recent, item[1]):
+          d.append(value)
+    i = j
 
 
 def histories_of_key(rows: Iterable[Tuple[str, Record]], history: History,
@@ -78,34 +124,32 @@ def histories_of_key(rows: Iterable[Tuple[str, Record]], history: History,
                      ) -> Iterator[Tuple[str, Record]]:
   """Every (split, record) of one key, each with its histories added as lists;
   `truncated(n)` is told of the n rows of a moment whose history was cut."""
-  ordered = sorted(
-      ((order_value(history, record), [_sort_key(record.get(f)) for f in history.of],
-        split, record) for split, record in rows), key=lambda row: row[:2])
-  recent = [collections.deque(maxlen=history.max_length) for _ in history.of]
-  i = 0
-  while i < len(ordered):
-    j = i
-    while j < len(ordered) and ordered[j][0] == ordered[i][0]:
-      j += 1
-    moment = ordered[i:j]  # rows of one key at one time: none sees another
-    if truncated is not None and i > history.max_length:  # i earlier rows, some cut
-      truncated(j - i)
-    snapshot = [list(d) for d in recent]
-    for _, _, split, record in moment:
-      out = dict(record)  # never mutate an element another step may hold
-      for name, values in zip(history.outputs, snapshot):
-        out[name] = list(values)
-      yield split, out
-    for _, _, _, record in moment:
-      for d, field in zip(recent, history.of):
-        d.append(record.get(field))
-    i = j
+  items = [(order_value(history, record), tuple(record.get(f) for f in history.of) + (0,),
+            split, record) for split, record in rows]
+  for (_, _, split, record), snapshot in _ordered_histories(items, history, truncated):
+    out = dict(record)  # never mutate an element another step may hold
+    for name, values in zip(history.outputs, snapshot):
+      out[name] = list(values)
+    yield split, out
+
+
+def _is_time(value: Any) -> bool:
+  return (not isinstance(value, bool) and isinstance(value, numbers.Real)
+          and math.isfinite(value))
+
+
+def _all_times(column: Sequence[Any]) -> bool:
+  """Every value a finite float or int, checked at C speed: a NaN or an infinity
+  makes the sum non-finite (so does an overflow, then each is checked alone)."""
+  return set(map(type, column)) <= {float, int} and math.isfinite(sum(column))
 
 
 class _KeyRowsFn(beam.DoFn):
-  """A batch -> (key, (split, record)) for rows with a key; rows without one (no key
-  value: nothing is known before them) to UNKEYED; a row whose `order_by` is not a
-  finite number to the dead letter with the reason."""
+  """A batch -> (key, pickled (split, field names, the key's rows of the batch as
+  tuples)), one element per key of the batch (a row a Beam element would cost more
+  than its history); the rows without a key value (nothing is known before them)
+  under a key (None, random) no user has, a group of their own; a row whose
+  `order_by` is not a finite number to the dead letter with the reason."""
 
   def __init__(self, history: History):
     self._history = history
@@ -114,27 +158,50 @@ class _KeyRowsFn(beam.DoFn):
 
   def process(self, batch: Batch):
     h = self._history
-    for split, record in batch_rows(batch):
-      try:
-        order_value(h, record)
-      except ValueError as e:
+    split, columns = batch
+    names = tuple(columns)
+    by_key: dict = {}
+    unkeyed = []
+    times = columns[h.order_by]
+    checked = _all_times(times)
+    for i, (t, key) in enumerate(zip(times, columns[h.key])):
+      if not checked and not _is_time(t):
         self._rejected.inc()
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, {
-            "source": SOURCE, "row": repr(record), "reason": str(e)})
-        continue
-      key = record.get(h.key)
-      if key is None or key == "":
-        self._keys_missing.inc()
-        out = dict(record)
-        for name in h.outputs:
-          out[name] = []
-        yield beam.pvalue.TaggedOutput(UNKEYED, (split, out))
+        record = {n: columns[n][i] for n in names}
+        try:
+          order_value(h, record)
+        except ValueError as e:
+          yield beam.pvalue.TaggedOutput(DEAD_LETTER, {
+              "source": SOURCE, "row": repr(record), "reason": str(e)})
+      elif key is None or key == "":
+        unkeyed.append(i)
       else:
-        yield key, (split, record)
+        rows = by_key.get(key)
+        if rows is None:
+          rows = by_key[key] = []
+        rows.append(i)
+    cols = [columns[n] for n in names]
+    if by_key:
+      for key, idx in by_key.items():  # pickled here: one bytes value is coded at C
+        # speed, where Beam's coder walks a tuple of tuples value by value
+        if len(idx) == 1:
+          rows = [tuple(c[idx[0]] for c in cols)]
+        else:
+          take = operator.itemgetter(*idx)
+          rows = list(zip(*[take(c) for c in cols]))
+        yield key, pickle.dumps((split, names, rows), protocol=pickle.HIGHEST_PROTOCOL)
+    if unkeyed:  # grouped too (a Flatten with a side output would copy every batch)
+      self._keys_missing.inc(len(unkeyed))
+      rows = [tuple(c[i] for c in cols) for i in unkeyed]
+      yield ((None, random.getrandbits(32)),
+             pickle.dumps((split, names, rows), protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class _HistoriesFn(beam.DoFn):
-  """(key, rows) -> each row with its histories; counts the key's rows."""
+  """(key, [pickled (split, names, rows)]) -> record batches with the histories, up
+  to BATCH_ROWS rows each (a bundle's keys share batches, flushed at its end); counts
+  the key's rows and the truncated histories. The rows of one moment share their
+  history lists: no later step mutates a value of a batch."""
 
   def __init__(self, history: History):
     self._history = history
@@ -147,11 +214,54 @@ class _HistoriesFn(beam.DoFn):
     for c in self._truncated:
       c.inc(n)
 
+  def start_bundle(self):
+    self._pending = {}  # (split, names) -> rows (field values + histories)
+
+  def _flush(self, split, names):
+    rows = self._pending.pop((split, names))
+    columns = dict(zip(names + self._history.outputs, map(list, zip(*rows))))
+    return split, columns
+
   def process(self, element):
-    _, rows = element
-    rows = list(rows)
-    self._rows_per_key.update(len(rows))
-    yield from histories_of_key(rows, self._history, self._count_truncated)
+    h = self._history
+    key, chunks = element
+    if isinstance(key, tuple):  # rows without a key value: nothing is before them
+      yield from self._without_key(chunks)
+      return
+    items = []
+    for chunk in chunks:
+      split, names, rows = pickle.loads(chunk)
+      t = names.index(h.order_by)
+      # (a filler last: a tuple even for one `of` field). Tuples of strings and numbers
+      # only: the garbage collector stops tracking them, so a hot key's rows do not
+      # slow every collection down.
+      of = operator.itemgetter(*[names.index(f) for f in h.of], -1)
+      items.extend([(row[t], of(row), split, names, row) for row in rows])
+    self._rows_per_key.update(len(items))
+    pending = self._pending
+    for (_, _, split, names, row), snapshot in _ordered_histories(
+        items, h, self._count_truncated):
+      rows = pending.get((split, names))
+      if rows is None:
+        rows = pending[(split, names)] = []
+      rows.append(row + tuple(snapshot))
+      if len(rows) >= BATCH_ROWS:
+        yield self._flush(split, names)
+
+  def _without_key(self, chunks):
+    empty = tuple([] for _ in self._history.outputs)  # shared, never mutated
+    for chunk in chunks:
+      split, names, rows = pickle.loads(chunk)
+      pending = self._pending.setdefault((split, names), [])
+      for row in rows:
+        pending.append(row + empty)
+        if len(pending) >= BATCH_ROWS:
+          yield self._flush(split, names)
+          pending = self._pending.setdefault((split, names), [])
+
+  def finish_bundle(self):
+    for split, names in list(self._pending):
+      yield GlobalWindows.windowed_value(self._flush(split, names))
 
 
 def history_of_group(group) -> History:
@@ -183,11 +293,8 @@ def AddHistories(batches, history: History):
   sources' `rows_rejected` so that read = written + rejected still holds.
   """
   keyed = batches | "KeyRows" >> beam.ParDo(_KeyRowsFn(history)).with_outputs(
-      DEAD_LETTER, UNKEYED, main=KEYED)
-  with_history = (keyed[KEYED]
-                  | "GroupByKey" >> beam.GroupByKey()
-                  | "Histories" >> beam.ParDo(_HistoriesFn(history)))
-  records = ((with_history, keyed[UNKEYED])
-             | "Flatten" >> beam.Flatten()
-             | "Rebatch" >> Batched())
+      DEAD_LETTER, main=KEYED)
+  records = (keyed[KEYED]
+             | "GroupByKey" >> beam.GroupByKey()
+             | "Histories" >> beam.ParDo(_HistoriesFn(history)))
   return records, keyed[DEAD_LETTER]

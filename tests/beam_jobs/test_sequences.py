@@ -234,3 +234,38 @@ def test_jsonl_arrays_and_their_bad_elements(jsonl_run):
   assert "field 'clicked' position 1: None is not a categorical" in reasons["bad_null"]
   assert "is not a sequence" in reasons["bad_str"]
   assert "'ts'" in reasons["bad_nan"] and "finite" in reasons["bad_nan"]
+
+
+def test_the_example_encoder_writes_sequences_as_tensorflow_does():
+  import tensorflow as tf
+  from hmdn.beam_jobs.transforms.examples import ExampleEncoder
+  spec = spec_lib.spec_from_dict(SPEC)
+  columns = {"click": [1.0, 0.0, 1.0], "ts": [1.0, 2.0, 3.0], "rid": ["a", "b", "c"],
+             "user_id": ["u", "u", "v"], "item_id": ["i1", "i2", "i3"],
+             "cat": ["c", "c", "d"], "clicked": [["x"], [], ["é", "x", "y"]],
+             "hist_items": [[], ["i1"], ["i1", "i2", "i1"]],
+             "hist_cats": [[], ["c"], ["c", "c", "c"]]}
+  encoder = ExampleEncoder(spec)
+  for _ in range(2):  # the second time from the cache
+    got = encoder.encode(columns)
+    for i, serialized in enumerate(got):
+      example = tf.train.Example.FromString(serialized)
+      for name in ("clicked", "hist_items", "hist_cats"):
+        assert [v.decode() for v in example.features.feature[name].bytes_list.value] == \
+            columns[name][i]
+
+
+def test_two_workers_write_the_same_histories_and_counts(csv_run, tmp_path):
+  out = str(tmp_path / "two")
+  meta = preprocess.run(PreprocessConfig(
+      raw=str(csv_run["root"] / "log.csv"), output_dir=out,
+      spec_path=csv_run["spec_path"], split_time_field="ts", split_time_cutoff=2400.0,
+      direct_num_workers=2))
+  spec = spec_lib.load_spec(csv_run["spec_path"])
+  for split in ("train", "eval"):
+    two = sorted(map(repr, read_split(out, spec, split)[0]))
+    one = sorted(map(repr, csv_run["rows"][split]))
+    assert two == one, split
+  for key in ("rows_read", "rows_written", "rows_rejected"):
+    assert meta[key] == csv_run["metadata"][key]
+  assert PreprocessedData(out).stats["sequences"] == csv_run["data"].stats["sequences"]

@@ -536,3 +536,28 @@ def test_movielens_histories_are_each_users_earlier_ratings(movielens):
   assert eval_times
   stats = movielens["stats"]["sequences"]["hist_items"]
   assert stats["max_length"] == 50 and stats["truncated"] > 0
+
+
+def test_ali_ccp_raw_reads_a_field_declared_a_sequence_in_file_order(ali_raw, tmp_path):
+  """The shipped spec keeps the *_14 fields bags; declared a sequence, 109_14 is the
+  list of its entries in the file's order, the last max_length kept and counted."""
+  import dataclasses
+  spec_dict = ali_raw["spec"].to_dict()
+  for f in spec_dict["features"]:
+    if f["name"] == "109_14":
+      f.clear()
+      f.update(name="109_14", kind="sequence", vocab_from="206", max_length=2)
+  spec_path = str(tmp_path / "seq.yaml")
+  with open(spec_path, "w") as f:
+    yaml.safe_dump(spec_dict, f)
+  out = str(tmp_path / "out")
+  meta = preprocess.run(dataclasses.replace(ali_raw["config"], output_dir=out,
+                                            spec_path=spec_path))
+  snap = _snapshot(out, spec_lib.load_spec(spec_path))
+  old = {r["sample_id"]: r for r in ali_raw["train"] + ali_raw["eval"]}
+  new = snap["train"] + snap["eval"]
+  assert len(new) == len(old) and meta["rows_rejected"] == ali_raw["metadata"][
+      "rows_rejected"]
+  assert all(r["109_14"] == old[r["sample_id"]]["109_14"][-2:] for r in new)
+  cut = sum(len(r["109_14"]) > 2 for r in old.values())
+  assert cut and snap["stats"]["sequences"]["109_14"]["truncated"] == cut
