@@ -13,9 +13,9 @@ exactly as a one-task run has them. With several tasks (`models/tasks.py`) also
 another its entire-space probability: ESMM's CTCVR AUC), "per_code" (its own codes'
 breakdown, HMDN), and for a task after another "cvr": the same keys again over the
 rows whose prerequisite label is 1 only, scored by p(task | prerequisite) (the CVR AUC
-of ESMM and EasyRec), and "given": the prerequisite's name}. "ctr_eval" is the task's positive rate. An oracle is the task's
-true conditional probability (`spec.oracles`); over every row an after task's oracle
-is its product with its prerequisite's.
+of ESMM and EasyRec), with "given": the prerequisite's name}. "ctr_eval" is the task's
+positive rate. An oracle is the task's true conditional probability (`spec.oracles`);
+over every row an after task's oracle is its product with its prerequisite's.
 """
 from typing import Callable, Dict, List, Optional, Sequence
 
