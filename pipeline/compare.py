@@ -8,11 +8,12 @@ the paper's single-distribution baseline (`condition=coarsest`) and the stronger
 
   results.json     every run's metrics (overall, per leaf-size decile, code NMI; with
                    several tasks "tasks": {task: the same per task, "<task>_cvr"
-                   over an after task's prerequisite positives}, "deltas_by_task")
+                   over an after task's prerequisite positives}, "deltas_by_task" for
+                   the tasks after the first)
   report.md        tables: mean ± std, paired ΔAUC, AUC per leaf-size decile, AUC vs D,
                    NMI of each level's codes with every distribution / passthrough field
                    (several tasks: an AUC column per task, paired ΔAUC and deciles
-                   per task)
+                   per task after the first)
   *.png            the same as plots (paired Δ, deciles, depth, code heat maps)
   runs/<model>/seed_<s>/   each run directory (`file_name(model)`: `:` -> `__`, `|` -> `+`)
 
@@ -36,7 +37,8 @@ from hmdn.features.fileio import write_json_atomic, write_text_atomic
 from hmdn.features.preprocessed import TRAIN, PreprocessedData, delete_tree
 from hmdn.models.tasks import tasks_of
 from hmdn.pipeline import callbacks, evaluate, metrics, run_length, train
-from hmdn.pipeline.compare_report import depth_table, markdown, paired_deltas, plots
+from hmdn.pipeline.compare_report import (depth_table, markdown, paired_deltas,
+                                          plots, task_names)
 from hmdn.pipeline.variants import file_name, is_hmdn, option_text, parse_variant
 
 @dataclasses.dataclass
@@ -245,10 +247,10 @@ def _run_held(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str
              "batch_size": base.batch_size, "learning_rate": base.learning_rate,
              "seeds": list(seeds), "oracle_auc": oracle, "results": results,
              "deltas": paired_deltas(results, labels), "depth": depth_table(results)}
-  task_names = list(next(iter(results.values()))[0].get("tasks", {}))
-  if task_names:
+  tasks = task_names(summary)  # after the first, whose deltas are "deltas"
+  if tasks:
     summary["deltas_by_task"] = {name: paired_deltas(results, labels, name)
-                                 for name in task_names}
+                                 for name in tasks}
   summary["plots"] = plots(summary, report_dir)
   write_json_atomic(os.path.join(report_dir, "results.json"), summary)
   write_text_atomic(os.path.join(report_dir, "report.md"), markdown(summary))

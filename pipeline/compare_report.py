@@ -1,8 +1,9 @@
 """The report of `hmdn compare`: report.md's tables and the plots beside it, from the
 summary of every run (paired deltas, leaf-size deciles, AUC vs depth, code NMI). With
 several tasks (a run's "tasks": {task: {"auc", ..., "deciles"}}) the AUC table has a
-column per task and the paired deltas and deciles come once more per task; a one-task
-report is unchanged."""
+column per task and the paired deltas and deciles come once more per task after the
+first (the report's own figures are the first task's); a one-task report is
+unchanged."""
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -82,10 +83,13 @@ def markdown(summary: Dict) -> str:
            f"learning rate {summary['learning_rate']}; seeds {summary['seeds']}."]
   if summary.get("oracle_auc") is not None:
     lines.append(f"Oracle AUC (true click probabilities): {summary['oracle_auc']:.4f}.")
+  first_task = next(iter(next(iter(summary["results"].values()))[0].get("tasks", {})),
+                    None)
   tasks = task_names(summary)
   lines += ["", "## AUC (mean ± std over seeds)", "",
-            "| model | AUC | logloss | GAUC | " + "".join(f"AUC {_cell(t)} | " for t in tasks)
-            + "s/run |", "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
+            f"| model | AUC{f' {_cell(first_task)}' if first_task else ''} | logloss | "
+            "GAUC | " + "".join(f"AUC {_cell(t)} | " for t in tasks) + "s/run |",
+            "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
   for label, runs in summary["results"].items():
     auc, auc_s = mean_std([r["auc"] for r in runs])
     ll, _ = mean_std([r["logloss"] for r in runs])
@@ -96,9 +100,10 @@ def markdown(summary: Dict) -> str:
     lines.append(f"| {_cell(label)} | {auc:.4f} ± {auc_s:.4f} | {ll:.4f} | {gauc:.4f} | "
                  f"{per_task}{secs:.0f} |")
   if tasks:
-    lines += ["", "Tasks: `<task>` over every eval row (a task after another: its "
-              "entire-space probability, CTCVR); `<task>_cvr` over the rows whose "
-              "prerequisite is 1 (CVR). AUC is the first task's."]
+    lines += ["", f"Tasks: the first ({first_task}) has the logloss and GAUC and the "
+              "sections without a task's name; `<task>` over every eval row (a task after "
+              "another: its entire-space probability, CTCVR); `<task>_cvr` over the rows "
+              "whose prerequisite is 1 (CVR)."]
   lines += _delta_lines(summary["deltas"], "")
   for t in tasks:
     lines += _delta_lines(summary.get("deltas_by_task", {}).get(t, []), f" ({t})")
@@ -131,8 +136,9 @@ def markdown(summary: Dict) -> str:
 
 
 def task_names(summary: Dict) -> List[str]:
-  """The tasks of a several-task comparison (`<task>`, `<task>_cvr`); [] for one."""
-  return list(next(iter(summary["results"].values()))[0].get("tasks", {}))
+  """The tasks of a several-task comparison (`<task>`, `<task>_cvr`) after the first
+  (whose figures are the report's own); [] for one task."""
+  return list(next(iter(summary["results"].values()))[0].get("tasks", {}))[1:]
 
 
 def _delta_lines(deltas: List[Dict], title: str) -> List[str]:
@@ -221,7 +227,7 @@ def plots(summary: Dict, report_dir: str) -> List[str]:
     plt.close(fig)
     written.append(name)
 
-  # The first task's plots keep their names; each task's add `_<task>`.
+  # The first task's plots keep their names; each other task's add `_<task>`.
   for task in [None] + task_names(summary):
     suffix = "" if task is None else f"_{file_name(task)}"
     d = (summary["deltas"] if task is None else

@@ -265,11 +265,13 @@ def test_compare_reports_every_task(two_task_data_dir, tmp_path):
   assert summary["eval_rows"] == sum(b["rows"] for b in run["tasks"]["purchase"]["deciles"])
   assert f"purchase_cvr {run['tasks']['purchase_cvr']['auc']:.4f}" in logged[-1]
   text = open(os.path.join(report, "report.md")).read()
-  assert ("| model | AUC | logloss | GAUC | AUC click | AUC purchase | AUC purchase_cvr "
+  assert ("| model | AUC click | logloss | GAUC | AUC purchase | AUC purchase_cvr "
           "| s/run |") in text
   assert f"| {run['tasks']['purchase_cvr']['auc']:.4f} ± 0.0000 |" in text
   assert "## AUC per leaf-size decile of purchase_cvr" in text
+  assert "decile of click" not in text  # the first task's are the report's own
   assert "auc_by_leaf_decile_purchase_cvr.png" in summary["plots"]
+  assert "auc_by_leaf_decile_click.png" not in summary["plots"]
 
 
 def test_paired_deltas_per_task():
@@ -290,3 +292,4 @@ def test_paired_deltas_per_task():
   text = compare_report.markdown(summary)
   assert "## Paired ΔAUC of each HMDN variant vs its backbone (purchase)" in text
   assert "| hmdn_moe | moe | -0.0150 ± 0.0071 | 0/2 | no |" in text
+  assert "vs its backbone (click)" not in text
