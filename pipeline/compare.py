@@ -238,9 +238,9 @@ def _run_held(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str
       r = run_one(base, label, seed, report_dir, sizes)
       results[label].append(r)
       oracle = r.get("oracle_auc", oracle)
-      tasks = "".join(f" {name} {m['auc']:.4f}" for name, m in r.get("tasks", {}).items())
-      log(f"compare: seed {seed} {label:<28} AUC {r['auc']:.4f}{tasks} "
-          f"({r['seconds']:.0f} s)")
+      aucs = (" ".join(f"{name} {m['auc']:.4f}" for name, m in r["tasks"].items())
+              if "tasks" in r else f"{r['auc']:.4f}")  # several tasks: each one's
+      log(f"compare: seed {seed} {label:<28} AUC {aucs} ({r['seconds']:.0f} s)")
       write_json_atomic(os.path.join(report_dir, "results.json"), results)
   summary = {"data_dir": data.data_dir, "train_rows": data.rows(TRAIN),
              "eval_rows": data.rows("eval"), "epochs": base.epochs,

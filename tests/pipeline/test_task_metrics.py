@@ -263,7 +263,9 @@ def test_compare_reports_every_task(two_task_data_dir, tmp_path):
   clicks = sum(b["rows"] for b in run["tasks"]["purchase_cvr"]["deciles"])
   assert clicks == pytest.approx(sum(b["rows"] * b["ctr"] for b in run["deciles"]))
   assert summary["eval_rows"] == sum(b["rows"] for b in run["tasks"]["purchase"]["deciles"])
-  assert f"purchase_cvr {run['tasks']['purchase_cvr']['auc']:.4f}" in logged[-1]
+  tasks = run["tasks"]
+  assert (f"moe{' ' * 26}AUC click {run['auc']:.4f} purchase {tasks['purchase']['auc']:.4f} "
+          f"purchase_cvr {tasks['purchase_cvr']['auc']:.4f} (") in logged[-1]
   text = open(os.path.join(report, "report.md")).read()
   assert ("| model | AUC click | logloss | GAUC | AUC purchase | AUC purchase_cvr "
           "| s/run |") in text
