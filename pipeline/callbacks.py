@@ -8,6 +8,12 @@ epoch logs (`val_exact_auc`) and its history, where early stopping and the best
 checkpoint read them. The history starts with the epochs of the run before a kill
 (history.json), so early stopping counts them and the best checkpoint is the best
 epoch of the whole run, not of the last process.
+
+With several tasks each epoch also has every task's figures (history "tasks": {task:
+{"auc", "logloss", "gauc", "per_distribution", and for a task after another "cvr":
+the same over its prerequisite's positives}}, logs "val_exact_auc_<task>" and
+"val_exact_auc_<task>_cvr", TensorBoard "eval_<task>/..."), and `--select_by`
+(`select_by_choices`) says which figure picks the best epoch and stops early.
 """
 import contextlib
 import math
@@ -15,13 +21,57 @@ import os
 import re
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from hmdn.features.preprocessed import PreprocessedData, as_data, delete_tree
 from hmdn.pipeline import evaluate
+
+
+# --select_by: the objective of the best checkpoint and of early stopping. FIRST: the
+# first task's AUC (a one-task run's only choice); MEAN: the mean of every task's AUC
+# over every row; a task's name: its AUC over every row (an after task's entire-space,
+# CTCVR); "<task>_cvr": an after task's AUC over its prerequisite's positives.
+FIRST = "first"
+MEAN = "mean"
+CVR_SUFFIX = evaluate.CVR_SUFFIX
+
+
+def select_by_choices(tasks: Sequence) -> List[str]:
+  """The --select_by values a spec's tasks (`models/tasks.py`) allow."""
+  if len(tasks) == 1:
+    return [FIRST]
+  return [FIRST, MEAN] + [t.name for t in tasks] + [
+      t.name + CVR_SUFFIX for t in tasks if t.after is not None]
+
+
+def check_select_by(select_by: str, tasks: Sequence) -> str:
+  """`select_by`, or a one-line error naming the flag, the value and the choices."""
+  choices = select_by_choices(tasks)
+  if select_by in choices:
+    return select_by
+  names = ", ".join(t.name for t in tasks)
+  if len(tasks) == 1:
+    raise ValueError(f"--select_by={select_by}: the spec has one task ({names}), whose "
+                     f"AUC picks the best epoch; only --select_by={FIRST} applies")
+  raise ValueError(f"--select_by={select_by}: not one of {', '.join(choices)} (the "
+                   f"spec's tasks: {names})")
+
+
+def objective(entry: Dict, select_by: str = FIRST) -> Optional[float]:
+  """The figure of a history entry that `select_by` ranks epochs by (None: absent)."""
+  if select_by == FIRST:
+    return entry.get("auc")
+  tasks = entry.get("tasks", {})
+  if select_by == MEAN:
+    aucs = [t.get("auc") for t in tasks.values()]
+    return float(np.mean(aucs)) if aucs and all(_finite(a) for a in aucs) else None
+  if select_by in tasks:
+    return tasks[select_by].get("auc")
+  name = select_by[:-len(CVR_SUFFIX)] if select_by.endswith(CVR_SUFFIX) else None
+  return tasks.get(name, {}).get("cvr", {}).get("auc")
 
 
 class TrainingError(ValueError):
@@ -68,15 +118,27 @@ def non_finite_weight(model: tf.keras.Model) -> Optional[str]:
   return None
 
 
-def _epoch_entry(epoch: int, result: Dict, logs: Optional[Dict]) -> Dict:
-  """One epoch of history.json: plain floats (JSON), the figures worth comparing."""
-  entry = {"epoch": epoch + 1, "auc": float(result["auc"]),
-           "logloss": float(result["logloss"])}
+def _figures(result: Dict) -> Dict:
+  """A task's figures worth comparing across epochs, as plain floats (JSON)."""
+  entry = {"auc": float(result["auc"]), "logloss": float(result["logloss"])}
   if "gauc" in result:
     entry["gauc"] = float(result["gauc"])
   entry["per_distribution"] = {
       field: {str(value): float(m["auc"]) for value, m in values.items()}
       for field, values in result["per_distribution"].items()}
+  return entry
+
+
+def _epoch_entry(epoch: int, result: Dict, logs: Optional[Dict]) -> Dict:
+  """One epoch of history.json: plain floats (JSON), the figures worth comparing."""
+  entry = {"epoch": epoch + 1}
+  entry.update(_figures(result))
+  if "tasks" in result:
+    entry["tasks"] = {}
+    for name, task in result["tasks"].items():
+      entry["tasks"][name] = _figures(task)
+      if "cvr" in task:
+        entry["tasks"][name]["cvr"] = _figures(task["cvr"])
   if result.get("codes"):
     entry["codes"] = {name: {"perplexity": float(u["perplexity"]),
                              "dead_share": float(u["dead_share"])}
@@ -84,19 +146,38 @@ def _epoch_entry(epoch: int, result: Dict, logs: Optional[Dict]) -> Dict:
   for key in ("loss", "examples_per_sec", "step_time_ms", "train_seconds"):
     if logs is not None and _finite(logs.get(key)):
       entry[key] = float(logs[key])
+  for key in sorted(logs or {}):  # each task's training loss (several tasks)
+    if key.startswith("loss_") and _finite(logs[key]):
+      entry[key] = float(logs[key])
   return entry
+
+
+def task_aucs(entry: Dict) -> Dict[str, float]:
+  """{select_by name: AUC} of every task of a history entry (empty for one task):
+  "<task>" over every row, "<task>_cvr" over the prerequisite's positives."""
+  out = {}
+  for name, task in entry.get("tasks", {}).items():
+    out[name] = task["auc"]
+    if "cvr" in task:
+      out[name + CVR_SUFFIX] = task["cvr"]["auc"]
+  return out
 
 
 class DistributionEvaluation(tf.keras.callbacks.Callback):
   """Exact eval metrics each epoch -> logs["val_exact_auc"], TensorBoard scalars and
   the run's history (`history`: earlier epochs of a resumed run; `on_history` is
-  called with the whole history as each epoch ends, to persist it)."""
+  called with the whole history as each epoch ends, to persist it). `select_by`
+  (`select_by_choices`, checked by the trainer) is the figure epochs are ranked by."""
+
+  select_by = FIRST
 
   def __init__(self, data_dir: "str | PreprocessedData", log_dir: str,
                codebook_size: Optional[int] = None, code_views: Optional[List] = None,
                write_summaries: bool = True, history: Optional[List[Dict]] = None,
-               on_history: Optional[Callable[[List[Dict]], None]] = None):
+               on_history: Optional[Callable[[List[Dict]], None]] = None,
+               select_by: str = FIRST):
     super().__init__()
+    self.select_by = select_by
     self._data = as_data(data_dir)
     self._codebook_size = codebook_size
     self._code_views = code_views or []
@@ -107,10 +188,20 @@ class DistributionEvaluation(tf.keras.callbacks.Callback):
     self.recovered: Optional[Dict] = None  # an epoch evaluated only after a resume
     self._resumed = False
 
+  def score(self, entry: Dict) -> Optional[float]:
+    """The figure `select_by` ranks a history entry by (None: absent)."""
+    return objective(entry, self.select_by)
+
+  def score_of(self, epoch: int) -> Optional[float]:
+    """The score of the epoch numbered `epoch` (1-based), None if not evaluated."""
+    found = [h for h in self.history if h["epoch"] == epoch]
+    return self.score(found[-1]) if found else None
+
   def best_before(self, epoch: int) -> Optional[float]:
-    """The best finite eval AUC of the epochs numbered below `epoch` (1-based)."""
-    aucs = [h["auc"] for h in self.history if h["epoch"] < epoch and _finite(h["auc"])]
-    return max(aucs) if aucs else None
+    """The best finite score of the epochs numbered below `epoch` (1-based)."""
+    scores = [self.score(h) for h in self.history if h["epoch"] < epoch]
+    scores = [s for s in scores if _finite(s)]
+    return max(scores) if scores else None
 
   def on_epoch_begin(self, epoch: int, logs: Optional[Dict] = None):
     # A resumed run may redo an epoch whose metrics were recorded before the kill.
@@ -133,6 +224,8 @@ class DistributionEvaluation(tf.keras.callbacks.Callback):
     if logs is not None:
       logs["val_exact_auc"] = result["auc"]
       logs["val_exact_logloss"] = result["logloss"]
+      for name, auc in task_aucs(entry).items():
+        logs[f"val_exact_auc_{name}"] = auc
     if self._on_history is not None:
       self._on_history(self.history)
     if self._writer is None:
@@ -146,6 +239,13 @@ class DistributionEvaluation(tf.keras.callbacks.Callback):
       for field, values in result["per_distribution"].items():
         for value, m in values.items():
           tf.summary.scalar(f"eval_{field}/{value}/auc", m["auc"])
+      for name, task in evaluate.task_results(result).items():
+        for key in ("auc", "logloss", "gauc"):
+          if key in task:
+            tf.summary.scalar(f"eval_{name}/{key}", task[key])
+        for field, values in task["per_distribution"].items():
+          for value, m in values.items():
+            tf.summary.scalar(f"eval_{name}_{field}/{value}/auc", m["auc"])
       for name, usage in result.get("codes", {}).items():
         tf.summary.scalar(f"codes/{name}/perplexity", usage["perplexity"])
         tf.summary.scalar(f"codes/{name}/dead_share", usage["dead_share"])
@@ -324,8 +424,10 @@ def _rate(examples_per_sec: Optional[float]) -> str:
 class ProgressLine(tf.keras.callbacks.Callback):
   """One line per epoch, instead of Keras' progress bars:
   `epoch 2/3  loss 0.4100  eval AUC 0.7810  38k ex/s  12 s  ~24 s left`
-  (loss: the epoch's mean). Inside an epoch that lasts, the progress on stderr: one
-  line every `interval` seconds when stderr is not a terminal (a log file), else one
+  (loss: the epoch's mean; with several tasks each task's AUC, the first's first:
+  `eval AUC click 0.7810 purchase 0.8120 purchase_cvr 0.6930`). Inside an
+  epoch that lasts, the progress on stderr: one line every `interval` seconds when
+  stderr is not a terminal (a log file), else one
   line redrawn in place each second. Reading the step's loss back is done only then.
   """
 
@@ -393,7 +495,11 @@ class ProgressLine(tf.keras.callbacks.Callback):
     parts = [f"epoch {epoch + 1}/{self._epochs}"]
     if _finite(logs.get("loss")):
       parts.append(f"loss {float(logs['loss']):.4f}")
-    if _finite(logs.get("val_exact_auc")):
+    tasks = [k[len("val_exact_auc_"):] for k in logs if k.startswith("val_exact_auc_")]
+    if tasks:  # several tasks: each one's AUC (_cvr: over its prerequisite's positives)
+      parts.append("eval AUC " + " ".join(
+          f"{name} {float(logs['val_exact_auc_' + name]):.4f}" for name in tasks))
+    elif _finite(logs.get("val_exact_auc")):
       parts.append(f"eval AUC {float(logs['val_exact_auc']):.4f}")
     parts += [_rate(logs.get("examples_per_sec")), f"{wall:.0f} s"]
     if self.model is not None and self.model.stop_training:
@@ -404,9 +510,9 @@ class ProgressLine(tf.keras.callbacks.Callback):
 
 
 class BestCheckpoint(tf.keras.callbacks.Callback):
-  """Saves the weights when an epoch's exact eval AUC beats every earlier epoch of the
-  run, including epochs before a kill (read from the evaluation's history). Weights
-  holding NaN/inf are never saved."""
+  """Saves the weights when an epoch's exact eval score (the AUC `--select_by` names)
+  beats every earlier epoch of the run, including epochs before a kill (read from the
+  evaluation's history). Weights holding NaN/inf are never saved."""
 
   def __init__(self, path: str, evaluation: DistributionEvaluation):
     super().__init__()
@@ -416,14 +522,14 @@ class BestCheckpoint(tf.keras.callbacks.Callback):
   def on_epoch_begin(self, epoch: int, logs: Optional[Dict] = None):
     recovered = self._evaluation.recovered  # (after it in the callback list)
     if recovered is not None:
-      self.on_epoch_end(recovered["epoch"] - 1, {"val_exact_auc": recovered["auc"]})
+      self.on_epoch_end(recovered["epoch"] - 1, {})
 
   def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
-    auc = (logs or {}).get("val_exact_auc")
-    if not _finite(auc):
+    score = self._evaluation.score_of(epoch + 1)
+    if not _finite(score):
       return
     best = self._evaluation.best_before(epoch + 1)
-    if best is not None and float(auc) <= best:
+    if best is not None and float(score) <= best:
       return
     if non_finite_weight(self.model) is not None:
       raise TrainingError(f"epoch {epoch + 1}: the weights hold non-finite values; "
@@ -433,9 +539,9 @@ class BestCheckpoint(tf.keras.callbacks.Callback):
 
 class EarlyStopping(tf.keras.callbacks.Callback):
   """Stops training once `patience` epochs in a row have not beaten the best exact eval
-  AUC of the run (a tie is no better), epochs before a kill included: read from the
-  evaluation's history, as BestCheckpoint does (Keras' EarlyStopping starts counting
-  afresh in a resumed process)."""
+  score of the run (the AUC `--select_by` names; a tie is no better), epochs before a
+  kill included: read from the evaluation's history, as BestCheckpoint does (Keras'
+  EarlyStopping starts counting afresh in a resumed process)."""
 
   def __init__(self, evaluation: DistributionEvaluation, patience: int):
     super().__init__()
@@ -445,9 +551,9 @@ class EarlyStopping(tf.keras.callbacks.Callback):
   def on_epoch_end(self, epoch: int, logs: Optional[Dict] = None):
     best_epoch, best = 0, None
     for h in self._evaluation.history:
-      if h["epoch"] <= epoch + 1 and _finite(h["auc"]) and (best is None or
-                                                           h["auc"] > best):
-        best_epoch, best = h["epoch"], h["auc"]
+      score = self._evaluation.score(h)
+      if h["epoch"] <= epoch + 1 and _finite(score) and (best is None or score > best):
+        best_epoch, best = h["epoch"], score
     if epoch + 1 - best_epoch >= self._patience:
       self.model.stop_training = True
 

@@ -6,9 +6,14 @@ compared, seed by seed (paired), with every variant of its own backbone in the l
 the paper's single-distribution baseline (`condition=coarsest`) and the stronger ones
 (`all`, `cross`). The report directory holds:
 
-  results.json     every run's metrics (overall, per leaf-size decile, code NMI)
+  results.json     every run's metrics (overall, per leaf-size decile, code NMI; with
+                   several tasks "tasks": {task: the same per task, "<task>_cvr"
+                   over an after task's prerequisite positives}, "deltas_by_task" for
+                   the tasks after the first)
   report.md        tables: mean ± std, paired ΔAUC, AUC per leaf-size decile, AUC vs D,
                    NMI of each level's codes with every distribution / passthrough field
+                   (several tasks: an AUC column per task, paired ΔAUC and deciles
+                   per task after the first)
   *.png            the same as plots (paired Δ, deciles, depth, code heat maps)
   runs/<model>/seed_<s>/   each run directory (`file_name(model)`: `:` -> `__`, `|` -> `+`)
 
@@ -30,8 +35,10 @@ from hmdn.features.options import option, validate
 from hmdn.features import spec as spec_lib
 from hmdn.features.fileio import write_json_atomic, write_text_atomic
 from hmdn.features.preprocessed import TRAIN, PreprocessedData, delete_tree
-from hmdn.pipeline import evaluate, metrics, run_length, train
-from hmdn.pipeline.compare_report import depth_table, markdown, paired_deltas, plots
+from hmdn.models.tasks import tasks_of
+from hmdn.pipeline import callbacks, evaluate, metrics, run_length, train
+from hmdn.pipeline.compare_report import (depth_table, markdown, paired_deltas,
+                                          plots, task_names)
 from hmdn.pipeline.variants import file_name, is_hmdn, option_text, parse_variant
 
 @dataclasses.dataclass
@@ -96,14 +103,34 @@ def train_leaf_sizes(data: PreprocessedData) -> Dict[str, int]:
   return metrics.group_sizes(np.concatenate(keys) if keys else np.array([], str))
 
 
+_KEPT = ("auc", "logloss", "gauc", "oracle_auc")
+
+
 def _summarise(result: Dict, columns: Dict[str, np.ndarray], spec, sizes) -> Dict:
-  """What the report keeps of one run's evaluation."""
+  """What the report keeps of one run's evaluation (each task's too: its AUCs and its
+  leaf-size deciles, a CVR's over the prerequisite's positives, leaves sized by their
+  training rows)."""
   labels = columns[spec.label.name]
   probs = columns["probability"]
-  out = {k: result[k] for k in ("auc", "logloss", "gauc", "oracle_auc") if k in result}
-  if spec.distribution_fields:
-    leaves = leaf_key(columns, spec)
+  out = {k: result[k] for k in _KEPT if k in result}
+  leaves = leaf_key(columns, spec) if spec.distribution_fields else None
+  if leaves is not None:
     out["deciles"] = metrics.leaf_size_deciles(labels, probs, leaves, sizes)
+  if "tasks" in result:
+    out["tasks"] = {}
+    for task in tasks_of(spec):
+      scored = {task.name: (None, columns[f"probability_{task.name}"])}
+      if task.after is not None:
+        scored[task.name + evaluate.CVR_SUFFIX] = (
+            np.asarray(columns[task.after_name]).ravel() == 1,
+            columns[f"probability_{task.given}"])
+      for name, (rows, p) in scored.items():
+        m = evaluate.task_results(result)[name]
+        out["tasks"][name] = {k: m[k] for k in _KEPT if k in m}
+        if leaves is not None:
+          keep = slice(None) if rows is None else rows
+          out["tasks"][name]["deciles"] = metrics.leaf_size_deciles(
+              np.asarray(columns[task.name]).ravel()[keep], p[keep], leaves[keep], sizes)
   if "codes" in result:
     out["codes"] = {name: {"perplexity": c["perplexity"], "dead_share": c["dead_share"],
                            "nmi": c["nmi"]} for name, c in result["codes"].items()}
@@ -166,6 +193,7 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
       is_hmdn(label) for label in labels):
     base = run_length.with_codebook_warmup(base, steps, followed,
                                            log=lambda line, **_: log(line))
+  callbacks.check_select_by(base.select_by, tasks_of(data.spec))
   for label in labels:  # every bad model or option fails before the first run
     config = run_config(base, label, seeds[0], report_dir)
     config.model.validate()
@@ -210,13 +238,19 @@ def _run_held(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str
       r = run_one(base, label, seed, report_dir, sizes)
       results[label].append(r)
       oracle = r.get("oracle_auc", oracle)
-      log(f"compare: seed {seed} {label:<28} AUC {r['auc']:.4f} ({r['seconds']:.0f} s)")
+      aucs = (" ".join(f"{name} {m['auc']:.4f}" for name, m in r["tasks"].items())
+              if "tasks" in r else f"{r['auc']:.4f}")  # several tasks: each one's
+      log(f"compare: seed {seed} {label:<28} AUC {aucs} ({r['seconds']:.0f} s)")
       write_json_atomic(os.path.join(report_dir, "results.json"), results)
   summary = {"data_dir": data.data_dir, "train_rows": data.rows(TRAIN),
              "eval_rows": data.rows("eval"), "epochs": base.epochs,
              "batch_size": base.batch_size, "learning_rate": base.learning_rate,
              "seeds": list(seeds), "oracle_auc": oracle, "results": results,
              "deltas": paired_deltas(results, labels), "depth": depth_table(results)}
+  tasks = task_names(summary)  # after the first, whose deltas are "deltas"
+  if tasks:
+    summary["deltas_by_task"] = {name: paired_deltas(results, labels, name)
+                                 for name in tasks}
   summary["plots"] = plots(summary, report_dir)
   write_json_atomic(os.path.join(report_dir, "results.json"), summary)
   write_text_atomic(os.path.join(report_dir, "report.md"), markdown(summary))

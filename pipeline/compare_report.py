@@ -1,8 +1,12 @@
 """The report of `hmdn compare`: report.md's tables and the plots beside it, from the
-summary of every run (paired deltas, leaf-size deciles, AUC vs depth, code NMI)."""
+summary of every run (paired deltas, leaf-size deciles, AUC vs depth, code NMI). With
+several tasks (a run's "tasks": {task: {"auc", ..., "deciles"}}) the AUC table has a
+column per task and the paired deltas and deciles come once more per task after the
+first (the report's own figures are the first task's); a one-task report is
+unchanged."""
 import os
 import re
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -13,9 +17,15 @@ from hmdn.pipeline.variants import (backbone_of, file_name, is_hmdn, option_text
 LEAF = "leaf (cross of distribution fields)"
 
 
-def paired_deltas(results: Dict[str, List[Dict]], labels: Sequence[str]
-                  ) -> List[Dict[str, Any]]:
-  """ΔAUC of each HMDN variant vs each variant of its backbone, paired by seed."""
+def _of_task(run: Dict, task: Optional[str]) -> Dict:
+  """A run's figures of `task` (a name of its "tasks"), or its first task's (None)."""
+  return run if task is None else run["tasks"][task]
+
+
+def paired_deltas(results: Dict[str, List[Dict]], labels: Sequence[str],
+                  task: Optional[str] = None) -> List[Dict[str, Any]]:
+  """ΔAUC of each HMDN variant vs each variant of its backbone, paired by seed (of
+  `task`'s AUC with several tasks; None: the first task's)."""
   rows = []
   for label in labels:
     if not is_hmdn(label):
@@ -23,8 +33,8 @@ def paired_deltas(results: Dict[str, List[Dict]], labels: Sequence[str]
     for base in labels:
       if is_hmdn(base) or backbone_of(base) != backbone_of(label):
         continue
-      mine = {r["seed"]: r["auc"] for r in results[label]}
-      theirs = {r["seed"]: r["auc"] for r in results[base]}
+      mine = {r["seed"]: _of_task(r, task)["auc"] for r in results[label]}
+      theirs = {r["seed"]: _of_task(r, task)["auc"] for r in results[base]}
       seeds = sorted(set(mine) & set(theirs))
       d = np.array([mine[s] - theirs[s] for s in seeds])
       if not len(d):
@@ -73,37 +83,33 @@ def markdown(summary: Dict) -> str:
            f"learning rate {summary['learning_rate']}; seeds {summary['seeds']}."]
   if summary.get("oracle_auc") is not None:
     lines.append(f"Oracle AUC (true click probabilities): {summary['oracle_auc']:.4f}.")
+  first_task = next(iter(next(iter(summary["results"].values()))[0].get("tasks", {})),
+                    None)
+  tasks = task_names(summary)
   lines += ["", "## AUC (mean ± std over seeds)", "",
-            "| model | AUC | logloss | GAUC | s/run |", "|---|---|---|---|---|"]
+            f"| model | AUC{f' {_cell(first_task)}' if first_task else ''} | logloss | "
+            "GAUC | " + "".join(f"AUC {_cell(t)} | " for t in tasks) + "s/run |",
+            "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
   for label, runs in summary["results"].items():
     auc, auc_s = mean_std([r["auc"] for r in runs])
     ll, _ = mean_std([r["logloss"] for r in runs])
     gauc, _ = mean_std([r.get("gauc", float("nan")) for r in runs])
     secs, _ = mean_std([r["seconds"] for r in runs])
+    per_task = "".join("{:.4f} ± {:.4f} | ".format(*mean_std(
+        [r["tasks"][t]["auc"] for r in runs])) for t in tasks)
     lines.append(f"| {_cell(label)} | {auc:.4f} ± {auc_s:.4f} | {ll:.4f} | {gauc:.4f} | "
-                 f"{secs:.0f} |")
-  if summary["deltas"]:
-    lines += ["", "## Paired ΔAUC of each HMDN variant vs its backbone", "",
-              "| HMDN variant | baseline | ΔAUC mean ± std | wins | > 3 × spread |",
-              "|---|---|---|---|---|"]
-    for d in summary["deltas"]:
-      lines.append(f"| {_cell(d['model'])} | {_cell(d['baseline'])} | {d['mean']:+.4f} ± "
-                   f"{d['std']:.4f} | {d['wins']}/{len(d['seeds'])} | "
-                   f"{'yes' if d['beats_3_spread'] else 'no'} |")
-  first = next(iter(summary["results"].values()))[0]
-  if first.get("deciles"):
-    deciles = first["deciles"]
-    lines += ["", f"## AUC per leaf-size decile (leaf: {LEAF}; decile 1 = rarest "
-              "leaves by training rows)", "",
-              "| model | " + " | ".join(
-                  f"b{b['bucket']} ({b['size_min']}-{b['size_max']})" for b in deciles)
-              + " |", "|---|" + "---|" * len(deciles)]
-    for label, runs in summary["results"].items():
-      cells = []
-      for i in range(len(deciles)):
-        m, _ = mean_std([r["deciles"][i]["auc"] for r in runs])
-        cells.append(f"{m:.4f}")
-      lines.append(f"| {_cell(label)} | " + " | ".join(cells) + " |")
+                 f"{per_task}{secs:.0f} |")
+  if tasks:
+    lines += ["", f"Tasks: the first ({first_task}) has the logloss and GAUC and the "
+              "sections without a task's name; `<task>` over every eval row (a task after "
+              "another: its entire-space probability, CTCVR); `<task>_cvr` over the rows "
+              "whose prerequisite is 1 (CVR)."]
+  lines += _delta_lines(summary["deltas"], "")
+  for t in tasks:
+    lines += _delta_lines(summary.get("deltas_by_task", {}).get(t, []), f" ({t})")
+  lines += _decile_lines(summary, None)
+  for t in tasks:
+    lines += _decile_lines(summary, t)
   depth = summary.get("depth")
   if depth:
     lines += ["", "## AUC vs codebook depth D (variants that differ in D only)", "",
@@ -127,6 +133,46 @@ def markdown(summary: Dict) -> str:
   for plot in summary.get("plots", []):
     lines += ["", f"![{plot}]({plot})"]
   return "\n".join(lines) + "\n"
+
+
+def task_names(summary: Dict) -> List[str]:
+  """The tasks of a several-task comparison (`<task>`, `<task>_cvr`) after the first
+  (whose figures are the report's own); [] for one task."""
+  return list(next(iter(summary["results"].values()))[0].get("tasks", {}))[1:]
+
+
+def _delta_lines(deltas: List[Dict], title: str) -> List[str]:
+  if not deltas:
+    return []
+  lines = ["", f"## Paired ΔAUC of each HMDN variant vs its backbone{title}", "",
+           "| HMDN variant | baseline | ΔAUC mean ± std | wins | > 3 × spread |",
+           "|---|---|---|---|---|"]
+  for d in deltas:
+    lines.append(f"| {_cell(d['model'])} | {_cell(d['baseline'])} | {d['mean']:+.4f} ± "
+                 f"{d['std']:.4f} | {d['wins']}/{len(d['seeds'])} | "
+                 f"{'yes' if d['beats_3_spread'] else 'no'} |")
+  return lines
+
+
+def _decile_lines(summary: Dict, task: Optional[str]) -> List[str]:
+  """The AUC per leaf-size decile table of the first task (None) or of `task`."""
+  first = _of_task(next(iter(summary["results"].values()))[0], task)
+  if not first.get("deciles"):
+    return []
+  deciles = first["deciles"]
+  title = "" if task is None else f" of {task}"
+  lines = ["", f"## AUC per leaf-size decile{title} (leaf: {LEAF}; decile 1 = rarest "
+           "leaves by training rows)", "",
+           "| model | " + " | ".join(
+               f"b{b['bucket']} ({b['size_min']}-{b['size_max']})" for b in deciles)
+           + " |", "|---|" + "---|" * len(deciles)]
+  for label, runs in summary["results"].items():
+    cells = []
+    for i in range(len(deciles)):
+      m, _ = mean_std([_of_task(r, task)["deciles"][i]["auc"] for r in runs])
+      cells.append(f"{m:.4f}")
+    lines.append(f"| {_cell(label)} | " + " | ".join(cells) + " |")
+  return lines
 
 
 def _depth_line(label: str) -> str:
@@ -181,27 +227,33 @@ def plots(summary: Dict, report_dir: str) -> List[str]:
     plt.close(fig)
     written.append(name)
 
-  if summary["deltas"]:
-    d = summary["deltas"]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(d) + 1.2))
-    y = np.arange(len(d))
-    ax.barh(y, [r["mean"] for r in d], xerr=[r["std"] for r in d],
-            color=["tab:green" if r["mean"] > 0 else "tab:red" for r in d])
-    ax.set_yticks(y, [f"{r['model']} vs {r['baseline']}" for r in d], fontsize=7)
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("paired ΔAUC (mean ± std over seeds)")
-    save(fig, "paired_delta.png")
-  first = next(iter(summary["results"].values()))[0]
-  if first.get("deciles"):
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for label, runs in summary["results"].items():
-      n = len(runs[0]["deciles"])
-      ax.plot(range(1, n + 1), [mean_std([r["deciles"][i]["auc"] for r in runs])[0]
-                                for i in range(n)], marker="o", label=label)
-    ax.set_xlabel("leaf-size decile (1 = rarest leaves)")
-    ax.set_ylabel("AUC")
-    ax.legend(fontsize=6)
-    save(fig, "auc_by_leaf_decile.png")
+  # The first task's plots keep their names; each other task's add `_<task>`.
+  for task in [None] + task_names(summary):
+    suffix = "" if task is None else f"_{file_name(task)}"
+    d = (summary["deltas"] if task is None else
+         summary.get("deltas_by_task", {}).get(task, []))
+    if d:
+      fig, ax = plt.subplots(figsize=(7, 0.45 * len(d) + 1.2))
+      y = np.arange(len(d))
+      ax.barh(y, [r["mean"] for r in d], xerr=[r["std"] for r in d],
+              color=["tab:green" if r["mean"] > 0 else "tab:red" for r in d])
+      ax.set_yticks(y, [f"{r['model']} vs {r['baseline']}" for r in d], fontsize=7)
+      ax.axvline(0, color="black", lw=0.8)
+      ax.set_xlabel("paired ΔAUC (mean ± std over seeds)"
+                    + ("" if task is None else f" of {task}"))
+      save(fig, f"paired_delta{suffix}.png")
+    first = _of_task(next(iter(summary["results"].values()))[0], task)
+    if first.get("deciles"):
+      fig, ax = plt.subplots(figsize=(7, 3.5))
+      for label, runs in summary["results"].items():
+        n = len(_of_task(runs[0], task)["deciles"])
+        ax.plot(range(1, n + 1), [mean_std([_of_task(r, task)["deciles"][i]["auc"]
+                                            for r in runs])[0] for i in range(n)],
+                marker="o", label=label)
+      ax.set_xlabel("leaf-size decile (1 = rarest leaves)")
+      ax.set_ylabel("AUC" if task is None else f"AUC of {task}")
+      ax.legend(fontsize=6)
+      save(fig, f"auc_by_leaf_decile{suffix}.png")
   if summary.get("depth"):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     lines: Dict[str, List[Dict]] = {}

@@ -5,14 +5,26 @@ callback, `hmdn evaluate` / `hmdn run`, the benchmarks). A predictor takes seria
 tf.Example and returns the serving outputs; for an in-memory model it is the export's
 own serving function (`export.ServingModule.serve_examples`), for an export its
 `serving_default` signature, so the same code literally scores both.
+
+The result (`compute_metrics`): the first task's figures at the top level ("auc",
+"logloss", "rows_eval", "ctr_eval", "gauc", "oracle_auc", "per_distribution", "codes"),
+exactly as a one-task run has them. With several tasks (`models/tasks.py`) also
+"tasks": {task: the same keys for that task over every eval row (for a task after
+another its entire-space probability: ESMM's CTCVR AUC), "per_code" (its own codes'
+breakdown, HMDN), and for a task after another "cvr": the same keys again over the
+rows whose prerequisite label is 1 only, scored by p(task | prerequisite) (the CVR AUC
+of ESMM and EasyRec), with "given": the prerequisite's name}. "ctr_eval" is the task's
+positive rate. An oracle is the task's true conditional probability (`spec.oracles`);
+over every row an after task's oracle is its product with its prerequisite's.
 """
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from hmdn.features import spec as spec_lib
 from hmdn.features.preprocessed import EVAL, PreprocessedData, as_data
+from hmdn.models import tasks as tasks_lib
 from hmdn.pipeline import data, export, metrics
 
 Predictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
@@ -20,7 +32,37 @@ Predictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 
 def model_predictor(model: tf.keras.Model, spec: spec_lib.FeatureSpec) -> Predictor:
   """The in-memory model behind the serving function its export will have."""
-  return export.ServingModule(model, spec).serve_examples
+  serve = export.ServingModule(model, spec).serve_examples
+  keys = task_output_keys(spec)
+  if not keys or set(keys) <= set(serve.get_concrete_function().structured_outputs):
+    return serve
+  return _task_predictor(model, spec)
+
+
+def _task_predictor(model: tf.keras.Model, spec: spec_lib.FeatureSpec) -> Predictor:
+  """Every task's outputs of a several-task model, parsed and checked as the serving
+  function does, for as long as `export.ServingModule` serves the first task only."""
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  def predict(examples):
+    features = data.parse_batch(examples, spec, for_serving=True)
+    out = model(export.check_finite(features, spec), training=False)
+    result = {k: tf.reshape(out[k], [-1]) for k in ["probability"] + task_output_keys(spec)}
+    for k in ("codes", "codes_by_task"):
+      if k in out:
+        result[k] = out[k]
+    return result
+  return predict
+
+
+def task_output_keys(spec: spec_lib.FeatureSpec) -> List[str]:
+  """The per-task probabilities evaluation reads (none for one task): each task's over
+  every impression, and an after task's given its prerequisite."""
+  tasks = tasks_lib.tasks_of(spec)
+  if len(tasks) == 1:
+    return []
+  keys = [f"probability_{t.name}" for t in tasks]
+  return keys + [f"probability_{t.given}" for t in tasks if t.after is not None]
 
 
 def saved_model_predictor(export_dir: str) -> Predictor:
@@ -49,33 +91,61 @@ def run(predict: Predictor, data_dir: "str | PreprocessedData",
 def collect(predict: Predictor, data_dir: "str | PreprocessedData",
             spec: spec_lib.FeatureSpec, batch_size: int = 4096, split: str = EVAL
             ) -> Dict[str, np.ndarray]:
-  """Runs the predictor over a split; returns columns: probability, label, codes, ..."""
+  """Runs the predictor over a split; returns columns: probability, label, codes, ...
+  (with several tasks every label, "probability_<task>", "probability_<task>_given_
+  <prerequisite>" and, for HMDN, "codes_<task>" [rows, views * levels])."""
   files = data.files_of(data_dir, split)
   ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
-  keep = [spec.label.name] + _categorical_columns(spec)
-  keep += [f.name for f in (spec.user_id, spec.oracle) if f is not None]
-  columns = {k: [] for k in keep + ["probability"]}
-  codes = []
+  keep = [f.name for f in spec.labels] + _categorical_columns(spec)
+  keep += [f.name for f in [spec.user_id] + list(spec.oracles.values()) if f is not None]
+  outputs = ["probability"] + task_output_keys(spec)
+  columns = {k: [] for k in keep + outputs}
+  tasks = tasks_lib.tasks_of(spec)
+  codes: Dict[str, list] = {}
   parse_spec = {k: v for k, v in spec.parsing_spec().items() if k in keep}
   for serialized in ds:
     out = predict(serialized)
+    missing = [k for k in outputs if k not in out]
+    if missing:
+      raise ValueError(f"the model serves no {missing[0]!r} (outputs: {sorted(out)}); "
+                       f"spec {spec.name!r} has the tasks {[t.name for t in tasks]}: "
+                       "export it again with per-task outputs")
     parsed = tf.io.parse_example(serialized, parse_spec)
     for k in keep:
       columns[k].append(parsed[k].numpy())
-    columns["probability"].append(out["probability"].numpy())
-    if "codes" in out:
-      codes.append(out["codes"].numpy())
+    for k in outputs:
+      columns[k].append(np.reshape(out[k].numpy(), [-1]))
+    for k, v in _codes_of(out, tasks).items():
+      codes.setdefault(k, []).append(v)
   result = {k: np.concatenate(v) if v else np.array([]) for k, v in columns.items()}
-  if codes:
-    result["codes"] = np.concatenate(codes)
+  result.update({k: np.concatenate(v) for k, v in codes.items()})
   return result
 
 
-def compute_metrics(columns: Dict[str, np.ndarray], spec: spec_lib.FeatureSpec,
-                    codebook_size: Optional[int] = None,
-                    code_views: Optional[list] = None) -> Dict:
-  labels = columns[spec.label.name]
-  probs = columns["probability"]
+def _codes_of(out: Dict[str, tf.Tensor], tasks) -> Dict[str, np.ndarray]:
+  """"codes" (the first task's) and, with several tasks, each task's as "codes_<task>"
+  (served as "codes_<task>" or one "codes_by_task" [batch, tasks, codes])."""
+  found = {}
+  if "codes" in out:
+    found["codes"] = out["codes"].numpy()
+  if len(tasks) > 1:
+    for t in tasks:
+      if f"codes_{t.name}" in out:
+        found[f"codes_{t.name}"] = out[f"codes_{t.name}"].numpy()
+      elif "codes_by_task" in out:
+        found[f"codes_{t.name}"] = out["codes_by_task"].numpy()[:, t.index]
+  return found
+
+
+def _task_metrics(spec: spec_lib.FeatureSpec, columns: Dict[str, np.ndarray],
+                  labels: np.ndarray, probs: np.ndarray, oracle: Optional[np.ndarray],
+                  rows: Optional[np.ndarray] = None) -> Dict:
+  """AUC, logloss, GAUC, oracle AUC and the per-distribution breakdown of one task's
+  scores, over `rows` (a mask) or every row."""
+  if rows is not None:
+    columns = {k: v[rows] for k, v in columns.items() if len(v) == len(rows)}
+    labels, probs = labels[rows], probs[rows]
+    oracle = oracle[rows] if oracle is not None else None
   result = {
       "auc": metrics.auc(labels, probs),
       "logloss": metrics.logloss(labels, probs),
@@ -84,14 +154,70 @@ def compute_metrics(columns: Dict[str, np.ndarray], spec: spec_lib.FeatureSpec,
   }
   if spec.user_id is not None:
     result["gauc"] = metrics.gauc(labels, probs, columns[spec.user_id.name])
-  if spec.oracle is not None:
-    result["oracle_auc"] = metrics.auc(labels, columns[spec.oracle.name])
+  if oracle is not None:
+    result["oracle_auc"] = metrics.auc(labels, oracle)
   result["per_distribution"] = {
       name: metrics.breakdown(labels, probs, columns[name])
       for name in _categorical_columns(spec)}
+  return result
+
+
+def _entire_space_oracle(spec, tasks, task, columns) -> Optional[np.ndarray]:
+  """A task's true probability over every impression: its conditional oracle times
+  its prerequisites' down the chain (None when one of them has no oracle)."""
+  oracles = spec.oracles
+  value = None
+  while task is not None:
+    if task.name not in oracles:
+      return None
+    own = columns[oracles[task.name].name].astype(float)
+    value = own if value is None else value * own
+    task = tasks[task.after] if task.after is not None else None
+  return value
+
+
+def compute_metrics(columns: Dict[str, np.ndarray], spec: spec_lib.FeatureSpec,
+                    codebook_size: Optional[int] = None,
+                    code_views: Optional[list] = None) -> Dict:
+  """The metrics dict of the module docstring, from `collect`'s columns."""
+  tasks = tasks_lib.tasks_of(spec)
+  first = tasks[0]
+  result = _task_metrics(spec, columns, columns[first.name], columns["probability"],
+                         _entire_space_oracle(spec, tasks, first, columns))
   if "codes" in columns and codebook_size:
     result["codes"] = code_report(columns, spec, codebook_size, code_views or [])
+  if len(tasks) == 1:
+    return result
+  result["tasks"] = {}
+  for t in tasks:
+    labels, probs = columns[t.name], columns[f"probability_{t.name}"]
+    entry = _task_metrics(spec, columns, labels, probs,
+                          _entire_space_oracle(spec, tasks, t, columns))
+    codes = columns.get(f"codes_{t.name}")
+    if codes is not None and codebook_size:
+      entry["per_code"] = per_code(codes, labels, probs, code_views or [])
+    if t.after is not None:
+      clicked = np.asarray(columns[t.after_name]).ravel() == 1
+      oracle = spec.oracles.get(t.name)
+      entry["cvr"] = _task_metrics(
+          spec, columns, labels, columns[f"probability_{t.given}"],
+          columns[oracle.name].astype(float) if oracle is not None else None, clicked)
+      entry["cvr"]["given"] = t.after_name
+      if codes is not None and codebook_size:
+        entry["cvr"]["per_code"] = per_code(codes[clicked], labels[clicked],
+                                            columns[f"probability_{t.given}"][clicked],
+                                            code_views or [])
+    result["tasks"][t.name] = entry
   return result
+
+
+def per_code(codes: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+             views: Sequence[str]) -> Dict:
+  """{view/level_l: the breakdown of the scores by code} of one task's codes."""
+  levels = codes.shape[1] // max(len(views), 1)
+  return {f"{view}/level_{level + 1}": metrics.breakdown(
+      labels, probs, codes[:, v * levels + level])
+          for v, view in enumerate(views) for level in range(levels)}
 
 
 def code_report(columns, spec, codebook_size, views) -> Dict:
@@ -145,8 +271,37 @@ def _field_lines(field: str, values: Dict[str, Dict]) -> list:
   return lines
 
 
+CVR_SUFFIX = "_cvr"  # an after task's figures over its prerequisite's positives
+
+
+def task_results(result: Dict) -> Dict[str, Dict]:
+  """{name: metrics} of every task of a several-task result (empty for one task):
+  "<task>" over every row, "<task>_cvr" over the prerequisite's positives."""
+  out = {}
+  for name, entry in result.get("tasks", {}).items():
+    out[name] = entry
+    if "cvr" in entry:
+      out[name + CVR_SUFFIX] = entry["cvr"]
+  return out
+
+
+def task_lines(result: Dict) -> List[str]:
+  """One line per task of a several-task result (none for one task): over every row,
+  and for a task after another over its prerequisite's positives (CVR)."""
+  return [_task_line(name, f"{m['given']} = 1" if "given" in m else "every row", m)
+          for name, m in task_results(result).items()]
+
+
+def _task_line(name: str, rows: str, m: Dict) -> str:
+  extras = "".join(f"  {k.replace('_', ' ')} {m[k]:.4f}" for k in ("gauc", "oracle_auc")
+                   if k in m)
+  return (f"task {name:<16} {m['rows_eval']:>8d} rows ({rows}) rate {m['ctr_eval']:.4f}"
+          f"  AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}{extras}")
+
+
 def format_table(result: Dict) -> str:
-  """The per-distribution table printed at the end of a run."""
+  """The per-distribution table printed at the end of a run (the first task's), then
+  a line per task when there are several."""
   lines = [f"{'field':<14} {'value':<14} {'rows':>8} {'ctr':>7} {'auc':>7} {'logloss':>8}"]
   for field, values in result["per_distribution"].items():
     lines += _field_lines(field, values)
@@ -159,4 +314,5 @@ def format_table(result: Dict) -> str:
     nmi = ", ".join(f"{k} {v:.2f}" for k, v in usage["nmi"].items())
     lines.append(f"codes {name:<18} perplexity {usage['perplexity']:5.2f}  dead "
                  f"{usage['dead_share']:.2f}  NMI: {nmi}")
+  lines += task_lines(result)
   return "\n".join(lines)

@@ -25,6 +25,7 @@ from hmdn.features.preprocessed import PreprocessedData
 from hmdn.features.run_directory import RunDirectory, RunMismatchError
 from hmdn.models.ctr_model import CTRModel
 from hmdn.models.registry import ModelConfig
+from hmdn.models.tasks import tasks_of
 from hmdn.pipeline import callbacks as callbacks_lib
 from hmdn.pipeline import data, evaluate, optimizers, strategies
 from hmdn.pipeline.run_length import (check_lr_warmup, check_quantizer_starts,
@@ -224,6 +225,7 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   config.validate()
   config.model.validate()
   data_files = PreprocessedData(config.data_dir).check_complete()
+  callbacks_lib.check_select_by(config.select_by, tasks_of(data_files.spec))
   run = RunDirectory(config.model_dir)
   chief = strategies.is_chief()
   if not chief:
@@ -282,7 +284,7 @@ def _train_held(config: TrainConfig, strategy: Optional[tf.distribute.Strategy],
       config.model.codebook_size if config.model.is_hmdn else None,
       config.model.code_views, write_summaries=chief,
       history=run.history() if resume else [],
-      on_history=run.write_history if chief else None)
+      on_history=run.write_history if chief else None, select_by=config.select_by)
   # The loss is checked inside each step (under ParameterServerStrategy at epoch end).
   stop_on_non_finite = callbacks_lib.StopOnNonFiniteLoss(in_graph=not is_ps)
   with stop_on_non_finite.raising_training_error():
@@ -324,21 +326,31 @@ def _sharded_tables(model: CTRModel):
 
 def _write_summary(run, config, strategy, model, evaluation, data_files) -> None:
   """train_summary.json: every epoch of the run (across resumes), its throughput, and
-  the exact eval metrics of the final weights."""
+  the exact eval metrics of the final weights (with several tasks: each task's AUC per
+  epoch and final figures, and the best epoch by --select_by)."""
   final = evaluate.run(evaluate.model_predictor(model, data_files.spec), data_files)
   history = evaluation.history
   aucs = [h["auc"] for h in history]
-  finite = [a for a in aucs if a is not None and math.isfinite(a)]
+  scores = [evaluation.score(h) for h in history]
+  finite = [a for a in scores if a is not None and math.isfinite(a)]
   summary = {"strategy": config.strategy,
              "replicas": strategy.num_replicas_in_sync,
              "epochs_run": len(history),
              "eval_auc_per_epoch": aucs,
-             "best_epoch": history[aucs.index(max(finite))]["epoch"] if finite else None,
+             "best_epoch": history[scores.index(max(finite))]["epoch"] if finite else None,
              "examples_per_sec_per_epoch": [h.get("examples_per_sec") for h in history],
              "step_time_ms_per_epoch": [h.get("step_time_ms") for h in history],
              "epochs": history,
              "final": {k: final[k] for k in ("auc", "logloss", "rows_eval")},
              "sharded_embeddings": _sharded_tables(model)}
+  if "tasks" in final:
+    summary["select_by"] = config.select_by
+    summary["eval_auc_per_epoch_by_task"] = {
+        name: [callbacks_lib.task_aucs(h).get(name) for h in history]
+        for name in callbacks_lib.task_aucs(history[-1] if history else {})}
+    summary["final"]["tasks"] = {
+        name: {k: m[k] for k in ("auc", "logloss", "rows_eval")}
+        for name, m in evaluate.task_results(final).items()}
   write_json_atomic(run.summary_path, summary)
 
 

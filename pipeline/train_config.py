@@ -35,6 +35,12 @@ class TrainConfig:
   steps_per_epoch: int = option(0, "0 = one pass over the training split.", minimum=0)
   early_stopping_patience: int = option(0, "Stop after N epochs without a better exact "
                                         "eval AUC (0 = off).", minimum=0)
+  select_by: str = option("first", "Several tasks: the exact eval AUC that picks the "
+                          "best checkpoint and stops early: first (the first task's), "
+                          "mean (of every task's), a task's name (over every row; a "
+                          "task after another: CTCVR) or <task>_cvr (a task after "
+                          "another, over its prerequisite's positives). Checked "
+                          "against the spec's tasks; one task: first only.")
   keep_checkpoints: int = option(3, "Epoch checkpoints kept.", minimum=0)
   backup_every_steps: int = option(0, "Fault-tolerance backup frequency in steps (0 = "
                                    "each epoch).", minimum=0)
