@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from hmdn.features import spec as spec_lib
 from hmdn.features.preprocessed import EVAL, PreprocessedData, as_data
-from hmdn.pipeline import data, export, metrics
+from hmdn.pipeline import code_report as task_codes, data, export, metrics
 
 Predictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 
@@ -55,7 +55,7 @@ def collect(predict: Predictor, data_dir: "str | PreprocessedData",
   keep = [spec.label.name] + _categorical_columns(spec)
   keep += [f.name for f in (spec.user_id, spec.oracle) if f is not None]
   columns = {k: [] for k in keep + ["probability"]}
-  codes = []
+  codes = {}  # "codes" and, with several tasks, "codes_<task>"
   parse_spec = {k: v for k, v in spec.parsing_spec().items() if k in keep}
   for serialized in ds:
     out = predict(serialized)
@@ -63,11 +63,10 @@ def collect(predict: Predictor, data_dir: "str | PreprocessedData",
     for k in keep:
       columns[k].append(parsed[k].numpy())
     columns["probability"].append(out["probability"].numpy())
-    if "codes" in out:
-      codes.append(out["codes"].numpy())
+    for k in (k for k in out if k.startswith("codes")):
+      codes.setdefault(k, []).append(out[k].numpy())
   result = {k: np.concatenate(v) if v else np.array([]) for k, v in columns.items()}
-  if codes:
-    result["codes"] = np.concatenate(codes)
+  result.update({k: np.concatenate(v) for k, v in codes.items()})
   return result
 
 
@@ -91,6 +90,10 @@ def compute_metrics(columns: Dict[str, np.ndarray], spec: spec_lib.FeatureSpec,
       for name in _categorical_columns(spec)}
   if "codes" in columns and codebook_size:
     result["codes"] = code_report(columns, spec, codebook_size, code_views or [])
+  if codebook_size and task_codes.has_task_codes(columns, [f.name for f in spec.labels]):
+    result["codes_by_task"] = task_codes.by_task(
+        columns, [f.name for f in spec.labels], _categorical_columns(spec), codebook_size,
+        code_views or [])
   return result
 
 
@@ -159,4 +162,5 @@ def format_table(result: Dict) -> str:
     nmi = ", ".join(f"{k} {v:.2f}" for k, v in usage["nmi"].items())
     lines.append(f"codes {name:<18} perplexity {usage['perplexity']:5.2f}  dead "
                  f"{usage['dead_share']:.2f}  NMI: {nmi}")
+  lines += task_codes.format_lines(result.get("codes_by_task", {}))
   return "\n".join(lines)
