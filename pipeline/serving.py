@@ -93,7 +93,16 @@ def verify_in_fresh_process(spec: spec_lib.FeatureSpec, rows: Sequence[bytes],
     raise RuntimeError(f"the export failed to answer in a fresh process:\n{proc.stderr}")
   predictions = json.loads(proc.stdout.strip().splitlines()[-1])["predictions"]
   print(f"request ({request_path}): {json.dumps(request['instances'][0])}")
-  gap = 0.0
+  for line in compare_answers(spec, predictions, expected, export_dir):
+    print(line)
+
+
+def compare_answers(spec: spec_lib.FeatureSpec, predictions: Sequence[Dict],
+                    expected: Dict[str, np.ndarray], export_dir: str) -> list:
+  """REST predictions against the trained model's serving outputs: every task's
+  probabilities within 1e-5, the codes equal, or RuntimeError naming the output.
+  Returns the lines saying so."""
+  lines, gap = [], 0.0
   for name in ordered_outputs(expected, spec):
     want = np.asarray(expected[name])
     if any(name not in p for p in predictions):
@@ -104,13 +113,15 @@ def verify_in_fresh_process(spec: spec_lib.FeatureSpec, rows: Sequence[bytes],
         raise RuntimeError(f"the reloaded SavedModel's {name} differ from the trained "
                            "model's")
       continue
-    print(f"fresh-process prediction of {name} from {export_dir}: "
-          f"{got.round(6).tolist()}; in-memory model: {want.round(6).tolist()}")
+    lines.append(f"fresh-process prediction of {name} from {export_dir}: "
+                 f"{got.round(6).tolist()}; in-memory model: "
+                 f"{want.astype(np.float64).round(6).tolist()}")
     if got.shape != want.shape or not np.allclose(got, want, atol=1e-5):
       raise RuntimeError(f"the reloaded SavedModel disagrees with the trained model on "
                          f"{name}")
     gap = max(gap, float(np.max(np.abs(got - want))) if len(got) else 0.0)
-  print(f"verified: {export_dir} answers {len(predictions)} eval rows in a fresh "
-        f"process (`hmdn predict`) as the trained model does: "
-        f"{', '.join(ordered_outputs(expected, spec))} (largest difference {gap:.1e}, "
-        "allowed 1e-05)")
+  lines.append(f"verified: {export_dir} answers {len(predictions)} eval rows in a fresh "
+               f"process (`hmdn predict`) as the trained model does: "
+               f"{', '.join(ordered_outputs(expected, spec))} (largest difference "
+               f"{gap:.1e}, allowed 1e-05)")
+  return lines

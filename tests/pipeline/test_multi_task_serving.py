@@ -155,9 +155,21 @@ def test_the_self_check_compares_every_task(exported, tmp_path, capsys):
   printed = capsys.readouterr().out
   for output in PROBABILITIES:
     assert f"fresh-process prediction of {output} from" in printed
-  wrong = dict(expected, probability_purchase=expected["probability_purchase"] + 0.01)
-  with pytest.raises(RuntimeError, match="disagrees .* on probability_purchase"):
-    serving.verify_in_fresh_process(spec, rows[:3], wrong, version, str(tmp_path))
+  assert "verified:" in printed
+  # The comparison itself, against the REST answer the fresh process gave.
+  request = json.loads((tmp_path / "request.json").read_text())
+  assert len(request["instances"]) == 3
+  answer = [{k: np.asarray(v[i]).tolist() for k, v in expected.items()} for i in range(3)]
+  serving.compare_answers(spec, answer, expected, version)
+  for output in ("probability_purchase", "probability_purchase_given_click") + (
+      ("codes_purchase",) if name.startswith("hmdn_") else ()):
+    wrong = [dict(p) for p in answer]
+    wrong[2][output] = (np.asarray(wrong[2][output]) + 1).tolist()
+    with pytest.raises(RuntimeError, match=output):
+      serving.compare_answers(spec, wrong, expected, version)
+    with pytest.raises(RuntimeError, match=f"does not answer '{output}'"):
+      serving.compare_answers(spec, [{k: v for k, v in p.items() if k != output}
+                                     for p in answer], expected, version)
 
 
 def test_the_code_report_scores_each_task_against_the_task(exported, two_task_data_dir):
