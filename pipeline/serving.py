@@ -42,9 +42,11 @@ def _node_reason(e) -> str:
 
 def predict(saved_model: str, request_path: str) -> Dict:
   """Answers a REST predict request (a JSON file) from the export, as TF Serving would:
-  {"predictions": [{output name: value}, ...]}. The request is checked against the
-  export's spec first (serving_request), so a bad one is a RequestError naming the
-  instance and the feature, not a TensorFlow node error."""
+  {"predictions": [{output name: value}, ...]}, one object per instance holding every
+  output of the signature (with several tasks each task's probabilities, then the codes:
+  `ordered_outputs`). The request is checked against the export's spec first
+  (serving_request), so a bad one is a RequestError naming the instance and the
+  feature, not a TensorFlow node error."""
   version = latest_version(saved_model)
   request = serving_request.load_request(request_path)
   loaded = tf.saved_model.load(version)
