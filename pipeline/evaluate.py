@@ -25,7 +25,7 @@ import tensorflow as tf
 from hmdn.features import spec as spec_lib
 from hmdn.features.preprocessed import EVAL, PreprocessedData, as_data
 from hmdn.models import tasks as tasks_lib
-from hmdn.pipeline import data, export, metrics
+from hmdn.pipeline import code_report as task_codes, data, export, metrics
 
 Predictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 
@@ -186,6 +186,10 @@ def compute_metrics(columns: Dict[str, np.ndarray], spec: spec_lib.FeatureSpec,
                          _entire_space_oracle(spec, tasks, first, columns))
   if "codes" in columns and codebook_size:
     result["codes"] = code_report(columns, spec, codebook_size, code_views or [])
+  if codebook_size and task_codes.has_task_codes(columns, [f.name for f in spec.labels]):
+    result["codes_by_task"] = task_codes.by_task(
+        columns, [f.name for f in spec.labels], _categorical_columns(spec), codebook_size,
+        code_views or [])
   if len(tasks) == 1:
     return result
   result["tasks"] = {}
@@ -315,4 +319,5 @@ def format_table(result: Dict) -> str:
     lines.append(f"codes {name:<18} perplexity {usage['perplexity']:5.2f}  dead "
                  f"{usage['dead_share']:.2f}  NMI: {nmi}")
   lines += task_lines(result)
+  lines += task_codes.format_lines(result.get("codes_by_task", {}))
   return "\n".join(lines)

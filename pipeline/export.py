@@ -7,6 +7,14 @@ distribution ids to log and monitor):
   classify         {"inputs": serialized tf.Example [batch]}
                    -> {"scores": [batch, 2], "classes": [batch, 2]}, method
                    tensorflow/serving/classify, for TF Serving's Classify API.
+A spec with several labels (tasks, `models/tasks.py`) adds, to serving_default and
+predict, "probability_<task>" [batch] for every task (over every impression: for a task
+`after` another ESMM's p(ctcvr)), "probability_<task>_given_<prerequisite>" [batch] for
+an `after` task (its head: p(cvr)), and for HMDN "codes_<task>" [batch, views * levels]
+(each task reads its own codes: one output per task, named like its probability, so a
+REST answer reads `codes_purchase` beside `probability_purchase`). "probability" and
+"codes" stay the first task's and classify answers for the first task, so a client of
+the one-task model keeps working; a one-task model's outputs are unchanged.
 Every signature rejects a non-finite numeric input (NaN, inf, a number beyond float32)
 with an error naming the feature and the instance (`check_finite`).
 `assets.extra/tf_serving_warmup_requests` holds PredictionLogs TF Serving replays at
@@ -26,6 +34,7 @@ from hmdn.features import locks, options, ownership, run_directory
 from hmdn.features import spec as spec_lib
 from hmdn.features.fileio import write_json_atomic
 from hmdn.features.preprocessed import PreprocessedData, spec_fingerprint
+from hmdn.models import tasks as tasks_lib
 from hmdn.models.registry import ModelConfig
 from hmdn.pipeline import data
 
@@ -122,11 +131,52 @@ def check_finite(features: Dict[str, tf.Tensor], spec: spec_lib.FeatureSpec
   return checked
 
 
+def check_task_names(tasks: Sequence[tasks_lib.Task]) -> None:
+  """Refuses label fields whose serving outputs would share a name (a task named
+  "purchase_given_click" beside purchase after click)."""
+  names = output_names(tasks)
+  clash = sorted({n for n in names if names.count(n) > 1})
+  if clash:
+    raise ValueError(f"label fields {[t.name for t in tasks]}: the serving output "
+                     f"{clash[0]!r} would name two outputs; rename a label")
+
+
+def output_names(tasks: Sequence[tasks_lib.Task]) -> List[str]:
+  """Every output `serving_outputs` may give, in the order a reader wants them:
+  "probability", each task's in spec order, then the codes (HMDN only)."""
+  names = ["probability"]
+  if len(tasks) > 1:
+    for t in tasks:
+      names += [f"probability_{t.name}"] + (
+          [f"probability_{t.given}"] if t.after is not None else [])
+  return names + ["codes"] + ([f"codes_{t.name}" for t in tasks] if len(tasks) > 1
+                              else [])
+
+
+def serving_outputs(out: Dict[str, tf.Tensor], tasks: Sequence[tasks_lib.Task]
+                    ) -> Dict[str, tf.Tensor]:
+  """The model's call outputs -> the signatures' (probabilities [batch]; codes
+  [batch, views * levels]); see the module docstring."""
+  result = {"probability": tf.reshape(out["probability"], [-1])}
+  if len(tasks) > 1:
+    for t in tasks:
+      result[f"probability_{t.name}"] = tf.reshape(out[f"probability_{t.name}"], [-1])
+      if t.after is not None:
+        result[f"probability_{t.given}"] = tf.reshape(out[f"probability_{t.given}"], [-1])
+  if "codes" in out:
+    result["codes"] = out["codes"]
+    if len(tasks) > 1:  # [batch, tasks, views * levels] -> one output per task
+      for t in tasks:
+        result[f"codes_{t.name}"] = out["codes_by_task"][:, t.index]
+  return result
+
+
 class ServingModule(tf.Module):
   """Wraps a trained model with the parsing the serving side needs, and nothing else.
 
-  The one place the serving outputs are shaped: {"probability": [batch]} and, for HMDN
-  models, {"codes": [batch, views * levels]}. The exported signatures and the in-memory
+  The one place the serving outputs are shaped (`serving_outputs`): {"probability":
+  [batch]} and, for HMDN models, {"codes": [batch, views * levels]}, plus each task's
+  with several (the module docstring). The exported signatures and the in-memory
   evaluation (`evaluate.model_predictor`) both call it.
   """
 
@@ -134,6 +184,8 @@ class ServingModule(tf.Module):
     super().__init__()
     self.model = model
     self._spec = spec
+    self._tasks = tasks_lib.tasks_of(spec)
+    check_task_names(self._tasks)
     self.serve_examples = tf.function(
         self._serve_examples,
         input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
@@ -144,10 +196,7 @@ class ServingModule(tf.Module):
 
   def _outputs(self, features) -> Dict[str, tf.Tensor]:
     out = self.model(check_finite(features, self._spec), training=False)
-    result = {"probability": tf.reshape(out["probability"], [-1])}
-    if "codes" in out:
-      result["codes"] = out["codes"]
-    return result
+    return serving_outputs(out, self._tasks)
 
   def _serve_examples(self, examples):
     return self._outputs(data.parse_batch(examples, self._spec, for_serving=True))
@@ -156,7 +205,7 @@ class ServingModule(tf.Module):
     return self._outputs(data.fit_sequences(features, self._spec))
 
   def _classify(self, inputs):
-    p = self._serve_examples(inputs)["probability"]
+    p = self._serve_examples(inputs)["probability"]  # the first task's
     scores = tf.stack([1.0 - p, p], axis=1)
     classes = tf.tile(tf.constant([["0", "1"]]), [tf.shape(p)[0], 1])
     return {"scores": scores, "classes": classes}

@@ -98,7 +98,8 @@ def train_evaluate_export(config, out: str, generator_summary: Optional[Dict] = 
     result["generator"] = {k: generator_summary[k] for k in ("rows", "ctr", "oracle_auc")}
   # Predictions of the trained model, taken before export (which merges APG factors).
   rows = data.first_records(config.data_dir, EVAL, VERIFY_ROWS)
-  expected = evaluate.model_predictor(model, spec)(tf.constant(rows))["probability"]
+  expected = {k: v.numpy() for k, v in
+              evaluate.model_predictor(model, spec)(tf.constant(rows)).items()}
   export_dir = export.export(model, spec, os.path.join(out, "export"),
                              data.first_records(config.data_dir, EVAL, WARMUP_ROWS))
   result["export_dir"] = export_dir
@@ -108,5 +109,5 @@ def train_evaluate_export(config, out: str, generator_summary: Optional[Dict] = 
   print(f"metrics: {os.path.join(out, 'metrics.json')}")
   print(f"SavedModel for TF Serving: {export_dir}")
   if verify_export:
-    serving.verify_in_fresh_process(spec, rows, expected.numpy(), export_dir, out)
+    serving.verify_in_fresh_process(spec, rows, expected, export_dir, out)
   return result

@@ -87,6 +87,14 @@ def test_saved_model_cli_run_matches_the_model(trained, export_root, tmp_path):
   assert out.returncode == 0
 
 
+def test_a_one_task_export_keeps_its_outputs(export_root):
+  # Several tasks add probability_<task> and codes_<task>; one task adds nothing.
+  signatures = tf.saved_model.load(_version(export_root)).signatures
+  for name in ("serving_default", "predict"):
+    assert sorted(signatures[name].structured_outputs) == ["codes", "probability"]
+  assert sorted(signatures["classify"].structured_outputs) == ["classes", "scores"]
+
+
 def test_apg_factors_are_merged_in_the_export(export_root):
   # The fixture trains APG over-parameterised (the default overparam_dim): unmerged, its
   # adaptive layers hold .../backbone_apg/adaptive_{i}/u1, u2, v1, v2; merged, u and v.

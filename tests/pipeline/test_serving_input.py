@@ -293,6 +293,13 @@ def test_example_signatures_reject_non_finite_numbers(exported, value, shown):
         f"feature price is not a finite number at instance 2: {shown}")
 
 
+def test_a_one_task_baseline_answers_only_its_probability(exported):
+  signatures = exported[0].signatures
+  for name in ("serving_default", "predict"):
+    assert sorted(signatures[name].structured_outputs) == ["probability"]
+  assert sorted(signatures["classify"].structured_outputs) == ["classes", "scores"]
+
+
 def test_raw_tensor_signature_rejects_non_finite_numbers(exported):
   loaded, spec, rows, _ = exported
   instances = serving_request.instances_from_examples(spec, rows, raw=True)
