@@ -62,7 +62,10 @@ class TargetAttention(tf.keras.layers.Layer):
     scores = tf.squeeze(self._unit(tf.concat([q, keys, q - keys, q * keys], -1),
                                    training=training), -1)  # [B, L]
     if self.normalization == "softmax":
-      scores = tf.nn.softmax(scores + (mask - 1.0) * 1e9, axis=-1)
+      # In float32 with a finite fill: -1e9 is -inf in float16, and a softmax of an
+      # all-masked row of -inf is NaN (mixed precision, an empty history).
+      filled = tf.where(mask > 0, tf.cast(scores, tf.float32), -1e9)
+      scores = tf.cast(tf.nn.softmax(filled, axis=-1), keys.dtype)
     weights = scores * mask  # exactly 0 at padding (and for an empty history)
     interest = tf.einsum("bl,bld->bd", weights, keys)
     return (interest, weights) if return_weights else interest
