@@ -94,7 +94,7 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
   def __init__(self, spec: Dict[str, Any], vocab_dir: str,
                numeric_moments: Optional[Mapping[str, Mapping[str, float]]] = None,
                tables_dir: Optional[str] = None, sequence_pooling: str = "din",
-               din_normalization: str = "softmax", din_units: Sequence[int] = (80, 40),
+               din_normalization: str = "softmax", din_units: Sequence[int] = (36,),
                **kwargs):
     # Raw numeric inputs stay float32 (not cast to a mixed policy's bfloat16/float16
     # before normalisation); the tables and projections compute in the policy dtype.
