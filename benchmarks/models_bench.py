@@ -34,6 +34,15 @@ count zero, so the figure is the dense arithmetic of a forward pass.
 Results: a table on stdout and `<out_dir>/models_bench.json`
 (`models_bench_steps_per_execution_<N>.json` with N > 1). Not a test: nothing here
 asserts on speed.
+
+  python -m benchmarks.models_bench --sequence_data=DIR [--models=dnn]
+
+instead times each model with `--sequence_pooling` din, mean and none on a data
+directory whose spec has sequence fields (MovieLens-100K's histories of 50: `hmdn data
+fetch movielens-100k`, then `hmdn preprocess --source=movielens --spec=movielens_100k`),
+the three interleaved in rounds like the pairs above: training examples/s of DIN
+against the same model ignoring the histories (target: DIN >= 0.5x). Results:
+`<out_dir>/models_bench_sequences.json`.
 """
 import dataclasses
 import os
@@ -66,11 +75,16 @@ flags.DEFINE_integer("flops_batch", 64, "Static batch of the graph the FLOPs are
 flags.DEFINE_string("models", "", "Comma-separated model names (default: every "
                     "registered model).")
 flags.DEFINE_string("out_dir", "bench_out", "Cache of data and results.")
+flags.DEFINE_string("sequence_data", "", "Instead: training ex/s of --models (default "
+                    "dnn) with --sequence_pooling din, mean and none on this data "
+                    "directory (its spec with sequence fields).")
 flags.DEFINE_list("domain_sweep", [], "Instead: the per-domain backbones' training "
                   "speed at these numbers of domains, every branch vs the own branch "
                   "(benchmarks/domain_sweep.py), e.g. 4,32,400.")
 
 TARGET_OVERHEAD = 0.10  # the issue: HMDN at most 10% slower than its backbone
+TARGET_DIN_RATIO = 0.5  # issue 21: DIN trains at least half as fast as no history
+POOLINGS = ("din", "mean", "none")
 # Config overrides of every benchmarked model (ignored by baselines): no codebook
 # warm-up, so what is timed is the steady-state step (seeded codebooks, EMA updates).
 STEADY_STATE = {"codebook_warmup_steps": 0}
@@ -174,7 +188,8 @@ class _Bench:
   """One model, compiled, with its traced train step (or execution of
   `steps_per_execution` steps)."""
 
-  def __init__(self, name: str, data_dir: str, batches, steps_per_execution: int = 1):
+  def __init__(self, name: str, data_dir: str, batches, steps_per_execution: int = 1,
+               **options):
     import tensorflow as tf
     from hmdn.models.registry import ModelConfig
     from hmdn.pipeline import train
@@ -182,7 +197,8 @@ class _Bench:
     self.name = name
     # Steady state: the codebooks are seeded on the first (untimed) step, so the
     # timed steps run the quantizer's training path, not its warm-up pass-through.
-    self.model = train.build_model(data_dir, ModelConfig.of(name=name, **STEADY_STATE))
+    self.model = train.build_model(data_dir, ModelConfig.of(name=name, **STEADY_STATE,
+                                                            **options))
     self.model.compile(optimizer=tf.keras.optimizers.Adam(2e-3))
     model = self.model
     self.steps_per_execution = steps_per_execution
@@ -239,9 +255,81 @@ class _Bench:
       self.infer_times.append(time.perf_counter() - start)
 
 
+def _sequence_bench(names: List[str]) -> None:
+  """Each model with every --sequence_pooling on --sequence_data, interleaved."""
+  import tensorflow as tf
+  from hmdn.features.preprocessed import PreprocessedData
+  data_dir = FLAGS.sequence_data
+  spec = PreprocessedData(data_dir).spec
+  if not spec.sequence_fields:
+    raise app.UsageError(f"--sequence_data={data_dir}: its spec {spec.name!r} has no "
+                         "sequence field")
+  batches = _cached_batches(data_dir, spec, FLAGS.batch_size, FLAGS.cached_batches)
+  lengths = {f.name: float(tf.reduce_mean(tf.reduce_sum(tf.cast(
+      tf.not_equal(b[0][f.name], ""), tf.float32), 1)).numpy()) for f in
+      spec.sequence_fields for b in batches[:1]}
+  load_before = common.load_average()
+  benches = {}
+  for name in names:
+    for pooling in POOLINGS:
+      label = f"{name}:sequence_pooling={pooling}"
+      benches[label] = _Bench(name, data_dir, batches, FLAGS.steps_per_execution,
+                              sequence_pooling=pooling)
+      benches[label].step(batches[0])["loss"].numpy()  # trace
+      if benches[label].execution is not None:
+        benches[label].execution()["loss"].numpy()
+      print(f"built {label}", flush=True)
+  labels = list(benches)
+  for r in range(FLAGS.rounds):
+    shift = r % len(labels)
+    for label in labels[shift:] + labels[:shift]:
+      benches[label].run(batches, r * FLAGS.steps, FLAGS.warmup_steps, FLAGS.steps)
+    print(f"round {r + 1}/{FLAGS.rounds} done", flush=True)
+  results = {}
+  for label, b in benches.items():
+    times = [t for rnd in b.times for t in rnd]
+    results[label] = {"examples_per_sec": FLAGS.batch_size / common.median(times),
+                      "step_ms_median": common.median(times) * 1e3,
+                      "step_ms_p10": common.percentile(times, 10) * 1e3,
+                      "infer_ms_median": common.median(b.infer_times) * 1e3,
+                      "trainable_params": _count_params(b.model.trainable_variables)}
+  rows = []
+  for label, m in results.items():
+    name, pooling = label.split(":sequence_pooling=")
+    none = results[f"{name}:sequence_pooling=none"]
+    ratio = m["examples_per_sec"] / none["examples_per_sec"]
+    m["vs_none"] = ratio
+    m["vs_none_p10"] = none["step_ms_p10"] / m["step_ms_p10"]
+    rows.append([label, f"{m['examples_per_sec']:,.0f}", f"{m['step_ms_median']:.1f}",
+                 f"{m['step_ms_p10']:.1f}", f"{m['infer_ms_median']:.1f}",
+                 f"{m['trainable_params']:,}",
+                 f"x{ratio:.2f} (p10 x{m['vs_none_p10']:.2f})",
+                 ("met" if ratio >= TARGET_DIN_RATIO else "MISSED")
+                 if pooling == "din" else ""])
+  described = ", ".join(f"{k} (mean length {v:.1f})" for k, v in lengths.items())
+  print(f"\n{spec.name}: sequences {described}; "
+        f"batch {FLAGS.batch_size}, {FLAGS.rounds} rounds x {FLAGS.steps} timed steps; "
+        f"TF {tf.__version__}, {os.cpu_count()} CPUs, load average {load_before[0]} "
+        f"before / {common.load_average()[0]} after")
+  print(common.format_table(
+      ["model", "train ex/s", "step ms", "p10 ms", "fwd ms", "trainable params",
+       "ex/s vs none", f"din >= x{TARGET_DIN_RATIO}"], rows))
+  path = os.path.join(FLAGS.out_dir, "models_bench_sequences.json")
+  write_json_atomic(path, {
+      "config": {"data_dir": data_dir, "batch_size": FLAGS.batch_size,
+                 "steps": FLAGS.steps, "rounds": FLAGS.rounds, "models": names},
+      "mean_lengths": lengths, "target_din_ratio": TARGET_DIN_RATIO,
+      "load_average_before_after": [load_before, common.load_average()],
+      "models": results})
+  print(f"results: {path}")
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  if FLAGS.sequence_data:
+    _sequence_bench([m for m in FLAGS.models.split(",") if m] or ["dnn"])
+    return
   if FLAGS.domain_sweep:
     counts = [int(d) for d in FLAGS.domain_sweep]
     rates = domain_sweep.run(counts, FLAGS.batch_size, FLAGS.steps, FLAGS.rounds)

@@ -27,7 +27,12 @@ noise from other processes on the machine is shared out rather than landing on o
           pipeline cut after each stage (read + gunzip, + shuffle windows, + parse).
   serve   `tf.saved_model.load` of the export, `signatures["serving_default"]` on
           serialized tf.Example from the eval split at each batch size: per-call latency
-          (result fetched to the host) after warm-up calls, p50 / p99.
+          (result fetched to the host) after warm-up calls, p50 / p99. A spec with
+          sequence fields: the eval rows whose histories are the longest (each at its
+          max_length when there are such rows), the worst case of a request.
+
+`--data_dir` runs it all on that data directory instead of the synthetic log (e.g.
+MovieLens-100K's, whose histories are 50 long: the serving latency with histories).
 
 Results: a table on stdout and `<out_dir>/pipeline_bench.json`. Not a test.
 """
@@ -74,7 +79,8 @@ flags.DEFINE_enum("worker", None, ["train", "input", "serve"], "Run one measurem
                   "this process and write it to --result.")
 flags.DEFINE_integer("replicas", 1, "train worker: 1 (default strategy) or N "
                      "(MirroredStrategy over N logical CPU devices).")
-flags.DEFINE_string("data_dir", None, "Worker: preprocessed data.")
+flags.DEFINE_string("data_dir", None, "Preprocessed data (default: the synthetic "
+                    "log's, generated once); the workers get it from the parent.")
 flags.DEFINE_string("export_root", "", "train worker: export the model here if set.")
 flags.DEFINE_string("saved_model", None, "serve worker: the exported version dir.")
 flags.DEFINE_string("result", None, "Worker: JSON result file.")
@@ -119,6 +125,8 @@ class ServeRun:
   load_seconds: float
   latencies: List[Latency]
   max_rss_mb: float  # after load and every call: the serving process's peak
+  # Sequence fields: {field: [min, max] length} over the requests' rows.
+  sequence_lengths: Dict[str, List[int]] = dataclasses.field(default_factory=dict)
 
 
 # --- workers: one measurement per process -----------------------------------------------
@@ -251,9 +259,24 @@ def _worker_serve() -> dict:
   import tensorflow as tf
   sizes = [int(b) for b in FLAGS.serve_batches.split(",")]
   # Read directly (pipeline/ is not imported: the process holds only the export).
-  files = PreprocessedData(FLAGS.data_dir).split_files(EVAL)
-  rows = [r.numpy() for r in tf.data.TFRecordDataset(
-      files, compression_type="GZIP").take(max(sizes))]
+  preprocessed = PreprocessedData(FLAGS.data_dir)
+  files = preprocessed.split_files(EVAL)
+  sequences = [f.name for f in preprocessed.spec.sequence_fields]
+  if sequences:  # the longest histories: the worst case of a request
+    scored = []
+    for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(20_000):
+      example = tf.train.Example.FromString(r.numpy())
+      lengths = [len(example.features.feature[n].bytes_list.value) for n in sequences]
+      scored.append((min(lengths), r.numpy(), lengths))
+    scored.sort(key=lambda t: -t[0])
+    chosen = scored[:max(sizes)]
+    rows = [r for _, r, _ in chosen]
+    sequence_lengths = {n: [min(c[2][i] for c in chosen), max(c[2][i] for c in chosen)]
+                        for i, n in enumerate(sequences)}
+  else:
+    rows = [r.numpy() for r in tf.data.TFRecordDataset(
+        files, compression_type="GZIP").take(max(sizes))]
+    sequence_lengths = {}
   start = time.perf_counter()
   signature = tf.saved_model.load(FLAGS.saved_model).signatures["serving_default"]
   load_seconds = time.perf_counter() - start
@@ -284,7 +307,8 @@ def _worker_serve() -> dict:
         mean_ms=sum(t) / len(t) * 1e3, examples_per_sec_at_p50=b / p50,
         target_p99_ms=target, meets_target=None if target is None else p99 <= target))
   return dataclasses.asdict(ServeRun(load_seconds=load_seconds, latencies=latencies,
-                                     max_rss_mb=common.max_rss_mb()))
+                                     max_rss_mb=common.max_rss_mb(),
+                                     sequence_lengths=sequence_lengths))
 
 
 # --- parent: data, subprocesses, table ------------------------------------------------
@@ -329,7 +353,8 @@ def main(argv):
     write_json_atomic(FLAGS.result, result)
     return
 
-  data_dir = os.path.abspath(common.prepare_data(FLAGS.out_dir, FLAGS.rows))
+  data_dir = os.path.abspath(FLAGS.data_dir or
+                             common.prepare_data(FLAGS.out_dir, FLAGS.rows))
   export_root = os.path.abspath(os.path.join(FLAGS.out_dir, "pipeline_export",
                                              FLAGS.model))
   if os.path.isdir(export_root):  # this benchmark's own exports: keep only this run's
@@ -405,8 +430,11 @@ def main(argv):
   print("\nstreamed input cut after each stage (records/s, median of the rounds): " +
         ", ".join(f"{name} {rate:,.0f}" for name, rate in
                   summary["input_stages_records_per_sec"].items()))
+  histories = "".join(f", {n} of {lo}-{hi} values" for n, (lo, hi) in
+                      serve["sequence_lengths"].items())
   print(f"\nserving_default of {export_dir} in a fresh process (load "
-        f"{serve['load_seconds']:.1f} s, peak RSS {serve['max_rss_mb']:,.0f} MB)")
+        f"{serve['load_seconds']:.1f} s, peak RSS {serve['max_rss_mb']:,.0f} MB"
+        f"{histories})")
   print(common.format_table(
       ["batch", "calls", "p50 ms", "p99 ms", "mean ms", "ex/s at p50", "p99 target"],
       [[l["batch"], l["calls"], f"{l['p50_ms']:.2f}", f"{l['p99_ms']:.2f}",

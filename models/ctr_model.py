@@ -60,16 +60,23 @@ class CTRModel(tfrs.Model):
     self.tasks = tasks_lib.tasks_of(spec)
     self.num_tasks = len(self.tasks)
     self.feature_spec = spec
-    self.embeddings = FeatureEmbeddings(spec.to_dict(), vocab_dir, numeric_moments,
-                                        tables_dir=tables_dir, name="embeddings")
+    self.embeddings = FeatureEmbeddings(
+        spec.to_dict(), vocab_dir, numeric_moments, tables_dir=tables_dir,
+        sequence_pooling=config.sequence_pooling,
+        din_normalization=config.din_normalization, din_units=config.din_units,
+        name="embeddings")
     self._distribution_fields = [f.name for f in spec.distribution_fields]
-    embedded = [f.name for f in spec.embedded_fields]
+    # Every embedded field; a sequence's interest vector unless sequence_pooling=none.
+    embedded = self.embeddings.output_fields
+    self._embedded_fields = embedded
     unknown = sorted(set(config.implicit_fields) - set(embedded))
     if unknown:
       raise ValueError(f"implicit_fields: {unknown} are not embedded fields of spec "
-                       f"{spec.source}; embedded: {embedded}")
+                       f"{spec.source} (with --sequence_pooling="
+                       f"{config.sequence_pooling}); embedded: {embedded}")
     self._implicit_fields = (list(config.implicit_fields) or
-                             [f.name for f in spec.implicit_view_fields])
+                             [f.name for f in spec.implicit_view_fields
+                              if f.name in embedded] or embedded)
     backbone_cls = BACKBONES[config.backbone]
     reads_condition = backbone_cls.reads_condition
     if not self._distribution_fields and (
@@ -188,8 +195,7 @@ class CTRModel(tfrs.Model):
   def call(self, features: Mapping[str, tf.Tensor], training: bool = False
            ) -> Dict[str, tf.Tensor]:
     embedded = self.embeddings(features)
-    all_fields = tf.concat([embedded[f.name] for f in self.feature_spec.embedded_fields],
-                           -1)
+    all_fields = tf.concat([embedded[n] for n in self._embedded_fields], -1)
     if self._distribution_fields:
       condition = self.backbone_condition(features, embedded)
       domain = self.embeddings.ids(self._distribution_fields[0],

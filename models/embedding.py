@@ -7,15 +7,26 @@ inputs they read: count buckets, modes and shares by a lookup in the Beam job's
 `tables/<field>.txt` (a file-initialized hash table, so the SavedModel carries it as an
 asset), crosses by string join, numeric buckets by Bucketize; any derived value in the
 inputs is ignored.
+
+A sequence (a history) has no table of its own: its values are looked up in its
+`vocab_from` field's vocabulary and embedded with that field's table, so a movie in a
+history and the movie scored are one vector; the history is pooled into one interest
+vector (`models/attention.py`) returned under the sequence's name.
 """
 import json
 import os
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
 from hmdn.features import spec as spec_lib
 from hmdn.features.preprocessed import escape_tensor, holds_escapes, unescape_tensor
+from hmdn.models.attention import NORMALIZATIONS, MaskedMeanPooling, TargetAttention
+
+# How a sequence becomes one vector: DIN target attention with the example's own
+# vocab_from value as the query, the mean of its values, or not at all (the model
+# ignores the sequence fields: the no-history baseline on the same data).
+SEQUENCE_POOLINGS = ("din", "mean", "none")
 
 
 def _vocab_size(path: str) -> int:
@@ -40,7 +51,7 @@ def check_fits_memory(spec: spec_lib.FeatureSpec, num_ids: Mapping[str, int],
   allocates them (it would abort the process or fail deep inside the first step)."""
   memory = memory or physical_memory_bytes()
   sizes = {f.name: num_ids.get(f.name, 1) * f.embedding_dim * BYTES_PER_WEIGHT
-           for f in spec.embedded_fields}
+           for f in spec.embedded_fields if not f.is_sequence}  # shares a table
   total = sum(sizes.values()) * TRAINING_COPIES
   if not sizes or total <= memory:
     return
@@ -62,6 +73,10 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
   multi_categorical: dense `[batch, max_values]` strings padded with "" -> masked mean.
   numeric: bucketized at the spec's boundaries -> Embedding, or standardized with the
   training moments -> a learned per-field projection.
+  sequence: dense `[batch, L]` strings padded with "" at the end -> its vocab_from
+  field's ids and table -> one interest vector (`sequence_pooling`); "" is masked out
+  (never an id), an empty history is zeros, so neither the padding length nor the
+  other rows change a row's vector.
 
   Args:
     spec: the feature spec as a dict (`FeatureSpec.to_dict()`).
@@ -69,12 +84,18 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     numeric_moments: {field: {"mean", "std"}} of unbucketized numeric fields.
     tables_dir: lookup tables of derived count_bucket, mode and share fields
       (PreprocessedData.tables_dir).
+    sequence_pooling: "din" (target attention, the query the vocab_from field's
+      embedding of the example), "mean", or "none" (sequence fields not embedded).
+    din_normalization: DIN's weights: "softmax" over the history or "none" (raw).
+    din_units: hidden sizes of DIN's activation unit.
     **kwargs: base Layer arguments.
   """
 
   def __init__(self, spec: Dict[str, Any], vocab_dir: str,
                numeric_moments: Optional[Mapping[str, Mapping[str, float]]] = None,
-               tables_dir: Optional[str] = None, **kwargs):
+               tables_dir: Optional[str] = None, sequence_pooling: str = "din",
+               din_normalization: str = "softmax", din_units: Sequence[int] = (36,),
+               **kwargs):
     # Raw numeric inputs stay float32 (not cast to a mixed policy's bfloat16/float16
     # before normalisation); the tables and projections compute in the policy dtype.
     super().__init__(autocast=False, **kwargs)
@@ -83,22 +104,33 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
       raise ValueError("count_bucket, mode and share fields need `tables_dir`: the "
                        "lookup tables of the preprocessing output "
                        "(PreprocessedData.tables_dir)")
+    if sequence_pooling not in SEQUENCE_POOLINGS:
+      raise ValueError(f"sequence_pooling must be one of {SEQUENCE_POOLINGS}, got "
+                       f"{sequence_pooling!r}")
+    if din_normalization not in NORMALIZATIONS:
+      raise ValueError(f"din_normalization must be one of {NORMALIZATIONS}, got "
+                       f"{din_normalization!r}")
     # Stored as JSON: Keras would wrap (and track) nested dicts set as attributes.
     self._config_json = json.dumps({"spec": spec, "vocab_dir": vocab_dir,
                                     "numeric_moments": dict(numeric_moments or {}),
-                                    "tables_dir": tables_dir})
+                                    "tables_dir": tables_dir,
+                                    "sequence_pooling": sequence_pooling,
+                                    "din_normalization": din_normalization,
+                                    "din_units": [int(u) for u in din_units]})
+    self.sequence_pooling = sequence_pooling
     self.vocab_dir = vocab_dir
     moments = json.loads(self._config_json)["numeric_moments"]
     self._moments = {k: (float(v["mean"]), float(v["std"])) for k, v in moments.items()}
     self._lookup = {}
     self._table = {}
     self._projection = {}
+    self._pooling = {}
     self.num_ids = {}
     self.derived_tables = {}
     # Files with no escaped line are looked up with the raw inputs (`holds_escapes`).
     self._escaped_files = set()
     for f in self._spec.derived_fields:
-      if f.derived.has_table:
+      if f.derived.has_table:  # (a history is fed, never recomputed)
         path = os.path.join(tables_dir, f"{f.name}.txt")
         if not tf.io.gfile.exists(path):
           raise ValueError(f"field {f.name!r}: lookup table {path} is missing; was the "
@@ -110,6 +142,8 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
         if holds_escapes(path):
           self._escaped_files.add(f.name)
     for f in self._spec.embedded_fields:
+      if f.is_sequence:  # no table of its own (its vocab_from's): pooled below
+        continue
       if f.kind == spec_lib.NUMERIC and not f.boundaries:
         self._projection[f.name] = tf.keras.layers.Dense(
             f.embedding_dim, name=f"{f.name}_projection")
@@ -141,11 +175,31 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
       self._table[f.name] = tf.keras.layers.Embedding(
           self.num_ids[f.name], f.embedding_dim, name=f"{f.name}_embedding",
           embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
+    for f in self.sequence_fields:
+      self._pooling[f.name] = (
+          TargetAttention(din_units, normalization=din_normalization,
+                          name=f"{f.name}_attention")
+          if sequence_pooling == "din" else MaskedMeanPooling(name=f"{f.name}_mean"))
     check_fits_memory(self._spec, self.num_ids)
 
   @property
   def feature_spec(self) -> spec_lib.FeatureSpec:
     return self._spec
+
+  @property
+  def sequence_fields(self) -> List[spec_lib.Feature]:
+    """The sequence fields this layer embeds (none with sequence_pooling "none")."""
+    if self.sequence_pooling == "none":
+      return []
+    return self._spec.sequence_fields
+
+  @property
+  def output_fields(self) -> List[str]:
+    """The fields `call` returns a vector for, in spec order: every embedded field,
+    but no sequence with sequence_pooling "none"."""
+    ignored = self.sequence_pooling == "none"
+    return [f.name for f in self._spec.embedded_fields
+            if not (ignored and f.is_sequence)]
 
   def ids(self, name: str, values: tf.Tensor) -> tf.Tensor:
     """Integer ids of a categorical or bucketized field (0 = OOV for vocabularies).
@@ -170,6 +224,8 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
 
     for f in self._spec.derived_fields:
       d = f.derived
+      if f.is_history:  # a model input: fed, as the Beam job computed it
+        continue
       if d.has_table:  # keys are escaped; a mode's values too (a count_bucket's or a
         # share's bucket ids need not be); a key unseen in training: table_default
         keys = tf.convert_to_tensor(source(d.source))
@@ -189,14 +245,17 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
 
   def call(self, inputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     """Raw inputs keyed by field name -> {field: [batch_size, embedding_dim]} for every
-    embedded field, derived ones included."""
+    field of `output_fields`, derived ones included (a sequence: its vocab_from
+    field's embedding_dim)."""
     out = {}
     derived = self.derived_values(inputs)
     for f in self._spec.embedded_fields:
+      if f.is_sequence:
+        continue
       if f.name not in inputs and f.name not in derived:
         raise ValueError(f"input feature {f.name!r} is missing; got "
                          f"{sorted(inputs)}")
-      x = derived[f.name] if f.is_derived else inputs[f.name]
+      x = derived[f.name] if f.is_derived and not f.is_history else inputs[f.name]
       if f.name in self._projection:
         mean, std = self._moments.get(f.name, (0.0, 1.0))
         z = (tf.cast(x, tf.float32) - mean) / max(std, 1e-6)
@@ -208,7 +267,24 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
         out[f.name] = tf.reduce_sum(vectors, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
       else:
         out[f.name] = self._table[f.name](self.ids(f.name, x))
-    return out
+    for f in self.sequence_fields:
+      if f.name not in inputs:
+        raise ValueError(f"input feature {f.name!r} is missing; got {sorted(inputs)}")
+      out[f.name] = self.pool_sequence(f, inputs[f.name], out[f.vocab_from])
+    return {name: out[name] for name in self.output_fields}
+
+  def pool_sequence(self, f: spec_lib.Feature, values: tf.Tensor,
+                    target: tf.Tensor) -> tf.Tensor:
+    """A sequence `[batch, L]` ("" padded) -> its interest vector `[batch, d]`, d its
+    vocab_from field's embedding_dim; `target` is that field's embedding of the
+    example, DIN's query. The "" padding is masked out before the pooling."""
+    values = tf.convert_to_tensor(values)
+    if values.shape.rank != 2 or values.dtype != tf.string:
+      raise ValueError(f"sequence {f.name!r}: expected [batch, length] strings padded "
+                       f"with \"\", got {values.dtype.name} of shape {values.shape}")
+    keys = self._table[f.vocab_from](self.ids(f.vocab_from, values))
+    return self._pooling[f.name]({"query": target, "keys": keys,
+                                  "mask": tf.not_equal(values, "")})
 
   def get_config(self):
     config = super().get_config()

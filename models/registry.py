@@ -14,7 +14,9 @@ import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
 from hmdn.features.options import nested, option, validate, with_values
+from hmdn.models.attention import NORMALIZATIONS
 from hmdn.models.backbones import BACKBONES
+from hmdn.models.embedding import SEQUENCE_POOLINGS
 from hmdn.models.hierarchical import IMPLICIT, HMDRRConfig, views_of
 from hmdn.models.quantizer import QuantizerConfig
 from hmdn.models.tasks import CVR_LOSSES
@@ -65,6 +67,11 @@ def _unless_cross(config) -> str:
       f"--condition={config.condition} is not cross"))
 
 
+def _unless_din(config) -> str:
+  return "" if config.sequence_pooling == "din" else (
+      f"--sequence_pooling={config.sequence_pooling} is not din")
+
+
 def _default_hmdrr() -> HMDRRConfig:
   """A trained model warms its codebooks up for 100 steps (the layer alone: none)."""
   return HMDRRConfig(quantizer=QuantizerConfig(warmup_steps=100))
@@ -113,12 +120,27 @@ class ModelConfig:
   task_dim: int = option(8, "Width of the task embedding HMDN's explicit view reads in "
                          "a model of several tasks (the task as a level of the "
                          "hierarchy).", minimum=1, applies=_unless_hmdn)
+  sequence_pooling: str = option(
+      "din", "How each sequence field (a behaviour history) becomes one vector, an "
+      "input of the backbone like any field: DIN target attention with the example's "
+      "own vocab_from value (the candidate) as the query, the mean of the history, "
+      "or none (the sequence fields are ignored: the no-history baseline on the same "
+      "data). Specs without sequences ignore it.", choices=SEQUENCE_POOLINGS)
+  din_normalization: str = option(
+      "softmax", "DIN's attention weights: a softmax over the history (DIN's code) or "
+      "none (the paper's raw weights, keeping the intensity of interest).",
+      choices=NORMALIZATIONS, applies=_unless_din)
+  din_units: Tuple[int, ...] = option(
+      (36,), "Hidden layer sizes of DIN's activation unit: one of 36 as the paper draws "
+      "it (Fig. 2); its released code has 80,40 (measured 1.4x the training step of "
+      "MovieLens' two 50-long histories).", minimum=1, applies=_unless_din)
   seed: int = option(0, "Seed of the quantizer's random ops.", minimum=0)
 
   def __post_init__(self):
     # JSON and flags give lists; the fields are tuples.
     self.implicit_fields = tuple(self.implicit_fields)
     self.task_tower_units = tuple(self.task_tower_units)
+    self.din_units = tuple(self.din_units)
 
   @classmethod
   def of(cls, **values) -> "ModelConfig":

@@ -80,3 +80,22 @@ def test_the_layers_serialize_and_a_bad_normalization_is_refused():
   assert clone.get_config()["units"] == [8, 4]
   with pytest.raises(ValueError, match="normalization.*'mean'"):
     TargetAttention(normalization="mean")
+
+
+@pytest.mark.parametrize("units", [(8,), (8, 4)])
+def test_the_unit_is_the_mlp_of_the_four_way_concat(units):
+  """The first layer is computed per example; it equals the Dense of [q, k, q-k, q*k]."""
+  tf.keras.utils.set_random_seed(3)
+  inputs = _batch([3, 5], max_length=5)
+  layer = TargetAttention(units=units, normalization="none")
+  _, weights = layer(inputs, return_weights=True)
+  q = np.broadcast_to(inputs["query"].numpy()[:, None], inputs["keys"].shape)
+  k = inputs["keys"].numpy()
+  x = np.concatenate([q, k, q - k, q * k], -1)
+  params = [w.numpy() for w in layer.weights]  # kernel, bias of each layer in order
+  for i in range(0, len(params), 2):
+    x = x @ params[i] + params[i + 1]
+    if i + 2 < len(params):
+      x = 0.5 * (1.0 + np.tanh(x / 2.0))  # sigmoid
+  expected = x[..., 0] * inputs["mask"].numpy()
+  np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-4, atol=1e-4)
