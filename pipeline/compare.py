@@ -118,6 +118,7 @@ def _summarise(result: Dict, columns: Dict[str, np.ndarray], spec, sizes) -> Dic
     out["deciles"] = metrics.leaf_size_deciles(labels, probs, leaves, sizes)
   if "tasks" in result:
     out["tasks"] = {}
+    figures = evaluate.task_results(result)
     for task in tasks_of(spec):
       scored = {task.name: (None, columns[f"probability_{task.name}"])}
       if task.after is not None:
@@ -125,8 +126,7 @@ def _summarise(result: Dict, columns: Dict[str, np.ndarray], spec, sizes) -> Dic
             np.asarray(columns[task.after_name]).ravel() == 1,
             columns[f"probability_{task.given}"])
       for name, (rows, p) in scored.items():
-        m = evaluate.task_results(result)[name]
-        out["tasks"][name] = {k: m[k] for k in _KEPT if k in m}
+        out["tasks"][name] = {k: figures[name][k] for k in _KEPT if k in figures[name]}
         if leaves is not None:
           keep = slice(None) if rows is None else rows
           out["tasks"][name]["deciles"] = metrics.leaf_size_deciles(
