@@ -190,22 +190,27 @@ def _bytes(values):
   return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
 
 
-def test_the_signatures_take_any_length_keeping_the_most_recent(vocab_dir):
-  from hmdn.pipeline.export import ServingModule
+def test_the_signatures_take_any_length_keeping_the_most_recent(vocab_dir, tmp_path):
+  """The exported SavedModel: serving_default (tf.Example bytes lists) and predict
+  (`[batch, None]` strings) accept empty and over-long histories, an over-long one
+  scored as its last max_length values."""
+  from hmdn.pipeline import export
   tf.keras.utils.set_random_seed(0)
   spec = _spec()
-  module = ServingModule(CTRModel(spec, vocab_dir, {}, ModelConfig.of(name="dnn")), spec)
+  model = CTRModel(spec, vocab_dir, {}, ModelConfig.of(name="dnn"))
+  loaded = tf.saved_model.load(export.export(model, spec, str(tmp_path / "export")))
   long = [ITEMS[k % len(ITEMS)] for k in range(3 * MAX_LENGTH + 1)]
   kept = long[-MAX_LENGTH:]
-  by_example = module.serve_examples(tf.constant(
+  serve = loaded.signatures["serving_default"]
+  by_example = serve(examples=tf.constant(
       [_example(long), _example(kept), _example([])]))["probability"].numpy()
   np.testing.assert_allclose(by_example[0], by_example[1], atol=1e-7)
-  assert np.abs(by_example[0] - module.serve_examples(tf.constant(
-      [_example(long[:MAX_LENGTH])]))["probability"].numpy()[0]) > 1e-7  # oldest differ
-  features = _features([long, kept, []], hist_cat=[["c1", "c1"]] * 2 + [[]])
-  features["item"] = tf.constant(["i2"] * 3)
-  features["scenario"], features["cat"] = tf.constant(["s1"] * 3), tf.constant(["c1"] * 3)
-  features["user"] = tf.constant(["u1"] * 3)
-  by_tensor = module.serve_tensors(features)["probability"].numpy()
+  oldest = serve(examples=tf.constant([_example(long[:MAX_LENGTH])]))["probability"]
+  assert np.abs(by_example[0] - oldest.numpy()[0]) > 1e-7  # the oldest would differ
+  features = _features([long, kept, []], hist_cat=[["c1", "c1"]] * 2 + [[]],
+                       items=["i2"] * 3)
+  features.update(scenario=tf.constant(["s1"] * 3), cat=tf.constant(["c1"] * 3),
+                  user=tf.constant(["u1"] * 3))
+  by_tensor = loaded.signatures["predict"](**features)["probability"].numpy()
   np.testing.assert_allclose(by_tensor, by_example, atol=1e-6)
   assert np.isfinite(by_tensor).all()
