@@ -31,28 +31,9 @@ Predictor = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 
 
 def model_predictor(model: tf.keras.Model, spec: spec_lib.FeatureSpec) -> Predictor:
-  """The in-memory model behind the serving function its export will have."""
-  serve = export.ServingModule(model, spec).serve_examples
-  keys = task_output_keys(spec)
-  if not keys or set(keys) <= set(serve.get_concrete_function().structured_outputs):
-    return serve
-  return _task_predictor(model, spec)
-
-
-def _task_predictor(model: tf.keras.Model, spec: spec_lib.FeatureSpec) -> Predictor:
-  """Every task's outputs of a several-task model, parsed and checked as the serving
-  function does, for as long as `export.ServingModule` serves the first task only."""
-
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-  def predict(examples):
-    features = data.parse_batch(examples, spec, for_serving=True)
-    out = model(export.check_finite(features, spec), training=False)
-    result = {k: tf.reshape(out[k], [-1]) for k in ["probability"] + task_output_keys(spec)}
-    for k in ("codes", "codes_by_task"):
-      if k in out:
-        result[k] = out[k]
-    return result
-  return predict
+  """The in-memory model behind the serving function its export will have (every
+  task's outputs with several tasks)."""
+  return export.ServingModule(model, spec).serve_examples
 
 
 def task_output_keys(spec: spec_lib.FeatureSpec) -> List[str]:

@@ -130,14 +130,14 @@ def test_hmdn_codes_are_broken_down_per_task(two_task_data_dir):
                              spec)
   assert columns["codes_click"].shape == columns["codes_purchase"].shape
   np.testing.assert_array_equal(columns["codes_click"], columns["codes"])
-  # An export may serve each task's codes as its own output instead.
+  # A predictor may give every task's codes as one [batch, tasks, codes] output instead.
   predict = evaluate.model_predictor(model, spec)
 
-  def per_task_outputs(serialized):
+  def stacked_outputs(serialized):
     out = dict(predict(serialized))
-    by_task = out.pop("codes_by_task")
-    return dict(out, codes_click=by_task[:, 0], codes_purchase=by_task[:, 1])
-  split = evaluate.collect(per_task_outputs, two_task_data_dir, spec)
+    stacked = tf.stack([out.pop("codes_click"), out.pop("codes_purchase")], axis=1)
+    return dict(out, codes_by_task=stacked)
+  split = evaluate.collect(stacked_outputs, two_task_data_dir, spec)
   np.testing.assert_array_equal(split["codes_purchase"], columns["codes_purchase"])
   result = evaluate.compute_metrics(columns, spec, 4, model.config.code_views)
   per_code = result["tasks"]["purchase"]["per_code"]
