@@ -46,12 +46,11 @@ on leaves the world and the draws of the rest as they were:
   which it can split (`--split_time_field=ts --split_time_quantile=0.8`: 15,999 / 4,001
   rows of a 20k-row log). The spec lines that add the histories:
 
-    - {name: item_history, kind: sequence, vocab_from: item_id,
-       derived: {kind: history, source: user_id, of: item_id, order_by: ts,
-                 max_length: 50}}
+    - {name: item_history, kind: sequence, vocab_from: item_id, max_length: 50,
+       derived: {kind: history, source: user_id, of: item_id, order_by: ts}}
     - {name: category_history, kind: sequence, vocab_from: item_category,
-       derived: {kind: history, source: user_id, of: item_category, order_by: ts,
-                 max_length: 50}}
+       max_length: 50,
+       derived: {kind: history, source: user_id, of: item_category, order_by: ts}}
 """
 import dataclasses
 import json
