@@ -89,7 +89,7 @@ def report(results: Dict[str, List[Dict]], labels: List[str]) -> str:
   pairs = [(label, label[len("hmdn_"):].split(":")[0]) for label in labels
            if label.startswith("hmdn_")]
   pairs += [(label, labels[0]) for label in labels[1:]]
-  for mine, ref in pairs:
+  for mine, ref in dict.fromkeys(pairs):  # an HMDN-X of a first X: one row, not two
     if ref not in results or mine == ref:
       continue
     cells = []
