@@ -74,6 +74,17 @@ def objective(entry: Dict, select_by: str = FIRST) -> Optional[float]:
   return tasks.get(name, {}).get("cvr", {}).get("auc")
 
 
+def _write_eval_scalars(prefix: str, result) -> None:
+  """One evaluation's (or one task's) AUC, logloss, GAUC and per-distribution AUCs,
+  as `<prefix>/<metric>` and `<prefix>_<field>/<value>/auc`."""
+  for key in ("auc", "logloss", "gauc"):
+    if key in result:
+      tf.summary.scalar(f"{prefix}/{key}", result[key])
+  for field, values in result["per_distribution"].items():
+    for value, m in values.items():
+      tf.summary.scalar(f"{prefix}_{field}/{value}/auc", m["auc"])
+
+
 class TrainingError(ValueError):
   """Training cannot go on or its result must not be kept (a non-finite loss or
   weights): bad options or data, reported in one line with exit status 2."""
@@ -233,19 +244,9 @@ class DistributionEvaluation(tf.keras.callbacks.Callback):
     # Keras' TensorBoard callback leaves a record_if(False) condition active at epoch
     # end; without this the eval event file stays empty.
     with tf.summary.record_if(True), self._writer.as_default(step=epoch + 1):
-      for key in ("auc", "logloss", "gauc"):
-        if key in result:
-          tf.summary.scalar(f"eval/{key}", result[key])
-      for field, values in result["per_distribution"].items():
-        for value, m in values.items():
-          tf.summary.scalar(f"eval_{field}/{value}/auc", m["auc"])
+      _write_eval_scalars("eval", result)
       for name, task in evaluate.task_results(result).items():
-        for key in ("auc", "logloss", "gauc"):
-          if key in task:
-            tf.summary.scalar(f"eval_{name}/{key}", task[key])
-        for field, values in task["per_distribution"].items():
-          for value, m in values.items():
-            tf.summary.scalar(f"eval_{name}_{field}/{value}/auc", m["auc"])
+        _write_eval_scalars(f"eval_{name}", task)
       for name, usage in result.get("codes", {}).items():
         tf.summary.scalar(f"codes/{name}/perplexity", usage["perplexity"])
         tf.summary.scalar(f"codes/{name}/dead_share", usage["dead_share"])
