@@ -110,6 +110,8 @@ class CTRModel(tfrs.Model):
     # input: its own branch, or (HMDN) its own s_D in the condition.
     self._per_task_backbone = self.num_tasks > 1 and (
         bool(self._task_branches) or config.is_hmdn)
+    if self._per_task_backbone:
+      self.backbone.feature_copies = self.num_tasks
     self.task_embedding = None
     if self.num_tasks > 1 and self.hierarchy is not None and (
         EXPLICIT in self.hierarchy.views):

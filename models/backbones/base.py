@@ -137,6 +137,21 @@ class Backbone(tf.keras.layers.Layer):
     super().__init__(**kwargs)
     self.num_domains = check_positive("num_domains", num_domains)
     self.output_dim = check_positive("output_dim", output_dim)
+    # Set by a model of several tasks that runs the backbone once per (example, task):
+    # "features" then holds this many identical copies of the batch, task-major
+    # (CTRModel._fold), and work that reads the features alone runs on one copy
+    # (`on_feature_copy`). Not a constructor argument: the model sets it on each build.
+    self.feature_copies = 1
+
+  def on_feature_copy(self, fn, features: tf.Tensor) -> tf.Tensor:
+    """`fn(features)` of a per-row computation, run on one copy of the batch and
+    tiled: the same values as on every copy (a shared expert's output is the same for
+    every task, as in MMoE), at 1 / feature_copies of the cost."""
+    if self.feature_copies == 1:
+      return fn(features)
+    rows = tf.shape(features)[0] // self.feature_copies
+    out = fn(features[:rows])
+    return tf.tile(out, [self.feature_copies] + [1] * (out.shape.rank - 1))
 
   @classmethod
   def option_names(cls) -> Tuple[str, ...]:

@@ -70,7 +70,8 @@ class MMoE(base.Backbone):
       `[batch_size, output_dim]`.
     """
     features, condition, domain = self.unpack(inputs)
-    bank = self._experts(features, training=training)  # [B, E, H]
+    bank = self.on_feature_copy(lambda x: self._experts(x, training=training),
+                                features)  # [B, E, H]
     if base.runs_own_branch_only(self.num_domains, self.own_branch_from_domains):
       weights = self._gates(condition, training=training, select=domain)  # [B, E]
       mixture = experts.mix(bank, weights)

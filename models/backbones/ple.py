@@ -102,10 +102,15 @@ class PLE(base.Backbone):
       if own_only and level == self.num_levels - 1:
         return self._own_last_level(domain_inputs, shared_input, condition, domain,
                                     training)
-      shared = self._shared_experts[level](shared_input, training=training)
-      per_expert = (domain_inputs if level == 0 else
-                    tf.repeat(domain_inputs, p, axis=1))  # own domain's input
-      specific = self._specific_experts[level](per_expert, training=training)
+      if level == 0:  # both read the features alone: once for every task's copy
+        shared = self.on_feature_copy(
+            lambda x: self._shared_experts[0](x, training=training), features)
+        specific = self.on_feature_copy(
+            lambda x: self._specific_experts[0](x, training=training), features)
+      else:
+        shared = self._shared_experts[level](shared_input, training=training)
+        specific = self._specific_experts[level](
+            tf.repeat(domain_inputs, p, axis=1), training=training)  # own domain's input
       hidden = specific.shape[-1]
       # Domain i mixes its own p experts and the shared ones: [B, d, p + s, H].
       candidates = tf.concat([
@@ -137,7 +142,11 @@ class PLE(base.Backbone):
     level = self.num_levels - 1
     own_input = (domain_inputs if level == 0 else
                  base.select_by_domain(domain_inputs, domain))  # [B, F] or [B, H]
-    shared = self._shared_experts[level](shared_input, training=training)
+    if level == 0:  # reads the features alone: once for every task's copy
+      shared = self.on_feature_copy(
+          lambda x: self._shared_experts[0](x, training=training), shared_input)
+    else:
+      shared = self._shared_experts[level](shared_input, training=training)
     specific = self._specific_experts[level](
         own_input, training=training, select=domain,
         members=self.num_specific_experts)  # [B, p, H]

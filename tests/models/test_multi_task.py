@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from hmdn.features.preprocessed import PreprocessedData
 from hmdn.models import registry
+from hmdn.models.backbones import BACKBONES
 from hmdn.models.registry import ModelConfig
 from hmdn.pipeline import data, train
 
@@ -71,6 +72,37 @@ def test_multi_task_backbones_run_a_gate_and_tower_per_task_and_domain(
     name, two_task_data_dir):
   model = train.build_model(two_task_data_dir, _config(name))
   assert model.backbone.num_domains == 2 * model.num_domains
+
+
+@pytest.mark.parametrize("name,own_branch,options", [
+    ("mmoe", False, {}), ("ple", False, {}), ("hmdn_mmoe", False, {}),
+    ("mmoe", True, {}), ("ple", True, {"backbone_kwargs": {"num_levels": 1}})])
+def test_shared_experts_run_once_for_every_task_with_the_same_result(
+    name, own_branch, options, two_task_data_dir, batches, monkeypatch):
+  """The experts that read the features alone run on one copy of the batch, not once
+  per task: the outputs and the gradients are those of running them on every copy
+  (on the path computing every branch, and on the own-branch path)."""
+  if own_branch:
+    monkeypatch.setattr(BACKBONES[name], "own_branch_from_domains", 1)
+  model = train.build_model(two_task_data_dir, _config(name, **options))
+  assert model.backbone.feature_copies == 2
+  features, labels = batches[0]
+
+  def outputs_and_gradients():
+    with tf.GradientTape() as tape:
+      out = model(features, training=False)
+      loss = tf.reduce_sum(out["logits_click"]) + tf.reduce_sum(out["logits_purchase"])
+    grads = tape.gradient(loss, model.backbone.trainable_variables)
+    return out, [tf.convert_to_tensor(g).numpy() for g in grads]
+
+  once, grads_once = outputs_and_gradients()
+  model.backbone.feature_copies = 1  # every copy of the batch through the experts
+  every, grads_every = outputs_and_gradients()
+  for key in ("probability_click", "probability_purchase"):
+    np.testing.assert_allclose(once[key].numpy(), every[key].numpy(), rtol=1e-5,
+                               atol=1e-7)
+  for a, b in zip(grads_once, grads_every):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_esmm_has_one_network_per_task(two_task_data_dir):
