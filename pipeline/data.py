@@ -68,6 +68,70 @@ def parse_batch(serialized: tf.Tensor, spec: spec_lib.FeatureSpec,
   return parsed
 
 
+# The fields whose values are strings in the model: a tf.Example may give their ids as
+# an int64_list (TF Serving clients often do), read as the decimal strings they are.
+STRING_KINDS = (spec_lib.CATEGORICAL, spec_lib.MULTI_CATEGORICAL, spec_lib.SEQUENCE)
+
+
+def int_ids_as_bytes(serialized: tf.Tensor, spec: spec_lib.FeatureSpec) -> tf.Tensor:
+  """Serialized tf.Examples with every int64_list of a categorical, multi-valued or
+  sequence model input rewritten as the bytes_list of its decimal strings (123 ->
+  "123", the id a raw log's JSON 123 is: `cells._category`), so `parse_example` reads
+  both forms as one vocabulary row; examples without one pass unchanged.
+
+  A float_list there is refused (InvalidArgumentError naming the feature and the
+  instance): 3.0 may be the id "3", but float32 holds no id above 2**24 exactly, so a
+  float id cannot be told apart from a rounded one. Everything else (the other fields,
+  duplicate keys, a numeric field's type) is left to `parse_example`.
+  """
+  names = [f.name for f in spec.model_inputs if f.kind in STRING_KINDS]
+  serialized = tf.convert_to_tensor(serialized, tf.string)
+  if not names:
+    return serialized
+  # tf.Example -> Features -> its map entries, one row of entries per example.
+  _, (features,) = tf.io.decode_proto(serialized, "tensorflow.Example", ["features"],
+                                      [tf.string])
+  counts, (entries,) = tf.io.decode_proto(features[:, 0], "tensorflow.Features",
+                                          ["feature"], [tf.string])
+  entries = tf.RaggedTensor.from_tensor(entries, lengths=counts[:, 0])
+  _, (keys, values) = tf.io.decode_proto(
+      entries.flat_values, "tensorflow.Features.FeatureEntry", ["key", "value"],
+      [tf.string, tf.string])
+  keys, values = keys[:, 0], values[:, 0]
+  kinds, (_, int_lists) = tf.io.decode_proto(  # a bytes_list is not copied again
+      values, "tensorflow.Feature", ["float_list", "int64_list"], [tf.string] * 2)
+  ours = tf.reduce_any(tf.equal(keys[:, None], tf.constant(names)[None, :]), axis=1)
+  floats = tf.logical_and(ours, kinds[:, 0] > 0)
+  # The first such feature and its instance; "" and -1 pad an empty batch (never shown).
+  message = tf.strings.join([  # joined, not formatted: format would quote the name
+      "feature ", tf.concat([tf.boolean_mask(keys, floats), [""]], 0)[0],
+      " is a float_list at instance ", tf.strings.as_string(tf.concat(
+          [tf.boolean_mask(entries.value_rowids(), floats), [-1]], 0)[0]),
+      "; a categorical or sequence feature takes its ids as a bytes_list or an "
+      "int64_list"])
+  assertion = tf.debugging.Assert(tf.logical_not(tf.reduce_any(floats)), [message])
+  ints = tf.logical_and(ours, kinds[:, 1] > 0)
+
+  def rewritten():
+    sizes, (ids,) = tf.io.decode_proto(int_lists[:, 0], "tensorflow.Int64List",
+                                       ["value"], [tf.int64])
+    as_bytes = tf.io.encode_proto(sizes, [tf.strings.as_string(ids)], ["value"],
+                                  "tensorflow.BytesList")
+    feature = tf.io.encode_proto(tf.ones_like(sizes), [as_bytes[:, None]],
+                                 ["bytes_list"], "tensorflow.Feature")
+    entry = tf.io.encode_proto(
+        tf.ones([tf.shape(keys)[0], 2], tf.int32),
+        [keys[:, None], tf.where(ints, feature, values)[:, None]], ["key", "value"],
+        "tensorflow.Features.FeatureEntry")
+    rebuilt = tf.io.encode_proto(counts, [entries.with_flat_values(entry).to_tensor("")],
+                                 ["feature"], "tensorflow.Features")
+    return tf.io.encode_proto(tf.ones_like(counts), [rebuilt[:, None]], ["features"],
+                              "tensorflow.Example")
+
+  with tf.control_dependencies([assertion]):
+    return tf.cond(tf.reduce_any(ints), rewritten, lambda: tf.identity(serialized))
+
+
 def dense_sequence(values, max_length: int) -> tf.Tensor:
   """A batch of sequences (ragged, or dense with "" padding) -> the model's dense
   `[batch, L]` strings: each row's values in order, most recent last, its last
