@@ -88,43 +88,42 @@ def int_ids_as_bytes(serialized: tf.Tensor, spec: spec_lib.FeatureSpec) -> tf.Te
   serialized = tf.convert_to_tensor(serialized, tf.string)
   if not names:
     return serialized
-  # tf.Example -> Features -> its map entries, one row of entries per example.
+  # tf.Example -> Features -> its map entries [batch, entries], padded with "" (an
+  # empty entry: key "", no kind); each entry -> its key and its Feature.
   _, (features,) = tf.io.decode_proto(serialized, "tensorflow.Example", ["features"],
                                       [tf.string])
   counts, (entries,) = tf.io.decode_proto(features[:, 0], "tensorflow.Features",
                                           ["feature"], [tf.string])
-  entries = tf.RaggedTensor.from_tensor(entries, lengths=counts[:, 0])
   _, (keys, values) = tf.io.decode_proto(
-      entries.flat_values, "tensorflow.Features.FeatureEntry", ["key", "value"],
+      entries, "tensorflow.Features.FeatureEntry", ["key", "value"],
       [tf.string, tf.string])
-  keys, values = keys[:, 0], values[:, 0]
+  keys, values = keys[..., 0], values[..., 0]
   kinds, (_, int_lists) = tf.io.decode_proto(  # a bytes_list is not copied again
       values, "tensorflow.Feature", ["float_list", "int64_list"], [tf.string] * 2)
-  ours = tf.reduce_any(tf.equal(keys[:, None], tf.constant(names)[None, :]), axis=1)
-  floats = tf.logical_and(ours, kinds[:, 0] > 0)
-  # The first such feature and its instance; "" and -1 pad an empty batch (never shown).
+  ours = tf.reduce_any(tf.equal(keys[..., None], tf.constant(names)), axis=-1)
+  floats = tf.logical_and(ours, kinds[..., 0] > 0)
+  # The first such feature and its instance; "" and -1 pad a batch without one.
+  first = tf.concat([tf.where(floats), tf.constant([[-1, 0]], tf.int64)], 0)[0]
   message = tf.strings.join([  # joined, not formatted: format would quote the name
       "feature ", tf.concat([tf.boolean_mask(keys, floats), [""]], 0)[0],
-      " is a float_list at instance ", tf.strings.as_string(tf.concat(
-          [tf.boolean_mask(entries.value_rowids(), floats), [-1]], 0)[0]),
+      " is a float_list at instance ", tf.strings.as_string(first[0]),
       "; a categorical or sequence feature takes its ids as a bytes_list or an "
       "int64_list"])
   assertion = tf.debugging.Assert(tf.logical_not(tf.reduce_any(floats)), [message])
-  ints = tf.logical_and(ours, kinds[:, 1] > 0)
+  ints = tf.logical_and(ours, kinds[..., 1] > 0)
 
   def rewritten():
-    sizes, (ids,) = tf.io.decode_proto(int_lists[:, 0], "tensorflow.Int64List",
+    sizes, (ids,) = tf.io.decode_proto(int_lists[..., 0], "tensorflow.Int64List",
                                        ["value"], [tf.int64])
     as_bytes = tf.io.encode_proto(sizes, [tf.strings.as_string(ids)], ["value"],
                                   "tensorflow.BytesList")
-    feature = tf.io.encode_proto(tf.ones_like(sizes), [as_bytes[:, None]],
+    feature = tf.io.encode_proto(tf.ones_like(sizes), [as_bytes[..., None]],
                                  ["bytes_list"], "tensorflow.Feature")
     entry = tf.io.encode_proto(
-        tf.ones([tf.shape(keys)[0], 2], tf.int32),
-        [keys[:, None], tf.where(ints, feature, values)[:, None]], ["key", "value"],
+        tf.ones(tf.concat([tf.shape(keys), [2]], 0), tf.int32),
+        [keys[..., None], tf.where(ints, feature, values)[..., None]], ["key", "value"],
         "tensorflow.Features.FeatureEntry")
-    rebuilt = tf.io.encode_proto(counts, [entries.with_flat_values(entry).to_tensor("")],
-                                 ["feature"], "tensorflow.Features")
+    rebuilt = tf.io.encode_proto(counts, [entry], ["feature"], "tensorflow.Features")
     return tf.io.encode_proto(tf.ones_like(counts), [rebuilt[:, None]], ["features"],
                               "tensorflow.Example")
 
