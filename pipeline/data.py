@@ -71,6 +71,7 @@ def parse_batch(serialized: tf.Tensor, spec: spec_lib.FeatureSpec,
 # The fields whose values are strings in the model: a tf.Example may give their ids as
 # an int64_list (TF Serving clients often do), read as the decimal strings they are.
 STRING_KINDS = (spec_lib.CATEGORICAL, spec_lib.MULTI_CATEGORICAL, spec_lib.SEQUENCE)
+_NO_FIELD = "\x00hmdn: no field"  # a key no spec declares (parse_example's framing check)
 
 
 def int_ids_as_bytes(serialized: tf.Tensor, spec: spec_lib.FeatureSpec) -> tf.Tensor:
@@ -88,9 +89,15 @@ def int_ids_as_bytes(serialized: tf.Tensor, spec: spec_lib.FeatureSpec) -> tf.Te
   serialized = tf.convert_to_tensor(serialized, tf.string)
   if not names:
     return serialized
+  # Bytes that are no tf.Example fail here with parse_example's own error ("Could not
+  # parse example input"), not with decode_proto's DataLossError. A data dependency
+  # on its output (the batch from its first row split, always 0), since grappler
+  # drops a control one and simplifies what it can infer from the input's shape.
+  framed = tf.io.parse_example(serialized, {_NO_FIELD: tf.io.RaggedFeature(tf.string)})
+  checked = serialized[framed[_NO_FIELD].row_splits[0]:]
   # tf.Example -> Features -> its map entries [batch, entries], padded with "" (an
   # empty entry: key "", no kind); each entry -> its key and its Feature.
-  _, (features,) = tf.io.decode_proto(serialized, "tensorflow.Example", ["features"],
+  _, (features,) = tf.io.decode_proto(checked, "tensorflow.Example", ["features"],
                                       [tf.string])
   counts, (entries,) = tf.io.decode_proto(features[:, 0], "tensorflow.Features",
                                           ["feature"], [tf.string])
@@ -98,9 +105,10 @@ def int_ids_as_bytes(serialized: tf.Tensor, spec: spec_lib.FeatureSpec) -> tf.Te
       entries, "tensorflow.Features.FeatureEntry", ["key", "value"],
       [tf.string, tf.string])
   keys, values = keys[..., 0], values[..., 0]
+  ours = tf.reduce_any(tf.equal(keys[..., None], tf.constant(names)), axis=-1)
+  values = tf.where(ours, values, "")  # only these fields' Features decoded
   kinds, (_, int_lists) = tf.io.decode_proto(  # a bytes_list is not copied again
       values, "tensorflow.Feature", ["float_list", "int64_list"], [tf.string] * 2)
-  ours = tf.reduce_any(tf.equal(keys[..., None], tf.constant(names)), axis=-1)
   floats = tf.logical_and(ours, kinds[..., 0] > 0)
   # The first such feature and its instance; "" and -1 pad a batch without one.
   first = tf.concat([tf.where(floats), tf.constant([[-1, 0]], tf.int64)], 0)[0]
@@ -121,9 +129,10 @@ def int_ids_as_bytes(serialized: tf.Tensor, spec: spec_lib.FeatureSpec) -> tf.Te
                                  ["bytes_list"], "tensorflow.Feature")
     entry = tf.io.encode_proto(
         tf.ones(tf.concat([tf.shape(keys), [2]], 0), tf.int32),
-        [keys[..., None], tf.where(ints, feature, values)[..., None]], ["key", "value"],
+        [keys[..., None], feature[..., None]], ["key", "value"],
         "tensorflow.Features.FeatureEntry")
-    rebuilt = tf.io.encode_proto(counts, [entry], ["feature"], "tensorflow.Features")
+    rebuilt = tf.io.encode_proto(counts, [tf.where(ints, entry, entries)], ["feature"],
+                                 "tensorflow.Features")
     return tf.io.encode_proto(tf.ones_like(counts), [rebuilt[:, None]], ["features"],
                               "tensorflow.Example")
 

@@ -230,3 +230,11 @@ def test_a_float_list_id_is_refused_naming_the_feature(module, name):
                            "or sequence feature takes its ids as a bytes_list or an "
                            "int64_list"):
     module.serve_examples(rows)
+
+
+def test_bytes_that_are_no_example_keep_parse_examples_error(module):
+  """The int64 check decodes the proto after parse_example has checked its framing:
+  bytes that are no tf.Example get parse_example's InvalidArgumentError, as before."""
+  for bad in (b"abc", b"\x0a\x05\x0a\x03"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Could not parse example"):
+      module.serve_examples(tf.constant([_example(GOOD), bad]))
