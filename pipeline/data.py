@@ -68,6 +68,78 @@ def parse_batch(serialized: tf.Tensor, spec: spec_lib.FeatureSpec,
   return parsed
 
 
+# The fields whose values are strings in the model: a tf.Example may give their ids as
+# an int64_list (TF Serving clients often do), read as the decimal strings they are.
+STRING_KINDS = (spec_lib.CATEGORICAL, spec_lib.MULTI_CATEGORICAL, spec_lib.SEQUENCE)
+_NO_FIELD = "\x00hmdn: no field"  # a key no spec declares (parse_example's framing check)
+
+
+def int_ids_as_bytes(serialized: tf.Tensor, spec: spec_lib.FeatureSpec) -> tf.Tensor:
+  """Serialized tf.Examples with every int64_list of a categorical, multi-valued or
+  sequence model input rewritten as the bytes_list of its decimal strings (123 ->
+  "123", the id a raw log's JSON 123 is: `cells._category`), so `parse_example` reads
+  both forms as one vocabulary row; examples without one pass unchanged.
+
+  A float_list there is refused (InvalidArgumentError naming the feature and the
+  instance): 3.0 may be the id "3", but float32 holds no id above 2**24 exactly, so a
+  float id cannot be told apart from a rounded one. Everything else (the other fields,
+  duplicate keys, a numeric field's type) is left to `parse_example`.
+  """
+  names = [f.name for f in spec.model_inputs if f.kind in STRING_KINDS]
+  serialized = tf.convert_to_tensor(serialized, tf.string)
+  if not names:
+    return serialized
+  # Bytes that are no tf.Example fail here with parse_example's own error ("Could not
+  # parse example input"), not with decode_proto's DataLossError. A data dependency
+  # on its output (the batch from its first row split, always 0), since grappler
+  # drops a control one and simplifies what it can infer from the input's shape.
+  framed = tf.io.parse_example(serialized, {_NO_FIELD: tf.io.RaggedFeature(tf.string)})
+  checked = serialized[framed[_NO_FIELD].row_splits[0]:]
+  # tf.Example -> Features -> its map entries [batch, entries], padded with "" (an
+  # empty entry: key "", no kind); each entry -> its key and its Feature.
+  _, (features,) = tf.io.decode_proto(checked, "tensorflow.Example", ["features"],
+                                      [tf.string])
+  counts, (entries,) = tf.io.decode_proto(features[:, 0], "tensorflow.Features",
+                                          ["feature"], [tf.string])
+  _, (keys, values) = tf.io.decode_proto(
+      entries, "tensorflow.Features.FeatureEntry", ["key", "value"],
+      [tf.string, tf.string])
+  keys, values = keys[..., 0], values[..., 0]
+  ours = tf.reduce_any(tf.equal(keys[..., None], tf.constant(names)), axis=-1)
+  values = tf.where(ours, values, "")  # only these fields' Features decoded
+  kinds, (_, int_lists) = tf.io.decode_proto(  # a bytes_list is not copied again
+      values, "tensorflow.Feature", ["float_list", "int64_list"], [tf.string] * 2)
+  floats = tf.logical_and(ours, kinds[..., 0] > 0)
+  # The first such feature and its instance; "" and -1 pad a batch without one.
+  first = tf.concat([tf.where(floats), tf.constant([[-1, 0]], tf.int64)], 0)[0]
+  message = tf.strings.join([  # joined, not formatted: format would quote the name
+      "feature ", tf.concat([tf.boolean_mask(keys, floats), [""]], 0)[0],
+      " is a float_list at instance ", tf.strings.as_string(first[0]),
+      "; a categorical or sequence feature takes its ids as a bytes_list or an "
+      "int64_list"])
+  assertion = tf.debugging.Assert(tf.logical_not(tf.reduce_any(floats)), [message])
+  ints = tf.logical_and(ours, kinds[..., 1] > 0)
+
+  def rewritten():
+    sizes, (ids,) = tf.io.decode_proto(int_lists[..., 0], "tensorflow.Int64List",
+                                       ["value"], [tf.int64])
+    as_bytes = tf.io.encode_proto(sizes, [tf.strings.as_string(ids)], ["value"],
+                                  "tensorflow.BytesList")
+    feature = tf.io.encode_proto(tf.ones_like(sizes), [as_bytes[..., None]],
+                                 ["bytes_list"], "tensorflow.Feature")
+    entry = tf.io.encode_proto(
+        tf.ones(tf.concat([tf.shape(keys), [2]], 0), tf.int32),
+        [keys[..., None], feature[..., None]], ["key", "value"],
+        "tensorflow.Features.FeatureEntry")
+    rebuilt = tf.io.encode_proto(counts, [tf.where(ints, entry, entries)], ["feature"],
+                                 "tensorflow.Features")
+    return tf.io.encode_proto(tf.ones_like(counts), [rebuilt[:, None]], ["features"],
+                              "tensorflow.Example")
+
+  with tf.control_dependencies([assertion]):
+    return tf.cond(tf.reduce_any(ints), rewritten, lambda: tf.identity(serialized))
+
+
 def dense_sequence(values, max_length: int) -> tf.Tensor:
   """A batch of sequences (ragged, or dense with "" padding) -> the model's dense
   `[batch, L]` strings: each row's values in order, most recent last, its last

@@ -15,6 +15,9 @@ an `after` task (its head: p(cvr)), and for HMDN "codes_<task>" [batch, views * 
 REST answer reads `codes_purchase` beside `probability_purchase`). "probability" and
 "codes" stay the first task's and classify answers for the first task, so a client of
 the one-task model keeps working; a one-task model's outputs are unchanged.
+In a tf.Example (serving_default, classify) a categorical, multi-valued or sequence
+feature is a bytes_list or an int64_list, an int the id its decimal string is (123 and
+"123" one vocabulary row; `data.int_ids_as_bytes`); a float_list there is refused.
 Every signature rejects a non-finite numeric input (NaN, inf, a number beyond float32)
 with an error naming the feature and the instance (`check_finite`).
 `assets.extra/tf_serving_warmup_requests` holds PredictionLogs TF Serving replays at
@@ -199,6 +202,7 @@ class ServingModule(tf.Module):
     return serving_outputs(out, self._tasks)
 
   def _serve_examples(self, examples):
+    examples = data.int_ids_as_bytes(examples, self._spec)  # ids as int64 lists too
     return self._outputs(data.parse_batch(examples, self._spec, for_serving=True))
 
   def _serve_tensors(self, features):

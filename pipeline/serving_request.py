@@ -117,15 +117,19 @@ def _example_values(f: spec_lib.Feature, feature) -> Any:
   kind = feature.WhichOneof("kind")
   if kind is None:
     return None
-  wanted = "float_list" if f.kind == spec_lib.NUMERIC else "bytes_list"
-  if kind != wanted:
-    raise ValueError(f"is a {kind}, the spec needs a {wanted}")
-  values = list(getattr(feature, kind).value)
+  if f.kind == spec_lib.NUMERIC and kind != "float_list":
+    raise ValueError(f"is a {kind}, the spec needs a float_list")
+  if f.kind != spec_lib.NUMERIC and kind == "float_list":
+    raise ValueError("is a float_list, the spec needs a bytes_list or an int64_list "
+                     "(ids)")
+  # An int64 id is its decimal string, as the signatures read it (data.int_ids_as_bytes).
+  values = [v.decode("utf-8") if kind == "bytes_list" else str(v) if kind == "int64_list"
+            else v for v in getattr(feature, kind).value]
   if f.kind in _LISTS:
-    return [v.decode("utf-8") for v in values]
+    return values
   if len(values) != 1:
     raise ValueError(f"has {len(values)} values, the spec needs exactly one")
-  return values[0].decode("utf-8") if kind == "bytes_list" else values[0]
+  return values[0]
 
 
 def examples_from_instances(instances: Sequence[Any],
@@ -255,7 +259,10 @@ def instances_from_examples(spec: spec_lib.FeatureSpec, serialized: Sequence[byt
       if f.kind == spec_lib.NUMERIC:
         inst[f.name] = float(ex[f.name].float_list.value[0])
       else:
-        values = [v.decode() for v in ex[f.name].bytes_list.value]
+        feature = ex[f.name]
+        values = ([str(v) for v in feature.int64_list.value]
+                  if feature.WhichOneof("kind") == "int64_list"
+                  else [v.decode() for v in feature.bytes_list.value])
         inst[f.name] = values if f.kind in _LISTS else values[0]
     instances.append(inst)
   return instances

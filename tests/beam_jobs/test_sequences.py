@@ -206,7 +206,10 @@ def jsonl_run(tmp_path_factory):
            "cat": "c", "clicked": [f"x{k}" for k in range(t % 6)]} for t in range(40)]
   bad = [dict(rows[0], rid="bad_obj", clicked=["x1", {"id": 2}]),
          dict(rows[0], rid="bad_null", clicked=["x1", None]),
-         dict(rows[0], rid="bad_str", clicked={"a": 1})]
+         dict(rows[0], rid="bad_str", clicked={"a": 1}),
+         # JSON's non-finite numbers as ids (json.dumps writes NaN and Infinity)
+         dict(rows[0], rid="bad_nan_elem", clicked=[3, float("nan")]),
+         dict(rows[0], rid="bad_inf_elem", clicked=[float("-inf")])]
   with open(root / "log.jsonl", "w") as f:
     for r in rows + bad:
       f.write(json.dumps(r) + "\n")
@@ -223,17 +226,21 @@ def jsonl_run(tmp_path_factory):
 
 def test_jsonl_arrays_and_their_bad_elements(jsonl_run):
   meta = jsonl_run["meta"]
-  assert meta["rows_read"] == 44 and meta["rows_rejected"] == 4
+  assert meta["rows_read"] == 46 and meta["rows_rejected"] == 6
+  assert sum(meta["rows_written"].values()) == len(jsonl_run["rows"])
   got = {r["rid"]: r for r in jsonl_run["got"]}
   for r in jsonl_run["rows"]:
     assert got[r["rid"]]["clicked"] == r["clicked"][-3:]
     assert got[r["rid"]]["hist_items"] == [f"i{t}" for t in range(r["ts"])][-5:]
-  reasons = {json.loads(d["row"])["rid"] if "NaN" not in d["row"] else "bad_nan":
-             d["reason"] for d in jsonl_run["dead"]}
+  reasons = {json.loads(d["row"])["rid"]: d["reason"] for d in jsonl_run["dead"]}
   assert "field 'clicked' position 1: {'id': 2} is not a categorical" in reasons["bad_obj"]
   assert "field 'clicked' position 1: None is not a categorical" in reasons["bad_null"]
   assert "is not a sequence" in reasons["bad_str"]
   assert "'ts'" in reasons["bad_nan"] and "finite" in reasons["bad_nan"]
+  assert "field 'clicked' position 1: nan is not a categorical value" in reasons[
+      "bad_nan_elem"]
+  assert "field 'clicked' position 0: -inf is not a categorical value" in reasons[
+      "bad_inf_elem"]
 
 
 def test_the_example_encoder_writes_sequences_as_tensorflow_does():

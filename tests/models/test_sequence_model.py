@@ -179,26 +179,47 @@ def test_the_options_are_checked_in_one_line():
     parse_variant("dnn:sequence_pooling=mean:din_normalization=none")
 
 
-def _example(hist):
+def _example(hist, item="i2", user="u1", ints=()):
+  """A serialized tf.Example; the fields named in `ints` as int64 lists of the ids."""
+  values = {"scenario": ["s1"], "user": [user], "item": [item], "cat": ["c1"],
+            "hist": hist, "hist_cat": ["c1", "c1"] if hist else []}
   return tf.train.Example(features=tf.train.Features(feature={
-      "scenario": _bytes(["s1"]), "user": _bytes(["u1"]), "item": _bytes(["i2"]),
-      "cat": _bytes(["c1"]), "hist": _bytes(hist), "hist_cat": _bytes(["c1", "c1"] if hist else [])}
+      k: _ints(v) if k in ints else _bytes(v) for k, v in values.items()}
   )).SerializeToString()
+
+
+def _ints(values):
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
 
 
 def _bytes(values):
   return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
 
 
-def test_the_signatures_take_any_length_keeping_the_most_recent(vocab_dir, tmp_path):
+NUMERIC_IDS = ["100", "123", "7"]  # items a client may send as int64 ids
+
+
+@pytest.fixture(scope="module")
+def exported(vocab_dir, tmp_path_factory):
+  """One export of a DIN model, loaded from disk (the signature tests share it): its
+  item vocabulary holds ITEMS and NUMERIC_IDS."""
+  from hmdn.pipeline import export
+  d = tmp_path_factory.mktemp("numeric_vocab")
+  for name in ("scenario", "cat"):
+    (d / f"{name}.txt").write_text(open(f"{vocab_dir}/{name}.txt").read())
+  (d / "item.txt").write_text("\n".join(ITEMS + NUMERIC_IDS) + "\n")
+  tf.keras.utils.set_random_seed(0)
+  spec = _spec()
+  model = CTRModel(spec, str(d), {}, ModelConfig.of(name="dnn"))
+  return tf.saved_model.load(export.export(model, spec, str(
+      tmp_path_factory.mktemp("export") / "export")))
+
+
+def test_the_signatures_take_any_length_keeping_the_most_recent(exported):
   """The exported SavedModel: serving_default (tf.Example bytes lists) and predict
   (`[batch, None]` strings) accept empty and over-long histories, an over-long one
   scored as its last max_length values."""
-  from hmdn.pipeline import export
-  tf.keras.utils.set_random_seed(0)
-  spec = _spec()
-  model = CTRModel(spec, vocab_dir, {}, ModelConfig.of(name="dnn"))
-  loaded = tf.saved_model.load(export.export(model, spec, str(tmp_path / "export")))
+  loaded = exported
   long = [ITEMS[k % len(ITEMS)] for k in range(3 * MAX_LENGTH + 1)]
   kept = long[-MAX_LENGTH:]
   serve = loaded.signatures["serving_default"]
@@ -214,3 +235,32 @@ def test_the_signatures_take_any_length_keeping_the_most_recent(vocab_dir, tmp_p
   by_tensor = loaded.signatures["predict"](**features)["probability"].numpy()
   np.testing.assert_allclose(by_tensor, by_example, atol=1e-6)
   assert np.isfinite(by_tensor).all()
+
+
+def test_int64_ids_in_a_served_example_score_as_their_decimal_strings(exported):
+  """The exported SavedModel, loaded from disk: one instance serialized with its item
+  and history as bytes lists of "123" etc. and as int64 lists of 123 etc. gets
+  identical outputs from serving_default and classify, in one batch and alone; the ids
+  are in the vocabulary (ids it does not hold score otherwise), and a float_list
+  history is refused naming the feature."""
+  hist = ["100", "7", "123", "100"]
+  as_bytes = _example(hist, item="123", user="42")
+  as_ints = _example(hist, item="123", user="42", ints=("hist", "item", "user"))
+  serve = exported.signatures["serving_default"]
+  both = serve(examples=tf.constant([as_bytes, as_ints]))
+  alone = serve(examples=tf.constant([as_ints]))
+  for name, value in both.items():
+    np.testing.assert_array_equal(value[0], value[1], err_msg=name)
+    np.testing.assert_array_equal(value[1], alone[name][0], err_msg=name)
+  scores = exported.signatures["classify"](inputs=tf.constant([as_bytes, as_ints]))
+  np.testing.assert_array_equal(scores["scores"][0], scores["scores"][1])
+  unknown = serve(examples=tf.constant([_example(["999", "998", "997", "996"], item="995",
+                                                 user="42", ints=("hist", "item"))]))
+  assert np.abs(unknown["probability"][0] - both["probability"][0]) > 1e-7
+  floats = tf.train.Example.FromString(as_bytes)
+  floats.features.feature["hist"].Clear()
+  floats.features.feature["hist"].float_list.value.extend([100.0, 7.0])
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="feature hist is a float_list at instance 1; a categorical or "
+                           "sequence feature takes its ids as a bytes_list or an int64_list"):
+    serve(examples=tf.constant([as_ints, floats.SerializeToString()]))

@@ -183,6 +183,21 @@ def test_hmdn_predict_lists_each_task_per_instance(exported, tmp_path):
     _assert_outputs_equal({k: [p[k] for p in predictions] for k in want}, want)
 
 
+def test_a_predict_request_giving_a_label_is_refused_in_one_line(hmdn_exported, tmp_path):
+  """A two-task model's predict request holding the second task's label (a client
+  sending the row it logged) is refused naming the instance and the field, not
+  answered with the label ignored."""
+  _, _, spec, rows, _, version = hmdn_exported
+  instances = serving_request.instances_from_examples(spec, rows[:2], raw=True)
+  instances[1]["purchase"] = 1
+  path = tmp_path / "request.json"
+  path.write_text(json.dumps({"signature_name": "predict", "instances": instances}))
+  with pytest.raises(serving_request.RequestError) as e:
+    serving.predict(version, str(path))
+  assert "instances[1]: unknown feature(s) ['purchase']" in str(e.value)
+  assert "\n" not in str(e.value)
+
+
 def test_the_self_check_compares_every_task(exported, tmp_path, capsys):
   name, model, spec, rows, _, version = exported
   expected = {k: v.numpy() for k, v in

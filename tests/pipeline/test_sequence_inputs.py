@@ -24,11 +24,15 @@ SPEC = spec_lib.spec_from_dict({"name": "t", "features": [
 GOOD = {"user_id": "u1", "item_id": "i1", "hist": ["a", "b"], "clicked": []}
 
 
-def _example(values):
+def _example(values, ints=()):
+  """A serialized tf.Example; the fields named in `ints` as int64 lists."""
   example = tf.train.Example()
   for name, value in values.items():
     feature = example.features.feature[name]
-    if isinstance(value, float):
+    if name in ints:
+      feature.int64_list.value.extend(int(v) for v in
+                                      (value if isinstance(value, list) else [value]))
+    elif isinstance(value, float):
       feature.float_list.value.append(value)
     elif isinstance(value, list):
       feature.bytes_list.value.extend(v.encode() for v in value)
@@ -158,15 +162,21 @@ def test_examples_with_sequences_are_checked():
   ex = tf.train.Example()
   ex.features.feature["user_id"].bytes_list.value.append(b"u")
   ex.features.feature["item_id"].bytes_list.value.append(b"i")
-  ex.features.feature["hist"].int64_list.value.extend([1, 2])
-  with pytest.raises(RequestError, match=r"instances\[0\]: feature 'hist' is a "
-                                         r"int64_list, the spec needs a bytes_list"):
+  ex.features.feature["hist"].int64_list.value.extend([1, 2])  # ids as ints: accepted
+  serving_request.examples_from_instances([_b64(ex.SerializeToString())], SPEC)
+  ex.features.feature["hist"].float_list.value.extend([1.0, 2.0])
+  with pytest.raises(RequestError, match=r"^instances\[0\]: feature 'hist' is a "
+                                         r"float_list, the spec needs a bytes_list or "
+                                         r"an int64_list \(ids\)$"):
     serving_request.examples_from_instances([_b64(ex.SerializeToString())], SPEC)
 
 
 def test_instances_from_examples_keep_sequences_as_lists():
   inst = serving_request.instances_from_examples(SPEC, [_example(GOOD)], raw=True)
   assert inst == [{"user_id": "u1", "item_id": "i1", "hist": ["a", "b"], "clicked": []}]
+  inst = serving_request.instances_from_examples(
+      SPEC, [_example(INTS, ints=("item_id", "hist"))], raw=True)
+  assert inst == [dict(INTS)]
 
 
 def test_unknown_ids_in_a_history_are_sent_as_they_are(module):
@@ -176,3 +186,55 @@ def test_unknown_ids_in_a_history_are_sent_as_they_are(module):
       SPEC, [dict(GOOD, hist=["never_seen_1", "never_seen_2"])])
   assert tensors["hist"].tolist() == [["never_seen_1", "never_seen_2"]]
   assert _seen(module.serve_tensors(tensors)) == [(2, 2, _hash("never_seen_2"))]
+
+
+INTS = dict(GOOD, user_id="7", item_id="123", hist=["123", "-4", "9007199254740993"],
+            clicked=["0"])
+
+
+def test_int64_ids_in_an_example_read_as_their_decimal_strings():
+  """Every categorical, multi-valued or sequence input given as an int64_list parses
+  to the strings a bytes_list of its decimal ids gives, each example on its own (a
+  batch mixing both forms, an empty int64 list, ids beyond float64's exact range)."""
+  as_bytes = _example(INTS)
+  as_ints = _example(INTS, ints=("user_id", "item_id", "hist", "clicked"))
+  empty = _example(dict(INTS, hist=[]), ints=("hist",))
+  parse = lambda rows: data.parse_batch(  # noqa: E731
+      data.int_ids_as_bytes(tf.constant(rows), SPEC), SPEC, for_serving=True)
+  want, got = parse([as_bytes, as_bytes, _example(dict(INTS, hist=[]))]), parse(
+      [as_ints, as_bytes, empty])
+  assert sorted(got) == sorted(want)
+  for name in want:
+    assert np.asarray(got[name]).tolist() == np.asarray(want[name]).tolist(), name
+  assert _text(got["hist"])[0] == ["123", "-4", "9007199254740993"]
+  unchanged = tf.constant([as_bytes])  # nothing to rewrite: the same bytes
+  assert data.int_ids_as_bytes(unchanged, SPEC).numpy().tolist() == [as_bytes]
+
+
+def test_int64_ids_score_as_their_strings_through_the_signatures(module):
+  rows = [_example(INTS), _example(INTS, ints=("hist", "item_id"))]
+  assert len(set(_seen(module.serve_examples(tf.constant(rows))))) == 1
+  scores = module.classify(tf.constant(rows))["scores"].numpy()
+  np.testing.assert_array_equal(scores[0], scores[1])
+
+
+@pytest.mark.parametrize("name", ["hist", "item_id"])
+def test_a_float_list_id_is_refused_naming_the_feature(module, name):
+  """A float_list for a string field: 3.0 may be "3", but float32 cannot tell 16777217
+  from 16777216, so it is refused, not rounded."""
+  ex = tf.train.Example.FromString(_example(INTS))
+  ex.features.feature[name].float_list.value.extend([123.0])
+  rows = tf.constant([_example(INTS), ex.SerializeToString()])
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=f"feature {name} is a float_list at instance 1; a categorical "
+                           "or sequence feature takes its ids as a bytes_list or an "
+                           "int64_list"):
+    module.serve_examples(rows)
+
+
+def test_bytes_that_are_no_example_keep_parse_examples_error(module):
+  """The int64 check decodes the proto after parse_example has checked its framing:
+  bytes that are no tf.Example get parse_example's InvalidArgumentError, as before."""
+  for bad in (b"abc", b"\x0a\x05\x0a\x03"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Could not parse example"):
+      module.serve_examples(tf.constant([_example(GOOD), bad]))

@@ -137,6 +137,9 @@ def test_load_spec_invalid_field_names_path_and_field(tmp_path):
     ("price", "nan", r"'price'.*'nan' is not a finite number"),
     ("price", "inf", r"'price'.*'inf' is not a finite number"),
     ("click", "2", r"'click'.*label '2' is not 0 or 1"),
+    ("click", "-1", r"'click'.*label '-1' is not 0 or 1"),
+    ("click", "0.5", r"'click'.*label '0.5' is not 0 or 1"),
+    ("click", "", r"'click'.*empty value"),
     ("click", "yes", r"'click'.*label 'yes' is not a number"),
     ("click", "nan", r"'click'.*label 'nan' is not 0 or 1"),
 ])
