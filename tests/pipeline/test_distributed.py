@@ -160,14 +160,16 @@ def test_killed_training_resumes_from_backup(planted_data_dir, tmp_path):
     proc = subprocess.Popen(_train_cmd(planted_data_dir, model_dir), cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
-    # Kill after the first epoch's evaluation, once a step backup after it is complete
-    # (mid-epoch 2 unless the machine is very fast: then after epoch 2). A backup is
-    # complete when its `checkpoint` state file is rewritten (the data is written
-    # first); a kill in the middle of a write resumes from the backup before it, inside
-    # epoch 1, which is right but is not what this test checks.
+    # Kill after the first epoch's evaluation (history.json is written), once a step
+    # backup after it is complete (mid-epoch 2 unless the machine is very fast: then
+    # after epoch 2). A backup is complete when its `checkpoint` state file is rewritten
+    # (the data is written first); a kill in the middle of a write resumes from the
+    # backup before it, inside epoch 1, which is right but is not what this test checks.
+    # (The log's "epoch 1/3" is no signal: the progress line of epoch 1 starts with it.)
+    history_path = os.path.join(model_dir, "history.json")
     seen_epoch_1 = None
     while time.time() < deadline and proc.poll() is None:
-      if seen_epoch_1 is None and "epoch 1/3" in open(log_path).read():
+      if seen_epoch_1 is None and os.path.exists(history_path):
         seen_epoch_1 = time.time()
       if seen_epoch_1 is not None and _newest_mtime(
           os.path.join(model_dir, "backup"), name_is="checkpoint") > seen_epoch_1:
