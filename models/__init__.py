@@ -12,8 +12,9 @@ if not tf.keras.layers.Layer.__module__.startswith("tf_keras"):
       "hmdn needs tf-keras 2 (legacy Keras) but tf.keras was loaded as Keras 3: set "
       "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported, or import hmdn first.")
 
-from hmdn.models.backbones import (APG, DNN, MMoE, MoE, PLE, STAR, Backbone,  # noqa: E402
-                                   EPNet, HiNet, get_backbone)
+from hmdn.models.attention import MaskedMeanPooling, TargetAttention  # noqa: E402
+from hmdn.models.backbones import (APG, DNN, ESMM, MMoE, MoE, PLE, STAR,  # noqa: E402
+                                   Backbone, EPNet, HiNet, get_backbone)
 from hmdn.models.ctr_model import CTRModel  # noqa: E402
 from hmdn.models.embedding import FeatureEmbeddings  # noqa: E402
 from hmdn.models.hierarchical import (  # noqa: E402

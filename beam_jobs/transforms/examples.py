@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 import apache_beam as beam
 
 from hmdn.beam_jobs.transforms.batches import NAMESPACE, Batch
+from hmdn.beam_jobs.transforms.collector import freeze_imports
 from hmdn.beam_jobs.transforms.progress import Progress
 from hmdn.features import spec as spec_lib
 
@@ -73,7 +74,7 @@ class ExampleEncoder:
     if len(cache) > self.MAX_CACHED:
       cache.clear()
     if kind == "sequence":
-      return [self._sequence_entry(prefix, cache, values) for values in column]
+      return self._sequence_column(prefix, cache, column)
     keys = list(map(tuple, column)) if kind == "multi" else column
     out = list(map(cache.get, keys))
     if None in out:  # values not seen yet (by this worker): encoded once each
@@ -87,18 +88,66 @@ class ExampleEncoder:
     return out
 
   @staticmethod
-  def _sequence_entry(key: bytes, cache: Dict[Any, bytes], values: Sequence[str]) -> bytes:
-    """A sequence's map entry, each value's encoding cached (what `_entry` writes)."""
+  def _encoded_values(cache: Dict[Any, bytes], values: Sequence[str]) -> bytes:
+    """The BytesList body of `values`: each value's encoding, cached, concatenated."""
     parts = list(map(cache.get, values))
     if None in parts:
       for i, encoded in enumerate(parts):
         if encoded is None:
           v = values[i]
           parts[i] = cache[v] = _length_delimited(b"\x0a", v.encode("utf-8"))
-    body = b"".join(parts)  # (the three length prefixes inlined: a call each costs)
-    feature = b"\x0a" + varint(len(body)) + body
-    entry = key + b"\x12" + varint(len(feature)) + feature
-    return b"\x0a" + varint(len(entry)) + entry
+    return b"".join(parts)
+
+  # How many values a row's sequence may have gained over the previous row's for its
+  # encoding to be built from that row's (a history batch holds a key's rows in time
+  # order: the next row's history is the previous one plus the rows between them).
+  MAX_APPENDED = 4
+
+  def _sequence_column(self, key: bytes, cache: Dict[Any, bytes],
+                       column: Sequence[Sequence[str]]) -> List[bytes]:
+    """Each row's map entry (what `_entry` writes), the BytesList body reused from the
+    previous row's where the sequence is that row's with values dropped at the front
+    and appended at the back (consecutive rows of a key's history): bytes slices,
+    not one dictionary look-up a value."""
+    out = []
+    previous: Sequence[str] = ()
+    body = b""
+    for values in column:
+      if values is not previous:
+        n, m = len(values), len(previous)
+        last = values[-1] if n else None
+        # the two commonest steps of a history inline: one value more, or one value
+        # more and the oldest dropped (truncated)
+        if n == m + 1 and values[:m] == previous:
+          body += cache.get(last) or self._encoded_values(cache, values[m:])
+        elif n == m and n and values[:-1] == previous[1:]:
+          first = cache.get(previous[0]) or self._encoded_values(cache, previous[:1])
+          body = body[len(first):] + (cache.get(last)
+                                      or self._encoded_values(cache, values[-1:]))
+        elif values != previous:
+          body = self._body_from(previous, body, values, cache)
+      previous = values
+      feature = b"\x0a" + varint(len(body)) + body  # (length prefixes inlined)
+      entry = key + b"\x12" + varint(len(feature)) + feature
+      out.append(b"\x0a" + varint(len(entry)) + entry)
+    return out
+
+  def _body_from(self, previous: Sequence[str], body: bytes, values: Sequence[str],
+                 cache: Dict[Any, bytes]) -> bytes:
+    """`values`' BytesList body, from `previous`' (`body`) when `values` starts with a
+    suffix of `previous` and appends at most MAX_APPENDED values; encoded afresh
+    otherwise. Equal strings encode equally, so any such overlap gives the bytes a
+    fresh encoding would."""
+    n, m = len(values), len(previous)
+    if m:
+      for appended in range(1, min(self.MAX_APPENDED, n - 1) + 1):
+        kept = n - appended
+        if kept > m or values[:kept] != previous[m - kept:]:
+          continue
+        dropped = sum(len(cache.get(v) or _length_delimited(
+            b"\x0a", v.encode("utf-8"))) for v in previous[:m - kept])
+        return body[dropped:] + self._encoded_values(cache, values[kept:])
+    return self._encoded_values(cache, values)
 
   def encode(self, columns: Mapping[str, list]) -> List[bytes]:
     """A batch's columns -> one serialized tf.Example per row."""
@@ -119,6 +168,7 @@ class ToExampleFn(beam.DoFn):
     self._progress_prefix = progress_prefix
 
   def setup(self):
+    freeze_imports()
     self._encoder = ExampleEncoder(self._spec)
     self._written = beam.metrics.Metrics.counter(NAMESPACE, self._counter_name)
     self._progress = Progress(self._progress_prefix, "written")

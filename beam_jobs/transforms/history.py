@@ -36,6 +36,7 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
 from hmdn.beam_jobs.transforms.batches import BATCH_ROWS, DEAD_LETTER, NAMESPACE, Batch, Record
+from hmdn.beam_jobs.transforms.collector import collector_paused, freeze_imports
 
 SOURCE = "history"  # the dead letter's `source` for rows this step rejects
 TRUNCATED_PREFIX = "truncated_"  # as the sources' counter of cut raw sequences
@@ -214,6 +215,9 @@ class _HistoriesFn(beam.DoFn):
     for c in self._truncated:
       c.inc(n)
 
+  def setup(self):
+    freeze_imports()
+
   def start_bundle(self):
     self._pending = {}  # (split, names) -> rows (field values + histories)
 
@@ -223,6 +227,10 @@ class _HistoriesFn(beam.DoFn):
     return split, columns
 
   def process(self, element):
+    with collector_paused():  # a key's rows are many acyclic objects (collector.py)
+      yield from self._histories(element)
+
+  def _histories(self, element):
     h = self._history
     key, chunks = element
     if isinstance(key, tuple):  # rows without a key value: nothing is before them

@@ -262,6 +262,37 @@ def test_the_example_encoder_writes_sequences_as_tensorflow_does():
             columns[name][i]
 
 
+def test_sequences_encoded_from_the_previous_row_match_a_fresh_encoding():
+  """A key's consecutive histories (grown, slid, skipping rows, tied, repeating one
+  value) and unrelated lists: the bytes built from the previous row's equal each row
+  encoded alone, and TensorFlow parses them back to the lists."""
+  import tensorflow as tf
+  from hmdn.beam_jobs.transforms.examples import ExampleEncoder
+  spec = spec_lib.spec_from_dict(SPEC)
+  rng = np.random.default_rng(0)
+  stream = [f"i{v}" for v in rng.integers(0, 4, 400)]  # few values: overlaps by chance
+  histories, end = [], 0
+  while len(histories) < 300:
+    step = int(rng.choice([0, 1, 1, 1, 2, 3, 5, 9]))  # 0: a tie, 5 and 9: past the reuse
+    end = min(end + step, len(stream))
+    if rng.random() < 0.1:
+      histories.append([f"é{v}" for v in rng.integers(0, 3, rng.integers(0, 7))])
+    else:
+      histories.append(stream[max(0, end - 5):end])
+  n = len(histories)
+  columns = {"click": [0.0] * n, "ts": [0.0] * n, "rid": ["r"] * n, "user_id": ["u"] * n,
+             "item_id": ["i"] * n, "cat": ["c"] * n, "clicked": [[]] * n,
+             "hist_items": histories, "hist_cats": [h[::-1] for h in histories]}
+  together = ExampleEncoder(spec).encode(columns)
+  alone = ExampleEncoder(spec)
+  for i, serialized in enumerate(together):
+    assert serialized == alone.encode({k: [v[i]] for k, v in columns.items()})[0], i
+    example = tf.train.Example.FromString(serialized)
+    for name in ("hist_items", "hist_cats"):
+      assert [v.decode() for v in example.features.feature[name].bytes_list.value] == \
+          columns[name][i]
+
+
 def test_two_workers_write_the_same_histories_and_counts(csv_run, tmp_path):
   out = str(tmp_path / "two")
   meta = preprocess.run(PreprocessConfig(

@@ -46,3 +46,14 @@ def test_installed_as_one_namespace():
   assert top_level.split() == ["hmdn"], top_level
   assert hmdn.models.HierarchicalDistributionRepresentation.__module__ == (
       "hmdn.models.hierarchical")
+
+
+def test_every_layer_docs_library_md_lists_imports_from_hmdn_models():
+  import hmdn.models
+  with open(os.path.join(ROOT, "docs", "library.md")) as f:
+    table = [line for line in f if line.startswith("| ")]
+  names = {n for line in table
+           for n in re.findall(r"`([A-Z][A-Za-z]+)`", line.split("|")[1])}
+  assert {"ESMM", "TargetAttention", "MaskedMeanPooling", "CTRModel"} <= names
+  missing = sorted(n for n in names if not hasattr(hmdn.models, n))
+  assert not missing, f"docs/library.md lists {missing}, not importable from hmdn.models"
