@@ -6,7 +6,7 @@ worker has imported (TensorFlow and Beam: ~360k objects) and, in the history ste
 key's rows (a hot user: 100k+ tuples) while their history lists are built. On the
 1M-row history benchmark those walks took a quarter of the job (docs/speed.md). Two
 remedies, both losing nothing:
-- `freeze_imports`, in the `setup` of the steps that handle rows: the objects alive
+- `freeze_live_objects`, in the `setup` of the steps that handle rows: the objects alive
   then (modules, the pipeline, the runner's state) move to the collector's permanent
   generation, which it never walks;
 - `collector_paused` around the history step: its tuples, lists, strings and bytes
@@ -18,7 +18,7 @@ import gc
 from typing import Iterator
 
 
-def freeze_imports() -> None:
+def freeze_live_objects() -> None:
   """Moves every object alive now to the permanent generation (a step's `setup`:
   after the imports and the earlier steps' set-up, before this step's rows)."""
   gc.freeze()

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 import apache_beam as beam
 
 from hmdn.beam_jobs.transforms.batches import NAMESPACE, Batch
-from hmdn.beam_jobs.transforms.collector import freeze_imports
+from hmdn.beam_jobs.transforms.collector import freeze_live_objects
 from hmdn.beam_jobs.transforms.progress import Progress
 from hmdn.features import spec as spec_lib
 
@@ -168,7 +168,7 @@ class ToExampleFn(beam.DoFn):
     self._progress_prefix = progress_prefix
 
   def setup(self):
-    freeze_imports()
+    freeze_live_objects()
     self._encoder = ExampleEncoder(self._spec)
     self._written = beam.metrics.Metrics.counter(NAMESPACE, self._counter_name)
     self._progress = Progress(self._progress_prefix, "written")

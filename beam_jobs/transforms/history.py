@@ -36,7 +36,7 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
 from hmdn.beam_jobs.transforms.batches import BATCH_ROWS, DEAD_LETTER, NAMESPACE, Batch, Record
-from hmdn.beam_jobs.transforms.collector import collector_paused, freeze_imports
+from hmdn.beam_jobs.transforms.collector import collector_paused, freeze_live_objects
 
 SOURCE = "history"  # the dead letter's `source` for rows this step rejects
 TRUNCATED_PREFIX = "truncated_"  # as the sources' counter of cut raw sequences
@@ -216,7 +216,7 @@ class _HistoriesFn(beam.DoFn):
       c.inc(n)
 
   def setup(self):
-    freeze_imports()
+    freeze_live_objects()
 
   def start_bundle(self):
     self._pending = {}  # (split, names) -> rows (field values + histories)
