@@ -88,14 +88,19 @@ class ExampleEncoder:
     return out
 
   @staticmethod
-  def _encoded_values(cache: Dict[Any, bytes], values: Sequence[str]) -> bytes:
+  def _encoded_value(cache: Dict[Any, bytes], value: str) -> bytes:
+    """One value's BytesList entry, cached."""
+    encoded = cache.get(value)
+    if encoded is None:
+      encoded = cache[value] = _length_delimited(b"\x0a", value.encode("utf-8"))
+    return encoded
+
+  def _encoded_values(self, cache: Dict[Any, bytes], values: Sequence[str]) -> bytes:
     """The BytesList body of `values`: each value's encoding, cached, concatenated."""
     parts = list(map(cache.get, values))
     if None in parts:
-      for i, encoded in enumerate(parts):
-        if encoded is None:
-          v = values[i]
-          parts[i] = cache[v] = _length_delimited(b"\x0a", v.encode("utf-8"))
+      parts = [p if p is not None else self._encoded_value(cache, v)
+               for p, v in zip(parts, values)]
     return b"".join(parts)
 
   # How many values a row's sequence may have gained over the previous row's for its
@@ -119,11 +124,10 @@ class ExampleEncoder:
         # the two commonest steps of a history inline: one value more, or one value
         # more and the oldest dropped (truncated)
         if n == m + 1 and values[:m] == previous:
-          body += cache.get(last) or self._encoded_values(cache, values[m:])
+          body += self._encoded_value(cache, last)
         elif n == m and n and values[:-1] == previous[1:]:
-          first = cache.get(previous[0]) or self._encoded_values(cache, previous[:1])
-          body = body[len(first):] + (cache.get(last)
-                                      or self._encoded_values(cache, values[-1:]))
+          body = (body[len(self._encoded_value(cache, previous[0])):]
+                  + self._encoded_value(cache, last))
         elif values != previous:
           body = self._body_from(previous, body, values, cache)
       previous = values
@@ -144,8 +148,7 @@ class ExampleEncoder:
         kept = n - appended
         if kept > m or values[:kept] != previous[m - kept:]:
           continue
-        dropped = sum(len(cache.get(v) or _length_delimited(
-            b"\x0a", v.encode("utf-8"))) for v in previous[:m - kept])
+        dropped = sum(len(self._encoded_value(cache, v)) for v in previous[:m - kept])
         return body[dropped:] + self._encoded_values(cache, values[kept:])
     return self._encoded_values(cache, values)
 
