@@ -75,6 +75,34 @@ def _grouped_glorot(fan_in: int, fan_out: int):
   return tf.keras.initializers.RandomUniform(-limit, limit)
 
 
+def gathered_matmul(x: tf.Tensor, kernels: tf.Tensor, select: tf.Tensor) -> tf.Tensor:
+  """Each example times its own block's kernels: `x[b, m] @ kernels[select[b], m]`.
+
+  x: `[batch, members, fan_in]`; kernels: `[blocks, members, fan_in, fan_out]`;
+  select: integer `[batch]`. Returns `[batch, members, fan_out]`.
+
+  The gradient is written out because TensorFlow's own is slow here: it returns the
+  kernels' gradient as `IndexedSlices` of one `[fan_in, fan_out]` block per example,
+  which the reshape back to the variable's shape densifies again each step. Summing the
+  per-example outer products into their blocks directly gives the same dense gradient.
+  """
+  select = tf.cast(select, tf.int32)
+
+  @tf.custom_gradient
+  def forward(x, kernels):
+    own = tf.gather(kernels, select)  # [B, M, in, out]
+    y = tf.squeeze(tf.matmul(x[..., None, :], own), -2)
+
+    def gradient(dy):
+      dx = tf.squeeze(tf.matmul(dy[..., None, :], own, transpose_b=True), -2)
+      outer = x[..., :, None] * dy[..., None, :]  # [B, M, in, out]
+      return dx, tf.math.unsorted_segment_sum(outer, select, tf.shape(kernels)[0])
+
+    return y, gradient
+
+  return forward(x, kernels)
+
+
 @tf.keras.utils.register_keras_serializable(package="hmdn")
 class GroupedMLP(tf.keras.layers.Layer):
   """`groups` independent MLPs computed together, one batched MatMul per layer.
@@ -164,10 +192,11 @@ class GroupedMLP(tf.keras.layers.Layer):
         x = tf.einsum(equation, x, kernel) + bias
       else:
         fan_in, fan_out = kernel.shape[1], kernel.shape[2]
-        own = tf.gather(tf.reshape(kernel, [blocks, members, fan_in, fan_out]), select)
+        if x.shape.rank == 2:  # one input for every member
+          x = tf.tile(x[:, None, :], [1, members, 1])
         own_bias = tf.gather(tf.reshape(bias, [blocks, members, fan_out]), select)
-        equation = "bi,bmio->bmo" if x.shape.rank == 2 else "bmi,bmio->bmo"
-        x = tf.einsum(equation, x, own) + own_bias
+        x = gathered_matmul(x, tf.reshape(kernel, [blocks, members, fan_in, fan_out]),
+                            select) + own_bias
       x = tf.keras.activations.get(
           self.output_activation if i == last else self.activation)(x)
       if self._dropout is not None and i < last:

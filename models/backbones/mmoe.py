@@ -33,7 +33,7 @@ class MMoE(base.Backbone):
   reads_domain = True
   task_branches = "task_domain"  # several tasks: a gate and tower per task and domain
   # Own gate and tower only from this many domains (base.runs_own_branch_only).
-  own_branch_from_domains = 8
+  own_branch_from_domains = 4
 
   def __init__(self,
                num_domains: int,

@@ -4,7 +4,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from hmdn.models.backbones import base
-from hmdn.models.mlp import MLP
+from hmdn.models.mlp import MLP, gathered_matmul
 
 
 @tf.keras.utils.register_keras_serializable(package="hmdn")
@@ -82,7 +82,7 @@ class StarDense(tf.keras.layers.Layer):
 
   # Own weight only from this many domains (base.runs_own_branch_only): gathering a
   # [in, units] weight per example costs more than a few domains' dense einsum.
-  own_branch_from_domains = 96
+  own_branch_from_domains = 32
 
   def __init__(self, num_domains: int, units: int, activation: str = "relu",
                **kwargs):
@@ -117,8 +117,8 @@ class StarDense(tf.keras.layers.Layer):
     """
     x, domain = inputs
     if base.runs_own_branch_only(self.num_domains, self.own_branch_from_domains):
-      own = self.kernel[tf.newaxis] * tf.gather(self.domain_kernel, domain)
-      out = tf.einsum("bi,bio->bo", x, own)  # [B, units]
+      kernels = self.kernel[tf.newaxis] * self.domain_kernel  # [D, in, units]
+      out = gathered_matmul(x[:, None, :], kernels[:, None], domain)[:, 0]  # [B, units]
     else:
       kernels = self.kernel[tf.newaxis] * self.domain_kernel  # [D, in, units]
       per_domain = tf.einsum("bi,dio->bdo", x, kernels)

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from hmdn.models.backbones import MMoE, PLE, STAR, base
 from hmdn.models.backbones.star import StarDense
+from hmdn.models.mlp import gathered_matmul
 
 # The classes whose threshold decides the path (STAR's lives in its StarDense layers).
 THRESHOLDS = (MMoE, PLE, StarDense)
@@ -79,3 +80,29 @@ def test_the_paths_switch_at_each_layers_threshold():
     n = cls.own_branch_from_domains
     assert n > 1
     assert not base.runs_own_branch_only(n - 1, n) and base.runs_own_branch_only(n, n)
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_gathered_matmul_equals_the_gathered_einsum_and_its_gradient(members):
+  """The hand-written gradient of `gathered_matmul` equals TensorFlow's of the plain
+  formula; a block no example selected gets a zero gradient."""
+  rng = np.random.default_rng(members)
+  blocks, batch, fan_in, fan_out = 5, 9, 4, 3
+  x = tf.constant(rng.normal(size=(batch, members, fan_in)), tf.float32)
+  kernels = tf.constant(rng.normal(size=(blocks, members, fan_in, fan_out)), tf.float32)
+  select = tf.constant([0, 2, 2, 4, 0, 0, 2, 4, 4], tf.int32)  # block 1 and 3 unused
+  weight = tf.constant(rng.normal(size=(batch, members, fan_out)), tf.float32)
+
+  def loss_and_grads(fn):
+    with tf.GradientTape() as tape:
+      tape.watch([x, kernels])
+      y = fn(x, kernels)
+      loss = tf.reduce_sum(y * weight)
+    return (y.numpy(),) + tuple(tf.convert_to_tensor(g).numpy()
+                                for g in tape.gradient(loss, [x, kernels]))
+
+  got = loss_and_grads(lambda a, k: gathered_matmul(a, k, select))
+  want = loss_and_grads(lambda a, k: tf.einsum("bmi,bmio->bmo", a, tf.gather(k, select)))
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+  assert np.all(got[2][[1, 3]] == 0) and np.abs(got[2][[0, 2, 4]]).sum() > 0
