@@ -39,7 +39,7 @@ class PLE(base.Backbone):
   reads_domain = True
   task_branches = "task_domain"  # several tasks: a gate and tower per task and domain
   # Own gate and tower only from this many domains (base.runs_own_branch_only).
-  own_branch_from_domains = 16
+  own_branch_from_domains = 8
 
   def __init__(self,
                num_domains: int,
