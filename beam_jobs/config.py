@@ -68,4 +68,8 @@ class PreprocessConfig:
     if len(self.delimiter) != 1 or self.delimiter in ('"', "\n", "\r"):
       raise PreprocessError(f"--delimiter={self.delimiter!r}: expected one character, "
                             "not a quote or a line break")
+    if self.split_key and self.split_time_field:
+      raise PreprocessError(f"--split_key={self.split_key} and --split_time_field="
+                            f"{self.split_time_field} contradict: a split is by hash of a "
+                            "key or by time, not both")
     return self

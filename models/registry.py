@@ -171,6 +171,30 @@ class ModelConfig:
   def backbone(self) -> str:
     return self.name[len(HMDN_PREFIX):] if self.is_hmdn else self.name
 
+  def check_tasks(self, tasks: List[Any]) -> "ModelConfig":
+    """What the data's labels decide (`models.tasks.tasks_of(spec)`): the task options
+    apply with several tasks, `cvr_loss` and ESMM with a task observed after another.
+    An option set away from its default that the data cannot use is refused in one
+    line, naming the flag and the tasks; returns self."""
+    names = ", ".join(t.name for t in tasks)
+    defaults = ModelConfig()
+    later = [t.name for t in tasks if t.after is not None]
+    unused = ("task_tower_units", "task_dim") if len(tasks) == 1 else ()
+    unused += ("cvr_loss",) if not later else ()
+    for name in unused:
+      value = getattr(self, name)
+      if value != getattr(defaults, name):
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        what = ("one task" if len(tasks) == 1 else "no task observed after another "
+                "(after: in the spec)")
+        raise ValueError(f"--{name}={shown} does not apply: the spec has {what} "
+                         f"({names})")
+    if self.backbone == "esmm" and not later:
+      raise ValueError(f"--model={self.name}: ESMM models a task observed after another "
+                       f"(after: in the spec, as a purchase after a click); the spec's "
+                       f"tasks ({names}) have none: use --model=dnn")
+    return self
+
   def validate(self) -> "ModelConfig":
     """The declared rules (`features.options.validate`), then what spans fields;
     raises ValueError naming the flag and the value; returns self."""

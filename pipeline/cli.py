@@ -216,6 +216,7 @@ def cmd_export() -> None:
                              given=given_model_options())
   rows = data.first_records(FLAGS.data_dir, EVAL, stages.WARMUP_ROWS)
   spec = PreprocessedData(FLAGS.data_dir).spec
+  export.check_same_model(FLAGS.export_dir, model.config, spec)
   version = export.export(model, spec, FLAGS.export_dir, rows)
   print(export.describe(version))
   export.prune_versions(FLAGS.export_dir, FLAGS.keep_export_versions)
@@ -333,7 +334,9 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
     Command("compare", "models x seeds, same budget: report.md, plots, paired deltas",
             cmd_compare, (FlagGroup("compare", ("data_dir", "report_dir", "models",
                                                 "seeds")),
-                          config_group(TRAIN.title, TrainConfig, skip=DIRS), MODEL,
+                          # --models and --seeds name the models and the seeds
+                          config_group(TRAIN.title, TrainConfig, skip=DIRS + ("seed",)),
+                          config_group(MODEL.title, ModelConfig, skip=("model", "seed")),
                           EVERY)),
     Command("data", "fetch a dataset the project can use offline", cmd_data,
             (FlagGroup("data", ("output_dir",)), EVERY),

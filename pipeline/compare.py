@@ -196,7 +196,7 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
   callbacks.check_select_by(base.select_by, tasks_of(data.spec))
   for label in labels:  # every bad model or option fails before the first run
     config = run_config(base, label, seeds[0], report_dir)
-    config.model.validate()
+    config.model.validate().check_tasks(tasks_of(data.spec))
     run_length.check_quantizer_starts(config, steps)
   with locks.held(report_dir, "--report_dir"):
     claim_report(report_dir, base.overwrite)

@@ -93,6 +93,36 @@ def check_data(version_dir: str, data_dir: str) -> None:
         f"{spec_fingerprint(exported)}); evaluate it on data of its own spec")
 
 
+def check_same_model(export_root: str, config: ModelConfig,
+                     spec: spec_lib.FeatureSpec) -> None:
+  """A new version serves what the root's newest version serves: the same model, spec
+  and outputs. TF Serving switches to the newest version by itself, so another model
+  (other outputs, codes or none) or another spec (other inputs) exported beside it would
+  change the answers under its clients without a word."""
+  numbered = [v for v in versions(export_root)
+              if is_version(os.path.join(export_root, str(v)))]
+  if not numbered:
+    return
+  newest = os.path.join(export_root, str(numbered[-1]))
+  served = read_model_config(newest)
+  differs = []
+  if served is not None and (served.name, served.quantizes) != (config.name,
+                                                                config.quantizes):
+    differs.append(f"model {served.name!r}"
+                   + ("" if served.name != config.name else
+                      f" {'with' if served.quantizes else 'without'} codes"))
+  if tf.io.gfile.exists(spec_path(newest)) and (
+      spec_fingerprint(read_spec(newest)) != spec_fingerprint(spec)):
+    differs.append(f"spec {read_spec(newest).name!r} (fingerprint "
+                   f"{spec_fingerprint(read_spec(newest))})")
+  if differs:
+    raise ValueError(
+        f"--export_dir={export_root}: its newest version {numbered[-1]} serves "
+        f"{' and '.join(differs)}, not this run's model {config.name!r} of spec "
+        f"{spec.name!r}; TF Serving would switch its clients to other "
+        "outputs: export into another --export_dir")
+
+
 def is_version(path: str) -> bool:
   """A directory holding one exported SavedModel."""
   return tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE))

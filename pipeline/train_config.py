@@ -72,12 +72,15 @@ class TrainConfig:
                                "fixed order and TensorFlow ops deterministic "
                                "(tf.config.experimental.enable_op_determinism, for the "
                                "whole process). Slower input; for comparisons.")
-  overwrite: bool = option(False, "Train into a --model_dir that holds a finished run "
-                           "or another run (other model or data): its outputs are "
-                           "removed first. Without it such a directory is refused; an "
+  overwrite: bool = option(False, "Replace what an earlier hmdn command wrote in the "
+                           "output directory (a directory hmdn did not write is always "
+                           "refused). train: a --model_dir holding a finished run or "
+                           "another run (other model or data), its outputs removed "
+                           "first; without it such a directory is refused and an "
                            "unfinished run of the same model and data is resumed. "
-                           "`run`: its earlier export versions are replaced too "
-                           "(--keep_export_versions).")
+                           "preprocess: a complete --data_dir; generate: a generated "
+                           "log; compare: an earlier report and its runs; run: all of these, "
+                           "and its earlier export versions (--keep_export_versions).")
 
   def validate(self) -> "TrainConfig":
     """The declared rules (`features.options.validate`), before any work; each error

@@ -1,6 +1,7 @@
 """The generic source: CSV files (with a header) or JSONL, the spec's field names as
 column names."""
 import csv
+import difflib
 import hashlib
 import json
 import math
@@ -360,14 +361,32 @@ def read_headers(paths: Sequence[str], spec: spec_lib.FeatureSpec,
       raise C.PreprocessError(f"{path}: empty file, no header line")
     missing = [f.name for f in spec.raw_fields if f.required and f.name not in header]
     if missing:
-      raise C.PreprocessError(
-          f"{path}: column(s) {missing} of spec {spec.source} are not in the header "
-          f"{header}")
+      raise C.PreprocessError(_missing_columns(path, missing, header, spec))
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
       raise C.PreprocessError(f"{path}: header repeats column(s) {dupes}")
     headers[path] = header
+  # A file without an optional column takes its default (a log whose older files predate
+  # the column); a column no file has is misnamed or not logged, and every row would get
+  # the default.
+  nowhere = [f.name for f in spec.raw_fields if not any(f.name in h for h in headers.values())]
+  if nowhere:
+    path, header = next(iter(headers.items()))
+    raise C.PreprocessError(_missing_columns(
+        path if len(headers) == 1 else f"{len(headers)} files (the first {path})",
+        nowhere, header, spec) + "; a default fills empty cells, not a column no file has")
   return headers
+
+
+def _missing_columns(where: str, missing: List[str], header: List[str],
+                     spec: spec_lib.FeatureSpec) -> str:
+  """The error for spec columns a header lacks, with a header name close to each."""
+  names = {f.name for f in spec.features}
+  unused = {h.lower(): h for h in header if h not in names}
+  hints = [f"{m!r} (is it {unused[near[0]]!r}?)" for m in missing
+           for near in [difflib.get_close_matches(m.lower(), list(unused), 1)] if near]
+  return (f"{where}: column(s) {missing} of spec {spec.source} are not in the header "
+          f"{header}" + (f"; close: {', '.join(hints)}" if hints else ""))
 
 
 class GenericSource(base.Source):

@@ -64,8 +64,8 @@ def parse_value(feature: "Feature", raw: Any) -> Value:
     return _sequence(feature, raw)
   if raw is None or (isinstance(raw, str) and raw.strip() == ""):
     if feature.required:
-      raise SpecError(f"field {feature.name!r}: empty value, and the field has no "
-                      "default")
+      what = "no value (a missing key or null)" if raw is None else "empty value"
+      raise SpecError(f"field {feature.name!r}: {what}, and the field has no default")
     raw = feature.default
   if isinstance(raw, bool):
     raise SpecError(f"field {feature.name!r}: boolean {raw!r} is not a "

@@ -454,6 +454,20 @@ def test_missing_column_names_file_and_column(log, tmp_path):
   assert not os.path.exists(PreprocessedData(str(tmp_path / "out")).metadata_path)
 
 
+def test_an_optional_column_no_file_has_is_refused_with_a_close_name(log, tmp_path):
+  """A default fills empty cells (and the files that predate a column, as b.csv lacks
+  `conv`), but a column absent from every header would give every row the default: a
+  misspelt header is refused, naming the column and the header name close to it."""
+  path = tmp_path / "typo.csv"
+  header = ["Conv" if h == "conv" else h for h in NAMES]
+  _write_csv(path, header, list(log["good"].values())[:3])
+  with pytest.raises(PreprocessError, match=re.escape(
+      "column(s) ['conv'] of spec") + r".*close: 'conv' \(is it 'Conv'\?\).*"
+      "a default fills empty cells"):
+    preprocess.run(_config(log, tmp_path / "out", raw=str(path)))
+  assert not os.path.exists(PreprocessedData(str(tmp_path / "out")).metadata_path)
+
+
 def test_no_matching_file_is_a_clear_error(log, tmp_path):
   pattern = str(tmp_path / "nothing" / "*.csv")
   with pytest.raises(PreprocessError,

@@ -406,6 +406,8 @@ def test_movielens_missing_folder_is_a_clear_error(tmp_path):
     (dict(split_time_field="nope"), "--split_time_field 'nope' is not a field"),
     (dict(split_time_field="gender"), "must be numeric"),
     (dict(split_time_cutoff=3.0), "need --split_time_field"),
+    (dict(split_time_field="timestamp", split_key="user_id"),
+     "--split_key=user_id and --split_time_field=timestamp contradict"),
     (dict(split_time_field="timestamp", split_time_quantile=1.5), r"in \(0, 1\)"),
     (dict(source="parquet"), "--source='parquet': expected one of"),
 ])

@@ -5,6 +5,7 @@ Full disk and read-only output are injected as OSError at the write layer (the t
 run as root, where chmod does not bite, and CI may not mount a tmpfs). The CLI runs in
 this process (flags reset before each call), on one small trained run."""
 import errno
+import re
 import os
 import shutil
 import socket
@@ -14,7 +15,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from hmdn.features import fileio, locks, ownership
+from hmdn.features import fileio, locks, options, ownership
 from hmdn.features import spec as spec_lib
 from hmdn.features.preprocessed import PreprocessedData
 from hmdn.models import embedding
@@ -291,3 +292,62 @@ def test_generate_writes_only_into_its_own_directory(capsys, tmp_path):
   assert hmdn(capsys, "generate", f"--output_dir={out}", "--rows=300",
               "--overwrite")[0] == 0
   assert '"rows": 300' in (out / "generator.json").read_text()
+
+
+def _fake_version(root, number, config, spec):
+  """A version directory as `export` leaves it, as far as check_same_model reads it."""
+  version = root / str(number)
+  (version / export.ASSETS_EXTRA).mkdir(parents=True)
+  (version / export.SAVED_MODEL_FILE).write_bytes(b"")
+  fileio.write_json_atomic(export.model_config_path(str(version)),
+                           options.to_record(config))
+  spec.save(export.spec_path(str(version)))
+
+
+def test_export_of_another_model_or_spec_beside_a_served_one_is_refused(trained, tmp_path):
+  """TF Serving serves the newest version: a different model (other outputs) or spec
+  (other inputs) exported into the same root would switch its clients silently."""
+  data_dir, _ = trained
+  spec = PreprocessedData(data_dir).spec
+  root = tmp_path / "export"
+  export.check_same_model(str(root), ModelConfig(name="moe"), spec)  # no root yet
+  _fake_version(root, 1, ModelConfig(name="hmdn_moe"), spec)
+  export.check_same_model(str(root), ModelConfig.of(name="hmdn_moe", view_units=[16]), spec)
+  with pytest.raises(ValueError, match=re.escape(
+      f"--export_dir={root}: its newest version 1 serves model 'hmdn_moe', not this "
+      "run's model 'moe'")):
+    export.check_same_model(str(root), ModelConfig(name="moe"), spec)
+  with pytest.raises(ValueError, match="serves model 'hmdn_moe' with codes"):
+    export.check_same_model(str(root), ModelConfig.of(name="hmdn_moe", quantize=False),
+                            spec)
+  other = spec.to_dict()
+  other["name"] = "other"
+  other["features"] = other["features"][:-1] + [dict(other["features"][-1],
+                                                     name="renamed")]
+  with pytest.raises(ValueError, match="serves spec '.*' \\(fingerprint"):
+    export.check_same_model(str(root), ModelConfig(name="hmdn_moe"),
+                            spec_lib.spec_from_dict(other))
+  assert sorted(p.name for p in root.iterdir()) == ["1"]  # nothing written or removed
+
+
+def test_task_options_the_labels_cannot_use_are_refused_before_any_work(trained, tmp_path):
+  data_dir, _ = trained  # one task: click
+  for model, match in (
+      (ModelConfig.of(name="dnn", cvr_loss="masked"),
+       "--cvr_loss=masked does not apply: the spec has one task (click)"),
+      (ModelConfig.of(name="moe", task_tower_units=[16, 8]),
+       "--task_tower_units=16,8 does not apply: the spec has one task"),
+      (ModelConfig.of(name="hmdn_moe", task_dim=4), "--task_dim=4 does not apply"),
+      (ModelConfig(name="esmm"), "--model=esmm: ESMM models a task observed after"),
+  ):
+    model_dir = tmp_path / model.name
+    with pytest.raises(ValueError, match=re.escape(match)):
+      train.train(train.TrainConfig(data_dir=data_dir, model_dir=str(model_dir),
+                                    model=model, epochs=1, steps_per_epoch=1))
+    assert not model_dir.exists()
+  with pytest.raises(ValueError, match=re.escape("--cvr_loss=both does not apply")):
+    compare.run(train.TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "r"),
+                                  epochs=1, steps_per_epoch=1),
+                ["moe", "dnn:cvr_loss=both"], [0], str(tmp_path / "report"))
+  assert not (tmp_path / "report").exists()
+

@@ -97,7 +97,7 @@ def test_beam_options_are_errors_for_other_commands(parse):
     ("train", "--eval_fraction=0.5", "preprocess, run"),
     ("preprocess", "--epochs=2", "train, run, compare"),
     ("run", "--data_dir=d", "preprocess, train, evaluate, export, compare"),
-    ("predict", "--model=dnn", "train, evaluate, export, run, compare"),
+    ("predict", "--model=dnn", "train, evaluate, export, run"),
     ("generate", "--seeds=0,1", "compare"),
 ])
 def test_a_flag_of_another_command_is_refused_naming_it(parse, command, flag, takers):
@@ -188,3 +188,13 @@ def test_generator_opt_in_flags_reach_the_generators_config(parse):
     cli.FLAGS.unparse_flags()
   code, err, _, _ = parse("train", "--conversion_rate=0.03")
   assert code == 2 and "a flag of generate, run" in err[0], err
+
+
+@pytest.mark.parametrize("flag", ["--model=moe", "--seed=7"])
+def test_compare_refuses_the_train_flags_it_would_ignore(parse, flag):
+  """compare trains --models over --seeds; train's --model and --seed would be ignored."""
+  code, err, _, _ = parse("compare", "--data_dir=d", "--report_dir=r", "--models=dnn",
+                          "--seeds=0,1", flag)
+  assert code == 2 and len(err) == 1, err
+  assert f"flag {flag.split('=')[0]} (a flag of" in err[0]
+  assert err[0].endswith("is not for compare: it would ignore it; see hmdn compare --help")

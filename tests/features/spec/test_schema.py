@@ -132,7 +132,7 @@ def test_load_spec_invalid_field_names_path_and_field(tmp_path):
 @pytest.mark.parametrize("field,raw,match", [
     ("scenario", "", r"'scenario'.*empty value"),
     ("scenario", "   ", r"'scenario'.*empty value"),
-    ("click", None, r"'click'.*empty value"),
+    ("click", None, r"'click'.*no value \(a missing key or null\)"),
     ("price", "abc", r"'price'.*'abc' is not a number"),
     ("price", "nan", r"'price'.*'nan' is not a finite number"),
     ("price", "inf", r"'price'.*'inf' is not a finite number"),
