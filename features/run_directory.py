@@ -25,7 +25,7 @@ import json
 import os
 import platform
 import sys
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from hmdn.features import ownership
 from hmdn.features import options
@@ -218,6 +218,24 @@ class RunDirectory:
             "run"))
     options.refuse_inapplicable(recorded, given, RunMismatchError)
     return recorded
+
+  def check_training(self, given: Mapping[str, Any], fields: Sequence[str],
+                     remedy: Optional[str] = None) -> Dict[str, Any]:
+    """{field: recorded value} of the training options in `fields` that shape the run
+    (learning rate, batch, schedule, epochs...), for a resumed run to keep. A flag in
+    `given` ({field: value}, set explicitly) that differs from the record is refused:
+    the backup restores the run's optimizer and schedule, so the new value would be
+    dropped without a word. A record without a field leaves it to the flags."""
+    recorded = self.record().get("config", {})
+    for field, value in given.items():
+      if field in fields and field in recorded and (
+          _normalise(recorded[field]) != _normalise(value)):
+        raise RunMismatchError(
+            f"--{field}={_show(value)} contradicts the unfinished run in "
+            f"{self.model_dir}, trained with --{field}={_show(recorded[field])}; "
+            + (remedy or "drop the flag to resume it, or pass --overwrite to start "
+               "again with the new value"))
+    return {f: recorded[f] for f in fields if f in recorded}
 
   def check_data(self, data_dir: str, data_fingerprints: Mapping[str, str],
                  remedy: Optional[str] = None) -> None:

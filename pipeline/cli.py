@@ -57,6 +57,7 @@ from hmdn.pipeline import (  # noqa: E402
 from hmdn.pipeline.argv import Command, FlagGroup  # noqa: E402
 from hmdn.pipeline.serving_request import RequestError  # noqa: E402
 from hmdn.pipeline.train import TrainConfig  # noqa: E402
+from hmdn.pipeline.train_config import RUN_SHAPING  # noqa: E402
 
 FLAGS = flags.FLAGS
 # A flag whose name differs from its field is declared on the field (`option(flag=...)`:
@@ -112,6 +113,12 @@ def given_model_options() -> Dict:
     return {}
   values = options.values_by_flag(config_flags.from_flags(ModelConfig))
   return {flag: values[flag] for flag in present}
+
+
+def given_training_options(config: TrainConfig) -> Dict:
+  """The training options set explicitly on the command line ({field: value})."""
+  return {field: getattr(config, field) for field in config_flags.given(TrainConfig)
+          if hasattr(config, field)}
 
 
 def refuse_inapplicable(model: ModelConfig) -> None:
@@ -185,9 +192,11 @@ def cmd_train() -> None:
   config = train_config(FLAGS.data_dir, FLAGS.model_dir)
   run = RunDirectory(config.model_dir)
   if not config.overwrite and run.has_run():
-    # Resuming: the run's model config, not the flags' defaults (no --model needed).
+    # Resuming: the run's model config and training options, not the flags' defaults
+    # (no --model needed); a flag that contradicts them is refused.
     config = dataclasses.replace(config, model=run.check_model(
-        given_model_options(), ModelConfig, remedy=RUN_REMEDY))
+        given_model_options(), ModelConfig, remedy=RUN_REMEDY),
+        **run.check_training(given_training_options(config), RUN_SHAPING))
   else:
     refuse_inapplicable(config.model)
   train.train(config, follow_codebook_warmup_steps=_codebook_warmup_unset())
@@ -241,6 +250,9 @@ def cmd_run() -> None:
     if recorded.quantizes and config.model.quantizes:
       config = dataclasses.replace(config, model=options.with_values(
           config.model, {"codebook_warmup_steps": recorded.hmdrr.quantizer.warmup_steps}))
+  if not config.overwrite and run_dir.has_run():
+    config = dataclasses.replace(config, **run_dir.check_training(
+        given_training_options(config), RUN_SHAPING))
   run_dir.check_resumable(config)  # before any work
   raw, spec = FLAGS.raw, FLAGS.spec
   summary = None

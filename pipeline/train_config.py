@@ -7,6 +7,13 @@ from hmdn.pipeline import data, optimizers, strategies
 
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# The options that shape a run's trajectory: a resumed run keeps its recorded values
+# (its backup restores the optimizer and the schedule), and a flag that differs is
+# refused (`RunDirectory.check_training`). The others (devices, checkpoints kept, backup
+# frequency, input caching, steps per execution, XLA) may change between attempts.
+RUN_SHAPING = ("batch_size", "learning_rate", "optimizer", "lr_schedule", "warmup_steps",
+               "epochs", "steps_per_epoch", "early_stopping_patience", "select_by",
+               "seed", "shuffle_window", "mixed_precision", "deterministic")
 
 
 

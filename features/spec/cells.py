@@ -60,6 +60,13 @@ def parse_value(feature: "Feature", raw: Any) -> Value:
   if isinstance(raw, str) and len(raw) > MAX_CELL_CHARS:
     raise SpecError(f"field {feature.name!r}: a cell of {len(raw)} characters is over "
                     f"the limit of {MAX_CELL_CHARS}")
+  if isinstance(raw, (list, tuple)):  # a JSON list: the CSV cell's limit, as joined
+    sizes = [len(v) if isinstance(v, str) else len(str(v)) for v in raw]
+    joined = sum(sizes) + len(raw) - 1
+    if joined > MAX_CELL_CHARS and max(sizes) <= MAX_CELL_CHARS:  # (one value: its own)
+      raise SpecError(f"field {feature.name!r}: a list of {len(raw):,} values "
+                      f"({joined:,} characters joined) is over the limit of "
+                      f"{MAX_CELL_CHARS} characters a cell")
   if feature.kind == SEQUENCE:
     return _sequence(feature, raw)
   if raw is None or (isinstance(raw, str) and raw.strip() == ""):

@@ -226,6 +226,9 @@ def jsonl_run(tmp_path_factory):
       (base("cat") + ', "cat": "\\ud800"}', ["'cat'", "not valid Unicode"]),
       (base("cat") + ', "cat": "' + "c" * BIG + '"}', ["'cat'", "over the limit"]),
       (base("tags") + ', "tags": ["' + "t" * BIG + '"]}', ["'tags'", "over the limit"]),
+      # many short values: the list as joined is over the cell limit, as in a CSV cell
+      (base("tags") + ', "tags": ' + json.dumps(["tag"] * 3000) + "}",
+       ["'tags'", "a list of 3,000 values (11,999 characters joined)", "over the limit"]),
       ("[1, 2]", ["expected a JSON object, got list"]),
       ('"a string"', ["expected a JSON object, got str"]),
       ("[" * 100_000, ["nested too deeply"]),

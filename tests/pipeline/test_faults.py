@@ -20,7 +20,7 @@ from hmdn.features import spec as spec_lib
 from hmdn.features.preprocessed import PreprocessedData
 from hmdn.models import embedding
 from hmdn.models.registry import ModelConfig
-from hmdn.pipeline import cli, compare, export, faults, train
+from hmdn.pipeline import cli, compare, export, faults, train, train_config
 
 MODEL_FLAGS = ["--model=moe", "--epochs=1", "--steps_per_epoch=2", "--batch_size=256"]
 
@@ -351,3 +351,26 @@ def test_task_options_the_labels_cannot_use_are_refused_before_any_work(trained,
                 ["moe", "dnn:cvr_loss=both"], [0], str(tmp_path / "report"))
   assert not (tmp_path / "report").exists()
 
+
+
+def test_a_resumed_run_refuses_a_training_flag_that_changes_it(trained, capsys, tmp_path):
+  """The backup restores an unfinished run's optimizer and schedule: a new
+  --learning_rate would be dropped without a word, so it is refused; an omitted flag
+  takes the recorded value, and a flag that does not shape the run may change."""
+  data_dir, _ = trained
+  model_dir = tmp_path / "unfinished"
+  model_dir.mkdir()
+  record = {"model_name": "moe", "model": options.to_record(ModelConfig(name="moe")),
+            "config": {"learning_rate": 0.002, "epochs": 3, "batch_size": 256}}
+  fileio.write_json_atomic(str(model_dir / "run_config.json"), record)
+  before = sorted(p.name for p in model_dir.iterdir())
+  code, err = hmdn(capsys, "train", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+                   "--learning_rate=0.01", "--epochs=3")
+  assert code == 2 and len(err) == 1, err
+  assert ("--learning_rate=0.01 contradicts the unfinished run in "
+          f"{model_dir}, trained with --learning_rate=0.002") in err[0]
+  assert sorted(p.name for p in model_dir.iterdir()) == before
+  from hmdn.features.run_directory import RunDirectory
+  kept = RunDirectory(str(model_dir)).check_training(
+      {"epochs": 3, "keep_checkpoints": 9}, train_config.RUN_SHAPING)
+  assert kept == {"learning_rate": 0.002, "epochs": 3, "batch_size": 256}
