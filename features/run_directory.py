@@ -231,7 +231,7 @@ class RunDirectory:
       if field in fields and field in recorded and (
           _normalise(recorded[field]) != _normalise(value)):
         raise RunMismatchError(
-            f"--{field}={_show(value)} contradicts the unfinished run in "
+            f"--{field}={_show(value)} contradicts the run in "
             f"{self.model_dir}, trained with --{field}={_show(recorded[field])}; "
             + (remedy or "drop the flag to resume it, or pass --overwrite to start "
                "again with the new value"))

@@ -367,7 +367,7 @@ def test_a_resumed_run_refuses_a_training_flag_that_changes_it(trained, capsys, 
   code, err = hmdn(capsys, "train", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
                    "--learning_rate=0.01", "--epochs=3")
   assert code == 2 and len(err) == 1, err
-  assert ("--learning_rate=0.01 contradicts the unfinished run in "
+  assert ("--learning_rate=0.01 contradicts the run in "
           f"{model_dir}, trained with --learning_rate=0.002") in err[0]
   assert sorted(p.name for p in model_dir.iterdir()) == before
   from hmdn.features.run_directory import RunDirectory
