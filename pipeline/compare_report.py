@@ -164,7 +164,7 @@ def _decile_lines(summary: Dict, task: Optional[str]) -> List[str]:
   lines = ["", f"## AUC per leaf-size decile{title} (leaf: {LEAF}; decile 1 = rarest "
            "leaves by training rows)", "",
            "| model | " + " | ".join(
-               f"b{b['bucket']} ({b['size_min']}-{b['size_max']})" for b in deciles)
+               f"d{b['bucket'] + 1} ({b['size_min']}-{b['size_max']})" for b in deciles)
            + " |", "|---|" + "---|" * len(deciles)]
   for label, runs in summary["results"].items():
     cells = []

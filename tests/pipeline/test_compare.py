@@ -85,6 +85,10 @@ def test_compare_writes_a_report_with_paired_deltas_deciles_and_plots(
   assert "explicit/level_1" in codes and "scenario" in codes["explicit/level_1"]["nmi"]
   text = open(os.path.join(report, "report.md")).read()
   assert "Paired ΔAUC" in text and "leaf-size decile" in text and "NMI" in text
+  # Deciles are named as the heading counts them (1 = rarest), not by 0-based index.
+  header = " | ".join(f"d{b['bucket'] + 1} ({b['size_min']}-{b['size_max']})"
+                      for b in deciles)
+  assert f"| model | {header} |" in text
   for plot in summary["plots"]:
     with open(os.path.join(report, plot), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
