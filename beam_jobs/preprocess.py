@@ -362,7 +362,10 @@ def _run_staged(config: PreprocessConfig, beam_args: Optional[Sequence[str]],
       "rows_read": counts["rows_read"],
       "rows_written": counts["rows_written"],
       "rows_rejected": counts["rows_rejected"],
-      "eval_fraction": config.eval_fraction,
+      # None when a time cutoff or quantile sets the split (the fraction is unused).
+      "eval_fraction": None if config.split_time_field and (
+          config.split_time_cutoff is not None
+          or config.split_time_quantile is not None) else config.eval_fraction,
       "split_key": config.split_key,
       "split_time_field": config.split_time_field,
       "split_time_cutoff": time_cutoff,

@@ -34,6 +34,15 @@ def _vocab_size(path: str) -> int:
     return sum(1 for line in f if line.rstrip("\n"))
 
 
+def has_no_spread(mean: float, std: float) -> bool:
+  """Whether training saw (nearly) one value of a numeric field: a std at float
+  round-off of the mean, as a constant column's moments give. Such a field reads 0
+  for any value: training never showed what another value means, and a z-score
+  over a tiny std would make any other value at serving an extreme input (a column
+  blank through the whole training window, then filled)."""
+  return not std > 1e-6 * max(1.0, abs(mean))
+
+
 BYTES_PER_WEIGHT = 4  # float32 variables (mixed precision keeps them float32)
 # Adam keeps two slots a weight: a table takes three times its size while it trains.
 TRAINING_COPIES = 3
@@ -258,7 +267,8 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
       x = derived[f.name] if f.is_derived and not f.is_history else inputs[f.name]
       if f.name in self._projection:
         mean, std = self._moments.get(f.name, (0.0, 1.0))
-        z = (tf.cast(x, tf.float32) - mean) / max(std, 1e-6)
+        z = (tf.zeros_like(tf.cast(x, tf.float32)) if has_no_spread(mean, std) else
+             (tf.cast(x, tf.float32) - mean) / std)
         out[f.name] = self._projection[f.name](tf.clip_by_value(z, -5.0, 5.0)[:, None])
       elif f.kind == spec_lib.MULTI_CATEGORICAL:
         x = tf.convert_to_tensor(x)

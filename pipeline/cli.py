@@ -156,8 +156,18 @@ def absolute_path_flags() -> None:
 
 
 def preprocess_config(raw: str, spec: str, data_dir: str) -> PreprocessConfig:
-  return config_flags.from_flags(PreprocessConfig, raw=raw, spec_path=spec,
-                                 output_dir=data_dir)
+  """The job's config from the flags; --eval_fraction given beside a time cutoff or
+  quantile, which set the eval split themselves, is refused (it would be unused)."""
+  config = config_flags.from_flags(PreprocessConfig, raw=raw, spec_path=spec,
+                                   output_dir=data_dir)
+  if "eval_fraction" in config_flags.given(PreprocessConfig) and config.split_time_field:
+    for flag in ("split_time_cutoff", "split_time_quantile"):
+      if getattr(config, flag) is not None:
+        raise PreprocessError(
+            f"--eval_fraction={config.eval_fraction} and --{flag}="
+            f"{getattr(config, flag)} contradict: the {flag.rsplit('_', 1)[-1]} sets "
+            "the eval split; drop one")
+  return config
 
 
 def generator_config():
@@ -205,8 +215,12 @@ def cmd_train() -> None:
 def cmd_evaluate() -> None:
   _require("data_dir")
   if FLAGS.saved_model:
+    if FLAGS.model_dir:
+      raise ValueError(f"--model_dir={FLAGS.model_dir} with --saved_model="
+                       f"{FLAGS.saved_model}: evaluate reads one model; give one of them")
     version = serving.latest_version(FLAGS.saved_model)
     export.check_data(version, FLAGS.data_dir)
+    export.check_model_flags(version, given_model_options())
     stages.evaluate_and_report(evaluate.saved_model_predictor(version), FLAGS.data_dir,
                                export.read_model_config(version), FLAGS.output)
     return

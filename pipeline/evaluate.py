@@ -79,6 +79,7 @@ def collect(predict: Predictor, data_dir: "str | PreprocessedData",
   ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
   keep = [f.name for f in spec.labels] + _categorical_columns(spec)
   keep += [f.name for f in [spec.user_id] + list(spec.oracles.values()) if f is not None]
+  keep = list(dict.fromkeys(keep))  # the user_id may be a categorical passthrough too
   outputs = ["probability"] + task_output_keys(spec)
   columns = {k: [] for k in keep + outputs}
   tasks = tasks_lib.tasks_of(spec)

@@ -93,6 +93,26 @@ def check_data(version_dir: str, data_dir: str) -> None:
         f"{spec_fingerprint(exported)}); evaluate it on data of its own spec")
 
 
+def check_model_flags(version_dir: str, given: Dict[str, object]) -> None:
+  """Model flags given beside an export (`hmdn evaluate --saved_model`) must be what it
+  serves: the export fixes the model, so a differing flag would be ignored silently."""
+  if not given:
+    return
+  served = read_model_config(version_dir)
+  if served is None:
+    raise ValueError(f"{version_dir} records no model config, so the model flags "
+                     f"{sorted('--' + f for f in given)} cannot be checked against it: "
+                     "drop them (the export's model is evaluated)")
+  values = options.values_by_flag(served, applicable_only=True)
+  for flag, value in given.items():
+    if flag not in values or json.dumps(values[flag]) != json.dumps(value):
+      shown = (f"--{flag}={values[flag]}" if flag in values
+               else f"a {served.name} model, to which --{flag} does not apply")
+      raise ValueError(f"--{flag}={value} contradicts the export {version_dir}, which "
+                       f"serves {shown}; drop the flag (the export's model is "
+                       "evaluated)")
+
+
 def check_same_model(export_root: str, config: ModelConfig,
                      spec: spec_lib.FeatureSpec) -> None:
   """A new version serves what the root's newest version serves: the same model, spec
@@ -164,28 +184,6 @@ def check_finite(features: Dict[str, tf.Tensor], spec: spec_lib.FeatureSpec
   return checked
 
 
-def check_task_names(tasks: Sequence[tasks_lib.Task]) -> None:
-  """Refuses label fields whose serving outputs would share a name (a task named
-  "purchase_given_click" beside purchase after click)."""
-  names = output_names(tasks)
-  clash = sorted({n for n in names if names.count(n) > 1})
-  if clash:
-    raise ValueError(f"label fields {[t.name for t in tasks]}: the serving output "
-                     f"{clash[0]!r} would name two outputs; rename a label")
-
-
-def output_names(tasks: Sequence[tasks_lib.Task]) -> List[str]:
-  """Every output `serving_outputs` may give, in the order a reader wants them:
-  "probability", each task's in spec order, then the codes (HMDN only)."""
-  names = ["probability"]
-  if len(tasks) > 1:
-    for t in tasks:
-      names += [f"probability_{t.name}"] + (
-          [f"probability_{t.given}"] if t.after is not None else [])
-  return names + ["codes"] + ([f"codes_{t.name}" for t in tasks] if len(tasks) > 1
-                              else [])
-
-
 def serving_outputs(out: Dict[str, tf.Tensor], tasks: Sequence[tasks_lib.Task]
                     ) -> Dict[str, tf.Tensor]:
   """The model's call outputs -> the signatures' (probabilities [batch]; codes
@@ -217,8 +215,7 @@ class ServingModule(tf.Module):
     super().__init__()
     self.model = model
     self._spec = spec
-    self._tasks = tasks_lib.tasks_of(spec)
-    check_task_names(self._tasks)
+    self._tasks = tasks_lib.tasks_of(spec)  # their output names: spec validation
     self.serve_examples = tf.function(
         self._serve_examples,
         input_signature=[tf.TensorSpec([None], tf.string, name="examples")])

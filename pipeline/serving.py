@@ -13,7 +13,6 @@ import tensorflow as tf
 
 from hmdn.features import spec as spec_lib
 from hmdn.features.fileio import jsonable
-from hmdn.models import tasks as tasks_lib
 from hmdn.pipeline import export, serving_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,10 +69,10 @@ def predict(saved_model: str, request_path: str) -> Dict:
 
 
 def ordered_outputs(out, spec: spec_lib.FeatureSpec) -> list:
-  """The output names of `out` as a reader wants them (`export.output_names`: each
+  """The output names of `out` as a reader wants them (`spec_lib.output_names`: each
   task's probabilities in spec order, then the codes), then the rest (classify's)
   by name: a signature's outputs come back in no set order."""
-  order = export.output_names(tasks_lib.tasks_of(spec))
+  order = spec_lib.output_names(spec)
   return sorted(out, key=lambda k: (order.index(k) if k in order else len(order), k))
 
 

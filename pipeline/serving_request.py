@@ -185,8 +185,21 @@ def _encodable(f: spec_lib.Feature, value: Any, i: int) -> None:
                            "valid Unicode text")
 
 
+def _unpadded(value: Any) -> Any:
+  """A list without its trailing "": TF Serving's row format needs a batch's lists
+  padded to one length, and "" is never a value, so one request serves both."""
+  if not isinstance(value, list):
+    return value
+  end = len(value)
+  while end and isinstance(value[end - 1], str) and value[end - 1] == "":
+    end -= 1
+  return value[:end]
+
+
 def _raw_value(spec: spec_lib.FeatureSpec, f: spec_lib.Feature, value: Any, i: int):
   """One JSON value of a predict instance, typed as the signature takes it."""
+  if f.kind in _LISTS:
+    value = _unpadded(value)
   if f.kind == spec_lib.NUMERIC:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       # As TF Serving for a float input: a JSON number, not a string or a boolean.

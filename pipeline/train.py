@@ -23,6 +23,7 @@ from hmdn.features import locks, options, ownership, preprocessed, run_directory
 from hmdn.features.fileio import write_json_atomic
 from hmdn.features.preprocessed import PreprocessedData
 from hmdn.features.run_directory import RunDirectory, RunMismatchError
+from hmdn.models import embedding
 from hmdn.models.ctr_model import CTRModel
 from hmdn.models.registry import ModelConfig
 from hmdn.models.tasks import tasks_of
@@ -165,6 +166,18 @@ def _compiled_model(config: TrainConfig, data_files: PreprocessedData,
   return model
 
 
+def _note_constant_numeric_fields(data_files: PreprocessedData) -> None:
+  """Names the standardized numeric fields that took one value in training: the model
+  learns nothing from them (they read 0 for any value), often a column blank or
+  defaulted throughout the training window."""
+  flat = [name for name, m in sorted(data_files.numeric_moments.items())
+          if embedding.has_no_spread(float(m["mean"]), float(m["std"]))]
+  if flat:
+    print(f"note: numeric field(s) {flat} took one value in the training rows (std 0): "
+          "they carry nothing the model can learn; check the column in the raw log",
+          flush=True)
+
+
 def _hint_lazy_adam(config: TrainConfig, model: CTRModel) -> None:
   """Points at --optimizer=lazy_adam when a table is large enough for it to pay."""
   largest = max(model.embeddings.num_ids.items(), key=lambda kv: kv[1],
@@ -266,6 +279,7 @@ def _train_held(config: TrainConfig, strategy: Optional[tf.distribute.Strategy],
   steps = _epoch_steps(config, data_files, strategy)
   if chief:
     hint_few_steps(config, data_files.rows(data.TRAIN), steps)
+    _note_constant_numeric_fields(data_files)
     replicas = strategy.num_replicas_in_sync
     print(f"training {config.model.name} with strategy {config.strategy!r} on "
           f"{replicas} replica{'s' * (replicas != 1)} ({_devices(strategy)}): global "

@@ -16,3 +16,4 @@ from hmdn.features.spec.kinds import (BUCKET, CATEGORICAL, COUNT_BUCKET, CROSS,
 from hmdn.features.spec.loading import (SPECS_DIR, load_spec, read_text, spec_from_dict,
                                         spec_from_yaml, write_text)
 from hmdn.features.spec.schema import Derived, Feature, FeatureSpec, HistoryGroup
+from hmdn.features.spec.validation import output_names

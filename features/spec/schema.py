@@ -203,7 +203,8 @@ class HistoryGroup:
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
-  """A validated, ordered set of features; the column order is the raw CSV's."""
+  """A validated, ordered set of features (the order of the model's inputs; a CSV's
+  columns are found by name)."""
   name: str
   features: Tuple[Feature, ...]
   source: str = "<memory>"

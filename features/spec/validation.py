@@ -2,7 +2,7 @@
 the file, the field and the offending value, so a wrong spec fails before any job runs."""
 import math
 import re
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -106,6 +106,7 @@ def validate(spec: "FeatureSpec") -> None:
   if not any(f.role == LABEL for f in spec.features):
     raise SpecError(f"{src}: the spec needs a field with role 'label' (one per task)")
   _validate_tasks(spec, src)
+  _validate_output_names(spec, src)
   _validate_oracles(spec, src)
   found = [f for f in spec.features if f.user_id]
   if len(found) > 1:
@@ -122,6 +123,40 @@ def validate(spec: "FeatureSpec") -> None:
                     "derived; give it a higher distribution_level")
   if not any(f.is_model_input for f in spec.features):
     raise SpecError(f"{src}: the spec has no model input (role 'feature')")
+
+
+def output_names(spec: "FeatureSpec") -> List[str]:
+  """The names of the serving outputs of a model of this spec, in the order a reader
+  wants them (pipeline/export.py `serving_outputs`): "probability"; with several
+  tasks each task's, and an after task's given its prerequisite, in spec order; then
+  "codes" (HMDN only) and each task's."""
+  labels = [f for f in spec.features if f.role == LABEL]
+  names = ["probability"]
+  if len(labels) > 1:
+    for f in labels:
+      names.append(f"probability_{f.name}")
+      if f.after:
+        names.append(f"probability_{f.name}_given_{f.after}")
+  return names + ["codes"] + ([f"codes_{f.name}" for f in labels]
+                              if len(labels) > 1 else [])
+
+
+def _validate_output_names(spec: "FeatureSpec", src: str) -> None:
+  """Every output has its own name, and no field takes one: evaluation holds the
+  fields it reads and the model's outputs as one table of columns, where a label
+  named "probability" would silently be read as the scores."""
+  outputs = output_names(spec)
+  clash = sorted({n for n in outputs if outputs.count(n) > 1})
+  if clash:
+    raise SpecError(f"{src}: label fields "
+                    f"{[f.name for f in spec.features if f.role == LABEL]}: the "
+                    f"serving output {clash[0]!r} would name two outputs; rename a "
+                    "label")
+  for f in spec.features:
+    if f.name in outputs:
+      raise SpecError(f"{src}: field {f.name!r}: the name of a model output "
+                      f"({', '.join(outputs)}); a field's name is its column in the "
+                      "raw log: rename that column")
 
 
 def _validate_tasks(spec: "FeatureSpec", src: str) -> None:

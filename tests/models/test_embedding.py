@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 import tensorflow as tf
 
 from hmdn.features import spec as spec_lib
+from hmdn.models import embedding
 from hmdn.models.embedding import FeatureEmbeddings
 
 SPEC = {"name": "t", "features": [
@@ -67,6 +68,21 @@ def test_numeric_is_standardized_with_training_moments(layer):
   out = layer(_batch(price=tf.constant([10.0, 12.0, 14.0])))["price"].numpy()
   # z = 0, 1, 2: a linear projection, so equal steps between the outputs.
   np.testing.assert_allclose(out[1] - out[0], out[2] - out[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("mean,std", [(30.0, 0.0), (30.0, 1e-7), (0.0, 0.0)])
+def test_a_numeric_field_without_spread_reads_zero_for_any_value(tmp_path, mean, std):
+  """One value in training (std 0, or round-off of it): the model never saw what
+  another value means, so every value reads as the training one (not as a z-score
+  over a tiny std, which made any other value extreme)."""
+  (tmp_path / "page.txt").write_text("home\n")
+  (tmp_path / "tags.txt").write_text("a\n")
+  layer = FeatureEmbeddings(SPEC, str(tmp_path),
+                            {"price": {"mean": mean, "std": std, "count": 5}})
+  out = layer(_batch(price=tf.constant([mean, mean + 1.0, mean - 1e6])))["price"]
+  np.testing.assert_array_equal(out, np.tile(layer._projection["price"].bias, [3, 1]))
+  assert embedding.has_no_spread(mean, std)
+  assert not embedding.has_no_spread(30.0, 0.5) and not embedding.has_no_spread(0.0, 1e-3)
 
 
 def test_missing_input_names_the_feature(layer):

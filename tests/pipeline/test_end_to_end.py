@@ -90,6 +90,16 @@ def test_evaluate_on_export_matches_run_metrics(run_dir, tmp_path):
   original = json.load(open(run_dir / "metrics.json"))
   assert abs(again["auc"] - original["auc"]) < 1e-6
   assert again["per_distribution"].keys() == original["per_distribution"].keys()
+  # The export fixes the model: a model flag it does not serve, or a run directory
+  # beside it, would be ignored; each is refused in one line.
+  for extra, expected in [
+      ("--model=moe", "--model=moe contradicts the export"),
+      (f"--model_dir={run_dir / 'model'}", "evaluate reads one model; give one of them")]:
+    proc = hmdn("evaluate", f"--data_dir={run_dir / 'data'}",
+                f"--saved_model={run_dir / 'export'}", extra, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert expected in last and "Traceback" not in proc.stderr
 
 
 def test_run_on_users_own_csv_with_bad_rows(tmp_path):
@@ -130,6 +140,13 @@ def test_run_on_users_own_csv_with_bad_rows(tmp_path):
      "--learning_rate=nan"),
     (["train", "--data_dir=/nonexistent", "--model_dir=/tmp/x", "--learning_rate=-1"],
      "--learning_rate=-1.0"),
+    (["preprocess", "--spec=movielens_100k", "--raw=/nonexistent", "--source=movielens",
+      "--data_dir=/tmp/x", "--split_time_field=timestamp", "--split_time_cutoff=9",
+      "--eval_fraction=0.05"],
+     "--eval_fraction=0.05 and --split_time_cutoff=9.0 contradict: the cutoff sets"),
+    (["run", "--split_time_field=ts", "--split_time_quantile=0.9", "--eval_fraction=0.1",
+      "--rows=100"],
+     "--eval_fraction=0.1 and --split_time_quantile=0.9 contradict: the quantile sets"),
 ])
 def test_bad_input_is_one_clear_line(args, expected, tmp_path):
   if args[0] == "run" and not any(a.startswith("--output_dir") for a in args):

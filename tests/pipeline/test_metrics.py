@@ -3,8 +3,10 @@ import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from hmdn.pipeline import metrics
+from hmdn.features import spec as spec_lib
+from hmdn.pipeline import data, evaluate, metrics
 
 
 def _pair_auc(labels, scores):
@@ -273,3 +275,31 @@ def test_a_long_per_value_table_shows_the_largest_and_worst_and_sums_up_the_rest
   assert lines[12].endswith("(20 with one class only: AUC undefined)")
   assert lines[13].split()[:2] == ["scenario", "a"]
   assert sum("nan" in l for l in lines) == 0
+
+
+def test_evaluation_reads_a_user_id_passthrough_once(tmp_path, monkeypatch):
+  """A user_id kept as a categorical passthrough (GAUC by user without a user
+  embedding) is both a breakdown column and the GAUC key: one column, one per row."""
+  spec = spec_lib.spec_from_dict({"name": "u", "features": [
+      {"name": "click", "kind": "numeric", "role": "label"},
+      {"name": "user", "kind": "categorical", "role": "passthrough", "user_id": True},
+      {"name": "x", "kind": "categorical"}]})
+  rows = [(1.0, b"u1"), (0.0, b"u1"), (1.0, b"u2"), (0.0, b"u2"), (0.0, b"u3")]
+  path = str(tmp_path / "eval.tfrecord.gz")
+  with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+    for click, user in rows:
+      writer.write(tf.train.Example(features=tf.train.Features(feature={
+          "click": tf.train.Feature(float_list=tf.train.FloatList(value=[click])),
+          "user": tf.train.Feature(bytes_list=tf.train.BytesList(value=[user])),
+          "x": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"a"]))})
+      ).SerializeToString())
+  monkeypatch.setattr(data, "files_of", lambda data_dir, split: [path])
+  scores = np.array([0.9, 0.1, 0.2, 0.8, 0.5], np.float32)
+  columns = evaluate.collect(
+      lambda serialized: {"probability": tf.constant(scores[:len(serialized)])},
+      str(tmp_path), spec)
+  assert list(columns["user"]) == [u for _, u in rows]
+  np.testing.assert_array_equal(columns["probability"], scores)
+  # u1 ranks its rows right, u2 wrong, u3 has one class: (2 * 1 + 2 * 0) / 4
+  assert metrics.gauc(columns["click"], columns["probability"],
+                      columns["user"]) == pytest.approx(0.5)

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from hmdn.features.preprocessed import EVAL, TRAIN, PreprocessedData
-from hmdn.models import tasks as tasks_lib
+from hmdn.features import spec as spec_lib
 from hmdn.models.registry import ModelConfig
 from hmdn.pipeline import code_report, data, evaluate, export, metrics, serving
 from hmdn.pipeline import serving_request
@@ -177,7 +177,7 @@ def test_hmdn_predict_lists_each_task_per_instance(exported, tmp_path):
     predictions = json.loads(proc.stdout.splitlines()[-1])["predictions"]
     assert len(predictions) == len(rows)
     # Every instance names every output, the probabilities first in spec order.
-    order = [k for k in export.output_names(tasks_lib.tasks_of(spec)) if k in want]
+    order = [k for k in spec_lib.output_names(spec) if k in want]
     assert all(list(p) == order for p in predictions), list(predictions[0])
     assert list(predictions[0])[:4] == list(PROBABILITIES)
     _assert_outputs_equal({k: [p[k] for p in predictions] for k in want}, want)
@@ -267,11 +267,17 @@ def test_the_code_report_scores_each_task_against_the_task(exported, two_task_da
 
 
 def test_task_names_whose_outputs_collide_are_refused():
-  tasks = [tasks_lib.Task("click", 0), tasks_lib.Task("purchase", 1, 0, "click"),
-           tasks_lib.Task("purchase_given_click", 2)]
-  with pytest.raises(ValueError, match="'probability_purchase_given_click' would name"):
-    export.check_task_names(tasks)
-  export.check_task_names(tasks[:2])
+  labels = [{"name": "click", "kind": "numeric", "role": "label"},
+            {"name": "purchase", "kind": "numeric", "role": "label", "after": "click"}]
+  features = [{"name": "x", "kind": "categorical"}]
+  spec = spec_lib.spec_from_dict({"name": "t", "features": labels + features})
+  assert spec_lib.output_names(spec) == [
+      "probability", "probability_click", "probability_purchase",
+      "probability_purchase_given_click", "codes", "codes_click", "codes_purchase"]
+  clash = {"name": "purchase_given_click", "kind": "numeric", "role": "label"}
+  with pytest.raises(spec_lib.SpecError,
+                     match="'probability_purchase_given_click' would name two"):
+    spec_lib.spec_from_dict({"name": "t", "features": labels + [clash] + features})
   assert code_report.has_task_codes({"codes_click": 0, "codes_purchase": 0},
                                     ["click", "purchase"])
   assert not code_report.has_task_codes({"codes_click": 0}, ["click"])

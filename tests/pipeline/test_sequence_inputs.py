@@ -125,7 +125,8 @@ def test_a_row_scores_the_same_alone_and_beside_a_max_length_history(module):
      r"instances\[0\]: field 'hist' position 1: \{'id': 1\} is not a categorical"),
     (dict(hist=["a", "b", float("nan")]),
      r"instances\[0\]: field 'hist' position 2: nan is not a categorical value"),
-    (dict(hist=["a", ""]), r"instances\[0\]: field 'hist' position 1: empty value"),
+    (dict(hist=["a", "", "b"]), r"instances\[0\]: field 'hist' position 1: empty value"),
+    (dict(hist=["", "a"]), r"instances\[0\]: field 'hist' position 0: empty value"),
     (dict(hist=[None]), r"instances\[0\]: field 'hist' position 0: None is not"),
     (dict(hist=[["a"]]), r"instances\[0\]: field 'hist' position 0: \['a'\] is not"),
     (dict(hist="a|b"), r"instances\[0\]: feature 'hist' must be a list of values"),
@@ -151,6 +152,19 @@ def test_good_requests_pad_lists_and_take_missing_as_empty():
       {"user_id": "u", "item_id": "i", "hist": [1, 2]}])
   assert tensors["hist"].tolist() == [["a", "b", "c", "d"], ["1", "2", "", ""]]
   assert tensors["clicked"].shape == (2, 1) and tensors["clicked"].tolist() == [[""], [""]]
+
+
+def test_a_request_padded_for_tf_serving_is_the_same_request():
+  """TF Serving's row format pads a batch's lists with "" to one length; hmdn predict
+  takes that request as it takes the unpadded one."""
+  rows = [{"user_id": "u", "item_id": "i", "hist": ["a", "b", "c"]},
+          {"user_id": "u", "item_id": "i", "hist": []}]
+  padded = [dict(rows[0]), dict(rows[1], hist=["", "", ""])]
+  plain = serving_request.tensors_from_instances(SPEC, rows)
+  again = serving_request.tensors_from_instances(SPEC, padded)
+  assert plain.keys() == again.keys()
+  for name in plain:
+    np.testing.assert_array_equal(plain[name], again[name])
 
 
 def test_examples_with_sequences_are_checked():

@@ -219,3 +219,20 @@ def test_unsafe_or_unusable_field_names_are_rejected(name):
 @pytest.mark.parametrize("name", ["101", "109_14", "D508", "item_id", "x" * 128])
 def test_usual_field_names_are_accepted(name):
   assert name in _spec(BASE + [{"name": name, "kind": "categorical"}]).names
+
+
+@pytest.mark.parametrize("name,role", [("probability", "label"), ("codes", "passthrough"),
+                                       ("probability", "feature")])
+def test_a_field_named_like_a_model_output_is_refused(name, role):
+  """Evaluation reads fields and outputs as one table: a label named "probability"
+  would be scored against itself."""
+  features = [f for f in BASE if f["name"] != name] + [
+      {"name": name, "kind": "numeric" if role == "label" else "categorical",
+       "role": role}]
+  if role == "label":  # the only label
+    features = [f for f in features if f.get("role") != "label" or f["name"] == name]
+  with pytest.raises(spec_lib.SpecError,
+                     match=f"field '{name}': the name of a model output"):
+    _spec(features)
+  assert "probability_ctr" in _spec(BASE + [
+      {"name": "probability_ctr", "kind": "numeric"}]).names  # one task: no such output
