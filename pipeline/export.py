@@ -90,7 +90,9 @@ def check_data(version_dir: str, data_dir: str) -> None:
         f"--data_dir={data_dir} holds data of the spec {data_files.spec.name!r} "
         f"(fingerprint {spec_fingerprint(data_files.spec)}), not of the spec "
         f"{exported.name!r} the export {version_dir} was trained with (fingerprint "
-        f"{spec_fingerprint(exported)}); evaluate it on data of its own spec")
+        f"{spec_fingerprint(exported)}; "
+        f"{exported.difference(data_files.spec, ('the export', 'the data'))}); "
+        "evaluate it on data of its own spec")
 
 
 def check_model_flags(version_dir: str, given: Dict[str, object]) -> None:

@@ -153,7 +153,10 @@ def normalized_mutual_information(a: Sequence, b: Sequence) -> float:
   mi = float((joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz])).sum())
   ha = float(-(pa[pa > 0] * np.log(pa[pa > 0])).sum())
   hb = float(-(pb[pb > 0] * np.log(pb[pb > 0])).sum())
-  return mi / np.sqrt(ha * hb) if ha > 0 and hb > 0 else 0.0
+  if not (ha > 0 and hb > 0):
+    return 0.0
+  # Independent columns give I = 0 up to float round-off (-1e-17): held to [0, 1].
+  return float(min(max(mi / np.sqrt(ha * hb), 0.0), 1.0))
 
 
 def code_usage(codes: np.ndarray, codebook_size: int) -> Dict[str, float]:

@@ -377,6 +377,26 @@ class FeatureSpec:
       out.append(d)
     return {"name": self.name, "features": out}
 
+  def difference(self, other: "FeatureSpec",
+                 labels: Tuple[str, str] = ("this spec", "the other")) -> str:
+    """The first way `other` differs from this spec, for an error that says what: a
+    field only in one, a field's first differing key, the fields' order, the name
+    ("" if none); `labels` name the two specs in the sentence."""
+    mine = {f["name"]: f for f in self.to_dict()["features"]}
+    theirs = {f["name"]: f for f in other.to_dict()["features"]}
+    for name in list(mine) + [n for n in theirs if n not in mine]:
+      if name not in theirs or name not in mine:
+        return f"field {name!r} is only in {labels[0] if name in mine else labels[1]}"
+      for key in sorted(set(mine[name]) | set(theirs[name])):
+        if mine[name].get(key) != theirs[name].get(key):
+          return (f"field {name!r}: {key} {mine[name].get(key)!r} in {labels[0]}, "
+                  f"{theirs[name].get(key)!r} in {labels[1]}")
+    if list(mine) != list(theirs):
+      return f"the fields' order: {list(mine)} in {labels[0]}, {list(theirs)} in {labels[1]}"
+    if self.name != other.name:
+      return f"the name: {self.name!r} in {labels[0]}, {other.name!r} in {labels[1]}"
+    return ""
+
   def save(self, path: str) -> None:
     """The spec as YAML, written atomically (a run directory or an export holds it)."""
     write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -122,6 +122,15 @@ def test_nmi_is_one_for_identical_labelings_up_to_renaming():
   assert metrics.normalized_mutual_information(a, renamed) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("n,m", [(3, 6), (5, 5), (5, 11), (7, 4)])
+def test_nmi_of_exactly_independent_labelings_is_never_negative(n, m):
+  """A full product of two labelings has I = 0; its round-off (-1.4e-16 for 5 x 5)
+  printed as "-0.00" in the evaluation table."""
+  value = metrics.normalized_mutual_information(np.repeat(np.arange(n), m),
+                                                np.tile(np.arange(m), n))
+  assert 0.0 <= value < 1e-12 and f"{value:.2f}" == "0.00"
+
+
 def test_nmi_near_zero_for_independent_labelings():
   rng = _rng(8)
   a = rng.integers(0, 4, 200_000)

@@ -356,3 +356,26 @@ def test_shipped_source_specs_load(name):
   assert spec.label.name == "click"
   assert spec.distribution_fields and not spec.distribution_fields[0].is_derived
   assert any(f.derived.kind == spec_lib.COUNT_BUCKET for f in spec.derived_fields)
+
+
+def test_difference_names_what_differs_between_two_specs():
+  """A refused data directory says how its spec differs, not only two fingerprints
+  (two specs of one name looked alike in the error)."""
+  base = {"name": "s", "features": [{"name": "click", "kind": "numeric", "role": "label"},
+                                     {"name": "price", "kind": "numeric"},
+                                     {"name": "page", "kind": "categorical"}]}
+  a = spec_lib.spec_from_dict(base)
+  assert a.difference(spec_lib.spec_from_dict(base)) == ""
+  kinds = dict(base, features=base["features"][:1] + [
+      {"name": "price", "kind": "categorical"}, base["features"][2]])
+  assert a.difference(spec_lib.spec_from_dict(kinds), ("the export", "the data")) == (
+      "field 'price': kind 'numeric' in the export, 'categorical' in the data")
+  fewer = dict(base, features=base["features"][:2])
+  assert a.difference(spec_lib.spec_from_dict(fewer)) == (
+      "field 'page' is only in this spec")
+  assert spec_lib.spec_from_dict(fewer).difference(a) == "field 'page' is only in the other"
+  dims = dict(base, features=base["features"][:2] + [
+      {"name": "page", "kind": "categorical", "embedding_dim": 4}])
+  assert "field 'page': embedding_dim" in a.difference(spec_lib.spec_from_dict(dims))
+  assert a.difference(spec_lib.spec_from_dict(dict(base, name="t"))) == (
+      "the name: 's' in this spec, 't' in the other")
