@@ -153,6 +153,20 @@ class RunDirectory:
           f"read ({first}): it is truncated or corrupt; pass --overwrite to start the "
           "run again") from None
 
+  def backup_steps_done(self) -> int:
+    """The optimizer steps the unfinished run's backup holds (0 without one): where a
+    resumed run's input must continue, as Keras restores the step but not the data."""
+    import tensorflow as tf  # features stays TF-free on import
+    latest = tf.train.latest_checkpoint(self.path(self.BACKUP_DIR, "chief"))
+    if latest is None:
+      return 0
+    reader = tf.train.load_checkpoint(latest)
+    # model/optimizer/_iterations (or .../inner_optimizer/... under loss scaling)
+    keys = sorted((k for k in reader.get_variable_to_shape_map()
+                   if k.startswith("model/optimizer/")
+                   and k.endswith("/_iterations/.ATTRIBUTES/VARIABLE_VALUE")), key=len)
+    return int(reader.get_tensor(keys[0])) if keys else 0
+
   def record(self) -> Dict[str, Any]:
     if not self.has_run():
       raise FileNotFoundError(

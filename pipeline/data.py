@@ -257,7 +257,7 @@ def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
                  batch_size: int, training: bool, seed: int = 0,
                  input_context: Optional[tf.distribute.InputContext] = None,
                  shuffle_window: int = SHUFFLE_WINDOW_RECORDS, cache: bool = False,
-                 deterministic: bool = False) -> tf.data.Dataset:
+                 deterministic: bool = False, skip_batches: int = 0) -> tf.data.Dataset:
   """(features, label) batches. Training: shuffled, repeated, full batches only.
 
   `batch_size` is the batch of this input pipeline (per worker when an input_context
@@ -267,7 +267,9 @@ def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
   more reading or decompression, and each epoch is a uniform shuffle of the whole
   split. Training reads blocks in whatever order the parallel readers finish (an
   epoch's records, never the next epoch's), unless `deterministic`: then the same seed
-  gives the same batches.
+  gives the same batches. `skip_batches` (training) starts after that many batches of
+  the repeated stream, before they are parsed: a resumed run continues where its
+  backup stopped, in the epoch and the shuffle order it was in.
   """
   if shuffle_window < 1:
     raise ValueError(f"shuffle_window={shuffle_window!r}: expected an integer >= 1")
@@ -289,6 +291,8 @@ def make_dataset(data_dir: DataDir, split: str, spec: spec_lib.FeatureSpec,
     ds = _cached_epochs(ds, batch_size, seed)
   else:
     ds = shuffled_windows(ds, batch_size, shuffle_window, seed)
+  if training and skip_batches:
+    ds = ds.skip(skip_batches)
   # Batches keep their order (only the reading is unordered): an unordered parse could
   # hand out the next epoch's first batch before this epoch's last one.
   ds = ds.map(lambda s: split_label(

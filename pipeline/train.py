@@ -117,9 +117,11 @@ def _epoch_steps(config: TrainConfig, data_files: PreprocessedData,
   return steps
 
 
-def _train_input(config: TrainConfig, data_files: PreprocessedData, is_ps: bool):
+def _train_input(config: TrainConfig, data_files: PreprocessedData, is_ps: bool,
+                 skip_batches: int = 0):
   """The training split, batched per replica (a DatasetCreator under parameter-server
-  training, which builds it on each worker)."""
+  training, which builds it on each worker), after `skip_batches` batches (those a
+  resumed run's backup has trained)."""
   def dataset_fn(input_context: Optional[tf.distribute.InputContext] = None):
     batch = (input_context.get_per_replica_batch_size(config.batch_size)
              if input_context is not None else config.batch_size)
@@ -127,7 +129,8 @@ def _train_input(config: TrainConfig, data_files: PreprocessedData, is_ps: bool)
                              training=True, seed=config.seed,
                              input_context=input_context, cache=config.cache_input,
                              shuffle_window=config.shuffle_window,
-                             deterministic=config.deterministic)
+                             deterministic=config.deterministic,
+                             skip_batches=skip_batches)
 
   if is_ps:
     return tf.keras.utils.experimental.DatasetCreator(dataset_fn)
@@ -288,7 +291,18 @@ def _train_held(config: TrainConfig, strategy: Optional[tf.distribute.Strategy],
   if chief and not resume:
     run.write_record(run_directory.run_record(config, fingerprints))
   is_ps = isinstance(strategy, tf.distribute.ParameterServerStrategy)
-  train_input = _train_input(config, data_files, is_ps)
+  # Keras restores a resumed run's step, not its input: the input skips the batches
+  # trained before (each step reads one batch on every worker). Parameter-server
+  # workers each read their own stream, with no step of their own to continue from.
+  done = run.backup_steps_done() if resume and not is_ps else 0
+  if chief and done:
+    print(f"resuming: the input continues after the {done:,} batches the backup has "
+          "trained (read again, not trained)", flush=True)
+  elif chief and resume and is_ps:
+    print("note: under parameter-server training a resumed run's input starts its "
+          "data again (the backup holds the step, not each worker's position)",
+          flush=True)
+  train_input = _train_input(config, data_files, is_ps, skip_batches=done)
   model = _compiled_model(config, data_files, strategy, steps)
   if chief:
     _hint_lazy_adam(config, model)

@@ -101,6 +101,26 @@ def test_training_batches_parse_like_evaluation(planted_data_dir, cache):
     assert all_labels.sum() - remainder <= labels.sum() <= all_labels.sum()
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_skipped_batches_continue_the_stream_across_epochs(planted_data_dir, cache):
+  """A resumed run's input (`skip_batches`) gives exactly the batches an uninterrupted
+  run reads after that many: the rest of the epoch, then the next epochs in their own
+  shuffle order (the input was rebuilt from its first batch before)."""
+  files = PreprocessedData(planted_data_dir)
+  steps = files.rows(TRAIN) // BATCH
+  skip = steps + steps // 2  # mid-way through the second epoch
+
+  def labels(skip_batches, count):
+    ds = data.make_dataset(files, TRAIN, files.spec, BATCH, training=True, seed=3,
+                           cache=cache, deterministic=True, skip_batches=skip_batches)
+    return [label.numpy() for _, label in ds.take(count)]
+
+  whole = labels(0, skip + steps)
+  resumed = labels(skip, steps)
+  np.testing.assert_array_equal(np.stack(resumed), np.stack(whole[skip:]))
+  assert not np.array_equal(np.stack(labels(0, steps)), np.stack(resumed))
+
+
 def _rows(features, label):
   """Each example of a parsed batch as a hashable tuple of its values."""
   columns = [label.numpy().tolist()] + [

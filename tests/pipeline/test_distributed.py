@@ -3,6 +3,7 @@ and restarted), ParameterServer with a chief, 2 workers and 2 PS (embedding tabl
 sharded), and a training process killed with SIGKILL that resumes from its backup."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -195,6 +196,10 @@ def test_killed_training_resumes_from_backup(planted_data_dir, tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "took over the stale lock" in resumed.stderr  # the killed process's lock
   assert "epoch 1/3" not in resumed.stdout + resumed.stderr  # resumed, not restarted
+  # The input continues after the batches the backup trained (Keras restores the step
+  # only: the input started again from its first batch).
+  done = re.search(r"\((\d+) steps done\)", resumed.stdout).group(1)
+  assert f"the input continues after the {int(done):,} batches" in resumed.stdout
   summary = json.load(open(os.path.join(model_dir, "train_summary.json")))
   assert abs(summary["final"]["auc"] - reference["final"]["auc"]) < 0.02
   # The summary covers the epochs before the kill too, and best (= final) is the best
