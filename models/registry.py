@@ -195,6 +195,21 @@ class ModelConfig:
                        f"tasks ({names}) have none: use --model=dnn")
     return self
 
+  def check_sequences(self, spec) -> "ModelConfig":
+    """The sequence options apply to a spec with sequence fields: one set away from
+    its default on a spec without any (recorded, and ignored) is refused in one line;
+    returns self."""
+    if spec.sequence_fields:
+      return self
+    defaults = ModelConfig()
+    for name in ("sequence_pooling", "din_normalization", "din_units"):
+      value = getattr(self, name)
+      if value != getattr(defaults, name):
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        raise ValueError(f"--{name}={shown} does not apply: spec {spec.name!r} has no "
+                         "sequence field")
+    return self
+
   def validate(self) -> "ModelConfig":
     """The declared rules (`features.options.validate`), then what spans fields;
     raises ValueError naming the flag and the value; returns self."""

@@ -23,6 +23,7 @@ e.g. `hmdn_moe:num_levels=6:extraction=explicit`; list values are joined by `|`
 apply to every model of the list, under each variant's own overrides.
 """
 import dataclasses
+import json
 import os
 import time
 from typing import Dict, List, Sequence, Tuple
@@ -39,7 +40,7 @@ from hmdn.models.tasks import tasks_of
 from hmdn.pipeline import callbacks, evaluate, metrics, run_length, train
 from hmdn.pipeline.compare_report import (depth_table, markdown, paired_deltas,
                                           plots, task_names)
-from hmdn.pipeline.variants import file_name, is_hmdn, option_text, parse_variant
+from hmdn.pipeline.variants import file_name, is_hmdn, parse_variant
 
 @dataclasses.dataclass
 class CompareConfig:
@@ -177,13 +178,15 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
   if repeated:
     raise ValueError(f"--seeds={','.join(map(str, seeds))}: seed {repeated[0]} is listed "
                      "twice (one run counted twice; its spread would be understated)")
-  variants: Dict[Tuple, str] = {}
-  for label in labels:  # the same model written twice, in any spelling
-    name, overrides = parse_variant(label)
-    key = (name, tuple(sorted((k, option_text(v)) for k, v in overrides.items())))
+  variants: Dict[str, str] = {}
+  for label in labels:  # the same model twice, in any spelling (an option at its
+    # default, in another order, one that does not apply): its runs would be reported
+    # as two models, each paired with the other
+    resolved = run_config(base, label, seeds[0] if seeds else 0, report_dir).model
+    key = json.dumps(options.to_record(resolved), sort_keys=True, default=str)
     if key in variants:
       raise ValueError(f"--models: {label!r} is the same model as {variants[key]!r} "
-                       "(listed twice)")
+                       "(its options resolve to the same config; listed twice)")
     variants[key] = label
   CompareConfig(report_dir, ",".join(labels), tuple(seeds)).validate()
   data = PreprocessedData(base.data_dir).check_complete()
@@ -196,7 +199,7 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
   callbacks.check_select_by(base.select_by, tasks_of(data.spec))
   for label in labels:  # every bad model or option fails before the first run
     config = run_config(base, label, seeds[0], report_dir)
-    config.model.validate().check_tasks(tasks_of(data.spec))
+    config.model.validate().check_tasks(tasks_of(data.spec)).check_sequences(data.spec)
     run_length.check_quantizer_starts(config, steps)
   with locks.held(report_dir, "--report_dir"):
     claim_report(report_dir, base.overwrite)

@@ -242,7 +242,7 @@ def train(config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None
   config.model.validate()
   data_files = PreprocessedData(config.data_dir).check_complete()
   callbacks_lib.check_select_by(config.select_by, tasks_of(data_files.spec))
-  config.model.check_tasks(tasks_of(data_files.spec))
+  config.model.check_tasks(tasks_of(data_files.spec)).check_sequences(data_files.spec)
   run = RunDirectory(config.model_dir)
   chief = strategies.is_chief()
   if not chief:

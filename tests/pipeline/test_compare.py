@@ -156,6 +156,9 @@ def test_a_variant_that_would_never_quantize_is_refused_before_any_run(
       "hmdn_moe:extraction=explicit:num_levels=2"], [0],
      "'hmdn_moe:extraction=explicit:num_levels=2' is the same model as"),
     (["moe", "moe"], [0], "'moe' is the same model as 'moe'"),
+    # an option at its default
+    (["hmdn_moe", "hmdn_moe:num_levels=4"], [0],
+     "'hmdn_moe:num_levels=4' is the same model as 'hmdn_moe'"),
 ])
 def test_repeated_seeds_and_models_are_refused_before_any_run(tmp_path, models, seeds,
                                                              message):

@@ -339,6 +339,10 @@ def test_task_options_the_labels_cannot_use_are_refused_before_any_work(trained,
        "--task_tower_units=16,8 does not apply: the spec has one task"),
       (ModelConfig.of(name="hmdn_moe", task_dim=4), "--task_dim=4 does not apply"),
       (ModelConfig(name="esmm"), "--model=esmm: ESMM models a task observed after"),
+      # the spec has no sequence: a pooling other than the default would be ignored
+      (ModelConfig.of(name="hmdn_moe", sequence_pooling="mean"),
+       "--sequence_pooling=mean does not apply: spec "),
+      (ModelConfig.of(name="dnn", din_units=[8]), "--din_units=8 does not apply"),
   ):
     model_dir = tmp_path / model.name
     with pytest.raises(ValueError, match=re.escape(match)):
@@ -349,6 +353,10 @@ def test_task_options_the_labels_cannot_use_are_refused_before_any_work(trained,
     compare.run(train.TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "r"),
                                   epochs=1, steps_per_epoch=1),
                 ["moe", "dnn:cvr_loss=both"], [0], str(tmp_path / "report"))
+  with pytest.raises(ValueError, match=re.escape("--sequence_pooling=none does not")):
+    compare.run(train.TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "r"),
+                                  epochs=1, steps_per_epoch=1),
+                ["moe", "moe:sequence_pooling=none"], [0], str(tmp_path / "report"))
   assert not (tmp_path / "report").exists()
 
 
