@@ -44,10 +44,22 @@ def _import_tensorflow_without_native_banner() -> None:
       os.close(saved)
 
 
+# absl WARNING lines of TensorFlow's that say nothing to a user: a spec's field names
+# that are not Python identifiers (Ali-CCP's "101", "121", ...) are the signatures'
+# input names as they should be; only tf.function's Python arguments are renamed.
+ABSL_NOISE = ("is not a valid tf.function parameter name",)
+
+
+class _DropMessages(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not any(noise in str(record.msg) for noise in ABSL_NOISE)
+
+
 def silence_libraries(argv: Sequence[str]) -> None:
   """Call before anything imports TensorFlow (the CLI does it first)."""
   if wants_library_logs(argv):
     return
+  logging.getLogger("absl").addFilter(_DropMessages())
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   quiet.silence(quiet.LIBRARIES)
   warnings.filterwarnings("ignore", category=DeprecationWarning)

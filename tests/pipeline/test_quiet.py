@@ -77,3 +77,18 @@ def test_stderr_lines_pass_while_the_beam_block_runs_and_noise_does_not(capfd):
   assert seen.endswith("a last line without newline"), seen
   os.write(2, b"after\n")  # stderr is back to the real one
   assert capfd.readouterr().err == "after\n"
+
+
+def test_tf_function_renaming_numeric_field_names_is_not_printed():
+  """Ali-CCP's field names ("101", "121", ...) are valid signature inputs; TensorFlow's
+  absl warning that it renames tf.function's Python arguments says nothing to a user."""
+  code = ("import sys; from hmdn.pipeline import quiet; quiet.silence_libraries(sys.argv);"
+          "import tensorflow; from absl import logging;"
+          "logging.use_absl_handler(); logging.set_verbosity(logging.WARNING);"
+          "logging.warning('`121` is not a valid tf.function parameter name. Sanitizing');"
+          "logging.warning('a warning of our own')")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        cwd=REPO, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "a warning of our own" in proc.stderr
+  assert "not a valid tf.function parameter name" not in proc.stderr
