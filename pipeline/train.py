@@ -374,6 +374,7 @@ def _write_summary(run, config, strategy, model, evaluation, data_files) -> None
              "sharded_embeddings": _sharded_tables(model)}
   if "tasks" in final:
     summary["select_by"] = config.select_by
+    summary["select_by_per_epoch"] = scores  # what best_epoch is the highest of
     summary["eval_auc_per_epoch_by_task"] = {
         name: [callbacks_lib.task_aucs(h).get(name) for h in history]
         for name in callbacks_lib.task_aucs(history[-1] if history else {})}

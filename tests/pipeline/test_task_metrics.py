@@ -181,6 +181,7 @@ def test_history_epoch_line_tensorboard_and_summary_hold_every_task(trained):
   assert summary["select_by"] == "purchase_cvr"
   assert summary["eval_auc_per_epoch_by_task"]["purchase_cvr"] == cvr
   assert summary["best_epoch"] == 1 + int(np.argmax(cvr))
+  assert summary["select_by_per_epoch"] == cvr  # beside eval_auc_per_epoch (clicks)
   assert set(summary["final"]["tasks"]) == {"click", "purchase", "purchase_cvr"}
 
 
