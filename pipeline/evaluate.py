@@ -278,9 +278,16 @@ def task_lines(result: Dict) -> List[str]:
           for name, m in task_results(result).items()]
 
 
+def _extra(key: str, value: float) -> str:
+  """"gauc 0.7123", or why there is none: GAUC averages the users whose eval rows hold
+  both a click and a non-click."""
+  if key == "gauc" and value != value:  # NaN
+    return "gauc none (no user has both classes in the eval rows)"
+  return f"{key.replace('_', ' ')} {value:.4f}"
+
+
 def _task_line(name: str, rows: str, m: Dict) -> str:
-  extras = "".join(f"  {k.replace('_', ' ')} {m[k]:.4f}" for k in ("gauc", "oracle_auc")
-                   if k in m)
+  extras = "".join(f"  {_extra(k, m[k])}" for k in ("gauc", "oracle_auc") if k in m)
   return (f"task {name:<16} {m['rows_eval']:>8d} rows ({rows}) rate {m['ctr_eval']:.4f}"
           f"  AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}{extras}")
 
@@ -293,7 +300,7 @@ def format_table(result: Dict) -> str:
     lines += _field_lines(field, values)
   lines.append(f"{'overall':<14} {'':<14} {result['rows_eval']:>8d} "
                f"{result['ctr_eval']:>7.4f} {result['auc']:>7.4f} {result['logloss']:>8.4f}")
-  extras = [f"{k} {result[k]:.4f}" for k in ("gauc", "oracle_auc") if k in result]
+  extras = [_extra(k, result[k]) for k in ("gauc", "oracle_auc") if k in result]
   if extras:  # the oracle AUC (true click probabilities) is the ceiling for any model
     lines.append("  ".join(extras))
   for name, usage in result.get("codes", {}).items():

@@ -312,3 +312,13 @@ def test_evaluation_reads_a_user_id_passthrough_once(tmp_path, monkeypatch):
   # u1 ranks its rows right, u2 wrong, u3 has one class: (2 * 1 + 2 * 0) / 4
   assert metrics.gauc(columns["click"], columns["probability"],
                       columns["user"]) == pytest.approx(0.5)
+
+
+def test_a_gauc_without_any_user_of_both_classes_says_why():
+  result = {"per_distribution": {}, "rows_eval": 4, "ctr_eval": 0.5, "auc": 0.7,
+            "logloss": 0.3, "gauc": metrics.gauc([1, 1, 0, 0], [0.9, 0.2, 0.3, 0.4],
+                                                 ["u1", "u1", "u2", "u2"])}
+  assert evaluate.format_table(result).splitlines()[-1] == (
+      "gauc none (no user has both classes in the eval rows)")
+  result["gauc"] = 0.61234
+  assert evaluate.format_table(result).splitlines()[-1] == "gauc 0.6123"
