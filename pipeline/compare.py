@@ -179,9 +179,9 @@ def run(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str,
     raise ValueError(f"--seeds={','.join(map(str, seeds))}: seed {repeated[0]} is listed "
                      "twice (one run counted twice; its spread would be understated)")
   variants: Dict[str, str] = {}
-  for label in labels:  # the same model twice, in any spelling (an option at its
-    # default, in another order, one that does not apply): its runs would be reported
-    # as two models, each paired with the other
+  for label in labels:  # the same model twice, in any spelling (options in another
+    # order, one at its default): its runs would be reported as two models, each
+    # paired with the other
     resolved = run_config(base, label, seeds[0] if seeds else 0, report_dir).model
     key = json.dumps(options.to_record(resolved), sort_keys=True, default=str)
     if key in variants:
