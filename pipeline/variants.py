@@ -37,8 +37,14 @@ def parse_variant(text: str) -> Tuple[str, Dict[str, Any]]:
       else:
         typed = type(current)(value)
     except ValueError:
+      if isinstance(current, (list, tuple)):
+        what = (f"list of {type(current[0]).__name__} values joined by '|'"
+                if current else "list of values joined by '|'")
+        example = "|".join(map(str, current)) or "a|b"
+        raise ValueError(f"--models: {key}={value!r} in {text!r} is not a {what} "
+                         f"(the default: {key}={example})") from None
       raise ValueError(f"--models: {key}={value!r} in {text!r} is not a "
-                       f"{type(current).__name__}")
+                       f"{type(current).__name__}") from None
     overrides[key] = typed
   config = options.with_values(ModelConfig(name=name), overrides).validate()
   try:

@@ -23,6 +23,8 @@ def test_variants_are_parsed_and_typed_like_their_config_fields():
     ("hmdn_moe:num_levels", r"is not key=value"),
     ("hmdn_moe:num_levels=six", r"num_levels='six' .* is not a int"),
     ("hmdn_moe:shared_codebook=maybe", r"is not a bool"),
+    ("hmdn_moe:view_units=16.0", r"view_units='16.0' .* is not a list of int values "
+     r"joined by '\|' \(the default: view_units=64\)"),
     ("no_such_model", r"--model='no_such_model': expected one of"),
     ("hmdn_moe:seed=3", r"is not key=value of a model option"),
     ("moe:num_levels=6", r"'moe:num_levels=6': --num_levels does not apply: --model=moe "
