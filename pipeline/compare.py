@@ -248,7 +248,8 @@ def _run_held(base, labels: Sequence[str], seeds: Sequence[int], report_dir: str
   summary = {"data_dir": data.data_dir, "train_rows": data.rows(TRAIN),
              "eval_rows": data.rows("eval"), "epochs": base.epochs,
              "batch_size": base.batch_size, "learning_rate": base.learning_rate,
-             "seeds": list(seeds), "oracle_auc": oracle, "results": results,
+             "seeds": list(seeds), "deterministic": base.deterministic,
+             "oracle_auc": oracle, "results": results,
              "deltas": paired_deltas(results, labels), "depth": depth_table(results)}
   tasks = task_names(summary)  # after the first, whose deltas are "deltas"
   if tasks:

@@ -81,6 +81,10 @@ def markdown(summary: Dict) -> str:
            f"{summary['train_rows']} train / {summary['eval_rows']} eval rows; "
            f"{summary['epochs']} epochs, global batch {summary['batch_size']}, "
            f"learning rate {summary['learning_rate']}; seeds {summary['seeds']}."]
+  if summary.get("deterministic") is False:  # (older results.json: not recorded)
+    lines.append("Input not deterministic (`--deterministic` not given): a seed fixes "
+                 "the initialization, not the batches, so two runs of one model and seed "
+                 "differ too; the paired spreads include that noise.")
   if summary.get("oracle_auc") is not None:
     lines.append(f"Oracle AUC (true click probabilities): {summary['oracle_auc']:.4f}.")
   first_task = next(iter(next(iter(summary["results"].values()))[0].get("tasks", {})),

@@ -87,6 +87,8 @@ def test_compare_writes_a_report_with_paired_deltas_deciles_and_plots(
   assert "explicit/level_1" in codes and "scenario" in codes["explicit/level_1"]["nmi"]
   text = open(os.path.join(report, "report.md")).read()
   assert "Paired ΔAUC" in text and "leaf-size decile" in text and "NMI" in text
+  # Without --deterministic the report says its spreads hold the input's noise too.
+  assert summary["deterministic"] is False and "Input not deterministic" in text
   # Deciles are named as the heading counts them (1 = rarest), not by 0-based index.
   header = " | ".join(f"d{b['bucket'] + 1} ({b['size_min']}-{b['size_max']})"
                       for b in deciles)
