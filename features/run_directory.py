@@ -222,15 +222,8 @@ class RunDirectory:
     model options the user set explicitly, each of which must equal the recorded value
     and apply to the run's model. `remedy` replaces the advice at the end of the error."""
     recorded = self.model_config(config_class)
-    values = options.values_by_flag(recorded, applicable_only=True)
-    for flag, value in given.items():
-      if flag in values and _normalise(values[flag]) != _normalise(value):
-        raise RunMismatchError(
-            f"--{flag}={_show(value)} contradicts the run in {self.model_dir}, trained "
-            f"with --{flag}={_show(values[flag])}; " + (remedy or
-            "drop the flag (the run's config is used) or point --model_dir at another "
-            "run"))
-    options.refuse_inapplicable(recorded, given, RunMismatchError)
+    check_given_model(recorded, given, f"the run in {self.model_dir}, trained", remedy or (
+        "drop the flag (the run's config is used) or point --model_dir at another run"))
     return recorded
 
   def check_training(self, given: Mapping[str, Any], fields: Sequence[str],
@@ -338,6 +331,19 @@ def model_config_from_record(recorded: Dict[str, Any], config_class: type) -> An
     return options.from_record(config_class, recorded, RunMismatchError).validate()
   except (TypeError, ValueError) as e:
     raise RunMismatchError(f"the run's model config: {e}") from None
+
+
+def check_given_model(recorded: Any, given: Mapping[str, Any], what: str,
+                      remedy: str) -> None:
+  """Each model flag in `given` ({flag: value}, set explicitly) equals the `recorded`
+  config's value and applies to its model, else RunMismatchError: "--flag=x
+  contradicts <what> with --flag=y; <remedy>" (a run directory, an export)."""
+  values = options.values_by_flag(recorded, applicable_only=True)
+  for flag, value in given.items():
+    if flag in values and _normalise(values[flag]) != _normalise(value):
+      raise RunMismatchError(f"--{flag}={_show(value)} contradicts {what} with "
+                             f"--{flag}={_show(values[flag])}; {remedy}")
+  options.refuse_inapplicable(recorded, given, RunMismatchError)
 
 
 def _normalise(value: Any) -> Any:

@@ -11,7 +11,7 @@ from the fields (`--model` sets `name`; HMDRR's nested options are flat flags).
 """
 import dataclasses
 import inspect
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hmdn.features.options import nested, option, validate, with_values
 from hmdn.models.attention import NORMALIZATIONS
@@ -177,18 +177,12 @@ class ModelConfig:
     An option set away from its default that the data cannot use is refused in one
     line, naming the flag and the tasks; returns self."""
     names = ", ".join(t.name for t in tasks)
-    defaults = ModelConfig()
     later = [t.name for t in tasks if t.after is not None]
+    what = ("one task" if len(tasks) == 1 else "no task observed after another "
+            "(after: in the spec)")
     unused = ("task_tower_units", "task_dim") if len(tasks) == 1 else ()
     unused += ("cvr_loss",) if not later else ()
-    for name in unused:
-      value = getattr(self, name)
-      if value != getattr(defaults, name):
-        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        what = ("one task" if len(tasks) == 1 else "no task observed after another "
-                "(after: in the spec)")
-        raise ValueError(f"--{name}={shown} does not apply: the spec has {what} "
-                         f"({names})")
+    self._refuse_set(unused, f"the spec has {what} ({names})")
     if self.backbone == "esmm" and not later:
       raise ValueError(f"--model={self.name}: ESMM models a task observed after another "
                        f"(after: in the spec, as a purchase after a click); the spec's "
@@ -199,16 +193,20 @@ class ModelConfig:
     """The sequence options apply to a spec with sequence fields: one set away from
     its default on a spec without any (recorded, and ignored) is refused in one line;
     returns self."""
-    if spec.sequence_fields:
-      return self
+    if not spec.sequence_fields:
+      self._refuse_set(("sequence_pooling", "din_normalization", "din_units"),
+                       f"spec {spec.name!r} has no sequence field")
+    return self
+
+  def _refuse_set(self, names: Sequence[str], why: str) -> None:
+    """Refuses the first option of `names` set away from its default: the data
+    cannot use it (`why`), so it would be recorded and ignored."""
     defaults = ModelConfig()
-    for name in ("sequence_pooling", "din_normalization", "din_units"):
+    for name in names:
       value = getattr(self, name)
       if value != getattr(defaults, name):
         shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        raise ValueError(f"--{name}={shown} does not apply: spec {spec.name!r} has no "
-                         "sequence field")
-    return self
+        raise ValueError(f"--{name}={shown} does not apply: {why}")
 
   def validate(self) -> "ModelConfig":
     """The declared rules (`features.options.validate`), then what spans fields;

@@ -105,14 +105,8 @@ def check_model_flags(version_dir: str, given: Dict[str, object]) -> None:
     raise ValueError(f"{version_dir} records no model config, so the model flags "
                      f"{sorted('--' + f for f in given)} cannot be checked against it: "
                      "drop them (the export's model is evaluated)")
-  values = options.values_by_flag(served, applicable_only=True)
-  for flag, value in given.items():
-    if flag not in values or json.dumps(values[flag]) != json.dumps(value):
-      shown = (f"--{flag}={values[flag]}" if flag in values
-               else f"a {served.name} model, to which --{flag} does not apply")
-      raise ValueError(f"--{flag}={value} contradicts the export {version_dir}, which "
-                       f"serves {shown}; drop the flag (the export's model is "
-                       "evaluated)")
+  run_directory.check_given_model(served, given, f"the export {version_dir}, served",
+                                  "drop the flag (the export's model is evaluated)")
 
 
 def check_same_model(export_root: str, config: ModelConfig,
