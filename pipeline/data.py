@@ -110,15 +110,17 @@ def int_ids_as_bytes(serialized: tf.Tensor, spec: spec_lib.FeatureSpec) -> tf.Te
   kinds, (_, int_lists) = tf.io.decode_proto(  # a bytes_list is not copied again
       values, "tensorflow.Feature", ["float_list", "int64_list"], [tf.string] * 2)
   floats = tf.logical_and(ours, kinds[..., 0] > 0)
-  # The first such feature and its instance; "" and -1 pad a batch without one.
-  first = tf.concat([tf.where(floats), tf.constant([[-1, 0]], tf.int64)], 0)[0]
-  message = tf.strings.join([  # joined, not formatted: format would quote the name
-      "feature ", tf.concat([tf.boolean_mask(keys, floats), [""]], 0)[0],
-      " is a float_list at instance ", tf.strings.as_string(first[0]),
-      "; a categorical or sequence feature takes its ids as a bytes_list or an "
-      "int64_list"])
-  assertion = tf.debugging.Assert(tf.logical_not(tf.reduce_any(floats)), [message])
   ints = tf.logical_and(ours, kinds[..., 1] > 0)
+
+  def refused():  # built only for a batch that has one (per-op cost at batch 1)
+    first = tf.where(floats)[0]  # the first such feature and its instance
+    message = tf.strings.join([  # joined, not formatted: format would quote the name
+        "feature ", tf.boolean_mask(keys, floats)[0],
+        " is a float_list at instance ", tf.strings.as_string(first[0]),
+        "; a categorical or sequence feature takes its ids as a bytes_list or an "
+        "int64_list"])
+    with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+      return tf.identity(serialized)
 
   def rewritten():
     sizes, (ids,) = tf.io.decode_proto(int_lists[..., 0], "tensorflow.Int64List",
@@ -136,8 +138,8 @@ def int_ids_as_bytes(serialized: tf.Tensor, spec: spec_lib.FeatureSpec) -> tf.Te
     return tf.io.encode_proto(tf.ones_like(counts), [rebuilt[:, None]], ["features"],
                               "tensorflow.Example")
 
-  with tf.control_dependencies([assertion]):
-    return tf.cond(tf.reduce_any(ints), rewritten, lambda: tf.identity(serialized))
+  return tf.cond(tf.reduce_any(floats), refused, lambda: tf.cond(
+      tf.reduce_any(ints), rewritten, lambda: tf.identity(serialized)))
 
 
 def dense_sequence(values, max_length: int) -> tf.Tensor:
@@ -146,19 +148,24 @@ def dense_sequence(values, max_length: int) -> tf.Tensor:
   `max_length` kept (a longer history is truncated, the oldest values dropped), padded
   with "" at the END; 1 <= L <= max_length (an all-empty batch has one "" column).
   "" is never a value, so every "" is dropped before the padding: the mask is
-  `values != ""` and a row's result does not depend on the other rows."""
-  if not isinstance(values, tf.RaggedTensor):
-    values = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(values))
-  values = tf.ragged.boolean_mask(values, tf.not_equal(values, ""))
-  lengths = values.row_lengths()
-  start = tf.maximum(lengths - max_length, 0)  # each row's last max_length values
-  kept = tf.RaggedTensor.from_row_lengths(
-      tf.gather(values.flat_values, tf.ragged.range(
-          values.row_starts() + start, values.row_limits()).flat_values),
-      lengths - start)
-  dense = kept.to_tensor(default_value="")
-  width = tf.maximum(tf.shape(dense)[1], 1)
-  return tf.pad(dense, [[0, 0], [0, width - tf.shape(dense)[1]]], constant_values="")
+  `values != ""` and a row's result does not depend on the other rows.
+
+  Written as a search, not as ragged masking and re-slicing: the result's column j of
+  a row is the row's (dropped + j + 1)-th value, found in the running count of its
+  values, so the serving graph stays a few ops (per-op cost is most of a batch of 1).
+  """
+  if isinstance(values, tf.RaggedTensor):
+    values = values.to_tensor(default_value="")
+  # One "" column more: where a row has no j-th value, the search lands on it.
+  padded = tf.pad(tf.convert_to_tensor(values), [[0, 0], [0, 1]], constant_values="")
+  running = tf.cumsum(tf.cast(tf.not_equal(padded, ""), tf.int32), axis=1)
+  counts = running[:, -1]
+  dropped = tf.maximum(counts - max_length, 0)  # the oldest values past max_length
+  width = tf.maximum(tf.reduce_max(counts - dropped), 1)
+  wanted = dropped[:, None] + tf.range(1, width + 1)[None, :]
+  column = tf.minimum(tf.searchsorted(running, wanted, side="left"),
+                      tf.shape(padded)[1] - 1)
+  return tf.gather(padded, column, batch_dims=1)
 
 
 def fit_sequences(features: Dict[str, tf.Tensor], spec: spec_lib.FeatureSpec
