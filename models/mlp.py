@@ -75,6 +75,23 @@ def _grouped_glorot(fan_in: int, fan_out: int):
   return tf.keras.initializers.RandomUniform(-limit, limit)
 
 
+# Up to this many groups a grouped layer is one 2-D MatMul per group; above, one
+# einsum (the graph would grow with the groups). The einsum transposes its kernel
+# and batches tiny matmuls: on CPU, [4, 108, 64] kernels, per-group MatMuls took
+# batch 1 from 110 to 17 us and a training step's forward and gradient at batch
+# 512 from 1.35 to 1.12 ms (docs/speed.md).
+PER_GROUP_MATMUL_UP_TO = 32
+
+
+def grouped_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+  """Every group's matmul: `[B, in]` or `[B, G, in]` times `[G, in, out]` -> `[B, G, out]`."""
+  groups = kernel.shape[0]
+  if groups > PER_GROUP_MATMUL_UP_TO:
+    return tf.einsum("bi,gio->bgo" if x.shape.rank == 2 else "bgi,gio->bgo", x, kernel)
+  inputs = [x] * groups if x.shape.rank == 2 else tf.unstack(x, groups, axis=1)
+  return tf.stack([tf.matmul(xg, kg) for xg, kg in zip(inputs, tf.unstack(kernel))], 1)
+
+
 def gathered_matmul(x: tf.Tensor, kernels: tf.Tensor, select: tf.Tensor) -> tf.Tensor:
   """Each example times its own block's kernels: `x[b, m] @ kernels[select[b], m]`.
 
@@ -109,9 +126,8 @@ class GroupedMLP(tf.keras.layers.Layer):
 
   The experts of a Mixture-of-Experts bank, the per-domain gates and towers of
   MMoE/PLE/HiNet are each a list of small MLPs of one shape. Holding group g's
-  layer as slice g of a [groups, fan_in, units] kernel makes every layer one
-  einsum for all groups instead of one MatMul (and its gradient) per group,
-  which is what a CPU step of these models spends its time on. Group g
+  layer as slice g of a [groups, fan_in, units] kernel keeps a layer one weight for
+  all groups (`grouped_matmul`), or one gather of each example's own groups. Group g
   computes exactly `MLP(units)` with its own weights.
 
   Args:
@@ -188,8 +204,7 @@ class GroupedMLP(tf.keras.layers.Layer):
     last = len(self.units) - 1
     for i, (kernel, bias) in enumerate(zip(self._kernels, self._biases)):
       if select is None:
-        equation = "bi,gio->bgo" if x.shape.rank == 2 else "bgi,gio->bgo"
-        x = tf.einsum(equation, x, kernel) + bias
+        x = grouped_matmul(x, kernel) + bias
       else:
         fan_in, fan_out = kernel.shape[1], kernel.shape[2]
         if x.shape.rank == 2:  # one input for every member

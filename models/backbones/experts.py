@@ -141,5 +141,9 @@ class SoftmaxGate(tf.keras.layers.Layer):
 
 
 def mix(experts: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-  """Gate-weighted sum of experts: [B, E, H] x [B, E] -> [B, H]."""
-  return tf.einsum("beh,be->bh", experts, weights)
+  """Gate-weighted sum of experts: [..., E, H] x [..., E] -> [..., H].
+
+  A product and a sum, not an einsum: on CPU the einsum's batched matmul of
+  [1, E] x [E, H] per example took 71 us at batch 1 against 13 (4 experts of 32),
+  and its training step at batch 2048 1.02 against 0.68 ms."""
+  return tf.reduce_sum(experts * weights[..., None], -2)

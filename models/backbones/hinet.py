@@ -93,13 +93,13 @@ class HiNet(base.Backbone):
     bank = tf.reshape(bank, [-1, self.num_domains, self.num_specific_experts,
                              bank.shape[-1]])  # [B, D, experts, H]
     weights = self._specific_gates(condition, training=training)  # [B, D, E]
-    specific = tf.einsum("bdeh,bde->bdh", bank, weights)  # [B, D, H]
+    specific = experts.mix(bank, weights)  # [B, D, H]
     own = base.select_by_domain(specific, domain)
     # Attention over the other scenarios only: mask the own one out, then zero
     # it exactly (with a single scenario the SAN output is then all zeros).
     own_mask = tf.one_hot(domain, self.num_domains)
     logits = self._san(condition, training=training) - 1e9 * own_mask
     weights = tf.nn.softmax(logits, axis=-1) * (1.0 - own_mask)
-    san = tf.einsum("bdh,bd->bh", specific, weights)
+    san = experts.mix(specific, weights)
     return self._tower(tf.concat([shared, own, san], axis=-1),
                        training=training)

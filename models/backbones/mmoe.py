@@ -77,6 +77,6 @@ class MMoE(base.Backbone):
       mixture = experts.mix(bank, weights)
       return self._towers(mixture, training=training, select=domain)[:, 0]
     weights = self._gates(condition, training=training)  # [B, domains, E]
-    mixtures = tf.einsum("beh,bde->bdh", bank, weights)
+    mixtures = tf.matmul(weights, bank)
     outputs = self._towers(mixtures, training=training)  # [B, domains, out]
     return base.select_by_domain(outputs, domain)

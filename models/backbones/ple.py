@@ -122,7 +122,7 @@ class PLE(base.Backbone):
         gate_input = tf.concat(
             [domain_inputs, tf.repeat(condition[:, None], d, axis=1)], -1)
       weights = self._domain_gates[level](gate_input, training=training)
-      next_inputs = tf.einsum("bdeh,bde->bdh", candidates, weights)
+      next_inputs = experts.mix(candidates, weights)
       if level < self.num_levels - 1:
         gate = self._shared_gates[level]
         shared_input = experts.mix(

@@ -4,7 +4,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from hmdn.models.backbones import base
-from hmdn.models.mlp import MLP, gathered_matmul
+from hmdn.models.mlp import MLP, gathered_matmul, grouped_matmul
 
 
 @tf.keras.utils.register_keras_serializable(package="hmdn")
@@ -121,7 +121,7 @@ class StarDense(tf.keras.layers.Layer):
       out = gathered_matmul(x[:, None, :], kernels[:, None], domain)[:, 0]  # [B, units]
     else:
       kernels = self.kernel[tf.newaxis] * self.domain_kernel  # [D, in, units]
-      per_domain = tf.einsum("bi,dio->bdo", x, kernels)
+      per_domain = grouped_matmul(x, kernels)
       out = base.select_by_domain(per_domain, domain)
     out += self.bias + tf.gather(self.domain_bias, domain)
     return self._activation(out)
